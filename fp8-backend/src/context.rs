@@ -1,0 +1,201 @@
+//! How a job's FP8 policy reaches the decorator, and how its statistics come back.
+//!
+//! Burn's ops are static functions with no context argument, so the policy lives in a
+//! thread-local slot that a job installs for its duration ([`install`] returns a guard). Burn's
+//! autodiff runs the backward pass on the thread that calls `backward()`, so the forward and the
+//! backward of one step see the same policy. Tests running in parallel threads each have their own
+//! slot; a thread with nothing installed runs with FP8 off.
+//!
+//! Statistics: every intercepted quantization is recorded (when the policy asks for it) with the
+//! linear call it belongs to. Forward calls are numbered 0, 1, ... in the order the model makes
+//! them; Burn's autodiff replays the backward in reverse creation order, so the k-th layer whose
+//! backward runs in a pass is forward call `n - 1 - k`. A forward call after backward calls starts
+//! a new pass (the next micro-batch of a gradient accumulation).
+
+use std::cell::RefCell;
+
+use crate::format::Role;
+use crate::kernel::QuantStats;
+use crate::scaling::Fp8Policy;
+
+/// Which of the three GEMMs of a linear layer a quantization fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearOp {
+    /// `y = x W + b`.
+    Forward,
+    /// `dX = dY W^T`.
+    BackwardX,
+    /// `dW = X^T dY`.
+    BackwardWeight,
+}
+
+/// One quantized tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantRecord {
+    /// Micro-batch (forward/backward pass) within the step, from 0.
+    pub pass: u32,
+    /// The linear layer: ordinal of its forward call within the pass.
+    pub layer: u32,
+    /// The GEMM this tensor fed.
+    pub op: LinearOp,
+    /// Weight, activation or gradient.
+    pub role: Role,
+    /// amax, bias, underflow and saturation.
+    pub stats: QuantStats,
+}
+
+/// A tensor whose amax was infinite or NaN, so it was not quantized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonFiniteEvent {
+    /// Micro-batch within the step.
+    pub pass: u32,
+    /// The linear layer (ordinal of its forward call).
+    pub layer: u32,
+    /// The GEMM the tensor fed.
+    pub op: LinearOp,
+    /// Weight, activation or gradient.
+    pub role: Role,
+    /// The non-finite amax.
+    pub amax: f32,
+}
+
+/// What the decorator saw since the last [`take_report`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fp8Report {
+    /// One record per quantized tensor (empty unless the policy has `stats` on).
+    pub records: Vec<QuantRecord>,
+    /// Tensors that could not be quantized (always recorded).
+    pub non_finite: Vec<NonFiniteEvent>,
+}
+
+#[derive(Default)]
+struct Context {
+    policy: Fp8Policy,
+    pass: u32,
+    forward_calls: u32,
+    /// Layers whose backward has started in this pass.
+    backward_layers: u32,
+    /// The last backward call was a dX (its layer's dW, if any, comes next).
+    after_x: bool,
+    report: Fp8Report,
+}
+
+thread_local! {
+    static SLOT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// Restores the previously installed policy (or none) when dropped.
+#[must_use = "the policy is uninstalled when the guard is dropped"]
+pub struct Fp8Guard {
+    previous: Option<Context>,
+}
+
+impl Drop for Fp8Guard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        SLOT.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+/// Makes `policy` this thread's FP8 policy until the guard is dropped.
+pub fn install(policy: Fp8Policy) -> Fp8Guard {
+    let context = Context {
+        policy,
+        ..Context::default()
+    };
+    let previous = SLOT.with(|s| s.borrow_mut().replace(context));
+    Fp8Guard { previous }
+}
+
+/// Runs `f` with `policy` installed on this thread.
+pub fn with_policy<R>(policy: Fp8Policy, f: impl FnOnce() -> R) -> R {
+    let _guard = install(policy);
+    f()
+}
+
+/// This thread's policy (FP8 off when none is installed).
+pub fn current_policy() -> Fp8Policy {
+    SLOT.with(|s| s.borrow().as_ref().map(|c| c.policy).unwrap_or_default())
+}
+
+/// Hands over everything recorded so far and starts a new step (call numbering from 0).
+pub fn take_report() -> Fp8Report {
+    SLOT.with(|s| match s.borrow_mut().as_mut() {
+        Some(c) => {
+            c.pass = 0;
+            c.forward_calls = 0;
+            c.backward_layers = 0;
+            c.after_x = false;
+            std::mem::take(&mut c.report)
+        }
+        None => Fp8Report::default(),
+    })
+}
+
+/// Numbers a linear call: returns (pass, layer). Called once per GEMM by the decorator.
+pub(crate) fn next_call(op: LinearOp) -> (u32, u32) {
+    SLOT.with(|s| {
+        let mut slot = s.borrow_mut();
+        let Some(c) = slot.as_mut() else {
+            return (0, 0);
+        };
+        match op {
+            LinearOp::Forward => {
+                if c.backward_layers > 0 {
+                    c.pass += 1;
+                    c.forward_calls = 0;
+                    c.backward_layers = 0;
+                    c.after_x = false;
+                }
+                c.forward_calls += 1;
+                (c.pass, c.forward_calls - 1)
+            }
+            // Burn's autodiff computes a layer's dX, then its dW, in one backward node
+            // (burn-autodiff `ops/module.rs`). A dX always starts the next layer; a dW does unless
+            // it follows its layer's dX (it is alone when the layer's input needs no gradient).
+            LinearOp::BackwardX => {
+                c.backward_layers += 1;
+                c.after_x = true;
+                (c.pass, c.forward_calls.saturating_sub(c.backward_layers))
+            }
+            LinearOp::BackwardWeight => {
+                if !c.after_x {
+                    c.backward_layers += 1;
+                }
+                c.after_x = false;
+                (c.pass, c.forward_calls.saturating_sub(c.backward_layers))
+            }
+        }
+    })
+}
+
+/// Records statistics of one quantized tensor.
+pub(crate) fn record(pass: u32, layer: u32, op: LinearOp, role: Role, stats: QuantStats) {
+    SLOT.with(|s| {
+        if let Some(c) = s.borrow_mut().as_mut() {
+            c.report.records.push(QuantRecord {
+                pass,
+                layer,
+                op,
+                role,
+                stats,
+            });
+        }
+    })
+}
+
+/// Records a tensor whose amax was non-finite.
+pub(crate) fn record_non_finite(pass: u32, layer: u32, op: LinearOp, role: Role, amax: f32) {
+    log::warn!("FP8: non-finite amax {amax} in {role} of linear call {layer} ({op:?})");
+    SLOT.with(|s| {
+        if let Some(c) = s.borrow_mut().as_mut() {
+            c.report.non_finite.push(NonFiniteEvent {
+                pass,
+                layer,
+                op,
+                role,
+                amax,
+            });
+        }
+    })
+}
