@@ -193,11 +193,14 @@ fn f32_exponent(a: f32) -> i32 {
 impl FromStr for Fp8Format {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| UnknownName {
-            what: "FP8 format",
-            got: s.to_string(),
-            expected: "float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz",
-        })
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| UnknownName {
+                what: "FP8 format",
+                got: s.to_string(),
+                expected: "float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz",
+            })
     }
 }
 

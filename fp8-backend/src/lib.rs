@@ -11,6 +11,7 @@
 //! ```
 
 pub mod context;
+pub mod decorator;
 pub mod format;
 pub mod kernel;
 pub mod linear;
@@ -20,6 +21,7 @@ pub use context::{
     current_policy, install, take_report, with_policy, Fp8Guard, Fp8Report, LinearOp,
     NonFiniteEvent, QuantRecord,
 };
+pub use decorator::Fp8;
 pub use format::{Fp8Family, Fp8Format, Role, UnknownName};
 pub use kernel::{Fp8Kernels, QuantOutput, QuantStats};
 pub use scaling::{

@@ -69,7 +69,11 @@ impl CastParams {
 
 /// Fake-quantizes `src` into `dst` with a known bias.
 pub fn cast_into(src: &[f32], dst: &mut [f32], format: Fp8Format, bias: i32) {
-    assert_eq!(src.len(), dst.len(), "cast_into: slices of different lengths");
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "cast_into: slices of different lengths"
+    );
     let p = CastParams::new(format, bias);
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
@@ -155,7 +159,9 @@ mod tests {
     fn kernel_matches_scalar_reference_on_a_sweep() {
         // Every 997th f32 bit pattern (both signs, all exponents, NaNs and infinities), at the
         // extreme and middle biases of each format.
-        let xs: Vec<f32> = (0..u32::MAX / 997).map(|i| f32::from_bits(i * 997)).collect();
+        let xs: Vec<f32> = (0..u32::MAX / 997)
+            .map(|i| f32::from_bits(i * 997))
+            .collect();
         let mut out = vec![0.0; xs.len()];
         for f in Fp8Format::ALL {
             for bias in [-31, -3, 0, 5, 31] {
@@ -163,7 +169,9 @@ mod tests {
                 for (x, y) in xs.iter().zip(&out) {
                     let r = quantize_scaled(*x, f, bias);
                     assert!(
-                        r.to_bits() == y.to_bits() || (r.is_nan() && y.is_nan()) || (r == 0.0 && *y == 0.0),
+                        r.to_bits() == y.to_bits()
+                            || (r.is_nan() && y.is_nan())
+                            || (r == 0.0 && *y == 0.0),
                         "{f} bias {bias}: x={x:e} ({:08x}) kernel {y:e} reference {r:e}",
                         x.to_bits()
                     );
@@ -186,9 +194,13 @@ mod tests {
         // 300 and -inf saturate, 0 is neither.
         let src = [1.0, 1e-4, 300.0, f32::NEG_INFINITY, 0.0];
         let mut dst = [0.0; 5];
-        let HostQuant::Done(Some(s)) =
-            quantize_slice(&src, &mut dst, Fp8Format::E4M3Fnuz, BiasRule::Constant(0), true)
-        else {
+        let HostQuant::Done(Some(s)) = quantize_slice(
+            &src,
+            &mut dst,
+            Fp8Format::E4M3Fnuz,
+            BiasRule::Constant(0),
+            true,
+        ) else {
             panic!("expected statistics")
         };
         assert_eq!(s.underflow_frac, 0.25); // 1 of 4 non-zero inputs

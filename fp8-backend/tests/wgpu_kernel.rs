@@ -1,0 +1,229 @@
+//! The wgpu device kernel against the ndarray CPU kernel: the same outputs bit for bit and the
+//! same statistics, on random tensors, non-finite tensors, a tensor larger than one launch's
+//! units (multi-workgroup reductions) and a transposed view. Runs on any Vulkan device; CI uses
+//! Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`).
+#![cfg(feature = "wgpu")]
+
+use burn::backend::{NdArray, Wgpu};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, TensorData};
+use fp8_backend::{BiasRule, Fp8Format, Fp8Kernels, QuantOutput, QuantStats};
+
+/// splitmix64: a deterministic stream of test values, independent of any crate's RNG.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1) times 2^k, k uniform in `-spread..=spread`; one value in 16 is zero, so
+    /// that underflow fractions have a denominator smaller than numel.
+    fn value(&mut self, spread: i32) -> f32 {
+        let r = self.next_u64();
+        if r % 16 == 0 {
+            return 0.0;
+        }
+        let unit = ((r >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+        let k = ((r >> 8) % (2 * spread as u64 + 1)) as i32 - spread;
+        unit * 2f32.powi(k)
+    }
+
+    fn tensor(&mut self, n: usize, spread: i32) -> Vec<f32> {
+        (0..n).map(|_| self.value(spread)).collect()
+    }
+}
+
+fn upload<B: Backend>(values: &[f32], shape: Vec<usize>) -> FloatTensor<B> {
+    B::float_from_data(
+        TensorData::new(values.to_vec(), Shape::from(shape)),
+        &Default::default(),
+    )
+}
+
+fn download<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
+    burn::tensor::read_sync(B::float_into_data(t))
+        .expect("reading a tensor back")
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32 data")
+}
+
+/// Output values and statistics, or the non-finite amax and the returned tensor's values.
+type Run = Result<(Vec<f32>, Option<QuantStats>), (f32, Vec<f32>)>;
+
+fn run<B: Fp8Kernels>(t: FloatTensor<B>, format: Fp8Format, rule: BiasRule, stats: bool) -> Run {
+    match B::fp8_quantize(t, format, rule, stats) {
+        QuantOutput::Quantized(t, s) => Ok((download::<B>(t), s)),
+        QuantOutput::NonFinite(t, amax) => Err((amax, download::<B>(t))),
+    }
+}
+
+/// Equal bits, or both NaN, or both zero (the sign of zero is free).
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) || (a == 0.0 && b == 0.0)
+}
+
+fn assert_same_values(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| !same(**g, **w))
+        .take(5)
+        .map(|(i, (g, w))| format!("[{i}] got {g:e} want {w:e}"))
+        .collect();
+    assert!(bad.is_empty(), "{what}: mismatches (first 5): {bad:#?}");
+}
+
+/// Statistics are equal, not close: both kernels count exactly and divide the same way.
+fn assert_same_stats(what: &str, got: Option<QuantStats>, want: Option<QuantStats>) {
+    let (got, want) = (got.expect("wgpu stats"), want.expect("ndarray stats"));
+    assert!(
+        same(got.amax, want.amax)
+            && got.bias == want.bias
+            && got.underflow_frac == want.underflow_frac
+            && got.saturated_frac == want.saturated_frac
+            && got.numel == want.numel,
+        "{what}: wgpu {got:?} ndarray {want:?}"
+    );
+}
+
+/// Runs both backends on `values` and checks equal outputs (and statistics when asked for).
+fn compare(what: &str, values: &[f32], shape: Vec<usize>, f: Fp8Format, rule: BiasRule, st: bool) {
+    let gpu = run::<Wgpu>(upload::<Wgpu>(values, shape.clone()), f, rule, st);
+    let cpu = run::<NdArray>(upload::<NdArray>(values, shape), f, rule, st);
+    let what = format!("{what} {f} {rule:?} stats={st}");
+    match (gpu, cpu) {
+        (Ok((g, gs)), Ok((c, cs))) => {
+            assert_same_values(&what, &g, &c);
+            if st {
+                assert_same_stats(&what, gs, cs);
+            } else {
+                assert!(gs.is_none(), "{what}: statistics that were not asked for");
+            }
+        }
+        (g, c) => panic!(
+            "{what}: outcomes differ: wgpu {:?} ndarray {:?}",
+            g.map(|r| r.1),
+            c.map(|r| r.1)
+        ),
+    }
+}
+
+const RULES: [BiasRule; 4] = [
+    BiasRule::Amax { margin: 0 },
+    BiasRule::Amax { margin: 3 },
+    BiasRule::Constant(0),
+    BiasRule::Constant(12),
+];
+
+#[test]
+fn random_tensors_match_ndarray_with_and_without_stats() {
+    let mut rng = Rng(0x5eed_0001);
+    // Narrow and wide dynamic ranges: the wide one underflows and (with a constant bias)
+    // saturates, so every statistic is exercised.
+    for (n, spread) in [(1000, 2), (4099, 30), (70_001, 12)] {
+        let values = rng.tensor(n, spread);
+        for f in Fp8Format::ALL {
+            for rule in RULES {
+                for stats in [false, true] {
+                    compare(&format!("n={n}"), &values, vec![n], f, rule, stats);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn non_finite_amax_is_reported_with_stats_and_passed_through_without() {
+    let mut rng = Rng(0x5eed_0002);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut values = rng.tensor(3000, 8);
+        values[1234] = bad;
+        let amax_rule = BiasRule::Amax { margin: 0 };
+        let f = Fp8Format::E4M3Fnuz;
+
+        // With statistics: reported, and the tensor comes back unchanged.
+        let Err((amax, back)) =
+            run::<Wgpu>(upload::<Wgpu>(&values, vec![3000]), f, amax_rule, true)
+        else {
+            panic!("{bad}: expected NonFinite with statistics on");
+        };
+        assert!(same(amax, bad.abs()), "{bad}: amax {amax}");
+        assert_same_values(&format!("{bad} returned input"), &back, &values);
+
+        // Without: no round trip, so the kernel writes the input unchanged (documented).
+        let Ok((out, None)) = run::<Wgpu>(upload::<Wgpu>(&values, vec![3000]), f, amax_rule, false)
+        else {
+            panic!("{bad}: expected Quantized without statistics");
+        };
+        assert_same_values(&format!("{bad} pass-through"), &out, &values);
+
+        // A constant bias needs no amax: cast as usual, the statistics show the amax.
+        compare(
+            &format!("{bad}"),
+            &values,
+            vec![3000],
+            f,
+            BiasRule::Constant(2),
+            true,
+        );
+        compare(
+            &format!("{bad}"),
+            &values,
+            vec![3000],
+            f,
+            BiasRule::Constant(2),
+            false,
+        );
+    }
+}
+
+#[test]
+fn tensor_beyond_one_launch_reduces_across_workgroups() {
+    // 1 << 20 units cover the first 1,048,576 elements; the largest element sits in the grid-
+    // stride tail, the zeros and underflows are spread everywhere.
+    let n = (1 << 20) + 4321;
+    let mut values = Rng(0x5eed_0003).tensor(n, 10);
+    values[n - 1] = -3000.0;
+    let (out, stats) = run::<Wgpu>(
+        upload::<Wgpu>(&values, vec![n]),
+        Fp8Format::E5M2Fnuz,
+        BiasRule::Amax { margin: 3 },
+        true,
+    )
+    .expect("finite tensor");
+    let stats = stats.expect("stats");
+    assert_eq!(stats.amax, 3000.0);
+    assert_eq!(stats.bias, 1); // floor(log2(57344 / 3000)) = 4, minus the margin 3
+    assert_eq!(out.len(), n);
+    for rule in [BiasRule::Amax { margin: 3 }, BiasRule::Constant(20)] {
+        compare("large", &values, vec![n], Fp8Format::E5M2Fnuz, rule, true);
+    }
+}
+
+#[test]
+fn transposed_input_is_read_in_logical_order() {
+    let values = Rng(0x5eed_0004).tensor(64 * 48, 6);
+    let f = Fp8Format::E4M3Fn;
+    let rule = BiasRule::Amax { margin: 0 };
+    let gpu = Wgpu::float_swap_dims(upload::<Wgpu>(&values, vec![64, 48]), 0, 1);
+    let cpu = NdArray::float_swap_dims(upload::<NdArray>(&values, vec![64, 48]), 0, 1);
+    let (g, gs) = run::<Wgpu>(gpu, f, rule, true).expect("finite");
+    let (c, cs) = run::<NdArray>(cpu, f, rule, true).expect("finite");
+    assert_same_values("transposed", &g, &c);
+    assert_same_stats("transposed", gs, cs);
+    // And the order really is the transposed one: element [1, 0] is input [0, 1].
+    let bias = gs.expect("stats").bias;
+    assert!(same(
+        g[64],
+        fp8_backend::quantize_scaled(values[1], f, bias)
+    ));
+}
