@@ -237,19 +237,20 @@ def parse_trait(src: str, trait: str) -> list[Method]:
         raise GenError(f"trait {trait} not found")
     body_start, body_end = m.end(), matching(text, m.end() - 1)
     methods, i = [], body_start
-    fn_re = re.compile(r"\b(?:async\s+)?fn\s+(\w+)")
+    fn_re = re.compile(r"\bfn\s+(\w+)")
     while True:
         fm = fn_re.search(text, i, body_end)
         if not fm:
             break
         name = fm.group(1)
-        if re.search(r"\b(async|unsafe|const)\s+fn\b", text[fm.start() : fm.end()]):
+        qualifiers = text[text.rfind("\n", 0, fm.start()) : fm.start()]
+        if re.search(r"\b(async|unsafe|const|extern)\b", qualifiers):
             raise GenError(f"{trait}::{name}: async/unsafe/const fn not supported")
         k = fm.end()
         generics = ""
         if text[k] == "<":
             g_end = matching(text, k, "<", ">")
-            generics, k = text[k : g_end + 1], g_end + 1
+            generics, k = rewrite_type(text[k : g_end + 1]), g_end + 1
         p_open = text.index("(", k)
         p_close = matching(text, p_open, "(", ")")
         # The signature ends at the first `;` or `{` after the parameters.
@@ -260,7 +261,7 @@ def parse_trait(src: str, trait: str) -> list[Method]:
         ret, where = None, None
         if re.search(r"\bwhere\b", tail):
             tail, where = re.split(r"\bwhere\b", tail, maxsplit=1)
-            tail, where = tail.strip(), " ".join(where.split())
+            tail, where = tail.strip(), rewrite_type(where)
         if tail.startswith("->"):
             ret = rewrite_type(tail[2:])
         elif tail:
@@ -274,6 +275,9 @@ def parse_trait(src: str, trait: str) -> list[Method]:
             if pname.startswith("mut "):
                 pname = pname[4:].strip()
             params.append((pname.lstrip("_"), rewrite_type(pty)))
+        names = [p for p, _ in params]
+        if len(set(names)) != len(names):
+            raise GenError(f"{trait}::{name}: parameter names clash without their `_`: {names}")
         has_default = text[end] == "{"
         methods.append(Method(name, generics, params, ret, where, has_default))
         i = matching(text, end) + 1 if has_default else end + 1
