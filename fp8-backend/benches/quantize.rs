@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use fp8_backend::kernel::cpu;
 use fp8_backend::{BiasRule, Fp8, Fp8Format, Fp8Kernels, Fp8Policy};
@@ -72,10 +72,21 @@ fn quantize_throughput() {
             true,
         ));
     });
+    let amax_only = median_time(9, || {
+        black_box(cpu::amax_bits(&src));
+    });
+    let cast_only = median_time(9, || {
+        cpu::cast_into(&src, &mut dst, Fp8Format::E4M3Fnuz, 3);
+        black_box(&dst);
+    });
     let device = Default::default();
-    let tensor = <NdArray as Backend>::float_from_data(TensorData::new(src.clone(), [N]), &device);
+    let tensor = Nd::float_from_data(TensorData::new(src.clone(), [N]), &device);
+    // The same allocation a Burn op pays: an elementwise op producing a new tensor.
+    let backend_op = median_time(9, || {
+        black_box(Nd::float_mul_scalar(tensor.clone(), 1.0.into()));
+    });
     let backend = median_time(9, || {
-        black_box(NdArray::fp8_quantize(
+        black_box(Nd::fp8_quantize(
             tensor.clone(),
             Fp8Format::E4M3Fnuz,
             rule,
@@ -95,8 +106,11 @@ fn quantize_throughput() {
         copy.as_secs_f64() * 1e3
     );
     for (name, t) in [
+        ("  amax pass alone", amax_only),
+        ("  cast pass alone", cast_only),
         ("amax + cast, slice kernel", slice),
         ("amax + cast + statistics, slice kernel", slice_stats),
+        ("NdArray x * 1.0 (allocating, for reference)", backend_op),
         ("amax + cast, NdArray tensor (allocating)", backend),
     ] {
         println!(
@@ -109,7 +123,8 @@ fn quantize_throughput() {
     }
 }
 
-type B = Autodiff<Fp8<NdArray>>;
+type Nd = NdArray<f32>;
+type B = Autodiff<Fp8<Nd>>;
 
 fn linear_step(layer: &Linear<B>, x: &Tensor<B, 2>) {
     let y = layer.forward(x.clone());
