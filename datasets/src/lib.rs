@@ -1,1 +1,44 @@
-//! datasets (placeholder)
+//! Data for fp8-trainer: tokenizers, corpora in the formats fine-tuning jobs bring (plain text,
+//! JSONL text or prompt/completion, GLUE-style CSV/TSV classification), tokenized caches that are
+//! memory-mapped, and deterministic, resumable batching (llm.c-style language-model windows,
+//! padded prompt/completion batches with loss masks).
+//!
+//! Plain Rust in and out (`Vec<u32>`, shapes `[B, T]`); the trainer turns batches into tensors.
+//! See `datasets/README.md` for the configuration and an example.
+//!
+//! ```text
+//! cargo test -p datasets && cargo bench -p datasets --bench throughput
+//! ```
+
+pub mod batch;
+pub mod cache;
+pub mod classification;
+pub mod config;
+mod corpus;
+pub mod dataset;
+pub mod error;
+pub mod examples;
+mod formats;
+mod hash;
+pub mod loader;
+mod rng;
+pub mod sources;
+pub mod stream;
+pub mod template;
+pub mod tokenizer;
+pub mod windows;
+
+pub use batch::Batch;
+pub use classification::{ClassificationExample, ClassificationSet, ScoringBatch};
+pub use config::{CsvConfig, DataConfig, DataFormat, JsonlConfig, Paths, Validation};
+pub use dataset::{Dataset, SplitName};
+pub use error::{DataError, TokenizerError};
+pub use formats::text::encode_in_chunks;
+pub use loader::{DataLoader, LoaderState};
+pub use sources::DataKind;
+pub use stream::TokenStream;
+pub use tokenizer::{
+    load_tokenizer, tokenizer_from_checkpoint_dir, ByteTokenizer, Gpt2Tokenizer, HfTokenizer,
+    Tokenizer, TokenizerSpec,
+};
+pub use windows::{LmWindows, WindowOrder};

@@ -1,0 +1,355 @@
+//! Tokenized caches: a corpus is tokenized once into a binary file that is memory-mapped after.
+//!
+//! Layout (little-endian):
+//! ```text
+//! 0   magic "FP8TOKC\x01"
+//! 8   u64 byte offset of the header      16  u64 header length     24  u64 reserved (0)
+//! 32  tokens, u16 when the vocabulary fits in 16 bits, else u32
+//! ..  (8-aligned) example index: per example 4 x u64 = start, prompt_len, completion_len, label
+//! ..  header: JSON (`CacheHeader`): tokenizer id, vocabulary, sources' sizes and mtimes, options
+//! ```
+//! The header is written last, so tokens stream straight to disk. A file is written under a
+//! temporary name and renamed into place, so a reader never sees half a cache. A cache whose
+//! header does not match what would be built now (other tokenizer, changed source, other
+//! options, other version) or that is damaged is rebuilt, never reused; the reason is logged.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DataError;
+use crate::sources::DataKind;
+use crate::stream::TokenStream;
+
+const MAGIC: &[u8; 8] = b"FP8TOKC\x01";
+/// Bumped whenever the layout or the way a corpus is tokenized changes.
+pub const CACHE_VERSION: u32 = 1;
+const PREFIX_BYTES: u64 = 32;
+const INDEX_ENTRY_BYTES: u64 = 32;
+/// Label stored for examples without one (prompt/completion data).
+pub(crate) const NO_LABEL: u64 = u64::MAX;
+
+/// Size and modification time of one source file, as seen when the cache was built.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStamp {
+    pub path: String,
+    pub bytes: u64,
+    pub mtime_ns: u64,
+}
+
+impl SourceStamp {
+    pub(crate) fn of(path: &Path) -> Result<SourceStamp, DataError> {
+        let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(SourceStamp {
+            path: path.display().to_string(),
+            bytes: meta.len(),
+            mtime_ns,
+        })
+    }
+}
+
+/// What a cache must have been built from; compared field by field with a file's header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheKey {
+    pub version: u32,
+    pub kind: DataKind,
+    pub tokenizer_id: String,
+    pub vocab_size: usize,
+    pub eot_token: u32,
+    pub sources: Vec<SourceStamp>,
+    /// Everything else that changes the tokens: formats, JSONL fields, CSV options.
+    pub options: String,
+}
+
+impl CacheKey {
+    fn token_bytes(&self) -> u64 {
+        if self.vocab_size <= 1 << 16 {
+            2
+        } else {
+            4
+        }
+    }
+
+    fn first_difference(&self, other: &CacheKey) -> Option<&'static str> {
+        if self.version != other.version {
+            Some("cache format version")
+        } else if self.tokenizer_id != other.tokenizer_id
+            || self.vocab_size != other.vocab_size
+            || self.eot_token != other.eot_token
+        {
+            Some("tokenizer")
+        } else if self.sources != other.sources {
+            Some("source files (size or modification time)")
+        } else if self.kind != other.kind || self.options != other.options {
+            Some("data options")
+        } else {
+            None
+        }
+    }
+}
+
+/// The header stored in a cache file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheHeader {
+    #[serde(flatten)]
+    pub key: CacheKey,
+    pub token_bytes: u64,
+    pub n_tokens: u64,
+    pub n_examples: u64,
+    pub index_offset: u64,
+}
+
+/// One example in a cache: tokens `start..start+prompt_len` are the prompt, the next
+/// `completion_len` the completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExampleEntry {
+    pub start: u64,
+    pub prompt_len: u64,
+    pub completion_len: u64,
+    pub label: Option<u64>,
+}
+
+/// An open, validated cache.
+#[derive(Clone)]
+pub struct TokenCache {
+    pub path: PathBuf,
+    pub header: CacheHeader,
+    map: Arc<Mmap>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TokenCache({}, {} tokens)",
+            self.path.display(),
+            self.header.n_tokens
+        )
+    }
+}
+
+impl TokenCache {
+    /// Opens `path` if it is a sound cache built for `key`; otherwise says why not.
+    pub fn open(path: &Path, key: &CacheKey) -> Result<TokenCache, String> {
+        let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        // SAFETY: caches are only ever replaced by rename, never written in place, so the
+        // mapped file does not change under us (unless someone edits it by hand).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map: {e}"))?;
+        let header = parse_header(&map)?;
+        if let Some(what) = key.first_difference(&header.key) {
+            return Err(format!("built for other {what}"));
+        }
+        let tokens_end = PREFIX_BYTES + header.n_tokens * header.token_bytes;
+        let index_end = header.index_offset + header.n_examples * INDEX_ENTRY_BYTES;
+        if header.token_bytes != key.token_bytes()
+            || header.index_offset < tokens_end
+            || index_end > map.len() as u64
+        {
+            return Err("sizes in the header do not fit the file".into());
+        }
+        Ok(TokenCache {
+            path: path.to_path_buf(),
+            header,
+            map: Arc::new(map),
+        })
+    }
+
+    /// All tokens.
+    pub fn tokens(&self) -> TokenStream {
+        let h = &self.header;
+        TokenStream::mapped(
+            self.map.clone(),
+            PREFIX_BYTES as usize,
+            h.token_bytes as usize,
+            h.n_tokens as usize,
+        )
+    }
+
+    /// Number of examples (0 for language-model data).
+    pub fn num_examples(&self) -> usize {
+        self.header.n_examples as usize
+    }
+
+    /// Example `i` (< `num_examples()`).
+    pub fn example(&self, i: usize) -> ExampleEntry {
+        let at = (self.header.index_offset + i as u64 * INDEX_ENTRY_BYTES) as usize;
+        let word = |k: usize| {
+            let b = &self.map[at + 8 * k..at + 8 * k + 8];
+            u64::from_le_bytes(b.try_into().expect("8-byte slice"))
+        };
+        let label = word(3);
+        ExampleEntry {
+            start: word(0),
+            prompt_len: word(1),
+            completion_len: word(2),
+            label: (label != NO_LABEL).then_some(label),
+        }
+    }
+}
+
+fn parse_header(map: &[u8]) -> Result<CacheHeader, String> {
+    if map.len() < PREFIX_BYTES as usize || &map[..8] != MAGIC {
+        return Err("not a token cache of this version (bad magic)".into());
+    }
+    let word = |k: usize| u64::from_le_bytes(map[8 * k..8 * k + 8].try_into().expect("8 bytes"));
+    let (offset, len) = (word(1) as usize, word(2) as usize);
+    let end = offset
+        .checked_add(len)
+        .filter(|&e| e <= map.len())
+        .ok_or("truncated header")?;
+    serde_json::from_slice(&map[offset..end]).map_err(|e| format!("unreadable header: {e}"))
+}
+
+/// Streams tokens into a new cache file; `finish` makes it visible under its final name.
+pub(crate) struct CacheWriter {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    out: Option<BufWriter<File>>,
+    key: CacheKey,
+    token_bytes: u64,
+    n_tokens: u64,
+    index: Vec<[u64; 4]>,
+    scratch: Vec<u8>,
+}
+
+impl CacheWriter {
+    pub(crate) fn create(final_path: &Path, key: CacheKey) -> Result<Self, DataError> {
+        let dir = final_path.parent().unwrap_or(Path::new("."));
+        let err = |e| DataError::CacheWrite {
+            path: final_path.to_path_buf(),
+            source: e,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let nonce = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let tmp_path = dir.join(format!(".{name}.{}-{nonce}.tmp", std::process::id()));
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp_path).map_err(err)?);
+        out.write_all(MAGIC)
+            .and_then(|_| out.write_all(&[0u8; 24]))
+            .map_err(err)?;
+        let token_bytes = key.token_bytes();
+        Ok(CacheWriter {
+            final_path: final_path.to_path_buf(),
+            tmp_path,
+            out: Some(out),
+            key,
+            token_bytes,
+            n_tokens: 0,
+            index: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    fn err(&self, e: std::io::Error) -> DataError {
+        DataError::CacheWrite {
+            path: self.final_path.clone(),
+            source: e,
+        }
+    }
+
+    /// Appends tokens to the stream.
+    pub(crate) fn push_tokens(&mut self, tokens: &[u32]) -> Result<(), DataError> {
+        self.scratch.clear();
+        if self.token_bytes == 2 {
+            for &t in tokens {
+                // The key's vocabulary fits in u16, so every id of that tokenizer does too.
+                let t = u16::try_from(t).map_err(|_| {
+                    self.err(std::io::Error::other(format!(
+                        "token {t} exceeds the vocabulary"
+                    )))
+                })?;
+                self.scratch.extend_from_slice(&t.to_le_bytes());
+            }
+        } else {
+            tokens
+                .iter()
+                .for_each(|t| self.scratch.extend_from_slice(&t.to_le_bytes()));
+        }
+        let out = self.out.as_mut().expect("writer used after finish");
+        let res = out.write_all(&self.scratch);
+        res.map_err(|e| self.err(e))?;
+        self.n_tokens += tokens.len() as u64;
+        Ok(())
+    }
+
+    /// Appends one example: its prompt and completion tokens, and its label index if any.
+    pub(crate) fn push_example(
+        &mut self,
+        prompt: &[u32],
+        completion: &[u32],
+        label: Option<usize>,
+    ) -> Result<(), DataError> {
+        let start = self.n_tokens;
+        self.push_tokens(prompt)?;
+        self.push_tokens(completion)?;
+        let label = label.map_or(NO_LABEL, |l| l as u64);
+        self.index
+            .push([start, prompt.len() as u64, completion.len() as u64, label]);
+        Ok(())
+    }
+
+    pub(crate) fn num_tokens(&self) -> u64 {
+        self.n_tokens
+    }
+
+    /// Writes index and header, syncs, renames into place and opens the result.
+    pub(crate) fn finish(mut self) -> Result<TokenCache, DataError> {
+        let mut out = self.out.take().expect("finish called twice");
+        let written = (|| -> std::io::Result<()> {
+            let tokens_end = PREFIX_BYTES + self.n_tokens * self.token_bytes;
+            let index_offset = tokens_end.div_ceil(8) * 8;
+            out.write_all(&vec![0u8; (index_offset - tokens_end) as usize])?;
+            for entry in &self.index {
+                for w in entry {
+                    out.write_all(&w.to_le_bytes())?;
+                }
+            }
+            let header = CacheHeader {
+                key: self.key.clone(),
+                token_bytes: self.token_bytes,
+                n_tokens: self.n_tokens,
+                n_examples: self.index.len() as u64,
+                index_offset,
+            };
+            let json = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+            let header_offset = index_offset + self.index.len() as u64 * INDEX_ENTRY_BYTES;
+            out.write_all(&json)?;
+            let mut file = out.into_inner().map_err(|e| e.into_error())?;
+            file.seek(SeekFrom::Start(8))?;
+            file.write_all(&header_offset.to_le_bytes())?;
+            file.write_all(&(json.len() as u64).to_le_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&self.tmp_path, &self.final_path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&self.tmp_path);
+            return Err(self.err(e));
+        }
+        TokenCache::open(&self.final_path, &self.key)
+            .map_err(|msg| self.err(std::io::Error::other(msg)))
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        // Unfinished (an error while tokenizing): leave no temporary file behind.
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Typed errors. Every error about user data names the file and, where there is one, the line
+//! (1-based) or byte offset, and says what would fix it. Nothing in this crate panics on input.
+
+use std::path::PathBuf;
+
+/// Problems loading or running a tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: cannot read tokenizer file: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a usable tokenizer file: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "{path}: no end-of-text token in the vocabulary (looked for {looked_for}); \
+         add one or set `eos_token` in tokenizer_config.json beside it"
+    )]
+    NoEndOfText { path: PathBuf, looked_for: String },
+    #[error(
+        "{path}: neither a tokenizer.json file nor a folder holding tokenizer.json or \
+         vocab.json + merges.txt"
+    )]
+    NotATokenizer { path: PathBuf },
+    #[error("token id {id} is outside the vocabulary (size {vocab_size})")]
+    UnknownToken { id: u32, vocab_size: usize },
+    #[error("tokens decode to invalid UTF-8 at byte {offset} (a character split between tokens?)")]
+    InvalidUtf8 { offset: usize },
+    #[error("tokenizer {id}: {message}")]
+    Backend { id: String, message: String },
+}
+
+/// Problems with data: configuration, files, caches and resume state.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("data config field `{field}`: {message}")]
+    Config { field: String, message: String },
+    #[error("{path}: no such file or folder (check the data paths in the job config)")]
+    NotFound { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: folder holds no {wanted} files")]
+    EmptyFolder { path: PathBuf, wanted: String },
+    #[error("{path}: cannot tell the format from the extension; set `format` in the data config")]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: corpus is empty (no text, no records); check the file")]
+    EmptyCorpus { path: PathBuf },
+    #[error(
+        "{path}: {what} has {tokens} tokens, fewer than the {needed} one window needs \
+         ({why}); use more data or a smaller seq_len / batch size"
+    )]
+    TooShort {
+        path: PathBuf,
+        what: String,
+        tokens: u64,
+        needed: u64,
+        why: String,
+    },
+    #[error("{path}:{line}: invalid UTF-8 at byte offset {offset}; re-save the file as UTF-8")]
+    InvalidUtf8 {
+        path: PathBuf,
+        line: u64,
+        offset: u64,
+    },
+    #[error("{path}:{line}: malformed JSON: {message}")]
+    MalformedJson {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("{path}:{line}: {message}")]
+    BadRecord {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("{path}: {kind} data cannot be mixed with {expected} data from {first}")]
+    MixedKinds {
+        path: PathBuf,
+        kind: String,
+        expected: String,
+        first: PathBuf,
+    },
+    #[error("{path}: no column `{column}` in the header (columns: {available})")]
+    UnknownColumn {
+        path: PathBuf,
+        column: String,
+        available: String,
+    },
+    #[error("{path}:{line}: row has {found} columns, so column `{column}` is missing")]
+    MissingColumn {
+        path: PathBuf,
+        line: u64,
+        column: String,
+        found: usize,
+    },
+    #[error("{path}:{line}: label `{label}` is not in the verbalizer (known labels: {known})")]
+    UnknownLabel {
+        path: PathBuf,
+        line: u64,
+        label: String,
+        known: String,
+    },
+    #[error(
+        "data config field `csv.verbalizer`: label `{label}` maps to {word:?}, which \
+         tokenizes to no tokens; give it a non-empty word such as \" {label}\""
+    )]
+    EmptyLabelWord { label: String, word: String },
+    #[error("{path}:{line}: {message}")]
+    Csv {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("{path}: tokenizing failed: {source}")]
+    Tokenize {
+        path: PathBuf,
+        #[source]
+        source: TokenizerError,
+    },
+    #[error("{path}: cannot write tokenized cache: {source}")]
+    CacheWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "saved data position belongs to `{saved}`, but this loader is `{current}`; the data, \
+         tokenizer, batch shape or seed changed since the checkpoint"
+    )]
+    StateMismatch { saved: String, current: String },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DataError::NotFound { path }
+        } else {
+            DataError::Io { path, source }
+        }
+    }
+
+    pub(crate) fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        DataError::Config {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! JSONL: one JSON object a line, either `{"text": ...}` (a document) or
+//! `{"prompt": ..., "completion": ...}` (an example; the completion is followed by end-of-text
+//! and carries the loss). Other fields are ignored; blank lines are skipped. The first record
+//! decides which kind a file holds; a later record of the other kind is an error.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde_json::{Map, Value};
+
+use super::strip_bom;
+use crate::cache::CacheWriter;
+use crate::config::JsonlConfig;
+use crate::error::DataError;
+use crate::sources::DataKind;
+use crate::tokenizer::Tokenizer;
+
+/// A record's tokens: a document, or a prompt and its completion.
+type Tokenized = (Vec<u32>, Option<Vec<u32>>);
+
+/// Records tokenized in parallel per round.
+const RECORDS_PER_ROUND: usize = 4096;
+
+enum Record {
+    Text(String),
+    Pair(String, String),
+}
+
+/// Iterates over the non-blank lines of a JSONL file as parsed records with line numbers.
+struct Lines<'a> {
+    path: &'a Path,
+    cfg: &'a JsonlConfig,
+    reader: BufReader<std::fs::File>,
+    line: u64,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Lines<'a> {
+    fn open(path: &'a Path, cfg: &'a JsonlConfig) -> Result<Self, DataError> {
+        let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+        let reader = BufReader::with_capacity(super::READ_BLOCK, file);
+        Ok(Lines {
+            path,
+            cfg,
+            reader,
+            line: 0,
+            offset: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    fn bad(&self, message: String) -> DataError {
+        DataError::BadRecord {
+            path: self.path.to_path_buf(),
+            line: self.line,
+            message,
+        }
+    }
+
+    /// The next record and its line number, or None at the end of the file.
+    fn next_record(&mut self) -> Result<Option<(u64, Record)>, DataError> {
+        loop {
+            self.buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| DataError::io(self.path, e))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.line += 1;
+            let line_start = self.offset;
+            self.offset += n as u64;
+            let skip = if self.line == 1 {
+                strip_bom(&self.buf)
+            } else {
+                0
+            };
+            let text =
+                std::str::from_utf8(&self.buf[skip..]).map_err(|e| DataError::InvalidUtf8 {
+                    path: self.path.to_path_buf(),
+                    line: self.line,
+                    offset: line_start + (skip + e.valid_up_to()) as u64,
+                })?;
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            let object: Map<String, Value> =
+                serde_json::from_str(text).map_err(|e| DataError::MalformedJson {
+                    path: self.path.to_path_buf(),
+                    line: self.line,
+                    message: e.to_string(),
+                })?;
+            return self.record(object).map(|r| Some((self.line, r)));
+        }
+    }
+
+    fn record(&self, object: Map<String, Value>) -> Result<Record, DataError> {
+        let cfg = self.cfg;
+        let string = |name: &str| -> Result<Option<String>, DataError> {
+            match object.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(self.bad(format!(
+                    "field `{name}` must be a string, found {}",
+                    type_name(other)
+                ))),
+            }
+        };
+        if let Some(text) = string(&cfg.text_field)? {
+            return Ok(Record::Text(text));
+        }
+        match (string(&cfg.prompt_field)?, string(&cfg.completion_field)?) {
+            (Some(prompt), Some(completion)) => {
+                if completion.is_empty() {
+                    return Err(self.bad(format!(
+                        "field `{}` is empty: nothing to learn",
+                        cfg.completion_field
+                    )));
+                }
+                Ok(Record::Pair(prompt, completion))
+            }
+            _ => {
+                let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+                Err(self.bad(format!(
+                    "expected a `{}` field, or `{}` and `{}` fields; found {{{}}}",
+                    cfg.text_field,
+                    cfg.prompt_field,
+                    cfg.completion_field,
+                    keys.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn kind_of(r: &Record) -> DataKind {
+    match r {
+        Record::Text(_) => DataKind::LanguageModel,
+        Record::Pair(..) => DataKind::PromptCompletion,
+    }
+}
+
+/// The kind of the first record, or None for a file without records.
+pub(crate) fn peek_kind(path: &Path, cfg: &JsonlConfig) -> Result<Option<DataKind>, DataError> {
+    Ok(Lines::open(path, cfg)?
+        .next_record()?
+        .map(|(_, r)| kind_of(&r)))
+}
+
+/// Tokenizes every record of a file of `kind`. Returns the number of records.
+pub(crate) fn tokenize_file(
+    path: &Path,
+    cfg: &JsonlConfig,
+    kind: DataKind,
+    tok: &dyn Tokenizer,
+    out: &mut CacheWriter,
+) -> Result<u64, DataError> {
+    let mut lines = Lines::open(path, cfg)?;
+    let mut records = 0u64;
+    let eot = tok.eot_token();
+    loop {
+        let mut round = Vec::with_capacity(RECORDS_PER_ROUND);
+        while round.len() < RECORDS_PER_ROUND {
+            match lines.next_record()? {
+                None => break,
+                Some((line, r)) if kind_of(&r) != kind => {
+                    return Err(DataError::BadRecord {
+                        path: path.to_path_buf(),
+                        line,
+                        message: format!(
+                            "a {} record in a file whose first record is {}",
+                            kind_of(&r).name(),
+                            kind.name()
+                        ),
+                    })
+                }
+                Some(r) => round.push(r),
+            }
+        }
+        if round.is_empty() {
+            return Ok(records);
+        }
+        let tokenized: Vec<Result<Tokenized, DataError>> = round
+            .par_iter()
+            .map(|(line, r)| {
+                let enc = |s: &str| {
+                    tok.try_encode(s).map_err(|e| DataError::BadRecord {
+                        path: path.to_path_buf(),
+                        line: *line,
+                        message: e.to_string(),
+                    })
+                };
+                Ok(match r {
+                    Record::Text(t) => (enc(t)?, None),
+                    Record::Pair(p, c) => (enc(p)?, Some(enc(c)?)),
+                })
+            })
+            .collect();
+        for item in tokenized {
+            match item? {
+                (doc, None) if doc.is_empty() => continue, // "" is no document
+                (mut doc, None) => {
+                    doc.push(eot);
+                    out.push_tokens(&doc)?;
+                }
+                (prompt, Some(mut completion)) => {
+                    completion.push(eot);
+                    out.push_example(&prompt, &completion, None)?;
+                }
+            }
+            records += 1;
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Hugging Face tokenizers: a checkpoint's `tokenizer.json`, or GPT-2-style `vocab.json` +
+//! `merges.txt`, through the pure-Rust `tokenizers` crate (fancy-regex, no oniguruma).
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+
+use super::Tokenizer;
+use crate::error::TokenizerError;
+use crate::hash::Fnv64;
+
+/// End-of-text spellings tried, in order, when `tokenizer_config.json` names none.
+const EOT_CANDIDATES: [&str; 4] = ["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>"];
+
+/// A tokenizer from Hugging Face files.
+pub struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+    id: String,
+    vocab_size: usize,
+    eot: u32,
+    chunking_safe: bool,
+}
+
+impl std::fmt::Debug for HfTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HfTokenizer({}, vocab {})", self.id, self.vocab_size)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TokenizerError> {
+    std::fs::read(path).map_err(|source| TokenizerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_err(path: &Path, e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl HfTokenizer {
+    /// Loads a `tokenizer.json`. `eos` names the end-of-text token; `None` tries the usual
+    /// spellings (`<|endoftext|>`, `<|end_of_text|>`, `</s>`, `<eos>`).
+    pub fn from_json_file(path: &Path, eos: Option<String>) -> Result<Self, TokenizerError> {
+        let bytes = read(path)?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| parse_err(path, e))?;
+        let id = format!("hf-json:{:016x}", Fnv64::new().write(&bytes).finish());
+        Self::finish(inner, id, path, eos)
+    }
+
+    /// Builds a GPT-2-style byte-level BPE from `vocab.json` + `merges.txt`.
+    pub fn from_vocab_merges(
+        vocab: &Path,
+        merges: &Path,
+        eos: Option<String>,
+    ) -> Result<Self, TokenizerError> {
+        let mut hash = Fnv64::new();
+        hash.field(&read(vocab)?).field(&read(merges)?);
+        let model = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| parse_err(vocab, e))?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let id = format!("hf-bpe:{:016x}", hash.finish());
+        Self::finish(inner, id, vocab, eos)
+    }
+
+    fn finish(
+        mut inner: tokenizers::Tokenizer,
+        id: String,
+        path: &Path,
+        eos: Option<String>,
+    ) -> Result<Self, TokenizerError> {
+        // A tokenizer.json may carry truncation/padding for its original use; ours is plain
+        // encoding. Special-token strings in data are text, as with tiktoken's encode_ordinary.
+        inner
+            .with_truncation(None)
+            .map_err(|e| parse_err(path, e))?;
+        inner.with_padding(None);
+        inner.set_encode_special_tokens(true);
+        let candidates: Vec<String> = match eos {
+            Some(e) => vec![e],
+            None => EOT_CANDIDATES.iter().map(|s| s.to_string()).collect(),
+        };
+        let eot = candidates
+            .iter()
+            .find_map(|c| inner.token_to_id(c))
+            .ok_or_else(|| TokenizerError::NoEndOfText {
+                path: path.to_path_buf(),
+                looked_for: candidates.join(", "),
+            })?;
+        let vocab_size = inner.get_vocab_size(true).max(eot as usize + 1);
+        let chunking_safe = inner.get_normalizer().is_none()
+            && matches!(
+                inner.get_pre_tokenizer(),
+                Some(PreTokenizerWrapper::ByteLevel(b)) if b.use_regex && !b.add_prefix_space
+            );
+        Ok(HfTokenizer {
+            inner,
+            id,
+            vocab_size,
+            eot,
+            chunking_safe,
+        })
+    }
+}
+
+impl Tokenizer for HfTokenizer {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    fn eot_token(&self) -> u32 {
+        self.eot
+    }
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self.try_encode(text).unwrap_or_else(|e| {
+            log::error!("{e}; the text is dropped");
+            Vec::new()
+        })
+    }
+    fn try_encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| TokenizerError::Backend {
+                id: self.id.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+    fn decode(&self, tokens: &[u32]) -> Result<String, TokenizerError> {
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(TokenizerError::UnknownToken {
+                id,
+                vocab_size: self.vocab_size,
+            });
+        }
+        self.inner
+            .decode(tokens, false)
+            .map_err(|e| TokenizerError::Backend {
+                id: self.id.clone(),
+                message: e.to_string(),
+            })
+    }
+    fn newline_chunking_safe(&self) -> bool {
+        self.chunking_safe
+    }
+}
+
+/// `eos_token` from `tokenizer_config.json` in `dir`, if the file exists and names one
+/// (as a string or as `{"content": ...}`).
+pub(super) fn eos_from_tokenizer_config(dir: &Path) -> Result<Option<String>, TokenizerError> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&read(&path)?).map_err(|e| parse_err(&path, e))?;
+    Ok(match value.get("eos_token") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(v) => v
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
+        None => None,
+    })
+}

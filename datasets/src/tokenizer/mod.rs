@@ -1,0 +1,167 @@
+//! Tokenizers behind one small trait: GPT-2 BPE (offline, from the ranks `tiktoken-rs` embeds),
+//! any Hugging Face `tokenizer.json` (or `vocab.json` + `merges.txt`), and bytes.
+
+mod bytes;
+mod gpt2;
+mod hf;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use self::bytes::ByteTokenizer;
+pub use self::gpt2::Gpt2Tokenizer;
+pub use self::hf::HfTokenizer;
+use crate::error::TokenizerError;
+
+/// The text <-> token-id mapping a model was trained with.
+pub trait Tokenizer: Send + Sync {
+    /// Stable identifier, written into cache headers (e.g. "gpt2-r50k", "bytes",
+    /// "hf-json:<hash of file>"); two tokenizers with the same id give the same ids.
+    fn id(&self) -> String;
+    /// Number of token ids, special tokens included (ids are `0..vocab_size`).
+    fn vocab_size(&self) -> usize;
+    /// The end-of-text token that separates documents (50256 for GPT-2, 256 for bytes).
+    fn eot_token(&self) -> u32;
+    /// Encodes plain text; special-token strings such as `<|endoftext|>` are not parsed.
+    fn encode(&self, text: &str) -> Vec<u32>;
+    /// Decodes ids to text; an id outside the vocabulary or a character cut between tokens is
+    /// an error (Hugging Face decoders replace such bytes with U+FFFD instead).
+    fn decode(&self, tokens: &[u32]) -> Result<String, TokenizerError>;
+
+    /// Like `encode`, but reports tokenizer failures instead of logging them.
+    fn try_encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self.encode(text))
+    }
+
+    /// True when encoding a text in pieces cut at "X\nY" (X, Y visible ASCII characters) gives
+    /// the same ids as encoding it whole. Large documents are then tokenized in chunks, in
+    /// parallel and in flat memory. True for GPT-2's regex pre-tokenizer: there the "\n" is a
+    /// piece of its own and no pattern looks across it.
+    fn newline_chunking_safe(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Debug for dyn Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tokenizer({}, vocab {})", self.id(), self.vocab_size())
+    }
+}
+
+/// Which tokenizer to use. In JSON: `"gpt2"`, `"bytes"`, or a path to a `tokenizer.json` file
+/// or to a folder holding one (write `./gpt2` for a folder literally named `gpt2`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenizerSpec {
+    /// GPT-2 BPE (r50k_base), vocabulary 50257, end-of-text 50256; needs no file.
+    Gpt2,
+    /// Bytes: ids 0..=255 are the UTF-8 bytes, 256 is end-of-text (vocabulary 257).
+    Bytes,
+    /// A `tokenizer.json`, or a folder with `tokenizer.json` or `vocab.json` + `merges.txt`.
+    File(PathBuf),
+}
+
+impl TokenizerSpec {
+    fn as_config_str(&self) -> String {
+        match self {
+            TokenizerSpec::Gpt2 => "gpt2".into(),
+            TokenizerSpec::Bytes => "bytes".into(),
+            TokenizerSpec::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for TokenizerSpec {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "gpt2" => TokenizerSpec::Gpt2,
+            "bytes" => TokenizerSpec::Bytes,
+            path => TokenizerSpec::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl Serialize for TokenizerSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_config_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenizerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let Ok(spec) = s.parse();
+        Ok(spec)
+    }
+}
+
+/// Loads the tokenizer a spec names.
+pub fn load_tokenizer(spec: &TokenizerSpec) -> Result<Box<dyn Tokenizer>, TokenizerError> {
+    match spec {
+        TokenizerSpec::Gpt2 => Ok(Box::new(Gpt2Tokenizer::new()?)),
+        TokenizerSpec::Bytes => Ok(Box::new(ByteTokenizer)),
+        TokenizerSpec::File(path) => {
+            if path.is_dir() {
+                tokenizer_from_checkpoint_dir(path)?
+                    .ok_or_else(|| TokenizerError::NotATokenizer { path: path.clone() })
+            } else if path.exists() {
+                Ok(Box::new(HfTokenizer::from_json_file(path, None)?))
+            } else {
+                Err(TokenizerError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                })
+            }
+        }
+    }
+}
+
+/// The tokenizer a checkpoint folder carries: `tokenizer.json` wins; else `vocab.json` +
+/// `merges.txt` (a GPT-2-style byte-level BPE); else `None` (the caller falls back to its
+/// default). An `eos_token` in `tokenizer_config.json` beside them names the end-of-text token.
+pub fn tokenizer_from_checkpoint_dir(
+    dir: &Path,
+) -> Result<Option<Box<dyn Tokenizer>>, TokenizerError> {
+    let eos = hf::eos_from_tokenizer_config(dir)?;
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        return Ok(Some(Box::new(HfTokenizer::from_json_file(&json, eos)?)));
+    }
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    if vocab.is_file() && merges.is_file() {
+        return Ok(Some(Box::new(HfTokenizer::from_vocab_merges(
+            &vocab, &merges, eos,
+        )?)));
+    }
+    Ok(None)
+}
+
+/// Position of the first invalid byte, for `TokenizerError::InvalidUtf8`.
+pub(crate) fn utf8_string(bytes: Vec<u8>) -> Result<String, TokenizerError> {
+    String::from_utf8(bytes).map_err(|e| TokenizerError::InvalidUtf8 {
+        offset: e.utf8_error().valid_up_to(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        for (json, spec) in [
+            ("\"gpt2\"", TokenizerSpec::Gpt2),
+            ("\"bytes\"", TokenizerSpec::Bytes),
+            (
+                "\"ckpt/tokenizer.json\"",
+                TokenizerSpec::File("ckpt/tokenizer.json".into()),
+            ),
+        ] {
+            let parsed: TokenizerSpec = serde_json::from_str(json).unwrap();
+            assert_eq!(parsed, spec);
+            assert_eq!(serde_json::to_string(&parsed).unwrap(), json);
+        }
+    }
+}
