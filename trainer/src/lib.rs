@@ -1,1 +1,24 @@
-//! trainer (placeholder)
+//! fp8-trainer: fine-tuning GPT-2 family models (gpt2, distilgpt2, Cerebras-GPT) on Burn with
+//! FP8 linear layers, after Graphcore's FP8-AMAX method (Perez et al. 2023, arXiv 2309.17224).
+//!
+//! This crate holds the model ([`model::Gpt2`], Hugging Face names and layout), checkpoints
+//! ([`checkpoint`]: strict loading of hub folders, atomic saving that `transformers` reads),
+//! the FP8 layer filter ([`LayerFilter`]), generation, and the `fp8-trainer` command line.
+//!
+//! ```text
+//! cargo run --release -p trainer -- logits --checkpoint tests/fixtures/gpt2-tiny --tokens 1,2,3 --out logits.json
+//! ```
+
+pub mod checkpoint;
+pub mod commands;
+pub mod config;
+pub mod generate;
+pub mod layer_filter;
+pub mod model;
+pub mod precision;
+
+pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointError};
+pub use config::{Activation, ConfigError, Gpt2Config};
+pub use layer_filter::{BlockFp8, LayerFilter, LayerFilterError};
+pub use model::{cross_entropy, Gpt2, ModelOptions};
+pub use precision::Precision;

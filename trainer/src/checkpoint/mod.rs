@@ -1,0 +1,12 @@
+//! Hugging Face GPT-2 checkpoints: `config.json` + `model.safetensors`, loaded strictly and
+//! written in the same layout.
+
+pub mod error;
+pub mod load;
+pub mod safetensors_file;
+pub mod save;
+
+pub use error::CheckpointError;
+pub use load::{load_checkpoint, load_weights, CONFIG_FILE};
+pub use safetensors_file::{WeightFiles, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+pub use save::{save_checkpoint, write_checkpoint_files, write_safetensors, NamedTensor};

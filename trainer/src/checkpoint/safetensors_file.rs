@@ -1,0 +1,263 @@
+//! Memory-mapped `model.safetensors` files, single or sharded, read with the `safetensors` crate.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use serde_json::Value;
+
+use super::error::CheckpointError;
+
+/// Single-file weights (what `save_pretrained` writes below its shard size, and what we write).
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Index of sharded weights: `{"weight_map": {tensor name: shard file}}`.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Where one tensor's bytes are.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    /// Index into the opened files.
+    file: usize,
+    /// Element type as stored.
+    pub dtype: Dtype,
+    /// Shape as stored.
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    range: std::ops::Range<usize>,
+}
+
+/// The tensors of one checkpoint, by their name in the file(s).
+pub struct WeightFiles {
+    files: Vec<(PathBuf, Mmap)>,
+    tensors: BTreeMap<String, TensorEntry>,
+    /// What errors about the whole set name: the single file or the index.
+    origin: PathBuf,
+}
+
+impl WeightFiles {
+    /// Opens the weights of a checkpoint directory (`model.safetensors` or a sharded index).
+    pub fn open_dir(dir: &Path) -> Result<Self, CheckpointError> {
+        let single = dir.join(WEIGHTS_FILE);
+        let index = dir.join(WEIGHTS_INDEX_FILE);
+        if single.is_file() {
+            return Self::open_files(std::slice::from_ref(&single), single.clone());
+        }
+        if index.is_file() {
+            return Self::open_index(&index);
+        }
+        for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
+            if dir.join(pickle).is_file() {
+                return Err(CheckpointError::PytorchUnsupported {
+                    path: dir.join(pickle),
+                    dir: dir.display().to_string(),
+                });
+            }
+        }
+        Err(CheckpointError::NoWeights {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Opens a sharded checkpoint through its `model.safetensors.index.json`.
+    pub fn open_index(index: &Path) -> Result<Self, CheckpointError> {
+        let bad = |reason: String| CheckpointError::BadIndex {
+            path: index.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(index).map_err(|source| CheckpointError::Io {
+            path: index.into(),
+            source,
+        })?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        let mut placement: Vec<(&String, PathBuf)> = Vec::new();
+        let mut shards: Vec<PathBuf> = Vec::new();
+        for (tensor, shard) in map {
+            let shard = shard
+                .as_str()
+                .ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name")))?;
+            let path = index.with_file_name(shard);
+            if !shards.contains(&path) {
+                shards.push(path.clone());
+            }
+            placement.push((tensor, path));
+        }
+        let files = Self::open_files(&shards, index.to_path_buf())?;
+        // The index and the shards must agree, or a tensor might be looked for in the wrong place.
+        for (tensor, shard) in placement {
+            if files
+                .tensors
+                .get(tensor)
+                .map(|e| files.files[e.file].0.as_path())
+                != Some(shard.as_path())
+            {
+                return Err(CheckpointError::MissingTensor {
+                    path: shard,
+                    tensor: tensor.clone(),
+                });
+            }
+        }
+        Ok(files)
+    }
+
+    /// Opens and validates safetensors files; `origin` names the set in later errors.
+    pub fn open_files(paths: &[PathBuf], origin: PathBuf) -> Result<Self, CheckpointError> {
+        let mut files: Vec<(PathBuf, Mmap)> = Vec::new();
+        let mut tensors: BTreeMap<String, TensorEntry> = BTreeMap::new();
+        for path in paths {
+            let file = File::open(path).map_err(|source| CheckpointError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // SAFETY: the file is only read; a concurrent writer could change the bytes under us,
+            // which Hugging Face's own loaders accept as well. We write checkpoints by rename.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|source| CheckpointError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| describe(path, &mmap, e))?;
+            let data_start = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let entry = TensorEntry {
+                    file: files.len(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: data_start + info.data_offsets.0..data_start + info.data_offsets.1,
+                };
+                if let Some(previous) = tensors.insert(name.clone(), entry) {
+                    return Err(CheckpointError::DuplicateTensor {
+                        path: path.clone(),
+                        tensor: name.clone(),
+                        first: format!("{name} in {}", files[previous.file].0.display()),
+                        second: format!("{name} in {}", path.display()),
+                    });
+                }
+            }
+            files.push((path.clone(), mmap));
+        }
+        Ok(Self {
+            files,
+            tensors,
+            origin,
+        })
+    }
+
+    /// The file or index errors about the whole checkpoint name.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// A tensor's dtype and shape.
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.tensors.get(name)
+    }
+
+    /// The file holding a tensor.
+    pub fn path_of(&self, name: &str) -> &Path {
+        self.tensors
+            .get(name)
+            .map_or(&self.origin, |e| &self.files[e.file].0)
+    }
+
+    /// A tensor's values widened to f32 (F32 is copied bit for bit).
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, CheckpointError> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                path: self.origin.clone(),
+                tensor: name.into(),
+            })?;
+        let bytes = &self.files[entry.file].1[entry.range.clone()];
+        Ok(match entry.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F64 => bytes
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("chunks of 8")) as f32)
+                .collect(),
+            other => {
+                return Err(CheckpointError::UnsupportedDtype {
+                    path: self.path_of(name).to_path_buf(),
+                    tensor: name.into(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        })
+    }
+}
+
+/// Turns a `safetensors` parse error into one naming the file and, for a truncated file, the
+/// first tensor whose bytes are missing.
+fn describe(path: &Path, bytes: &[u8], error: SafeTensorError) -> CheckpointError {
+    if matches!(error, SafeTensorError::MetadataIncompleteBuffer) {
+        if let Some(truncated) = find_truncated_tensor(path, bytes) {
+            return truncated;
+        }
+    }
+    let reason = match error {
+        SafeTensorError::HeaderTooSmall => "shorter than the 8-byte header length".to_string(),
+        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength => {
+            "the first 8 bytes are not a plausible header length".to_string()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the data section is longer than the header declares".to_string()
+        }
+        other => format!("{other:?}"),
+    };
+    CheckpointError::NotSafetensors {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads the header (already known to parse) and finds a tensor that ends past the file's end.
+fn find_truncated_tensor(path: &Path, bytes: &[u8]) -> Option<CheckpointError> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: Value = serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
+    let available = bytes.len() - 8 - n;
+    let mut entries: Vec<(String, usize, usize)> = header
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .filter_map(|(name, info)| {
+            let offsets = info.get("data_offsets")?.as_array()?;
+            Some((
+                name.clone(),
+                offsets.first()?.as_u64()? as usize,
+                offsets.get(1)?.as_u64()? as usize,
+            ))
+        })
+        .collect();
+    entries.sort_by_key(|e| e.1);
+    let (tensor, start, end) = entries.into_iter().find(|e| e.2 > available)?;
+    Some(CheckpointError::Truncated {
+        path: path.to_path_buf(),
+        tensor,
+        start,
+        end,
+        available,
+    })
+}

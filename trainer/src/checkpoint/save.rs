@@ -1,0 +1,149 @@
+//! Writing checkpoints in the Hugging Face GPT-2 layout, so `transformers` loads them.
+//!
+//! Tensor names carry the `transformer.` prefix, as recent `save_pretrained` writes them; a tied
+//! head is not written (`transformers` re-ties it from `wte`). Conv1D weights stay `[in, out]`.
+//! A checkpoint directory is written beside its target under a temporary name and renamed into
+//! place, so a crash never leaves a half-written `model.safetensors` under the real name.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use safetensors::{Dtype, View};
+
+use super::error::CheckpointError;
+use super::load::CONFIG_FILE;
+use super::safetensors_file::WEIGHTS_FILE;
+use crate::model::names::param_values;
+use crate::model::Gpt2;
+
+/// An f32 tensor to write: name, shape, values (row-major).
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Writes `dir` (config.json + model.safetensors) atomically: into a temporary sibling
+/// directory first, then renamed. An existing `dir` is replaced as a whole.
+pub fn save_checkpoint<B: Backend>(model: &Gpt2<B>, dir: &Path) -> Result<(), CheckpointError> {
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Write { path, source }
+    };
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dir.file_name().ok_or_else(|| CheckpointError::Write {
+        path: dir.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "checkpoint path has no directory name",
+        ),
+    })?;
+    fs::create_dir_all(&parent).map_err(write_err(&parent))?;
+    let sibling = |tag: &str| {
+        parent.join(format!(
+            ".{}.{tag}-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ))
+    };
+    let (staging, retired) = (sibling("tmp"), sibling("old"));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(write_err(&staging))?;
+    }
+    fs::create_dir(&staging).map_err(write_err(&staging))?;
+    write_checkpoint_files(model, &staging)?;
+
+    if dir.exists() {
+        fs::rename(dir, &retired).map_err(write_err(dir))?;
+        fs::rename(&staging, dir).map_err(write_err(dir))?;
+        fs::remove_dir_all(&retired).map_err(write_err(&retired))?;
+    } else {
+        fs::rename(&staging, dir).map_err(write_err(dir))?;
+    }
+    // Make the rename itself durable (POSIX: a directory entry is persisted by syncing its directory).
+    fs::File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err(&parent))
+}
+
+/// Writes config.json and model.safetensors into an existing directory (for callers that stage
+/// more files, e.g. training state, before renaming the directory themselves).
+pub fn write_checkpoint_files<B: Backend>(
+    model: &Gpt2<B>,
+    dir: &Path,
+) -> Result<(), CheckpointError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text =
+        serde_json::to_string_pretty(&model.config().to_json()).expect("a JSON value serialises");
+    write_synced(&config_path, text.as_bytes()).map_err(|source| CheckpointError::Write {
+        path: config_path,
+        source,
+    })?;
+
+    let tensors = param_values(model)
+        .into_iter()
+        .map(|(name, data)| NamedTensor {
+            name,
+            shape: data.shape.to_vec(),
+            values: data
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("converted to f32"),
+        })
+        .collect::<Vec<_>>();
+    let weights_path = dir.join(WEIGHTS_FILE);
+    write_safetensors(&weights_path, &tensors).map_err(|source| CheckpointError::Write {
+        path: weights_path,
+        source,
+    })
+}
+
+/// Writes f32 tensors as a safetensors file with `{"format": "pt"}` metadata (which
+/// `transformers` requires), via a temporary file renamed into place.
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> std::io::Result<()> {
+    let views: Vec<(String, F32View<'_>)> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), F32View(t)))
+        .collect();
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")))?;
+    let staging = path.with_extension(format!("tmp-{}", std::process::id()));
+    write_synced(&staging, &bytes)?;
+    fs::rename(&staging, path)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Lets the `safetensors` crate serialise our tensors (little-endian f32).
+struct F32View<'a>(&'a NamedTensor);
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        self.0
+            .values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into()
+    }
+    fn data_len(&self) -> usize {
+        self.0.values.len() * 4
+    }
+}

@@ -1,0 +1,141 @@
+//! Parameters by Hugging Face name, read off Burn's module tree.
+//!
+//! The model's field names are the Hugging Face ones, so the path Burn's visitor walks
+//! (`transformer` / `h` / `0` / `attn` / `c_attn` / `weight`) joined with dots *is* the tensor
+//! name in `model.safetensors`. Saving, loading and gradient dumps all use this one walk, so no
+//! parameter can be forgotten and no remapping table exists.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+
+/// The dotted path of the module being visited.
+#[derive(Default)]
+struct Path(Vec<String>);
+
+impl Path {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn name(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// Every float parameter: (HF name, shape), in module order.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    struct Shapes(Path, Vec<(String, Vec<usize>)>);
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.1.push((self.0.name(), param.lazy_shape().to_vec()));
+        }
+    }
+    let mut visitor = Shapes(Path::default(), Vec::new());
+    module.visit(&mut visitor);
+    visitor.1
+}
+
+/// Every float parameter's value: (HF name, data), in module order.
+pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, TensorData)> {
+    struct Values(Path, Vec<(String, TensorData)>);
+    impl<B: Backend> ModuleVisitor<B> for Values {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.1.push((self.0.name(), param.val().into_data()));
+        }
+    }
+    let mut visitor = Values(Path::default(), Vec::new());
+    module.visit(&mut visitor);
+    visitor.1
+}
+
+/// The gradient of every float parameter by HF name (a parameter that took no part in the
+/// loss gets `None`). A tied `wte` has a single gradient: embedding and head contributions summed.
+pub fn param_grads<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+) -> Vec<(String, Option<TensorData>)> {
+    struct Grads<'a, B: AutodiffBackend>(Path, Vec<(String, Option<TensorData>)>, &'a B::Gradients);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.1
+                .push((self.0.name(), param.grad(self.2).map(|g| g.into_data())));
+        }
+    }
+    let mut visitor = Grads::<B>(Path::default(), Vec::new(), grads);
+    module.visit(&mut visitor);
+    visitor.1
+}
+
+/// Replaces every float parameter with the tensor `source` gives for its HF name and shape.
+/// `source` sees the expected shape and returns the new value or an error; the first error
+/// stops the replacement (later parameters keep their lazy initial values) and is returned.
+pub fn replace_params<B: Backend, M: Module<B>, E>(
+    module: M,
+    source: impl FnMut(&str, &[usize]) -> Result<TensorData, E>,
+    device: &B::Device,
+) -> Result<M, E> {
+    struct Replace<'a, F, E, D> {
+        path: Path,
+        source: F,
+        error: Option<E>,
+        device: &'a D,
+    }
+    impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<TensorData, E>, E> ModuleMapper<B>
+        for Replace<'_, F, E, B::Device>
+    {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if self.error.is_some() {
+                return param;
+            }
+            let shape = param.lazy_shape().to_vec();
+            match (self.source)(&self.path.name(), &shape) {
+                Ok(data) => {
+                    let id = param.id;
+                    param.transform_for_load(Tensor::from_data(data, self.device), id)
+                }
+                Err(error) => {
+                    self.error = Some(error);
+                    param
+                }
+            }
+        }
+    }
+    let mut mapper = Replace {
+        path: Path::default(),
+        source,
+        error: None,
+        device,
+    };
+    let module = module.map(&mut mapper);
+    match mapper.error {
+        Some(error) => Err(error),
+        None => Ok(module),
+    }
+}

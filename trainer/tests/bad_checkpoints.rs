@@ -1,0 +1,213 @@
+//! Bad checkpoints give typed errors naming the file and the tensor or field, and the CLI
+//! exits with code 2 and a one-line message (no panic, no backtrace).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use burn::backend::NdArray;
+use trainer::checkpoint::{CheckpointError, NamedTensor};
+use trainer::{load_checkpoint, ConfigError, ModelOptions};
+
+type Cpu = NdArray<f32>;
+
+fn load_err(dir: &Path) -> CheckpointError {
+    match load_checkpoint::<Cpu>(dir, &ModelOptions::default(), &Default::default()) {
+        Ok(_) => panic!("{} loaded, but it is broken", dir.display()),
+        Err(e) => e,
+    }
+}
+
+/// Runs `fp8-trainer logits` on `dir`; returns (exit code, stderr).
+fn cli_logits(dir: &Path) -> (i32, String) {
+    let out = common::scratch_dir("cli-out").join("logits.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .args(["logits", "--checkpoint"])
+        .arg(dir)
+        .args(["--tokens", "1,2,3", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// The error, and the CLI on the same checkpoint, both name `file` and `what`.
+fn assert_named(dir: &Path, error: &CheckpointError, file: &str, what: &str) {
+    let message = error.to_string();
+    assert!(
+        message.contains(file) && message.contains(what),
+        "error should name {file} and {what}: {message}"
+    );
+    let (code, stderr) = cli_logits(dir);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(file) && stderr.contains(what), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+fn remove(tensors: &mut Vec<NamedTensor>, name: &str) -> NamedTensor {
+    let i = tensors.iter().position(|t| t.name == name).unwrap();
+    tensors.remove(i)
+}
+
+#[test]
+fn missing_tensor() {
+    let dir = common::edited_fixture("missing", |t| {
+        drop(remove(t, "transformer.h.1.mlp.c_proj.weight"))
+    });
+    let error = load_err(&dir);
+    assert!(
+        matches!(&error, CheckpointError::MissingTensor { tensor, .. } if tensor == "transformer.h.1.mlp.c_proj.weight")
+    );
+    assert_named(
+        &dir,
+        &error,
+        "model.safetensors",
+        "transformer.h.1.mlp.c_proj.weight",
+    );
+}
+
+/// A Conv1D weight stored transposed, as torch's nn.Linear would hold it: [out, in].
+/// c_fc is 64x192, so the transposed tensor cannot pass for the right one.
+#[test]
+fn transposed_weight_is_a_shape_error() {
+    let name = "transformer.h.0.mlp.c_fc.weight";
+    let dir = common::edited_fixture("transposed", |tensors| {
+        let mut t = remove(tensors, name);
+        let [rows, cols] = [t.shape[0], t.shape[1]];
+        t.values = (0..rows * cols)
+            .map(|i| t.values[(i % rows) * cols + i / rows])
+            .collect();
+        t.shape = vec![cols, rows];
+        tensors.push(t);
+    });
+    let error = load_err(&dir);
+    assert!(
+        matches!(&error, CheckpointError::ShapeMismatch { expected, found, .. }
+        if expected == &vec![64, 192] && found == &vec![192, 64])
+    );
+    assert_named(&dir, &error, "model.safetensors", name);
+}
+
+#[test]
+fn unexpected_tensor() {
+    let dir = common::edited_fixture("unexpected", |t| {
+        t.push(NamedTensor {
+            name: "transformer.h.0.attn.q_attn.weight".into(),
+            shape: vec![2],
+            values: vec![0.0; 2],
+        })
+    });
+    assert_named(
+        &dir,
+        &load_err(&dir),
+        "model.safetensors",
+        "transformer.h.0.attn.q_attn.weight",
+    );
+}
+
+#[test]
+fn tied_head_that_differs_from_wte() {
+    let dir = common::edited_fixture("untied", |tensors| {
+        let wte = tensors
+            .iter()
+            .find(|t| t.name == "transformer.wte.weight")
+            .unwrap();
+        let mut values = wte.values.clone();
+        values[0] += 1.0;
+        tensors.push(NamedTensor {
+            name: "lm_head.weight".into(),
+            shape: wte.shape.clone(),
+            values,
+        });
+    });
+    let error = load_err(&dir);
+    assert!(matches!(error, CheckpointError::UntiedHead { .. }));
+    assert_named(&dir, &error, "model.safetensors", "lm_head.weight");
+}
+
+#[test]
+fn truncated_file() {
+    let dir = common::scratch_dir("truncated");
+    std::fs::copy(
+        common::fixture_dir().join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(common::fixture_dir().join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() - 1000]).unwrap();
+    let error = load_err(&dir);
+    // Tensors are stored sorted by name; the last one is cut short.
+    assert!(
+        matches!(&error, CheckpointError::Truncated { tensor, .. } if tensor == "transformer.wte.weight"),
+        "{error}"
+    );
+    assert_named(&dir, &error, "model.safetensors", "transformer.wte.weight");
+}
+
+#[test]
+fn not_safetensors() {
+    for (case, bytes) in [
+        ("text", b"this is not a checkpoint".to_vec()),
+        ("zip", b"PK\x03\x04\x14\x00\x00\x00".repeat(20)),
+    ] {
+        let dir = common::scratch_dir(&format!("not-safetensors-{case}"));
+        std::fs::copy(
+            common::fixture_dir().join("config.json"),
+            dir.join("config.json"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        let error = load_err(&dir);
+        assert!(
+            matches!(error, CheckpointError::NotSafetensors { .. }),
+            "{error}"
+        );
+        assert_named(&dir, &error, "model.safetensors", "not a safetensors file");
+    }
+}
+
+#[test]
+fn missing_config_field() {
+    let dir = common::scratch_dir("config-field");
+    std::fs::copy(
+        common::fixture_dir().join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture_dir().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    config.as_object_mut().unwrap().remove("n_head");
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let error = load_err(&dir);
+    assert!(matches!(
+        error,
+        CheckpointError::Config(ConfigError::MissingField {
+            field: "n_head",
+            ..
+        })
+    ));
+    assert_named(&dir, &error, "config.json", "n_head");
+}
+
+#[test]
+fn no_weights_and_pickle_weights() {
+    let dir = common::scratch_dir("no-weights");
+    std::fs::copy(
+        common::fixture_dir().join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    assert!(matches!(load_err(&dir), CheckpointError::NoWeights { .. }));
+    std::fs::write(dir.join("pytorch_model.bin"), b"PK").unwrap();
+    let error = load_err(&dir);
+    assert_named(&dir, &error, "pytorch_model.bin", "not supported");
+}

@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests: the committed fixture and scratch checkpoints.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+
+use trainer::checkpoint::{write_safetensors, NamedTensor, WeightFiles};
+
+/// `tests/fixtures/gpt2-tiny`, made by `tests/fixtures/gen_gpt2.py`.
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny")
+}
+
+/// A fresh, empty directory under Cargo's per-test-target scratch space.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every tensor of a safetensors file, as f32, in file order (sorted by name).
+pub fn read_tensors(path: &Path) -> Vec<NamedTensor> {
+    let files = WeightFiles::open_files(&[path.to_path_buf()], path.to_path_buf()).unwrap();
+    let names: Vec<String> = files.names().map(str::to_string).collect();
+    names
+        .into_iter()
+        .map(|name| NamedTensor {
+            shape: files.entry(&name).unwrap().shape.clone(),
+            values: files.read_f32(&name).unwrap(),
+            name,
+        })
+        .collect()
+}
+
+/// A copy of the fixture checkpoint whose tensors went through `edit`, in `scratch_dir(name)`.
+pub fn edited_fixture(name: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> PathBuf {
+    let dir = scratch_dir(name);
+    std::fs::copy(fixture_dir().join("config.json"), dir.join("config.json")).unwrap();
+    let mut tensors = read_tensors(&fixture_dir().join("model.safetensors"));
+    edit(&mut tensors);
+    write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
+    dir
+}
