@@ -6,7 +6,7 @@
 
 use burn::backend::{NdArray, Wgpu};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Shape, TensorData};
 use fp8_backend::{BiasRule, Fp8Format, Fp8Kernels, QuantOutput, QuantStats};
 
@@ -26,7 +26,7 @@ impl Rng {
     /// that underflow fractions have a denominator smaller than numel.
     fn value(&mut self, spread: i32) -> f32 {
         let r = self.next_u64();
-        if r % 16 == 0 {
+        if r.is_multiple_of(16) {
             return 0.0;
         }
         let unit = ((r >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
@@ -214,8 +214,8 @@ fn transposed_input_is_read_in_logical_order() {
     let values = Rng(0x5eed_0004).tensor(64 * 48, 6);
     let f = Fp8Format::E4M3Fn;
     let rule = BiasRule::Amax { margin: 0 };
-    let gpu = Wgpu::float_swap_dims(upload::<Wgpu>(&values, vec![64, 48]), 0, 1);
-    let cpu = NdArray::float_swap_dims(upload::<NdArray>(&values, vec![64, 48]), 0, 1);
+    let gpu = <Wgpu>::float_swap_dims(upload::<Wgpu>(&values, vec![64, 48]), 0, 1);
+    let cpu = <NdArray>::float_swap_dims(upload::<NdArray>(&values, vec![64, 48]), 0, 1);
     let (g, gs) = run::<Wgpu>(gpu, f, rule, true).expect("finite");
     let (c, cs) = run::<NdArray>(cpu, f, rule, true).expect("finite");
     assert_same_values("transposed", &g, &c);
@@ -226,4 +226,42 @@ fn transposed_input_is_read_in_logical_order() {
         g[64],
         fp8_backend::quantize_scaled(values[1], f, bias)
     ));
+}
+
+#[test]
+fn device_bias_equals_amax_bias_at_the_edges() {
+    // The device derives the bias from exponent fields; these amaxes sit where that can go
+    // wrong: f32 subnormals (only visible with a large margin, else the bias clips to 31), a
+    // significand just above the format max's, zero, and clipping at -31.
+    let amaxes = [
+        f32::from_bits(1),
+        f32::from_bits(0x0000_0300),
+        f32::from_bits(0x007f_ffff),
+        f32::MIN_POSITIVE,
+        240.0,
+        f32::from_bits(120f32.to_bits() + 1),
+        57344.0,
+        f32::from_bits(57344f32.to_bits() + 1),
+        1e30,
+        0.0,
+    ];
+    for amax in amaxes {
+        // The amax last, after smaller values of both signs.
+        let values = vec![amax * 0.25, -amax * 0.5, 0.0, -amax];
+        for f in Fp8Format::ALL {
+            for margin in [0, 3, 125, -40] {
+                let rule = BiasRule::Amax { margin };
+                let (_, stats) =
+                    run::<Wgpu>(upload::<Wgpu>(&values, vec![4]), f, rule, true).expect("finite");
+                let stats = stats.expect("stats");
+                assert_eq!(stats.amax, amax, "{f}");
+                assert_eq!(
+                    Ok(stats.bias),
+                    fp8_backend::amax_bias(amax, f, margin),
+                    "{f} amax {amax:e} margin {margin}"
+                );
+                compare("edge", &values, vec![4], f, rule, true);
+            }
+        }
+    }
 }

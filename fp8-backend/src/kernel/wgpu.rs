@@ -31,7 +31,7 @@ use cubecl::prelude::*;
 
 use super::{quantize_on_host, Fp8Kernels, QuantOutput, QuantStats};
 use crate::format::Fp8Format;
-use crate::scaling::BiasRule;
+use crate::scaling::{BiasRule, NonFiniteAmax};
 
 /// Units per workgroup: a power of two (the shared-memory reductions halve it) and within
 /// WebGPU's default limit of 256 invocations.
@@ -64,7 +64,7 @@ fn amax_kernel(input: &Array<f32>, stats: &mut Array<Atomic<u32>>) {
     let mut m = 0u32;
     let mut i = ABSOLUTE_POS;
     while i < n {
-        m = m.max(u32::reinterpret(input[i]) & ABS_MASK);
+        m = max(m, u32::reinterpret(input[i]) & ABS_MASK);
         i += stride;
     }
 
@@ -75,7 +75,7 @@ fn amax_kernel(input: &Array<f32>, stats: &mut Array<Atomic<u32>>) {
     while active > 0 {
         if UNIT_POS < active {
             let other = shared[(UNIT_POS + active) as usize];
-            shared[UNIT_POS as usize] = shared[UNIT_POS as usize].max(other);
+            shared[UNIT_POS as usize] = max(shared[UNIT_POS as usize], other);
         }
         sync_cube();
         active /= 2;
@@ -97,7 +97,7 @@ fn bias_from_amax(amax_bits: u32, max_bits: u32, margin: i32) -> i32 {
     let lz = i32::cast_from(amax_bits.leading_zeros());
     let exp_normal = i32::cast_from(amax_bits >> 23) - 127;
     // A subnormal's top bit is bit 31 - lz, worth 2^(31 - lz - 149).
-    let exp_subnormal = -118 - lz;
+    let exp_subnormal = -118i32 - lz;
     let exp_a = select(is_normal, exp_normal, exp_subnormal);
     // Shift a subnormal's top bit to bit 23, where the implicit bit of a normal sits.
     let shift = u32::cast_from(select(is_normal, 8i32, lz) - 8);
@@ -107,7 +107,7 @@ fn bias_from_amax(amax_bits: u32, max_bits: u32, margin: i32) -> i32 {
     let frac_max = max_bits & MANTISSA_MASK;
     let k = exp_max - exp_a - select(frac_a > frac_max, 1i32, 0i32);
     // +-31 is `scaling::MAX_BIAS`.
-    let bias = (k - margin).clamp(-31i32, 31i32);
+    let bias = min(max(k - margin, -31i32), 31i32);
     select(amax_bits == 0, 31i32, bias)
 }
 
@@ -126,7 +126,7 @@ fn cast_one(
     let a_bits = u32::reinterpret(a);
     // Spacing of the format around `a`: q = 2^(e - m), e = max(exponent(a), emin); q and 1/q are
     // built from bits, so `a * (1/q)` is exact and below 2^(m+1).
-    let e = (a_bits >> 23).max(emin_biased);
+    let e = max(a_bits >> 23, emin_biased);
     let q = f32::reinterpret((e - mantissa_bits) << 23);
     let inv_q = f32::reinterpret((254 + mantissa_bits - e) << 23);
     let r = f32::round(a * inv_q) * q;
@@ -244,25 +244,20 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Fp8Kernels
             return quantize_on_host::<Self>(tensor, format, rule, want_stats);
         }
         match quantize_on_device(tensor.clone(), format, rule, want_stats) {
-            DeviceQuant::Done(out, stats) => QuantOutput::Quantized(out, stats),
-            DeviceQuant::NonFinite(amax) => QuantOutput::NonFinite(tensor, amax),
+            Ok((out, stats)) => QuantOutput::Quantized(out, stats),
+            Err(NonFiniteAmax { amax }) => QuantOutput::NonFinite(tensor, amax),
         }
     }
 }
 
-/// What [`quantize_on_device`] found.
-enum DeviceQuant<R: CubeRuntime> {
-    Done(CubeTensor<R>, Option<QuantStats>),
-    NonFinite(f32),
-}
-
-/// Launches the kernels on a non-empty f32 tensor and, with `want_stats`, reads the stats buffer.
+/// Launches the kernels on a non-empty f32 tensor and, with `want_stats`, reads the stats buffer
+/// (the only way a non-finite amax can be known on the host).
 fn quantize_on_device<R: CubeRuntime>(
     tensor: CubeTensor<R>,
     format: Fp8Format,
     rule: BiasRule,
     want_stats: bool,
-) -> DeviceQuant<R> {
+) -> Result<(CubeTensor<R>, Option<QuantStats>), NonFiniteAmax> {
     // The kernels index the buffer linearly: transposed or sliced views are copied once.
     let input = into_contiguous(tensor);
     let client = input.client.clone();
@@ -305,7 +300,7 @@ fn quantize_on_device<R: CubeRuntime>(
         want_stats,
     );
     if !want_stats {
-        return DeviceQuant::Done(output, None);
+        return Ok((output, None));
     }
 
     // The one read back, and only with statistics on.
@@ -318,7 +313,7 @@ fn quantize_on_device<R: CubeRuntime>(
         .collect();
     let amax = f32::from_bits(words[AMAX]);
     if use_amax && !amax.is_finite() {
-        return DeviceQuant::NonFinite(amax);
+        return Err(NonFiniteAmax { amax });
     }
     let (nonzero, underflow, saturated) = (words[NONZERO], words[UNDERFLOW], words[SATURATED]);
     let stats = QuantStats {
@@ -332,5 +327,5 @@ fn quantize_on_device<R: CubeRuntime>(
         saturated_frac: (f64::from(saturated) / numel as f64) as f32,
         numel,
     };
-    DeviceQuant::Done(output, Some(stats))
+    Ok((output, Some(stats)))
 }
