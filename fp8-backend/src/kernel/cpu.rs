@@ -77,6 +77,18 @@ pub fn cast_into(src: &[f32], dst: &mut [f32], format: Fp8Format, bias: i32) {
         .for_each(|(d, s)| cast_chunk(p, s, d));
 }
 
+/// Unit tests force the baseline (SSE2) loops to check them too on an AVX2 machine.
+#[cfg(test)]
+static FORCE_BASELINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[allow(dead_code)] // unused off x86_64
+fn baseline_forced() -> bool {
+    #[cfg(test)]
+    return FORCE_BASELINE.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(test))]
+    false
+}
+
 /// Runs `$body` (a loop over one chunk) compiled twice: with AVX2 enabled, chosen at run time
 /// where the CPU has it (8 lanes instead of SSE2's 4), and for the baseline target.
 macro_rules! multiversion {
@@ -91,7 +103,7 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) -> $ret {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                if !baseline_forced() && std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU was just seen to support AVX2.
                     return unsafe { avx2($($arg),*) };
                 }
@@ -201,6 +213,18 @@ mod tests {
 
     #[test]
     fn kernel_matches_scalar_reference_on_a_sweep() {
+        sweep();
+    }
+
+    #[test]
+    fn baseline_loops_match_scalar_reference_on_a_sweep() {
+        // The AVX2 build of the loops is what runs on this machine; check the SSE2 one as well.
+        FORCE_BASELINE.store(true, std::sync::atomic::Ordering::Relaxed);
+        sweep();
+        FORCE_BASELINE.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sweep() {
         // Every 997th f32 bit pattern (both signs, all exponents, NaNs and infinities), at the
         // extreme and middle biases of each format.
         let xs: Vec<f32> = (0..u32::MAX / 997)
