@@ -3,9 +3,11 @@
 //!
 //! This crate holds the model ([`model::Gpt2`], Hugging Face names and layout), checkpoints
 //! ([`checkpoint`]: strict loading of hub folders, atomic saving that `transformers` reads),
-//! the FP8 layer filter ([`LayerFilter`]), generation, and the `fp8-trainer` command line.
+//! the FP8 layer filter ([`LayerFilter`]), generation, training jobs ([`job`] configs, the
+//! [`train`] loop with checkpoints and exact resume), and the `fp8-trainer` command line.
 //!
 //! ```text
+//! cargo run --release -p trainer -- train --config configs/quickstart.json
 //! cargo run --release -p trainer -- logits --checkpoint tests/fixtures/gpt2-tiny --tokens 1,2,3 --out logits.json
 //! ```
 
@@ -13,9 +15,11 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod generate;
+pub mod job;
 pub mod layer_filter;
 pub mod model;
 pub mod precision;
+pub mod train;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointError};
 pub use config::{Activation, ConfigError, Gpt2Config};

@@ -1,7 +1,11 @@
 //! The `fp8-trainer` subcommands as library functions; `main.rs` only parses arguments.
 
 pub mod generate;
+pub mod compare;
+pub mod dump_step;
+pub mod eval;
 pub mod logits;
+pub mod train;
 
 use std::path::PathBuf;
 

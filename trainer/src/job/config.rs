@@ -1,0 +1,328 @@
+//! The typed job config of `fp8-trainer train` (issue 5). Every section rejects unknown keys;
+//! defaults follow nanoGPT's `train.py` where the paper is silent.
+//!
+//! ```json
+//! {"name": "quickstart", "model": {"preset": "tiny", "init_seed": 1337},
+//!  "data": {"train": "datasets/data/shakespeare_milton", "seq_len": 64},
+//!  "precision": {"mode": "fp8-amax"}, "steps": 300}
+//! ```
+
+use std::path::PathBuf;
+
+use datasets::{DataConfig, TokenizerSpec};
+use fp8_backend::{Fp8Family, Fp8Policy, DEFAULT_GRADIENT_MARGIN};
+use serde::{Deserialize, Serialize};
+
+use crate::layer_filter::LayerFilter;
+use crate::precision::Precision;
+
+/// A whole job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Run name: the job writes `{out_dir}/{name}/`.
+    pub name: String,
+    /// Where the model comes from.
+    pub model: ModelSource,
+    /// Tokenizer: `gpt2`, `bytes`, or a tokenizer.json / folder. Default: the checkpoint's own
+    /// tokenizer files when `model.checkpoint` has them, else `gpt2`.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerSpec>,
+    /// Corpus, split, windows (the `datasets` crate's section).
+    pub data: DataConfig,
+    /// Numeric precision of the projections and FP8 options.
+    #[serde(default)]
+    pub precision: PrecisionConfig,
+    /// AdamW.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Sequences per micro-batch (B).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; tokens per step = batch_size * grad_accum * seq_len.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: f64,
+    /// Optimizer steps to run. Exactly one of `steps` and `epochs`.
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Passes over the training data, converted to steps (rounded up).
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    /// Evaluate the validation loss every this many steps, and at the end (0 = only at the end).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+    /// Validation batches per evaluation (0 = the whole validation split).
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    /// Write a checkpoint every this many steps, and at the end (0 = only at the end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept in `checkpoints/` (the oldest are deleted; at least 1).
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
+    /// Write a log line (log.txt, plain progress output) every this many steps.
+    #[serde(default = "one_u64")]
+    pub log_every: u64,
+    /// Seed of the model initialisation's fallback and of dropout (reseeded every step with
+    /// `seed + step`, so a resumed run draws the same masks).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Where the job runs: `cpu` (default); `wgpu` / `cuda` need the cargo features of the same name.
+    #[serde(default)]
+    pub device: Device,
+    /// Parent of the run directory.
+    #[serde(default = "default_out_dir")]
+    pub out_dir: PathBuf,
+    /// What a NaN/inf loss, gradient or FP8 amax does: `skip` the step or `stop` the job.
+    #[serde(default)]
+    pub non_finite: NonFinitePolicy,
+}
+
+/// The model: exactly one of `checkpoint` (an HF folder or one of ours) and `preset`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    /// A checkpoint folder (config.json + model.safetensors), e.g. a downloaded `gpt2`.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// A preset name (`tiny`, `gpt2`, `cerebras-gpt-111m`, ...), freshly initialised.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// Seed of the fresh initialisation of a preset.
+    #[serde(default = "default_seed")]
+    pub init_seed: u64,
+    /// Preset override: vocabulary size (e.g. 257 for the byte tokenizer).
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    /// Preset override: context length.
+    #[serde(default)]
+    pub n_positions: Option<usize>,
+    /// Preset override: width.
+    #[serde(default)]
+    pub n_embd: Option<usize>,
+    /// Preset override: blocks.
+    #[serde(default)]
+    pub n_layer: Option<usize>,
+    /// Preset override: heads.
+    #[serde(default)]
+    pub n_head: Option<usize>,
+    /// Preset override: MLP width (default 4 * n_embd).
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    /// Dropout at HF's three places (0 = none, deterministic).
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+/// `precision` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecisionConfig {
+    /// `fp32`, `fp8-amax` (default) or `fp8-cscale`.
+    #[serde(default = "default_precision")]
+    pub mode: Precision,
+    /// FP8 formats: `graphcore` (E4M3/E5M2 "fnuz", the paper's) or `ocp`.
+    #[serde(default)]
+    pub family: Family,
+    /// FP8-CSCALE: the constant scaling bias of every tensor.
+    #[serde(default)]
+    pub cscale_bias: i32,
+    /// FP8-AMAX margin for weights.
+    #[serde(default)]
+    pub weight_margin: i32,
+    /// FP8-AMAX margin for activations.
+    #[serde(default)]
+    pub activation_margin: i32,
+    /// FP8-AMAX margin for gradients (paper: 3).
+    #[serde(default = "default_gradient_margin")]
+    pub gradient_margin: i32,
+    /// FP8 layers by HF module-name pattern (default `["*"]`: all four projections of every
+    /// block; embeddings and the LM head are always f32).
+    #[serde(default)]
+    pub layers: LayerFilter,
+    /// Write `fp8_stats.csv` rows every this many steps (0 = off; statistics are then not collected).
+    #[serde(default)]
+    pub stats_every: u64,
+}
+
+/// FP8 format family, as spelled in configs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// float8_e4m3fnuz / float8_e5m2fnuz (Graphcore IPU; the paper's).
+    #[default]
+    Graphcore,
+    /// float8_e4m3fn / float8_e5m2 (OCP; Transformer Engine, torchao).
+    Ocp,
+}
+
+/// AdamW (Loshchilov & Hutter) with decoupled weight decay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// (beta1, beta2).
+    pub betas: (f64, f64),
+    /// Added to sqrt(v).
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices (projections, embeddings) but not to biases
+    /// or layer-norm parameters (nanoGPT's `configure_optimizers`).
+    pub weight_decay: f64,
+}
+
+/// Learning-rate schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// `cosine` (default) or `constant`.
+    pub kind: ScheduleKind,
+    /// Linear warmup from lr / warmup_steps to lr over this many steps.
+    pub warmup_steps: u64,
+    /// Cosine: the lr decays to `min_lr_ratio * lr` at the last step.
+    pub min_lr_ratio: f64,
+}
+
+/// Shape of the schedule after warmup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Half a cosine from lr to min_lr.
+    #[default]
+    Cosine,
+    /// lr throughout.
+    Constant,
+}
+
+/// Where the job runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// ndarray on the CPU.
+    #[default]
+    Cpu,
+    /// wgpu (Vulkan/Metal/DX12); needs `--features wgpu`.
+    Wgpu,
+    /// CUDA; needs `--features cuda`.
+    Cuda,
+}
+
+/// What a non-finite loss, gradient or FP8 amax does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinitePolicy {
+    /// Leave the weights and optimizer state as they are, count the step as skipped, go on.
+    #[default]
+    Skip,
+    /// Stop the job with a message naming the step and the layer (after a last good checkpoint).
+    Stop,
+}
+
+impl Default for PrecisionConfig {
+    fn default() -> Self {
+        Self {
+            mode: default_precision(),
+            family: Family::default(),
+            cscale_bias: 0,
+            weight_margin: 0,
+            activation_margin: 0,
+            gradient_margin: default_gradient_margin(),
+            layers: LayerFilter::all(),
+            stats_every: 0,
+        }
+    }
+}
+
+impl PrecisionConfig {
+    /// The decorator's policy (statistics off; the loop turns them on on sampled steps).
+    pub fn policy(&self) -> Fp8Policy {
+        let base = match self.mode {
+            Precision::Fp32 => return Fp8Policy::off(),
+            Precision::Fp8Amax => Fp8Policy::amax(),
+            Precision::Fp8Cscale => Fp8Policy::cscale(self.cscale_bias),
+        };
+        let family = match self.family {
+            Family::Graphcore => Fp8Family::Graphcore,
+            Family::Ocp => Fp8Family::Ocp,
+        };
+        Fp8Policy {
+            weight_margin: self.weight_margin,
+            activation_margin: self.activation_margin,
+            gradient_margin: self.gradient_margin,
+            ..base.with_family(family)
+        }
+    }
+
+    /// The layer filter the model is built with: none when FP8 is off (every projection then
+    /// computes `matmul + add`; bit-identical in f32 either way).
+    pub fn model_filter(&self) -> LayerFilter {
+        match self.mode {
+            Precision::Fp32 => LayerFilter::none(),
+            _ => self.layers.clone(),
+        }
+    }
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            lr: 6e-4,
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            min_lr_ratio: 0.1,
+        }
+    }
+}
+
+fn default_precision() -> Precision {
+    Precision::Fp8Amax
+}
+fn default_gradient_margin() -> i32 {
+    DEFAULT_GRADIENT_MARGIN
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn one() -> usize {
+    1
+}
+fn one_u64() -> u64 {
+    1
+}
+fn default_grad_clip() -> f64 {
+    1.0
+}
+fn default_eval_every() -> u64 {
+    100
+}
+fn default_eval_batches() -> usize {
+    20
+}
+fn default_checkpoint_every() -> u64 {
+    500
+}
+fn default_keep_checkpoints() -> usize {
+    2
+}
+fn default_seed() -> u64 {
+    1337
+}
+fn default_out_dir() -> PathBuf {
+    PathBuf::from("runs")
+}

@@ -1,0 +1,183 @@
+//! Training checkpoints: `checkpoints/step-N/` holds the model as a Hugging Face checkpoint
+//! (config.json + model.safetensors) and `trainer_state/` (state.json: step, tokens, data
+//! position, RNG rule; optimizer.safetensors: AdamW moments).
+//!
+//! A checkpoint is written into `checkpoints/.step-N.tmp/` and renamed when complete, so a crash
+//! while writing never leaves a half checkpoint that [`latest_checkpoint`] would pick: it only
+//! considers `step-N` folders. Stale temporary folders are removed on the next write or resume.
+//!
+//! Test-only fault injection: with `FP8_TRAINER_FAIL_CHECKPOINT_AT=N` in the environment the
+//! process aborts while checkpoint N is half written (model written, trainer state not).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use datasets::LoaderState;
+use serde::{Deserialize, Serialize};
+
+use super::optimizer::AdamW;
+use super::TrainError;
+use crate::checkpoint::write_checkpoint_files;
+use crate::model::Gpt2;
+
+/// The folder of training state inside a checkpoint.
+pub const TRAINER_STATE_DIR: &str = "trainer_state";
+/// Environment variable of the test-only fault injection (see the module docs).
+pub const FAIL_CHECKPOINT_ENV: &str = "FP8_TRAINER_FAIL_CHECKPOINT_AT";
+
+/// `trainer_state/state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerState {
+    /// Optimizer steps done (including skipped ones).
+    pub step: u64,
+    /// Training tokens consumed.
+    pub tokens: u64,
+    /// Steps skipped by the non-finite policy.
+    pub skipped_steps: u64,
+    /// AdamW updates applied (bias correction).
+    pub adam_t: u64,
+    /// Wall time of the run so far.
+    pub elapsed_s: f64,
+    /// Position of the training loader.
+    pub loader: LoaderState,
+    /// The job seed; the backend RNG is reseeded with `seed + step` before every step, so
+    /// restoring the step restores the RNG.
+    pub seed: u64,
+}
+
+/// `checkpoints/step-N` of a run.
+pub fn checkpoint_dir(checkpoints: &Path, step: u64) -> PathBuf {
+    checkpoints.join(format!("step-{step}"))
+}
+
+/// Complete checkpoints, oldest first.
+pub fn list_checkpoints(checkpoints: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = fs::read_dir(checkpoints) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            e.path()
+                .join(TRAINER_STATE_DIR)
+                .join("state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest complete checkpoint.
+pub fn latest_checkpoint(checkpoints: &Path) -> Option<(u64, PathBuf)> {
+    list_checkpoints(checkpoints).pop()
+}
+
+/// Removes leftovers of interrupted writes (`.step-N.tmp`, `.step-N.old`).
+pub fn remove_stale_temporaries(checkpoints: &Path) -> Result<(), TrainError> {
+    let Ok(entries) = fs::read_dir(checkpoints) else {
+        return Ok(());
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(".step-") {
+            fs::remove_dir_all(e.path()).map_err(TrainError::io(e.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `checkpoints/step-N` atomically and keeps the newest `keep`.
+pub fn save_training_checkpoint<B: Backend>(
+    checkpoints: &Path,
+    model: &Gpt2<B>,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf, TrainError> {
+    if let Some(p) = optimizer
+        .params
+        .iter()
+        .find(|p| p.value.iter().any(|v| !v.is_finite()))
+    {
+        return Err(TrainError::NonFiniteCheckpoint {
+            step: state.step,
+            param: p.name.clone(),
+        });
+    }
+    remove_stale_temporaries(checkpoints)?;
+    fs::create_dir_all(checkpoints).map_err(TrainError::io(checkpoints))?;
+    let step = state.step;
+    let staging = checkpoints.join(format!(".step-{step}.tmp"));
+    fs::create_dir(&staging).map_err(TrainError::io(&staging))?;
+    write_checkpoint_files(model, &staging)?;
+
+    if std::env::var(FAIL_CHECKPOINT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        == Some(step)
+    {
+        log::error!("{FAIL_CHECKPOINT_ENV}={step}: aborting while the checkpoint is half written");
+        std::process::abort();
+    }
+
+    let state_dir = staging.join(TRAINER_STATE_DIR);
+    fs::create_dir(&state_dir).map_err(TrainError::io(&state_dir))?;
+    let moments = state_dir.join("optimizer.safetensors");
+    optimizer
+        .save_moments(&moments)
+        .map_err(TrainError::io(&moments))?;
+    let state_path = state_dir.join("state.json");
+    let text = serde_json::to_string_pretty(state).expect("state serialises");
+    write_synced(&state_path, text.as_bytes()).map_err(TrainError::io(&state_path))?;
+
+    let target = checkpoint_dir(checkpoints, step);
+    if target.exists() {
+        let retired = checkpoints.join(format!(".step-{step}.old"));
+        fs::rename(&target, &retired).map_err(TrainError::io(&target))?;
+        fs::rename(&staging, &target).map_err(TrainError::io(&target))?;
+        fs::remove_dir_all(&retired).map_err(TrainError::io(&retired))?;
+    } else {
+        fs::rename(&staging, &target).map_err(TrainError::io(&target))?;
+    }
+    fs::File::open(checkpoints)
+        .and_then(|d| d.sync_all())
+        .map_err(TrainError::io(checkpoints))?;
+
+    let all = list_checkpoints(checkpoints);
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+        fs::remove_dir_all(old).map_err(TrainError::io(old))?;
+    }
+    Ok(target)
+}
+
+/// Reads `trainer_state/` of a checkpoint into `optimizer` and returns the state.
+pub fn load_training_state(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, TrainError> {
+    let state_path = dir.join(TRAINER_STATE_DIR).join("state.json");
+    let text = fs::read_to_string(&state_path).map_err(TrainError::io(&state_path))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::BadState {
+        path: state_path.clone(),
+        message: e.to_string(),
+    })?;
+    let moments = dir.join(TRAINER_STATE_DIR).join("optimizer.safetensors");
+    optimizer
+        .load_moments(&moments)
+        .map_err(|message| TrainError::BadState {
+            path: moments,
+            message,
+        })?;
+    optimizer.t = state.adam_t;
+    Ok(state)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}

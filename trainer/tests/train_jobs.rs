@@ -1,0 +1,371 @@
+//! `fp8-trainer train` end to end on a tiny byte-level GPT (2 blocks, 32 wide, 32 tokens) and
+//! the shipped sonnets: config errors, SIGKILL + `--resume`, a checkpoint write interrupted by a
+//! crash, gradient accumulation, and both non-finite policies.
+//!
+//! Test-only environment knobs of the binary (documented in `trainer/src/train/`):
+//! `FP8_TRAINER_FAIL_CHECKPOINT_AT=N` aborts while checkpoint N is half written;
+//! `FP8_TRAINER_INJECT_NAN_STEP=N` multiplies the loss of step N by NaN.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Gradient accumulation (4 x batch 2) vs one batch of 8: the same token rows, summed in a
+/// different order; f32 reassociation of the loss mean and gradient sums stays near 1e-6
+/// relative, far below this.
+const ACCUM_REL_TOL: f64 = 1e-4;
+
+/// Metrics columns that must be bit-identical between a resumed and an uninterrupted run
+/// (everything except tokens_per_s and elapsed_s, which are timings).
+const EXACT_COLUMNS: usize = 6;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fp8-trainer-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sonnets() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../datasets/data/shakespeare_milton/shakespeare_sonnets.txt")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A tiny job writing into `dir/runs/<name>`.
+fn tiny_job(dir: &Path, name: &str) -> Value {
+    json!({
+        "name": name,
+        "out_dir": dir.join("runs"),
+        "model": {"preset": "tiny", "init_seed": 7, "vocab_size": 257, "n_positions": 32,
+                  "n_embd": 32, "n_layer": 2, "n_head": 2, "n_inner": 64},
+        "tokenizer": "bytes",
+        "data": {"train": sonnets(), "validation": {"fraction": 0.1}, "seq_len": 32,
+                 "shuffle": true, "seed": 3, "cache_dir": dir.join("cache")},
+        "precision": {"mode": "fp8-amax", "stats_every": 3},
+        "optimizer": {"lr": 0.003},
+        "schedule": {"warmup_steps": 2},
+        "batch_size": 4, "steps": 12, "eval_every": 4, "eval_batches": 2,
+        "checkpoint_every": 4, "keep_checkpoints": 2, "log_every": 1
+    })
+}
+
+fn write_config(dir: &Path, file: &str, config: &Value) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    path
+}
+
+fn train(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .arg("train")
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn metrics(run: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+fn exact(rows: &[Vec<String>]) -> Vec<Vec<String>> {
+    rows.iter().map(|r| r[..EXACT_COLUMNS].to_vec()).collect()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "train failed ({:?}): {}",
+        o.status,
+        stderr(o)
+    );
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_field() {
+    let dir = scratch("config-errors");
+    let cases: [(&str, Box<dyn Fn(&mut Value)>, &[&str]); 3] = [
+        (
+            "unknown key",
+            Box::new(|c| {
+                c["optimizer"] = json!({"lrr": 0.1});
+            }),
+            &["optimizer.lrr", "did you mean `optimizer.lr`"],
+        ),
+        (
+            "wrong type",
+            Box::new(|c| c["batch_size"] = json!("eight")),
+            &["batch_size", "invalid type"],
+        ),
+        (
+            "missing data file",
+            Box::new(|c| c["data"]["train"] = json!("/nonexistent/corpus.txt")),
+            &["data", "/nonexistent/corpus.txt"],
+        ),
+    ];
+    for (what, edit, needles) in cases {
+        let mut config = tiny_job(&dir, "errors");
+        edit(&mut config);
+        let path = write_config(&dir, "job.json", &config);
+        let out = train(&path, &[], &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains("job.json"), "{what}: the file is named: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{what}: `{needle}` in: {err}");
+        }
+        assert!(!err.contains("panicked"), "{what}: no panic: {err}");
+    }
+    // --set goes through the same checks.
+    let path = write_config(&dir, "job.json", &tiny_job(&dir, "errors"));
+    let out = train(&path, &["--set", "schedule.kind=linear"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("schedule.kind"), "{}", stderr(&out));
+}
+
+/// The uninterrupted reference run of a job (FP8-AMAX, shuffled data, evaluations).
+fn reference_metrics(dir: &Path, config: &Value) -> Vec<Vec<String>> {
+    let mut reference = config.clone();
+    reference["name"] = json!("reference");
+    let path = write_config(dir, "reference.json", &reference);
+    assert_ok(&train(&path, &[], &[]));
+    metrics(&dir.join("runs/reference"))
+}
+
+#[test]
+fn sigkill_then_resume_equals_the_uninterrupted_run() {
+    let dir = scratch("sigkill");
+    let mut config = tiny_job(&dir, "killed");
+    config["steps"] = json!(40);
+    config["checkpoint_every"] = json!(5);
+    let expected = reference_metrics(&dir, &config);
+    let path = write_config(&dir, "killed.json", &config);
+    let run = dir.join("runs/killed");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .args(["train", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill after step 7 is logged: checkpoint 5 exists, steps 6-7 must be redone on resume.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logged = std::fs::read_to_string(run.join("metrics.csv")).unwrap_or_default();
+        if logged.lines().any(|l| l.starts_with("7,")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never reached step 7");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let before = metrics(&run);
+    assert!(
+        before.len() < expected.len(),
+        "killed before the end ({} rows)",
+        before.len()
+    );
+
+    let out = train(&path, &["--resume"], &[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
+    assert_eq!(
+        exact(&metrics(&run)),
+        exact(&expected),
+        "metrics after resume differ"
+    );
+}
+
+#[test]
+fn crash_while_writing_a_checkpoint_keeps_the_last_good_one() {
+    let dir = scratch("crash-write");
+    let config = tiny_job(&dir, "crash");
+    let expected = reference_metrics(&dir, &config);
+    let path = write_config(&dir, "crash.json", &config);
+    let run = dir.join("runs/crash");
+
+    let out = train(&path, &[], &[("FP8_TRAINER_FAIL_CHECKPOINT_AT", "8")]);
+    assert!(
+        !out.status.success(),
+        "the injected fault aborts the process"
+    );
+    let ckpts = run.join("checkpoints");
+    assert!(ckpts.join("step-4/trainer_state/state.json").is_file());
+    assert!(
+        ckpts.join(".step-8.tmp").is_dir(),
+        "the half-written checkpoint is left as a temporary"
+    );
+    assert!(!ckpts.join("step-8").exists(), "and never becomes step-8");
+
+    let out = train(&path, &["--resume"], &[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(step 4)"));
+    assert!(
+        !ckpts.join(".step-8.tmp").exists(),
+        "stale temporaries are cleaned up"
+    );
+    assert_eq!(exact(&metrics(&run)), exact(&expected));
+    // keep_checkpoints = 2
+    let mut kept: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["step-12", "step-8"]);
+}
+
+#[test]
+fn accumulating_4_batches_of_2_equals_one_batch_of_8() {
+    let dir = scratch("accum");
+    let run_with = |name: &str, batch: usize, accum: usize| {
+        let mut c = tiny_job(&dir, name);
+        c["data"]["shuffle"] = json!(false);
+        c["precision"] = json!({"mode": "fp32"});
+        c["batch_size"] = json!(batch);
+        c["grad_accum"] = json!(accum);
+        c["steps"] = json!(3);
+        let path = write_config(&dir, &format!("{name}.json"), &c);
+        assert_ok(&train(&path, &[], &[]));
+        metrics(&dir.join("runs").join(name))
+    };
+    let accumulated = run_with("accum", 2, 4);
+    let single = run_with("single", 8, 1);
+    let rel = |a: &str, b: &str| {
+        let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+        (a - b).abs() / b.abs().max(1e-12)
+    };
+    for (a, b) in accumulated
+        .iter()
+        .zip(&single)
+        .filter(|(a, _)| !a[2].is_empty())
+    {
+        assert_eq!(a[1], b[1], "same tokens per step");
+        for col in [2, 5] {
+            let r = rel(&a[col], &b[col]);
+            assert!(
+                r < ACCUM_REL_TOL,
+                "step {} column {col}: {} vs {} (rel {r:e})",
+                a[0],
+                a[col],
+                b[col]
+            );
+        }
+    }
+}
+
+#[test]
+fn non_finite_policy_skip_and_stop() {
+    let dir = scratch("non-finite");
+    let nan_at_3 = [("FP8_TRAINER_INJECT_NAN_STEP", "3")];
+
+    let mut stop = tiny_job(&dir, "stop");
+    stop["non_finite"] = json!("stop");
+    stop["checkpoint_every"] = json!(2);
+    let path = write_config(&dir, "stop.json", &stop);
+    let out = train(&path, &[], &nan_at_3);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("step 3") && err.contains("layer h."),
+        "names step and layer: {err}"
+    );
+    let ckpts = dir.join("runs/stop/checkpoints");
+    assert!(ckpts.join("step-2").is_dir());
+    assert!(
+        !ckpts.join("step-4").exists(),
+        "no checkpoint after the NaN"
+    );
+
+    let skip = tiny_job(&dir, "skip");
+    let path = write_config(&dir, "skip.json", &skip);
+    let out = train(&path, &[], &nan_at_3);
+    assert_ok(&out);
+    let rows = metrics(&dir.join("runs/skip"));
+    let row3 = rows.iter().find(|r| r[0] == "3").unwrap();
+    assert_eq!(row3[2], "NaN", "the skipped step's loss is logged as NaN");
+    let last = rows.last().unwrap();
+    assert!(
+        last[2].parse::<f32>().unwrap().is_finite(),
+        "training went on: {last:?}"
+    );
+    let log = std::fs::read_to_string(dir.join("runs/skip/log.txt")).unwrap();
+    assert!(log.contains("step skipped (1 so far)"), "{log}");
+
+    // The run's other outputs: FP8 statistics every 3 steps under HF layer names, and `eval`
+    // of its final checkpoint.
+    let stats = std::fs::read_to_string(dir.join("runs/skip/fp8_stats.csv")).unwrap();
+    assert!(stats.starts_with("step,layer,role,amax,bias,underflow_frac,saturated_frac\n"));
+    assert!(stats.contains("\n6,h.1.mlp.c_proj,gradient,"), "{stats}");
+    assert!(!stats.contains("\n5,"), "only sampled steps");
+    let result = dir.join("eval.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .current_dir(&dir) // its token cache goes to ./runs/.token-cache
+        .args(["eval", "--checkpoint"])
+        .arg(dir.join("runs/skip/checkpoints/step-12"))
+        .args(["--data", &sonnets(), "--tokenizer", "bytes", "--seq-len", "32"])
+        .args(["--max-batches", "2", "--precision", "fp8-amax", "--out"])
+        .arg(&result)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    let (loss, ppl) = (r["loss"].as_f64().unwrap(), r["perplexity"].as_f64().unwrap());
+    assert!(loss > 0.0 && loss < 5.6, "trained below the uniform 257-way loss: {loss}");
+    assert!((ppl - loss.exp()).abs() < 1e-9 * ppl);
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
+    let dir = scratch("ctrl-c");
+    let mut config = tiny_job(&dir, "interrupted");
+    config["steps"] = json!(40);
+    config["checkpoint_every"] = json!(100); // only the interrupt and the end write checkpoints
+    let expected = reference_metrics(&dir, &config);
+    let path = write_config(&dir, "interrupted.json", &config);
+    let run = dir.join("runs/interrupted");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .args(["train", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("3,"))
+    {
+        assert!(Instant::now() < deadline, "the run never reached step 3");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(sent, 0, "SIGINT delivered");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted runs exit 130");
+    let last = metrics(&run).last().unwrap()[0].parse::<u64>().unwrap();
+    assert!(last < 40, "stopped early (step {last})");
+    assert!(run
+        .join(format!("checkpoints/step-{last}/trainer_state/state.json"))
+        .is_file());
+
+    assert_ok(&train(&path, &["--resume"], &[]));
+    assert_eq!(exact(&metrics(&run)), exact(&expected));
+}
