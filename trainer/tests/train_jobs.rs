@@ -318,15 +318,28 @@ fn non_finite_policy_skip_and_stop() {
         .current_dir(&dir) // its token cache goes to ./runs/.token-cache
         .args(["eval", "--checkpoint"])
         .arg(dir.join("runs/skip/checkpoints/step-12"))
-        .args(["--data", &sonnets(), "--tokenizer", "bytes", "--seq-len", "32"])
+        .args([
+            "--data",
+            &sonnets(),
+            "--tokenizer",
+            "bytes",
+            "--seq-len",
+            "32",
+        ])
         .args(["--max-batches", "2", "--precision", "fp8-amax", "--out"])
         .arg(&result)
         .output()
         .unwrap();
     assert_ok(&out);
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
-    let (loss, ppl) = (r["loss"].as_f64().unwrap(), r["perplexity"].as_f64().unwrap());
-    assert!(loss > 0.0 && loss < 5.6, "trained below the uniform 257-way loss: {loss}");
+    let (loss, ppl) = (
+        r["loss"].as_f64().unwrap(),
+        r["perplexity"].as_f64().unwrap(),
+    );
+    assert!(
+        loss > 0.0 && loss < 5.6,
+        "trained below the uniform 257-way loss: {loss}"
+    );
     assert!((ppl - loss.exp()).abs() < 1e-9 * ppl);
 }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use datasets::{load_tokenizer, tokenizer_from_checkpoint_dir, Tokenizer, TokenizerSpec};
 
-use super::{check_tokens, require_fp32, CommandError, CpuBackend};
+use super::{check_tokens, install_precision, CommandError, CpuBackend};
 use crate::checkpoint::load_checkpoint;
 use crate::config::Gpt2Config;
 use crate::generate::{generate, SamplingOptions};
@@ -39,7 +39,7 @@ pub struct GenerateArgs {
 
 /// Runs `generate`; returns what to print: prompt and continuation as text, or the new token ids.
 pub fn run_generate(args: &GenerateArgs) -> Result<String, CommandError> {
-    require_fp32(args.precision)?;
+    let _fp8 = install_precision(args.precision);
     let device = Default::default();
     let model = load_checkpoint::<CpuBackend>(&args.checkpoint, &ModelOptions::default(), &device)?;
     let config = model.config();

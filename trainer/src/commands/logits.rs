@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::json;
 
-use super::{check_tokens, require_fp32, CommandError, CpuBackend};
+use super::{check_tokens, install_precision, CommandError, CpuBackend};
 use crate::checkpoint::load_checkpoint;
 use crate::model::ModelOptions;
 use crate::precision::Precision;
@@ -25,7 +25,7 @@ pub struct LogitsArgs {
 
 /// Runs `logits`.
 pub fn run_logits(args: &LogitsArgs) -> Result<(), CommandError> {
-    require_fp32(args.precision)?;
+    let _fp8 = install_precision(args.precision);
     let device = Default::default();
     let model = load_checkpoint::<CpuBackend>(&args.checkpoint, &ModelOptions::default(), &device)?;
     let config = model.config();

@@ -1,9 +1,9 @@
 //! The `fp8-trainer` subcommands as library functions; `main.rs` only parses arguments.
 
-pub mod generate;
 pub mod compare;
 pub mod dump_step;
 pub mod eval;
+pub mod generate;
 pub mod logits;
 pub mod train;
 
@@ -15,8 +15,9 @@ use crate::precision::Precision;
 pub use generate::{run_generate, GenerateArgs};
 pub use logits::{run_logits, LogitsArgs};
 
-/// The CPU backend the inspection commands run on.
-pub type CpuBackend = burn::backend::NdArray<f32>;
+/// The CPU backend the inspection commands run on: the FP8 decorator over ndarray, which is
+/// bit-identical to plain ndarray while no FP8 policy is installed (`--precision fp32`).
+pub type CpuBackend = fp8_backend::Fp8<burn::backend::NdArray<f32>>;
 
 /// Why a command failed; [`CommandError::exit_code`] follows DESIGN.md (2 bad input, 1 other).
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +26,6 @@ pub enum CommandError {
     Checkpoint(#[from] CheckpointError),
     #[error("{flag}: {message}")]
     BadArgument { flag: &'static str, message: String },
-    // TODO(fp8-backend): run on `Fp8<NdArray>` once the decorator lands; until then only fp32.
-    #[error("--precision {0} is not available yet: the Fp8<B> backend is not wired into the trainer (use fp32)")]
-    PrecisionNotAvailable(Precision),
     #[error(transparent)]
     Tokenizer(#[from] datasets::TokenizerError),
     #[error("cannot write {path}: {source}")]
@@ -101,12 +99,14 @@ pub fn check_tokens(
     Ok(())
 }
 
-/// Only fp32 runs for now (see [`CommandError::PrecisionNotAvailable`]).
-fn require_fp32(precision: Precision) -> Result<(), CommandError> {
-    match precision {
-        Precision::Fp32 => Ok(()),
-        other => Err(CommandError::PrecisionNotAvailable(other)),
-    }
+/// Installs the FP8 policy of `precision` (the job config's defaults: Graphcore formats, margins
+/// 0/0/3, CSCALE bias 0) on this thread for as long as the guard lives.
+fn install_precision(precision: Precision) -> fp8_backend::Fp8Guard {
+    let config = crate::job::PrecisionConfig {
+        mode: precision,
+        ..Default::default()
+    };
+    fp8_backend::install(config.policy())
 }
 
 #[cfg(test)]
