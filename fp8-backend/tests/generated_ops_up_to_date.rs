@@ -21,7 +21,10 @@ fn burn_backend_sources(version: &str) -> Option<PathBuf> {
 
 #[test]
 fn generated_ops_match_the_generator() {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Cargo sets CARGO_MANIFEST_DIR when it runs the test; the compiled-in value can name
+    // another clone when a shared target directory is reused.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    let crate_dir = Path::new(&manifest);
     let mod_rs = std::fs::read_to_string(crate_dir.join("src/decorator/ops/mod.rs")).unwrap();
     let version = mod_rs
         .strip_prefix(HEADER)

@@ -11,6 +11,29 @@
 //! cargo run --release -p trainer -- logits --checkpoint tests/fixtures/gpt2-tiny --tokens 1,2,3 --out logits.json
 //! ```
 
+/// Calls `f::<B>(args..., device)` with the inner backend `B` and device of a job's
+/// [`job::Device`]; a device whose cargo feature is off gives `TrainError::DeviceUnavailable`.
+/// (Generic functions cannot be passed around uninstantiated, hence a macro.)
+macro_rules! on_device {
+    ($device:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $device {
+            $crate::job::Device::Cpu => $f::<burn::backend::NdArray<f32>>(
+                $($arg,)* burn::backend::ndarray::NdArrayDevice::Cpu,
+            ),
+            #[cfg(feature = "wgpu")]
+            $crate::job::Device::Wgpu => $f::<burn::backend::Wgpu>(
+                $($arg,)* burn::backend::wgpu::WgpuDevice::default(),
+            ),
+            #[cfg(feature = "cuda")]
+            $crate::job::Device::Cuda => $f::<burn::backend::Cuda>(
+                $($arg,)* burn::backend::cuda::CudaDevice::default(),
+            ),
+            #[allow(unreachable_patterns)]
+            other => Err($crate::train::TrainError::DeviceUnavailable(other)),
+        }
+    };
+}
+
 pub mod checkpoint;
 pub mod commands;
 pub mod config;

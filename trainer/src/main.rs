@@ -226,8 +226,34 @@ fn compare(a: CompareCli) -> ExitCode {
         overwrite: a.overwrite,
     };
     match run_compare(&args, stop, &mut cli_progress::TermProgress::new()) {
-        Ok(Some(dir)) => {
-            println!("loss curves: {}/loss.png", dir.display());
+        Ok(Some(outcome)) => {
+            let fmt = |v: Option<f32>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+            let base = outcome.rows.first().cloned();
+            println!(
+                "precision    final val   best val   train (last 10%)   val gap to {}",
+                base.as_ref().map(|b| b.precision.as_str()).unwrap_or("-")
+            );
+            for r in &outcome.rows {
+                let gap = match (
+                    r.final_val_loss,
+                    base.as_ref().and_then(|b| b.final_val_loss),
+                ) {
+                    (Some(v), Some(b)) => format!("{:+.4} ({:+.2}%)", v - b, 100.0 * (v - b) / b),
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<12} {:>9}  {:>9}  {:>17}   {gap}",
+                    r.precision.as_str(),
+                    fmt(r.final_val_loss),
+                    fmt(r.best_val_loss),
+                    fmt(r.final_train_loss)
+                );
+            }
+            println!(
+                "loss curves: {}/loss.png; summary: {}/summary.csv",
+                outcome.dir.display(),
+                outcome.dir.display()
+            );
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::from(130),

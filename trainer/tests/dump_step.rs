@@ -16,8 +16,8 @@ const GRAD_REL_TOL: f32 = 1e-4;
 fn dump_step_matches_the_reference_gradients_in_fp32() {
     let dir = common::scratch_dir("dump-step");
     let fixture = common::fixture_dir();
-    let sonnets = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../datasets/data/shakespeare_milton/shakespeare_sonnets.txt");
+    let sonnets =
+        common::repo_root().join("datasets/data/shakespeare_milton/shakespeare_sonnets.txt");
     let config = json!({
         "name": "dump", "out_dir": dir.join("runs"),
         "model": {"checkpoint": fixture},

@@ -6,6 +6,8 @@
 //! `FP8_TRAINER_FAIL_CHECKPOINT_AT=N` aborts while checkpoint N is half written;
 //! `FP8_TRAINER_INJECT_NAN_STEP=N` multiplies the loss of step N by NaN.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -16,6 +18,22 @@ use serde_json::{json, Value};
 /// different order; f32 reassociation of the loss mean and gradient sums stays near 1e-6
 /// relative, far below this.
 const ACCUM_REL_TOL: f64 = 1e-4;
+
+/// `compare` of fp32 and fp8-amax on the tiny job (30 steps): the final validation losses may
+/// differ by at most this many nats. Measured here: -1.3e-4. A broken FP8 path (a wrong scale,
+/// an unscaled cast that flushes the small gradients to zero) slows or stalls training, which
+/// shows as a gap of tenths of a nat after 30 steps.
+const FP8_PARITY_TOL_NATS: f64 = 0.02;
+
+/// wgpu vs CPU, fp32, same initial weights and batch: the initial validation loss and the first
+/// step's training loss differ only by f32 reassociation in matmuls and reductions (and the
+/// driver's exp/log). Measured on lavapipe: 1.6e-7 relative; 1e-4 leaves room for GPU drivers.
+const DEVICE_F32_REL_TOL: f64 = 1e-4;
+
+/// The same with FP8-AMAX: an element whose f32 value differs in the last bits can round to the
+/// neighbouring FP8 value (a 1/8 relative step for E4M3), so a few elements per tensor may move.
+/// Measured on lavapipe: 1.4e-7 relative (no element moved); 1e-2 allows some that do.
+const DEVICE_FP8_REL_TOL: f64 = 1e-2;
 
 /// Metrics columns that must be bit-identical between a resumed and an uninterrupted run
 /// (everything except tokens_per_s and elapsed_s, which are timings).
@@ -29,8 +47,8 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn sonnets() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../datasets/data/shakespeare_milton/shakespeare_sonnets.txt")
+    common::repo_root()
+        .join("datasets/data/shakespeare_milton/shakespeare_sonnets.txt")
         .to_string_lossy()
         .into_owned()
 }
@@ -381,4 +399,261 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
 
     assert_ok(&train(&path, &["--resume"], &[]));
     assert_eq!(exact(&metrics(&run)), exact(&expected));
+}
+
+/// A device the build lacks is a config error naming the field and the cargo feature.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_device_not_in_the_build_exits_2() {
+    let dir = scratch("no-cuda");
+    let mut config = tiny_job(&dir, "cuda");
+    config["device"] = json!("cuda");
+    let path = write_config(&dir, "cuda.json", &config);
+    let out = train(&path, &[], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in ["cuda.json", "`device`", "--features trainer/cuda"] {
+        assert!(err.contains(needle), "`{needle}` in: {err}");
+    }
+    assert!(!dir.join("runs/cuda").exists(), "nothing written: {err}");
+}
+
+fn rel(a: &str, b: &str) -> f64 {
+    let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+#[test]
+fn compare_runs_each_precision_and_summarises_the_gap() {
+    let dir = scratch("compare");
+    let mut config = tiny_job(&dir, "parity");
+    config["steps"] = json!(30);
+    config["eval_every"] = json!(10);
+    config["checkpoint_every"] = json!(0);
+    let path = write_config(&dir, "parity.json", &config);
+    let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .args(["compare", "--config"])
+        .arg(&path)
+        .args(["--precisions", "fp32,fp8-amax"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let runs = dir.join("runs");
+    let compare = runs.join("parity-compare");
+    for file in ["loss.png", "loss.svg", "summary.csv"] {
+        assert!(compare.join(file).is_file(), "{file} written: {stdout}");
+    }
+    let svg = std::fs::read_to_string(compare.join("loss.svg")).unwrap();
+    assert!(
+        svg.contains("fp32") && svg.contains("fp8-amax"),
+        "both curves are labelled"
+    );
+
+    // summary.csv against the runs' own metrics.
+    let summary = std::fs::read_to_string(compare.join("summary.csv")).unwrap();
+    let lines: Vec<Vec<&str>> = summary.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        lines[0],
+        [
+            "precision",
+            "steps",
+            "final_val_loss",
+            "best_val_loss",
+            "final_train_loss",
+            "val_gap",
+            "train_gap"
+        ]
+    );
+    assert_eq!(lines.len(), 3, "{summary}");
+    let last_val = |name: &str| {
+        metrics(&runs.join(name))
+            .iter()
+            .rev()
+            .find(|r| !r[3].is_empty())
+            .map(|r| r[3].clone())
+            .unwrap()
+    };
+    let fp32 = last_val("parity-fp32");
+    let fp8 = last_val("parity-fp8-amax");
+    assert_eq!(
+        (lines[1][0], lines[1][1], lines[1][2]),
+        ("fp32", "30", fp32.as_str())
+    );
+    assert_eq!(
+        (lines[2][0], lines[2][1], lines[2][2]),
+        ("fp8-amax", "30", fp8.as_str())
+    );
+    assert_eq!(lines[1][5], "0", "the baseline's gap to itself");
+    let gap: f64 = lines[2][5].parse().unwrap();
+    let expected_gap = fp8.parse::<f64>().unwrap() - fp32.parse::<f64>().unwrap();
+    assert!((gap - expected_gap).abs() < 1e-5, "{gap} vs {expected_gap}");
+    println!("fp8-amax - fp32 final val loss after 30 steps: {gap:+.5} nats");
+    assert!(gap != 0.0, "FP8 ran: the losses differ");
+    assert!(
+        gap.abs() < FP8_PARITY_TOL_NATS,
+        "FP8-AMAX keeps the loss: gap {gap} ({fp8} vs {fp32})"
+    );
+    assert!(
+        fp32.parse::<f64>().unwrap()
+            < metrics(&runs.join("parity-fp32"))[0][3]
+                .parse::<f64>()
+                .unwrap(),
+        "the loss fell"
+    );
+    assert!(
+        stdout.contains("fp8-amax") && stdout.contains("summary.csv"),
+        "{stdout}"
+    );
+}
+
+/// A few training steps on wgpu (Mesa's lavapipe in CI) against the same job on the CPU: same
+/// initial weights (a preset is initialised on the CPU), so the first losses agree to f32
+/// tolerance and the weights' FP8 statistics of step 1 are identical; the run writes a
+/// checkpoint that the CPU `eval` reads.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_few_steps_on_wgpu_match_the_cpu() {
+    let dir = scratch("wgpu");
+    for (precision, tol) in [
+        ("fp32", DEVICE_F32_REL_TOL),
+        ("fp8-amax", DEVICE_FP8_REL_TOL),
+    ] {
+        let run = |device: &str| {
+            let name = format!("{precision}-{device}");
+            let mut c = tiny_job(&dir, &name);
+            c["device"] = json!(device);
+            c["steps"] = json!(3);
+            c["eval_every"] = json!(3);
+            c["checkpoint_every"] = json!(0);
+            c["precision"] = json!({"mode": precision, "stats_every": 1});
+            let path = write_config(&dir, &format!("{name}.json"), &c);
+            let out = train(&path, &[], &[]);
+            assert_ok(&out);
+            dir.join("runs").join(name)
+        };
+        let (cpu, gpu) = (run("cpu"), run("wgpu"));
+        let log = std::fs::read_to_string(gpu.join("log.txt")).unwrap();
+        assert!(
+            log.contains(&format!("precision {precision} on wgpu")),
+            "{log}"
+        );
+        let (mc, mg) = (metrics(&cpu), metrics(&gpu));
+        assert_eq!(mc.len(), mg.len());
+        // Row 0: initial validation loss; row 1: step 1's training loss.
+        for (row, col) in [(0, 3), (1, 2)] {
+            let r = rel(&mg[row][col], &mc[row][col]);
+            println!(
+                "{precision}: row {row} col {col}: wgpu {} cpu {} (rel {r:.2e})",
+                mg[row][col], mc[row][col]
+            );
+            assert!(
+                r < tol,
+                "{precision}: wgpu {} vs cpu {} (rel {r:e})",
+                mg[row][col],
+                mc[row][col]
+            );
+        }
+        for r in &mg[1..] {
+            assert!(
+                r[2].parse::<f64>().unwrap().is_finite(),
+                "{precision}: {r:?}"
+            );
+        }
+        if precision == "fp8-amax" {
+            // Weight statistics of step 1 come from the initial weights: bit-identical.
+            let weights = |run: &Path| -> Vec<String> {
+                std::fs::read_to_string(run.join("fp8_stats.csv"))
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.starts_with("1,") && l.contains(",weight,"))
+                    .map(str::to_string)
+                    .collect()
+            };
+            let (wc, wg) = (weights(&cpu), weights(&gpu));
+            assert_eq!(wc.len(), 8, "4 projections x 2 blocks: {wc:?}");
+            assert_eq!(wg, wc, "device statistics equal the CPU's");
+        }
+        // The device's checkpoint is an ordinary one: the CPU evaluates it.
+        let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+            .current_dir(&dir)
+            .args(["eval", "--checkpoint"])
+            .arg(gpu.join("checkpoints/step-3"))
+            .args([
+                "--data",
+                &sonnets(),
+                "--tokenizer",
+                "bytes",
+                "--seq-len",
+                "32",
+            ])
+            .args(["--max-batches", "1"])
+            .output()
+            .unwrap();
+        assert_ok(&out);
+    }
+}
+
+/// Every shipped config runs (two steps, shrunk with `--set`) from the repository root, as the
+/// README tells users to. The Hugging Face configs cannot fetch `gpt2` or Cerebras-GPT here, so
+/// they fine-tune the tiny HF-layout fixture instead: the same config keys, data paths, the
+/// checkpoint-folder loading path and the checkpoint writing path.
+#[test]
+fn shipped_configs_run_from_the_repository_root() {
+    let dir = scratch("shipped");
+    let root = common::repo_root();
+    let fixture = root.join("tests/fixtures/gpt2-tiny");
+    let mut names: Vec<String> = std::fs::read_dir(root.join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "{names:?}");
+    for name in &names {
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("configs").join(name)).unwrap(),
+        )
+        .unwrap();
+        let mut sets = vec![
+            format!("out_dir={}", dir.join("runs").display()),
+            format!("data.cache_dir={}", dir.join("cache").display()),
+            "steps=2".into(),
+            "batch_size=2".into(),
+            "grad_accum=1".into(),
+            "data.seq_len=32".into(),
+            "eval_every=2".into(),
+            "eval_batches=1".into(),
+        ];
+        if config["model"]["checkpoint"].is_string() {
+            sets.push(format!("model.checkpoint={}", fixture.display()));
+            sets.push("tokenizer=bytes".into()); // the fixture has 512 embeddings
+        }
+        let mut args = vec![
+            "train".to_string(),
+            "--config".into(),
+            format!("configs/{name}"),
+        ];
+        for s in sets {
+            args.push("--set".into());
+            args.push(s);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+            .current_dir(&root)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let run = dir.join("runs").join(config["name"].as_str().unwrap());
+        let rows = metrics(&run);
+        assert_eq!(rows.len(), 3, "{name}: row 0 and two steps");
+        for r in &rows[1..] {
+            assert!(r[2].parse::<f64>().unwrap().is_finite(), "{name}: {r:?}");
+        }
+        assert!(
+            run.join("checkpoints/step-2/model.safetensors").is_file(),
+            "{name}"
+        );
+        assert!(run.join("loss.png").is_file(), "{name}");
+    }
 }

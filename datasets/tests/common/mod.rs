@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use datasets::{DataConfig, Paths};
 
-/// Folder of the shipped corpora.
+/// Folder of the shipped corpora, from the `CARGO_MANIFEST_DIR` that `cargo test` sets when it
+/// runs the test (not the one compiled in: a shared target directory can hold a binary built
+/// from a clone at another path, which cargo reuses without rebuilding).
 pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    Path::new(&manifest).join("data")
 }
 
 /// A temporary folder with files written into it; the cache goes to `<tmp>/cache`.

@@ -2,13 +2,14 @@
 //!
 //! [`Fp8Kernels`] is the one thing a backend needs to sit under [`crate::Fp8`]. Its default method
 //! is a correct generic fallback (read the tensor to the host, run the CPU kernel, write it back);
-//! ndarray overrides it with a direct kernel over the tensor's memory, and wgpu (feature `wgpu`)
-//! with a device kernel that keeps amax and bias on the GPU. Any other backend opts in with
+//! ndarray overrides it with a direct kernel over the tensor's memory, and Burn's cubecl backends
+//! (wgpu with feature `wgpu`, CUDA with feature `cuda`) with a device kernel that keeps amax and
+//! bias on the GPU. Any other backend opts in with
 //! `impl Fp8Kernels for MyBackend {}`.
 
 pub mod cpu;
 mod ndarray;
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod wgpu;
 
 use burn::tensor::backend::Backend;

@@ -1,6 +1,8 @@
 //! `fp8-trainer compare --config FILE --precisions fp32,fp8-amax`: the loss-parity experiment.
 //! Runs the job once per precision into `{out_dir}/{name}-{precision}/` (same seed, data and
-//! schedule) and draws every curve into `{out_dir}/{name}-compare/loss.png` / `loss.svg`.
+//! schedule) and draws every curve into `{out_dir}/{name}-compare/loss.png` / `loss.svg`, with
+//! `summary.csv`: per precision, the final and best validation loss, the mean training loss over
+//! the last tenth of the steps, and each one's gap to the first precision (the baseline).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use crate::job::load_job_config;
 use crate::precision::Precision;
 use crate::train::plot::{curves_of, draw_loss, Curve};
-use crate::train::run_dir::read_metrics;
+use crate::train::run_dir::{read_metrics, MetricsRow};
 use crate::train::{run_training, Progress, TrainError, TrainOptions, TrainOutcome};
 
 /// Arguments of `compare`.
@@ -22,12 +24,96 @@ pub struct CompareArgs {
     pub overwrite: bool,
 }
 
-/// Runs `compare`; returns the folder of the combined plot, or `None` when interrupted.
+/// One precision's line of `summary.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompareRow {
+    pub precision: Precision,
+    /// Optimizer steps run.
+    pub steps: u64,
+    /// Validation loss at the last evaluation.
+    pub final_val_loss: Option<f32>,
+    /// Lowest validation loss of the run.
+    pub best_val_loss: Option<f32>,
+    /// Mean finite training loss over the last tenth of the steps (at least one step).
+    pub final_train_loss: Option<f32>,
+}
+
+impl CompareRow {
+    /// The summary of a run's metrics.
+    pub fn of(precision: Precision, rows: &[MetricsRow]) -> Self {
+        let vals: Vec<f32> = rows.iter().filter_map(|r| r.val_loss).collect();
+        let train: Vec<f32> = rows
+            .iter()
+            .filter(|r| r.step > 0)
+            .filter_map(|r| r.train_loss)
+            .collect();
+        let tail = &train[train.len() - (train.len() / 10).max(1).min(train.len())..];
+        let finite: Vec<f64> = tail
+            .iter()
+            .filter(|l| l.is_finite())
+            .map(|&l| l as f64)
+            .collect();
+        Self {
+            precision,
+            steps: rows.iter().map(|r| r.step).max().unwrap_or(0),
+            final_val_loss: vals.last().copied(),
+            best_val_loss: vals
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .reduce(f32::min),
+            final_train_loss: (!finite.is_empty())
+                .then(|| (finite.iter().sum::<f64>() / finite.len() as f64) as f32),
+        }
+    }
+}
+
+/// What `compare` produced.
+#[derive(Clone, Debug)]
+pub struct CompareOutcome {
+    /// `{out_dir}/{name}-compare`: loss.png, loss.svg, summary.csv.
+    pub dir: PathBuf,
+    /// One row per precision, the baseline (first) first.
+    pub rows: Vec<CompareRow>,
+}
+
+/// `summary.csv`: the rows, with the gaps to the first row (empty where a value is missing).
+pub fn summary_csv(rows: &[CompareRow]) -> String {
+    fn cell(v: Option<f32>) -> String {
+        v.map(|v| v.to_string()).unwrap_or_default()
+    }
+    fn gap(v: Option<f32>, base: Option<f32>) -> String {
+        match (v, base) {
+            (Some(v), Some(b)) => (v - b).to_string(),
+            _ => String::new(),
+        }
+    }
+    let base = rows.first();
+    let mut out = String::from(
+        "precision,steps,final_val_loss,best_val_loss,final_train_loss,val_gap,train_gap\n",
+    );
+    for r in rows {
+        out += &format!(
+            "{},{},{},{},{},{},{}\n",
+            r.precision,
+            r.steps,
+            cell(r.final_val_loss),
+            cell(r.best_val_loss),
+            cell(r.final_train_loss),
+            gap(r.final_val_loss, base.and_then(|b| b.final_val_loss)),
+            gap(r.final_train_loss, base.and_then(|b| b.final_train_loss)),
+        );
+    }
+    out
+}
+
+/// Runs `compare`; returns the combined plot's folder and the summary, or `None` when
+/// interrupted.
 pub fn run_compare(
     args: &CompareArgs,
     stop: Arc<AtomicBool>,
     progress: &mut dyn Progress,
-) -> Result<Option<PathBuf>, TrainError> {
+) -> Result<Option<CompareOutcome>, TrainError> {
     let base = load_job_config(&args.config, &args.overrides)?;
     let mut runs = Vec::new();
     for &precision in &args.precisions {
@@ -46,9 +132,13 @@ pub fn run_compare(
             TrainOutcome::Interrupted { .. } => return Ok(None),
         }
     }
-    let named: Vec<(String, Vec<(f64, f64)>)> = runs
+    let metrics: Vec<(Precision, Vec<MetricsRow>)> = runs
         .iter()
-        .flat_map(|(p, dir)| curves_of(&read_metrics(dir), &format!("{p} ")))
+        .map(|(p, dir)| (*p, read_metrics(dir)))
+        .collect();
+    let named: Vec<(String, Vec<(f64, f64)>)> = metrics
+        .iter()
+        .flat_map(|(p, rows)| curves_of(rows, &format!("{p} ")))
         .collect();
     let curves: Vec<Curve<'_>> = named
         .iter()
@@ -60,5 +150,10 @@ pub fn run_compare(
     let out = base.out_dir.join(format!("{}-compare", base.name));
     std::fs::create_dir_all(&out).map_err(TrainError::io(&out))?;
     draw_loss(&out, &format!("{}: loss parity", base.name), &curves).map_err(TrainError::Plot)?;
-    Ok(Some(out))
+    let rows: Vec<CompareRow> = metrics.iter().map(|(p, m)| CompareRow::of(*p, m)).collect();
+    let summary = out.join("summary.csv");
+    let staging = out.join(".summary.csv.tmp");
+    std::fs::write(&staging, summary_csv(&rows)).map_err(TrainError::io(&staging))?;
+    std::fs::rename(&staging, &summary).map_err(TrainError::io(&summary))?;
+    Ok(Some(CompareOutcome { dir: out, rows }))
 }

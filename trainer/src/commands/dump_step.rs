@@ -12,7 +12,7 @@ use datasets::{DataLoader, WindowOrder};
 
 use crate::checkpoint::{write_safetensors, NamedTensor};
 use crate::job::load_job_config;
-use crate::train::setup::{build_model, open_data, INNER_DEVICE};
+use crate::train::setup::{build_model, check_device, open_data};
 use crate::train::step::forward_backward;
 use crate::train::TrainError;
 
@@ -26,11 +26,20 @@ pub struct DumpStepArgs {
     pub tokens: Option<PathBuf>,
 }
 
-/// Runs `dump-step`; returns the loss.
+/// Runs `dump-step` on the job's device; returns the loss.
 pub fn run_dump_step(args: &DumpStepArgs) -> Result<f32, TrainError> {
     let job = load_job_config(&args.config, &args.overrides)?;
-    let data = open_data(&job, &args.config)?;
-    let model = build_model(&job, &args.config, data.tokenizer.vocab_size())?;
+    check_device(&job, &args.config)?;
+    on_device!(job.device, dump_on(args, &job))
+}
+
+fn dump_on<B: fp8_backend::Fp8Kernels>(
+    args: &DumpStepArgs,
+    job: &crate::job::JobConfig,
+    device: B::Device,
+) -> Result<f32, TrainError> {
+    let data = open_data(job, &args.config)?;
+    let model = build_model::<B>(job, &args.config, data.tokenizer.vocab_size(), &device)?;
     let mut loader = match &args.tokens {
         None => data
             .dataset
@@ -63,7 +72,7 @@ pub fn run_dump_step(args: &DumpStepArgs) -> Result<f32, TrainError> {
         1,
         job.precision.policy(),
         false,
-        &INNER_DEVICE,
+        &device,
     );
     let mut tensors = vec![NamedTensor {
         name: "loss".into(),

@@ -67,7 +67,7 @@ pub enum TrainError {
     NonFinite { step: u64, reason: String },
     #[error("refusing to write checkpoint {step}: parameter `{param}` is not finite")]
     NonFiniteCheckpoint { step: u64, param: String },
-    #[error("device `{0:?}` is not available in this build (use \"cpu\"; wgpu/cuda need the cargo features of that name)")]
+    #[error("device `{name}` is not available in this build: rebuild with `--features trainer/{name}` (or use \"cpu\")", name = .0.name())]
     DeviceUnavailable(Device),
     #[error("cannot draw the loss plot: {0}")]
     Plot(String),
@@ -131,27 +131,35 @@ pub enum TrainOutcome {
     Interrupted { step: u64, run_dir: PathBuf },
 }
 
-/// Runs a job.
+/// Runs a job on the device its config names.
 pub fn run_training(
     opts: &TrainOptions,
     progress: &mut dyn Progress,
 ) -> Result<TrainOutcome, TrainError> {
+    setup::check_device(&opts.job, &opts.config_path)?;
+    on_device!(opts.job.device, run_on(opts, progress))
+}
+
+/// Runs a job on `device` of the inner backend `B`.
+fn run_on<B: fp8_backend::Fp8Kernels>(
+    opts: &TrainOptions,
+    progress: &mut dyn Progress,
+    device: B::Device,
+) -> Result<TrainOutcome, TrainError> {
     let job = &opts.job;
-    if job.device != Device::Cpu {
-        return Err(TrainError::DeviceUnavailable(job.device));
-    }
     let root = job.out_dir.join(&job.name);
     let ckpt_root = root.join("checkpoints");
     let data = setup::open_data(job, &opts.config_path)?;
     let resume_from = resume_point(&ckpt_root, opts)?;
-    let device = INNER_DEVICE;
     let mut model = match &resume_from {
         Some((_, dir)) => {
             let config = setup::model_config_of_checkpoint(dir)?;
             setup::check_model_fits(job, &opts.config_path, &config, data.tokenizer.vocab_size())?;
-            load_checkpoint::<TrainBackend>(dir, &setup::model_options(job), &device)?
+            load_checkpoint::<TrainBackend<B>>(dir, &setup::model_options(job), &device)?
         }
-        None => setup::build_model(job, &opts.config_path, data.tokenizer.vocab_size())?,
+        None => {
+            setup::build_model::<B>(job, &opts.config_path, data.tokenizer.vocab_size(), &device)?
+        }
     };
     let mut optimizer = AdamW::new(step::host_params(&model));
     let mut loader = data
@@ -191,11 +199,12 @@ pub fn run_training(
         };
     let tokens_per_step = (job.batch_size * job.grad_accum * job.data.seq_len) as u64;
     say(&mut run, progress, format!(
-        "{} {}: {} parameters, precision {}, {} FP8 layers, {total_steps} steps of {tokens_per_step} tokens ({} x {} x {}), {} training tokens",
+        "{} {}: {} parameters, precision {} on {}, {} FP8 layers, {total_steps} steps of {tokens_per_step} tokens ({} x {} x {}), {} training tokens",
         if resume_from.is_some() { "resuming" } else { "starting" },
         job.name,
         model.config().num_params(),
         job.precision.mode,
+        job.device.name(),
         fp8_layers.len(),
         job.batch_size, job.grad_accum, job.data.seq_len,
         data.dataset.num_train_tokens(),
@@ -259,7 +268,7 @@ pub fn run_training(
         // 1. learning rate
         let lr = schedule::learning_rate(&job.schedule, job.optimizer.lr, state.step, total_steps);
         // 2. forward/backward with accumulation (RNG reseeded so a resumed step draws the same masks)
-        TrainBackend::seed(&device, job.seed.wrapping_add(state.step));
+        TrainBackend::<B>::seed(&device, job.seed.wrapping_add(state.step));
         let sample_stats =
             job.precision.stats_every > 0 && (state.step + 1) % job.precision.stats_every == 0;
         let step_start = Instant::now();
@@ -416,9 +425,9 @@ fn resume_point(
     Ok(None)
 }
 
-fn save(
+fn save<B: Backend>(
     ckpt_root: &Path,
-    model: &crate::model::Gpt2<TrainBackend>,
+    model: &crate::model::Gpt2<B>,
     optimizer: &AdamW,
     state: &mut TrainerState,
     loader: &datasets::DataLoader,

@@ -16,10 +16,23 @@ use crate::config::Gpt2Config;
 use crate::job::JobConfig;
 use crate::model::{Gpt2, ModelOptions};
 
-/// The backend every precision trains on: FP8 is switched by the installed policy.
-pub type TrainBackend = Autodiff<fp8_backend::Fp8<NdArray<f32>>>;
+/// The backend every precision trains on: the FP8 decorator over a device backend `B` (ndarray
+/// on the CPU by default), with FP8 switched by the installed policy.
+pub type TrainBackend<B = NdArray<f32>> = Autodiff<fp8_backend::Fp8<B>>;
 /// The CPU device.
 pub const INNER_DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
+
+/// Fails, naming the config's `device` field, when this build lacks the job's device.
+pub fn check_device(job: &JobConfig, config: &Path) -> Result<(), TrainError> {
+    if job.device.available() {
+        return Ok(());
+    }
+    Err(TrainError::Field {
+        config: config.to_path_buf(),
+        field: "device".into(),
+        message: TrainError::DeviceUnavailable(job.device).to_string(),
+    })
+}
 
 /// The job's tokenizer and dataset.
 pub struct JobData {
@@ -151,12 +164,16 @@ pub fn check_model_fits(
     Ok(())
 }
 
-/// The job's model: a checkpoint, or a preset initialised with `model.init_seed`.
-pub fn build_model(
+/// The job's model on `device`: a checkpoint, or a preset initialised with `model.init_seed`.
+///
+/// A preset is always initialised on the CPU and then copied to the device, so a seed gives the
+/// same initial weights on every device (each backend's RNG draws different numbers).
+pub fn build_model<B: fp8_backend::Fp8Kernels>(
     job: &JobConfig,
     config: &Path,
     vocab: usize,
-) -> Result<Gpt2<TrainBackend>, TrainError> {
+    device: &B::Device,
+) -> Result<Gpt2<TrainBackend<B>>, TrainError> {
     let options = model_options(job);
     let filter_err = |e: crate::LayerFilterError| TrainError::Field {
         config: config.to_path_buf(),
@@ -170,11 +187,7 @@ pub fn build_model(
             .layer_filter
             .resolve(c.n_layer)
             .map_err(filter_err)?;
-        return Ok(load_checkpoint::<TrainBackend>(
-            dir,
-            &options,
-            &INNER_DEVICE,
-        )?);
+        return Ok(load_checkpoint::<TrainBackend<B>>(dir, &options, device)?);
     }
     let name = job
         .model
@@ -183,12 +196,23 @@ pub fn build_model(
         .expect("validated: checkpoint or preset");
     let c = preset_config(job, config, name)?;
     check_model_fits(job, config, &c, vocab)?;
-    TrainBackend::seed(&INNER_DEVICE, job.model.init_seed);
-    let model = Gpt2::<TrainBackend>::new(&c, &options, &INNER_DEVICE).map_err(filter_err)?;
+    TrainBackend::<NdArray<f32>>::seed(&INNER_DEVICE, job.model.init_seed);
+    let cpu = Gpt2::<TrainBackend>::new(&c, &options, &INNER_DEVICE).map_err(filter_err)?;
     // Parameters are initialised lazily: draw them now, in module order, so the values depend
     // only on the seed (not on which command touches them first).
-    let _ = crate::model::names::param_values(&model);
-    Ok(model)
+    let mut initial: std::collections::HashMap<String, burn::tensor::TensorData> =
+        crate::model::names::param_values(&cpu)
+            .into_iter()
+            .collect();
+    let model = Gpt2::<TrainBackend<B>>::new(&c, &options, device).map_err(filter_err)?;
+    Ok(
+        crate::model::names::replace_params(
+            model,
+            |name, _| initial.remove(name).ok_or(()),
+            device,
+        )
+        .expect("a model of the same config has the same parameters"),
+    )
 }
 
 /// Steps of the job: `steps`, or `epochs` worth of optimizer steps (rounded up).

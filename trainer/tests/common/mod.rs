@@ -5,9 +5,17 @@ use std::path::{Path, PathBuf};
 
 use trainer::checkpoint::{write_safetensors, NamedTensor, WeightFiles};
 
+/// The repository root, from the `CARGO_MANIFEST_DIR` that `cargo test` sets when it runs the
+/// test (not the one compiled in: a shared target directory can hold a binary built from a
+/// clone at another path, which cargo reuses without rebuilding).
+pub fn repo_root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    Path::new(&manifest).join("..")
+}
+
 /// `tests/fixtures/gpt2-tiny`, made by `tests/fixtures/gen_gpt2.py`.
 pub fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny")
+    repo_root().join("tests/fixtures/gpt2-tiny")
 }
 
 /// A fresh, empty directory under Cargo's per-test-target scratch space.
