@@ -230,7 +230,7 @@ fn compare(a: CompareCli) -> ExitCode {
             let fmt = |v: Option<f32>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
             let base = outcome.rows.first().cloned();
             println!(
-                "precision    final val   best val   train (last 10%)   val gap to {}",
+                "precision    final val   best val   train (last 10%)   tokens/s   val gap to {}",
                 base.as_ref().map(|b| b.precision.as_str()).unwrap_or("-")
             );
             for r in &outcome.rows {
@@ -242,11 +242,14 @@ fn compare(a: CompareCli) -> ExitCode {
                     _ => "-".into(),
                 };
                 println!(
-                    "{:<12} {:>9}  {:>9}  {:>17}   {gap}",
+                    "{:<12} {:>9}  {:>9}  {:>17}  {:>9}   {gap}",
                     r.precision.as_str(),
                     fmt(r.final_val_loss),
                     fmt(r.best_val_loss),
-                    fmt(r.final_train_loss)
+                    fmt(r.final_train_loss),
+                    r.tokens_per_s
+                        .map(|s| format!("{s:.0}"))
+                        .unwrap_or_else(|| "-".into()),
                 );
             }
             println!(

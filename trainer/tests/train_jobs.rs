@@ -462,7 +462,9 @@ fn compare_runs_each_precision_and_summarises_the_gap() {
             "best_val_loss",
             "final_train_loss",
             "val_gap",
-            "train_gap"
+            "train_gap",
+            "tokens_per_s",
+            "speed_ratio"
         ]
     );
     assert_eq!(lines.len(), 3, "{summary}");
@@ -485,6 +487,8 @@ fn compare_runs_each_precision_and_summarises_the_gap() {
         ("fp8-amax", "30", fp8.as_str())
     );
     assert_eq!(lines[1][5], "0", "the baseline's gap to itself");
+    assert_eq!(lines[1][8], "1.000", "the baseline's speed ratio");
+    assert!(lines[2][7].parse::<f64>().unwrap() > 0.0, "{summary}");
     let gap: f64 = lines[2][5].parse().unwrap();
     let expected_gap = fp8.parse::<f64>().unwrap() - fp32.parse::<f64>().unwrap();
     assert!((gap - expected_gap).abs() < 1e-5, "{gap} vs {expected_gap}");

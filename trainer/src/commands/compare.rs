@@ -2,7 +2,8 @@
 //! Runs the job once per precision into `{out_dir}/{name}-{precision}/` (same seed, data and
 //! schedule) and draws every curve into `{out_dir}/{name}-compare/loss.png` / `loss.svg`, with
 //! `summary.csv`: per precision, the final and best validation loss, the mean training loss over
-//! the last tenth of the steps, and each one's gap to the first precision (the baseline).
+//! the last tenth of the steps, each one's gap to the first precision (the baseline), and the
+//! median training throughput with its ratio to the baseline's.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -36,6 +37,8 @@ pub struct CompareRow {
     pub best_val_loss: Option<f32>,
     /// Mean finite training loss over the last tenth of the steps (at least one step).
     pub final_train_loss: Option<f32>,
+    /// Median training throughput (tokens per second of forward, backward and optimizer step).
+    pub tokens_per_s: Option<f64>,
 }
 
 impl CompareRow {
@@ -53,8 +56,15 @@ impl CompareRow {
             .filter(|l| l.is_finite())
             .map(|&l| l as f64)
             .collect();
+        let mut speeds: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| r.tokens_per_s)
+            .filter(|s| s.is_finite())
+            .collect();
+        speeds.sort_by(f64::total_cmp);
         Self {
             precision,
+            tokens_per_s: speeds.get(speeds.len() / 2).copied(),
             steps: rows.iter().map(|r| r.step).max().unwrap_or(0),
             final_val_loss: vals.last().copied(),
             best_val_loss: vals
@@ -90,11 +100,15 @@ pub fn summary_csv(rows: &[CompareRow]) -> String {
     }
     let base = rows.first();
     let mut out = String::from(
-        "precision,steps,final_val_loss,best_val_loss,final_train_loss,val_gap,train_gap\n",
+        "precision,steps,final_val_loss,best_val_loss,final_train_loss,val_gap,train_gap,tokens_per_s,speed_ratio\n",
     );
     for r in rows {
+        let ratio = match (r.tokens_per_s, base.and_then(|b| b.tokens_per_s)) {
+            (Some(s), Some(b)) if b > 0.0 => format!("{:.3}", s / b),
+            _ => String::new(),
+        };
         out += &format!(
-            "{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{ratio}\n",
             r.precision,
             r.steps,
             cell(r.final_val_loss),
@@ -102,6 +116,9 @@ pub fn summary_csv(rows: &[CompareRow]) -> String {
             cell(r.final_train_loss),
             gap(r.final_val_loss, base.and_then(|b| b.final_val_loss)),
             gap(r.final_train_loss, base.and_then(|b| b.final_train_loss)),
+            r.tokens_per_s
+                .map(|s| format!("{s:.0}"))
+                .unwrap_or_default(),
         );
     }
     out

@@ -248,14 +248,9 @@ fn run_on<B: fp8_backend::Fp8Kernels>(
                 format!("interrupted at step {}: saving a checkpoint", state.step),
             )?;
             if last_checkpoint != Some(state.step) && state.step > 0 {
-                state.elapsed_s = base_elapsed + started.elapsed().as_secs_f64();
+                let elapsed = base_elapsed + started.elapsed().as_secs_f64();
                 save(
-                    &ckpt_root,
-                    &model,
-                    &optimizer,
-                    &mut state,
-                    &loader,
-                    job.keep_checkpoints,
+                    &ckpt_root, &model, &optimizer, &state, &loader, job, elapsed,
                 )?;
             }
             draw_plot(&run, job)?;
@@ -361,16 +356,10 @@ fn run_on<B: fp8_backend::Fp8Kernels>(
         let checkpoint_now = state.step == total_steps
             || (job.checkpoint_every > 0 && state.step % job.checkpoint_every == 0);
         if checkpoint_now {
-            state.elapsed_s = base_elapsed + started.elapsed().as_secs_f64();
+            let elapsed = base_elapsed + started.elapsed().as_secs_f64();
             let dir = save(
-                &ckpt_root,
-                &model,
-                &optimizer,
-                &mut state,
-                &loader,
-                job.keep_checkpoints,
+                &ckpt_root, &model, &optimizer, &state, &loader, job, elapsed,
             )?;
-            state.elapsed_s = base_elapsed;
             last_checkpoint = Some(state.step);
             run.log(&format!(
                 "step {}: checkpoint {}",
@@ -425,17 +414,24 @@ fn resume_point(
     Ok(None)
 }
 
+/// Writes the checkpoint of the current step: the model, AdamW, the data position and the
+/// wall time so far.
 fn save<B: Backend>(
     ckpt_root: &Path,
     model: &crate::model::Gpt2<B>,
     optimizer: &AdamW,
-    state: &mut TrainerState,
+    state: &TrainerState,
     loader: &datasets::DataLoader,
-    keep: usize,
+    job: &JobConfig,
+    elapsed_s: f64,
 ) -> Result<PathBuf, TrainError> {
-    state.loader = loader.state();
-    state.adam_t = optimizer.t;
-    save_training_checkpoint(ckpt_root, model, optimizer, state, keep)
+    let state = TrainerState {
+        loader: loader.state(),
+        adam_t: optimizer.t,
+        elapsed_s,
+        ..state.clone()
+    };
+    save_training_checkpoint(ckpt_root, model, optimizer, &state, job.keep_checkpoints)
 }
 
 fn draw_plot(run: &RunDir, job: &JobConfig) -> Result<(), TrainError> {
