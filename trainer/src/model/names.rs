@@ -69,7 +69,20 @@ pub fn param_grads<B: AutodiffBackend, M: Module<B>>(
     module: &M,
     grads: &B::Gradients,
 ) -> Vec<(String, Option<TensorData>)> {
-    struct Grads<'a, B: AutodiffBackend>(Path, Vec<(String, Option<TensorData>)>, &'a B::Gradients);
+    param_grad_tensors(module, grads)
+        .into_iter()
+        .map(|(name, g)| (name, g.map(Tensor::into_data)))
+        .collect()
+}
+
+/// [`param_grads`] left on the device, each gradient flattened to one dimension (the parameter's
+/// shape is [`param_shapes`]'): for summing micro-batches without copying each one to the host.
+pub fn param_grad_tensors<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+) -> Vec<(String, Option<Tensor<B::InnerBackend, 1>>)> {
+    type Flat<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 1>;
+    struct Grads<'a, B: AutodiffBackend>(Path, Vec<(String, Option<Flat<B>>)>, &'a B::Gradients);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
         fn enter_module(&mut self, name: &str, _: &str) {
             self.0.enter(name);
@@ -78,8 +91,11 @@ pub fn param_grads<B: AutodiffBackend, M: Module<B>>(
             self.0.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.1
-                .push((self.0.name(), param.grad(self.2).map(|g| g.into_data())));
+            let grad = param.grad(self.2).map(|g| {
+                let n = g.shape().num_elements();
+                g.reshape([n])
+            });
+            self.1.push((self.0.name(), grad));
         }
     }
     let mut visitor = Grads::<B>(Path::default(), Vec::new(), grads);

@@ -10,7 +10,7 @@ use datasets::{Batch, DataLoader};
 use fp8_backend::{Fp8Policy, Fp8Report};
 
 use super::optimizer::AdamW;
-use crate::model::names::{param_grads, replace_params};
+use crate::model::names::{param_grad_tensors, replace_params};
 use crate::model::{cross_entropy, Gpt2};
 
 /// Test-only: at this step (1-based), the loss is multiplied by NaN before the backward pass,
@@ -78,7 +78,9 @@ pub fn forward_backward<B: AutodiffBackend>(
     device: &B::Device,
 ) -> StepGrads {
     let _fp8 = fp8_backend::install(policy);
-    let mut sum: Vec<Option<Vec<f32>>> = Vec::new();
+    // Summed on the device: one copy to the host per step, not per micro-batch. (On the CPU the
+    // f32 additions are the same, in the same order, as summing on the host.)
+    let mut sum: Vec<Option<Tensor<B::InnerBackend, 1>>> = Vec::new();
     let (mut loss_sum, mut tokens) = (0.0f64, 0u64);
     for _ in 0..grad_accum {
         let batch = loader.next_batch();
@@ -89,21 +91,22 @@ pub fn forward_backward<B: AutodiffBackend>(
         }
         loss_sum += loss.clone().into_scalar().elem::<f64>();
         let grads = loss.div_scalar(grad_accum as f32).backward();
-        let micro = param_grads(model, &grads);
+        let micro = param_grad_tensors(model, &grads);
         if sum.is_empty() {
-            sum = micro.into_iter().map(|(_, g)| g.map(to_vec)).collect();
+            sum = micro.into_iter().map(|(_, g)| g).collect();
         } else {
             for (acc, (_, g)) in sum.iter_mut().zip(micro) {
-                match (acc, g) {
-                    (Some(acc), Some(g)) => {
-                        acc.iter_mut().zip(to_vec(g)).for_each(|(a, b)| *a += b)
-                    }
-                    (acc @ None, Some(g)) => *acc = Some(to_vec(g)),
-                    _ => {}
-                }
+                *acc = match (acc.take(), g) {
+                    (Some(a), Some(g)) => Some(a + g),
+                    (a, g) => a.or(g),
+                };
             }
         }
     }
+    let sum = sum
+        .into_iter()
+        .map(|g| g.map(|g| to_vec(g.into_data())))
+        .collect();
     StepGrads {
         loss: (loss_sum / grad_accum as f64) as f32,
         grads: sum,
