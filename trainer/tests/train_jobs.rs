@@ -397,7 +397,18 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
         .join(format!("checkpoints/step-{last}/trainer_state/state.json"))
         .is_file());
 
-    assert_ok(&train(&path, &["--resume"], &[]));
+    // A setting changed for the resumed part is reported (log_every leaves the metrics alone).
+    let out = train(&path, &["--resume", "--set", "log_every=2"], &[]);
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("config changed since the last run: log_every: 1 -> 2"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("config changed since the last run: name"),
+        "{stdout}"
+    );
     assert_eq!(exact(&metrics(&run)), exact(&expected));
 }
 

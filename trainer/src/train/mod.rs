@@ -186,9 +186,7 @@ fn run_on<B: fp8_backend::Fp8Kernels>(
         loader.restore(&state.loader).map_err(data.err())?;
     }
     let mut run = RunDir::open(&root, resume_from.as_ref().map(|(s, _)| *s))?;
-    let resolved = serde_json::to_string_pretty(job).expect("config serialises");
-    std::fs::write(root.join("config.json"), resolved + "\n")
-        .map_err(TrainError::io(root.join("config.json")))?;
+    let changed = run_dir::write_resolved_config(&root, job)?;
 
     let policy = job.precision.policy();
     let fp8_layers = model.fp8_layers();
@@ -215,6 +213,13 @@ fn run_on<B: fp8_backend::Fp8Kernels>(
             progress,
             format!("resumed from {} (step {step})", dir.display()),
         )?;
+        for change in &changed {
+            say(
+                &mut run,
+                progress,
+                format!("config changed since the last run: {change}"),
+            )?;
+        }
     }
 
     let started = Instant::now();

@@ -181,3 +181,54 @@ pub fn read_metrics(run: &Path) -> Vec<MetricsRow> {
         .filter_map(MetricsRow::from_csv)
         .collect()
 }
+
+/// Writes the resolved job config to `root/config.json` (a temporary file, then renamed) and
+/// returns what differs from the one already there, as `key.sub: old -> new` lines (for a
+/// resumed run whose settings were changed).
+pub fn write_resolved_config(
+    root: &Path,
+    job: &crate::job::JobConfig,
+) -> Result<Vec<String>, TrainError> {
+    let path = root.join("config.json");
+    let new = serde_json::to_value(job).expect("config serialises");
+    let old: Option<serde_json::Value> = fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let mut changes = Vec::new();
+    if let Some(old) = &old {
+        diff_json("", old, &new, &mut changes);
+    }
+    let staging = root.join(".config.json.tmp");
+    let text = serde_json::to_string_pretty(&new).expect("config serialises") + "\n";
+    fs::write(&staging, text).map_err(TrainError::io(&staging))?;
+    fs::rename(&staging, &path).map_err(TrainError::io(&path))?;
+    Ok(changes)
+}
+
+/// Leaf differences between two JSON values, by dotted key.
+fn diff_json(key: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                let missing = Value::Null;
+                diff_json(
+                    &sub,
+                    a.get(k).unwrap_or(&missing),
+                    b.get(k).unwrap_or(&missing),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => out.push(format!("{key}: {a} -> {b}")),
+        _ => {}
+    }
+}
