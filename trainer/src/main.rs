@@ -19,6 +19,7 @@ use trainer::commands::{
     parse_token_list, run_generate, run_logits, CommandError, GenerateArgs, LogitsArgs,
 };
 use trainer::generate::SamplingOptions;
+use trainer::job::Device;
 use trainer::precision::Precision;
 use trainer::train::TrainOutcome;
 
@@ -113,6 +114,10 @@ struct EvalCli {
     /// Also write the result as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// cpu | wgpu | cuda (default: the job's with --config, else cpu; wgpu and cuda need the
+    /// cargo feature of that name).
+    #[arg(long)]
+    device: Option<Device>,
 }
 
 #[derive(Args)]
@@ -280,6 +285,7 @@ fn eval(a: EvalCli) -> Result<(), trainer::train::TrainError> {
         batch_size: a.batch_size,
         max_batches: a.max_batches,
         out: a.out,
+        device: a.device,
     })?;
     if let (Some(loss), Some(ppl)) = (r.loss, r.perplexity) {
         println!(

@@ -589,23 +589,46 @@ fn a_few_steps_on_wgpu_match_the_cpu() {
             assert_eq!(wc.len(), 8, "4 projections x 2 blocks: {wc:?}");
             assert_eq!(wg, wc, "device statistics equal the CPU's");
         }
-        // The device's checkpoint is an ordinary one: the CPU evaluates it.
-        let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-            .current_dir(&dir)
-            .args(["eval", "--checkpoint"])
-            .arg(gpu.join("checkpoints/step-3"))
-            .args([
-                "--data",
-                &sonnets(),
-                "--tokenizer",
-                "bytes",
-                "--seq-len",
-                "32",
-            ])
-            .args(["--max-batches", "1"])
-            .output()
-            .unwrap();
-        assert_ok(&out);
+        // The device's checkpoint is an ordinary one: the CPU evaluates it, and `eval` on wgpu
+        // agrees with the CPU's.
+        let eval = |device: &str| {
+            let result = dir.join(format!("eval-{precision}-{device}.json"));
+            let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+                .current_dir(&dir)
+                .args(["eval", "--checkpoint"])
+                .arg(gpu.join("checkpoints/step-3"))
+                .args([
+                    "--data",
+                    &sonnets(),
+                    "--tokenizer",
+                    "bytes",
+                    "--seq-len",
+                    "32",
+                ])
+                .args([
+                    "--max-batches",
+                    "2",
+                    "--precision",
+                    precision,
+                    "--device",
+                    device,
+                ])
+                .arg("--out")
+                .arg(&result)
+                .output()
+                .unwrap();
+            assert_ok(&out);
+            let r: Value =
+                serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+            r["loss"].as_f64().unwrap().to_string()
+        };
+        let (on_cpu, on_gpu) = (eval("cpu"), eval("wgpu"));
+        let r = rel(&on_gpu, &on_cpu);
+        println!("{precision}: eval wgpu {on_gpu} cpu {on_cpu} (rel {r:.2e})");
+        assert!(
+            r < tol,
+            "{precision} eval: wgpu {on_gpu} vs cpu {on_cpu} (rel {r:e})"
+        );
     }
 }
 

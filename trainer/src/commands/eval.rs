@@ -14,13 +14,15 @@ use serde::Serialize;
 
 use crate::checkpoint::load_checkpoint;
 use crate::job::{load_job_config, ModelSource, PrecisionConfig};
+use crate::job::{Device, JobConfig};
 use crate::model::{Gpt2, ModelOptions};
 use crate::precision::Precision;
-use crate::train::setup::INNER_DEVICE;
+use crate::train::setup::{check_device, JobData};
 use crate::train::step::{batch_loss, batch_tensors};
 use crate::train::TrainError;
 
-type EvalBackend = fp8_backend::Fp8<burn::backend::NdArray<f32>>;
+/// The FP8 decorator over the device backend `B` (no autodiff).
+type EvalBackend<B> = fp8_backend::Fp8<B>;
 
 /// Arguments of `eval`.
 #[derive(Clone, Debug)]
@@ -42,6 +44,8 @@ pub struct EvalArgs {
     pub max_batches: usize,
     /// Also write the result as JSON here.
     pub out: Option<PathBuf>,
+    /// Where to run (default: the job's device with `--config`, else the CPU).
+    pub device: Option<Device>,
 }
 
 /// What `eval` measured.
@@ -96,11 +100,36 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, TrainError> {
         &model_config,
         data.tokenizer.vocab_size(),
     )?;
+    match args.device {
+        Some(device) if !device.available() => {
+            let why = TrainError::DeviceUnavailable(device);
+            return Err(TrainError::RunDir(format!("--device: {why}")));
+        }
+        Some(device) => job.device = device,
+        None => check_device(&job, &config_path)?,
+    }
+    let result = on_device!(job.device, eval_on(args, &job, &data))?;
+    if let Some(out) = &args.out {
+        let text = serde_json::to_string_pretty(&result).expect("serialises");
+        let staging = out.with_extension("json.tmp");
+        std::fs::write(&staging, text).map_err(TrainError::io(&staging))?;
+        std::fs::rename(&staging, out).map_err(TrainError::io(out))?;
+    }
+    Ok(result)
+}
+
+/// The evaluation itself, on `device` of the backend `B`.
+fn eval_on<B: fp8_backend::Fp8Kernels>(
+    args: &EvalArgs,
+    job: &JobConfig,
+    data: &JobData,
+    device: B::Device,
+) -> Result<EvalResult, TrainError> {
     let options = ModelOptions {
         dropout: 0.0,
         layer_filter: job.precision.model_filter(),
     };
-    let model = load_checkpoint::<EvalBackend>(&args.checkpoint, &options, &INNER_DEVICE)?;
+    let model = load_checkpoint::<EvalBackend<B>>(&args.checkpoint, &options, &device)?;
     let _fp8 = fp8_backend::install(job.precision.policy());
     let limit = if args.max_batches == 0 {
         usize::MAX
@@ -127,7 +156,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, TrainError> {
             .scoring_batches(args.batch_size, job.data.seq_len)
             .take(limit)
         {
-            let scores = row_scores(&model, &batch.batch);
+            let scores = row_scores(&model, &batch.batch, &device);
             correct += batch.num_correct(&scores);
             result.examples += batch.gold.len();
         }
@@ -148,7 +177,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, TrainError> {
         let (mut sum, mut n) = (0.0f64, 0u64);
         for batch in loader.eval_pass().take(limit) {
             let tokens = batch.num_loss_tokens() as u64;
-            sum += batch_loss(&model, &batch, &INNER_DEVICE)
+            sum += batch_loss(&model, &batch, &device)
                 .into_scalar()
                 .elem::<f64>()
                 * tokens as f64;
@@ -159,16 +188,16 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, TrainError> {
         result.perplexity = Some(loss.exp());
         result.tokens = n;
     }
-    if let Some(out) = &args.out {
-        let text = serde_json::to_string_pretty(&result).expect("serialises");
-        std::fs::write(out, text).map_err(TrainError::io(out))?;
-    }
     Ok(result)
 }
 
 /// Log-likelihood of each row's masked-in tokens.
-fn row_scores(model: &Gpt2<EvalBackend>, batch: &datasets::Batch) -> Vec<f32> {
-    let (inputs, targets, mask) = batch_tensors::<EvalBackend>(batch, &INNER_DEVICE);
+fn row_scores<B: fp8_backend::Fp8Kernels>(
+    model: &Gpt2<EvalBackend<B>>,
+    batch: &datasets::Batch,
+    device: &B::Device,
+) -> Vec<f32> {
+    let (inputs, targets, mask) = batch_tensors::<EvalBackend<B>>(batch, device);
     let logits = model.forward(inputs);
     let [b, t, _] = logits.dims();
     let logp = log_softmax(logits, 2)

@@ -233,6 +233,20 @@ impl Device {
     }
 }
 
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!(
+                "unknown device `{other}` (expected cpu, wgpu or cuda)"
+            )),
+        }
+    }
+}
+
 /// What a non-finite loss, gradient or FP8 amax does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
