@@ -341,7 +341,31 @@ fn run(command: Command) -> Result<(), CommandError> {
     }
 }
 
+/// Burn's wgpu runtime panics (on its own thread) when no GPU adapter exists; say what to do
+/// instead of printing a backtrace. Every other panic keeps the default report.
+fn report_missing_gpu_adapter() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("No possible adapter available") {
+            eprintln!(
+                "error: device `wgpu`: no usable GPU adapter (Vulkan, Metal or DX12) was found. \
+                 Install the GPU's Vulkan driver, or Mesa's software one (Debian/Ubuntu: \
+                 `apt-get install mesa-vulkan-drivers`), or use \"device\": \"cpu\""
+            );
+            std::process::exit(1);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    report_missing_gpu_adapter();
     let job_result = match Cli::parse().command {
         Command::Train(a) => return train(a),
         Command::Compare(a) => return compare(a),

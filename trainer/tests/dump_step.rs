@@ -24,7 +24,8 @@ const FP8_GRAD_REL_TOL: f32 = 1e-3;
 /// and every gradient against `reference` (max |ours - ref| / max |ref| over the tensor), after
 /// checking that every gradient of the reference was dumped, in the HF layout.
 fn dump_step_against(precision: &str, reference: &str) -> Vec<(String, f32)> {
-    let dir = common::scratch_dir(&format!("dump-step-{precision}"));
+    // One folder per (precision, reference): the tests run in parallel.
+    let dir = common::scratch_dir(&format!("dump-step-{precision}-{reference}"));
     let fixture = common::fixture_dir();
     let sonnets =
         common::repo_root().join("datasets/data/shakespeare_milton/shakespeare_sonnets.txt");

@@ -695,3 +695,20 @@ fn shipped_configs_run_from_the_repository_root() {
         assert!(run.join("loss.png").is_file(), "{name}");
     }
 }
+
+/// Without any Vulkan driver (the loader pointed at none), a wgpu job stops with a clear message
+/// and exit 1 instead of a panic's backtrace.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_without_an_adapter_says_what_to_install() {
+    let dir = scratch("no-adapter");
+    let mut config = tiny_job(&dir, "no-adapter");
+    config["device"] = json!("wgpu");
+    let path = write_config(&dir, "no-adapter.json", &config);
+    let out = train(&path, &[], &[("VK_ICD_FILENAMES", "/nonexistent/icd.json")]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no usable GPU adapter"), "{err}");
+    assert!(err.contains("mesa-vulkan-drivers"), "{err}");
+    assert!(!err.contains("stack backtrace"), "{err}");
+}
