@@ -165,6 +165,30 @@ fn reference_metrics(dir: &Path, config: &Value) -> Vec<Vec<String>> {
     metrics(&dir.join("runs/reference"))
 }
 
+/// Starts `train --config path` and returns once `run/metrics.csv` has the row of `step`.
+fn spawn_until_step(path: &Path, run: &Path, step: u64) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .args(["train", "--config"])
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let row = format!("{step},");
+    while !std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with(&row))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached step {step}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
+}
+
 #[test]
 fn sigkill_then_resume_equals_the_uninterrupted_run() {
     let dir = scratch("sigkill");
@@ -175,22 +199,8 @@ fn sigkill_then_resume_equals_the_uninterrupted_run() {
     let path = write_config(&dir, "killed.json", &config);
     let run = dir.join("runs/killed");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-        .args(["train", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Kill after step 7 is logged: checkpoint 5 exists, steps 6-7 must be redone on resume.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let logged = std::fs::read_to_string(run.join("metrics.csv")).unwrap_or_default();
-        if logged.lines().any(|l| l.starts_with("7,")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run never reached step 7");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let mut child = spawn_until_step(&path, &run, 7);
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
     let before = metrics(&run);
@@ -264,10 +274,6 @@ fn accumulating_4_batches_of_2_equals_one_batch_of_8() {
     };
     let accumulated = run_with("accum", 2, 4);
     let single = run_with("single", 8, 1);
-    let rel = |a: &str, b: &str| {
-        let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
-        (a - b).abs() / b.abs().max(1e-12)
-    };
     for (a, b) in accumulated
         .iter()
         .zip(&single)
@@ -371,21 +377,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_exactly() {
     let path = write_config(&dir, "interrupted.json", &config);
     let run = dir.join("runs/interrupted");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-        .args(["train", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(run.join("metrics.csv"))
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("3,"))
-    {
-        assert!(Instant::now() < deadline, "the run never reached step 3");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let mut child = spawn_until_step(&path, &run, 3);
     // SAFETY: plain kill(2) on our own child's pid.
     let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     assert_eq!(sent, 0, "SIGINT delivered");
