@@ -2,8 +2,9 @@
 //! nanoGPT's `train.py`: learning rate, forward/backward with accumulation, non-finite check,
 //! clip, AdamW step, evaluate, log, checkpoint, stop.
 //!
-//! Every precision trains on `Autodiff<Fp8<NdArray>>` (FP8 off for `fp32`) with f32 master
-//! weights and optimizer state. A resumed run continues bit-exactly: model and moments are
+//! Every precision trains on `Autodiff<Fp8<B>>` (FP8 off for `fp32`), `B` the job's device
+//! backend (ndarray; wgpu and cuda behind cargo features), with f32 master weights and optimizer
+//! state on the host. A resumed run continues bit-exactly on the CPU: model and moments are
 //! saved as f32, the data position and step are restored, and the backend RNG (dropout) is
 //! reseeded with `seed + step` before every step.
 
