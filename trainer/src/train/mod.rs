@@ -270,8 +270,8 @@ fn run_on<B: fp8_backend::Fp8Kernels>(
         let lr = schedule::learning_rate(&job.schedule, job.optimizer.lr, state.step, total_steps);
         // 2. forward/backward with accumulation (RNG reseeded so a resumed step draws the same masks)
         TrainBackend::<B>::seed(&device, job.seed.wrapping_add(state.step));
-        let sample_stats =
-            job.precision.stats_every > 0 && (state.step + 1) % job.precision.stats_every == 0;
+        let sample_stats = job.precision.stats_every > 0
+            && (state.step + 1).is_multiple_of(job.precision.stats_every);
         let step_start = Instant::now();
         let mut out = step::forward_backward(
             &model,
@@ -327,8 +327,8 @@ fn run_on<B: fp8_backend::Fp8Kernels>(
             run.fp8_rows(&fp8_stat_rows(state.step, &out.report, &fp8_layers))?;
         }
         // 4. evaluate, log
-        let eval_now =
-            state.step == total_steps || (job.eval_every > 0 && state.step % job.eval_every == 0);
+        let eval_now = state.step == total_steps
+            || (job.eval_every > 0 && state.step.is_multiple_of(job.eval_every));
         let val_loss = match (&validation, eval_now) {
             (Some(val), true) => step::evaluate(&model, val, job.eval_batches, policy, &device),
             _ => None,
@@ -345,7 +345,10 @@ fn run_on<B: fp8_backend::Fp8Kernels>(
         };
         run.metrics_row(row.clone())?;
         progress.step(&row);
-        if state.step % job.log_every == 0 || val_loss.is_some() || state.step == total_steps {
+        if state.step.is_multiple_of(job.log_every)
+            || val_loss.is_some()
+            || state.step == total_steps
+        {
             let mut line = format!(
                 "step {}/{total_steps}: loss {} | lr {lr:.3e} | grad norm {grad_norm:.3} | {:.0} tok/s | {:.1} s",
                 state.step, fmt_loss(Some(out.loss)), row.tokens_per_s.unwrap_or(0.0), row.elapsed_s
@@ -360,7 +363,7 @@ fn run_on<B: fp8_backend::Fp8Kernels>(
         }
         // 5. checkpoint
         let checkpoint_now = state.step == total_steps
-            || (job.checkpoint_every > 0 && state.step % job.checkpoint_every == 0);
+            || (job.checkpoint_every > 0 && state.step.is_multiple_of(job.checkpoint_every));
         if checkpoint_now {
             let elapsed = base_elapsed + started.elapsed().as_secs_f64();
             let dir = save(
