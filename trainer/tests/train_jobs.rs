@@ -293,6 +293,38 @@ fn accumulating_4_batches_of_2_equals_one_batch_of_8() {
     }
 }
 
+/// `eval` of `checkpoint` on two batches of the sonnets (bytes, 32 tokens) in `precision` on
+/// `device`, run in `dir` (its token cache goes to `dir/runs/.token-cache`); the JSON it wrote.
+fn eval_json(dir: &Path, checkpoint: &Path, precision: &str, device: &str) -> Value {
+    let result = dir.join(format!("eval-{precision}-{device}.json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .current_dir(dir)
+        .args(["eval", "--checkpoint"])
+        .arg(checkpoint)
+        .args([
+            "--data",
+            &sonnets(),
+            "--tokenizer",
+            "bytes",
+            "--seq-len",
+            "32",
+        ])
+        .args([
+            "--max-batches",
+            "2",
+            "--precision",
+            precision,
+            "--device",
+            device,
+        ])
+        .arg("--out")
+        .arg(&result)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap()
+}
+
 #[test]
 fn non_finite_policy_skip_and_stop() {
     let dir = scratch("non-finite");
@@ -337,25 +369,12 @@ fn non_finite_policy_skip_and_stop() {
     assert!(stats.starts_with("step,layer,role,amax,bias,underflow_frac,saturated_frac\n"));
     assert!(stats.contains("\n6,h.1.mlp.c_proj,gradient,"), "{stats}");
     assert!(!stats.contains("\n5,"), "only sampled steps");
-    let result = dir.join("eval.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-        .current_dir(&dir) // its token cache goes to ./runs/.token-cache
-        .args(["eval", "--checkpoint"])
-        .arg(dir.join("runs/skip/checkpoints/step-12"))
-        .args([
-            "--data",
-            &sonnets(),
-            "--tokenizer",
-            "bytes",
-            "--seq-len",
-            "32",
-        ])
-        .args(["--max-batches", "2", "--precision", "fp8-amax", "--out"])
-        .arg(&result)
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    let r = eval_json(
+        &dir,
+        &dir.join("runs/skip/checkpoints/step-12"),
+        "fp8-amax",
+        "cpu",
+    );
     let (loss, ppl) = (
         r["loss"].as_f64().unwrap(),
         r["perplexity"].as_f64().unwrap(),
@@ -584,34 +603,7 @@ fn a_few_steps_on_wgpu_match_the_cpu() {
         // The device's checkpoint is an ordinary one: the CPU evaluates it, and `eval` on wgpu
         // agrees with the CPU's.
         let eval = |device: &str| {
-            let result = dir.join(format!("eval-{precision}-{device}.json"));
-            let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-                .current_dir(&dir)
-                .args(["eval", "--checkpoint"])
-                .arg(gpu.join("checkpoints/step-3"))
-                .args([
-                    "--data",
-                    &sonnets(),
-                    "--tokenizer",
-                    "bytes",
-                    "--seq-len",
-                    "32",
-                ])
-                .args([
-                    "--max-batches",
-                    "2",
-                    "--precision",
-                    precision,
-                    "--device",
-                    device,
-                ])
-                .arg("--out")
-                .arg(&result)
-                .output()
-                .unwrap();
-            assert_ok(&out);
-            let r: Value =
-                serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+            let r = eval_json(&dir, &gpu.join("checkpoints/step-3"), precision, device);
             r["loss"].as_f64().unwrap().to_string()
         };
         let (on_cpu, on_gpu) = (eval("cpu"), eval("wgpu"));
