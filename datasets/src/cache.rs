@@ -8,13 +8,14 @@
 //! ..  (8-aligned) example index: per example 4 x u64 = start, prompt_len, completion_len, label
 //! ..  header: JSON (`CacheHeader`): tokenizer id, vocabulary, sources' sizes and mtimes, options
 //! ```
-//! The header is written last, so tokens stream straight to disk. A file is written under a
-//! temporary name and renamed into place, so a reader never sees half a cache. A cache whose
+//! The header is written last, so tokens stream straight to disk. A file is written with
+//! [`crate::atomic::AtomicFile`] (a temporary of its own, renamed into place), so a reader never
+//! sees half a cache and concurrent builds of one cache do not clobber each other. A cache whose
 //! header does not match what would be built now (other tokenizer, changed source, other
 //! options, other version) or that is damaged is rebuilt, never reused; the reason is logged.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -22,8 +23,9 @@ use std::time::UNIX_EPOCH;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use crate::error::DataError;
-use crate::sources::DataKind;
+use crate::atomic::AtomicFile;
+use crate::error::{CacheError, DataError};
+use crate::kind::DataKind;
 use crate::stream::TokenStream;
 
 const MAGIC: &[u8; 8] = b"FP8TOKC\x01";
@@ -140,14 +142,24 @@ impl std::fmt::Debug for TokenCache {
 
 impl TokenCache {
     /// Opens `path` if it is a sound cache built for `key`; otherwise says why not.
-    pub fn open(path: &Path, key: &CacheKey) -> Result<TokenCache, String> {
-        let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    pub fn open(path: &Path, key: &CacheKey) -> Result<TokenCache, CacheError> {
+        let path_buf = || path.to_path_buf();
+        let file = File::open(path).map_err(|source| CacheError::Open {
+            path: path_buf(),
+            source,
+        })?;
         // SAFETY: caches are only ever replaced by rename, never written in place, so the
         // mapped file does not change under us (unless someone edits it by hand).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map: {e}"))?;
-        let header = parse_header(&map)?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| CacheError::Map {
+            path: path_buf(),
+            source,
+        })?;
+        let header = parse_header(path, &map)?;
         if let Some(what) = key.first_difference(&header.key) {
-            return Err(format!("built for other {what}"));
+            return Err(CacheError::Stale {
+                path: path_buf(),
+                what,
+            });
         }
         let tokens_end = PREFIX_BYTES + header.n_tokens * header.token_bytes;
         let index_end = header.index_offset + header.n_examples * INDEX_ENTRY_BYTES;
@@ -155,10 +167,10 @@ impl TokenCache {
             || header.index_offset < tokens_end
             || index_end > map.len() as u64
         {
-            return Err("sizes in the header do not fit the file".into());
+            return Err(CacheError::BadSizes { path: path_buf() });
         }
         Ok(TokenCache {
-            path: path.to_path_buf(),
+            path: path_buf(),
             header,
             map: Arc::new(map),
         })
@@ -197,24 +209,28 @@ impl TokenCache {
     }
 }
 
-fn parse_header(map: &[u8]) -> Result<CacheHeader, String> {
+fn parse_header(path: &Path, map: &[u8]) -> Result<CacheHeader, CacheError> {
+    let path_buf = || path.to_path_buf();
     if map.len() < PREFIX_BYTES as usize || &map[..8] != MAGIC {
-        return Err("not a token cache of this version (bad magic)".into());
+        return Err(CacheError::BadMagic { path: path_buf() });
     }
     let word = |k: usize| u64::from_le_bytes(map[8 * k..8 * k + 8].try_into().expect("8 bytes"));
     let (offset, len) = (word(1) as usize, word(2) as usize);
     let end = offset
         .checked_add(len)
         .filter(|&e| e <= map.len())
-        .ok_or("truncated header")?;
-    serde_json::from_slice(&map[offset..end]).map_err(|e| format!("unreadable header: {e}"))
+        .ok_or_else(|| CacheError::TruncatedHeader { path: path_buf() })?;
+    serde_json::from_slice(&map[offset..end]).map_err(|source| CacheError::BadHeader {
+        path: path_buf(),
+        source,
+    })
 }
 
 /// Streams tokens into a new cache file; `finish` makes it visible under its final name.
+/// Dropped unfinished (an error while tokenizing), it leaves no file behind.
 pub(crate) struct CacheWriter {
     final_path: PathBuf,
-    tmp_path: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: AtomicFile,
     key: CacheKey,
     token_bytes: u64,
     n_tokens: u64,
@@ -230,23 +246,14 @@ impl CacheWriter {
             source: e,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
-        let name = final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let nonce = std::time::SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let tmp_path = dir.join(format!(".{name}.{}-{nonce}.tmp", std::process::id()));
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp_path).map_err(err)?);
+        let mut out = AtomicFile::with_capacity(1 << 20, final_path).map_err(err)?;
         out.write_all(MAGIC)
             .and_then(|_| out.write_all(&[0u8; 24]))
             .map_err(err)?;
         let token_bytes = key.token_bytes();
         Ok(CacheWriter {
             final_path: final_path.to_path_buf(),
-            tmp_path,
-            out: Some(out),
+            out,
             key,
             token_bytes,
             n_tokens: 0,
@@ -280,8 +287,7 @@ impl CacheWriter {
                 .iter()
                 .for_each(|t| self.scratch.extend_from_slice(&t.to_le_bytes()));
         }
-        let out = self.out.as_mut().expect("writer used after finish");
-        let res = out.write_all(&self.scratch);
+        let res = self.out.write_all(&self.scratch);
         res.map_err(|e| self.err(e))?;
         self.n_tokens += tokens.len() as u64;
         Ok(())
@@ -307,49 +313,47 @@ impl CacheWriter {
         self.n_tokens
     }
 
-    /// Writes index and header, syncs, renames into place and opens the result.
-    pub(crate) fn finish(mut self) -> Result<TokenCache, DataError> {
-        let mut out = self.out.take().expect("finish called twice");
+    /// Writes index and header, commits the file (sync, rename into place) and opens it.
+    pub(crate) fn finish(self) -> Result<TokenCache, DataError> {
+        let CacheWriter {
+            final_path,
+            mut out,
+            key,
+            token_bytes,
+            n_tokens,
+            index,
+            ..
+        } = self;
+        let err = |e| DataError::CacheWrite {
+            path: final_path.clone(),
+            source: e,
+        };
+        let tokens_end = PREFIX_BYTES + n_tokens * token_bytes;
+        let index_offset = tokens_end.div_ceil(8) * 8;
+        let header = CacheHeader {
+            key: key.clone(),
+            token_bytes,
+            n_tokens,
+            n_examples: index.len() as u64,
+            index_offset,
+        };
+        let json = serde_json::to_vec(&header).map_err(|e| err(std::io::Error::other(e)))?;
+        let header_offset = index_offset + index.len() as u64 * INDEX_ENTRY_BYTES;
+        // On an error, `out` is dropped uncommitted, which deletes its temporary.
         let written = (|| -> std::io::Result<()> {
-            let tokens_end = PREFIX_BYTES + self.n_tokens * self.token_bytes;
-            let index_offset = tokens_end.div_ceil(8) * 8;
             out.write_all(&vec![0u8; (index_offset - tokens_end) as usize])?;
-            for entry in &self.index {
+            for entry in &index {
                 for w in entry {
                     out.write_all(&w.to_le_bytes())?;
                 }
             }
-            let header = CacheHeader {
-                key: self.key.clone(),
-                token_bytes: self.token_bytes,
-                n_tokens: self.n_tokens,
-                n_examples: self.index.len() as u64,
-                index_offset,
-            };
-            let json = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
-            let header_offset = index_offset + self.index.len() as u64 * INDEX_ENTRY_BYTES;
             out.write_all(&json)?;
-            let mut file = out.into_inner().map_err(|e| e.into_error())?;
-            file.seek(SeekFrom::Start(8))?;
-            file.write_all(&header_offset.to_le_bytes())?;
-            file.write_all(&(json.len() as u64).to_le_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&self.tmp_path, &self.final_path)
+            out.seek(SeekFrom::Start(8))?;
+            out.write_all(&header_offset.to_le_bytes())?;
+            out.write_all(&(json.len() as u64).to_le_bytes())?;
+            out.commit()
         })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&self.tmp_path);
-            return Err(self.err(e));
-        }
-        TokenCache::open(&self.final_path, &self.key)
-            .map_err(|msg| self.err(std::io::Error::other(msg)))
-    }
-}
-
-impl Drop for CacheWriter {
-    fn drop(&mut self) {
-        // Unfinished (an error while tokenizing): leave no temporary file behind.
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp_path);
-        }
+        written.map_err(err)?;
+        TokenCache::open(&final_path, &key).map_err(|e| err(std::io::Error::other(e)))
     }
 }

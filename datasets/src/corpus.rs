@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cache::{CacheKey, CacheWriter, SourceStamp, TokenCache, CACHE_VERSION};
-use crate::config::{CsvConfig, DataFormat, JsonlConfig};
 use crate::error::DataError;
 use crate::formats::{csv, jsonl, text};
 use crate::hash::Fnv64;
-use crate::sources::{DataKind, SourceFile};
+use crate::kind::DataKind;
+use crate::sources::SourceFile;
+use crate::spec::{CsvConfig, DataFormat, JsonlConfig};
 use crate::template::{Template, Verbalizer};
 use crate::tokenizer::Tokenizer;
 
@@ -70,7 +71,8 @@ pub(crate) fn build_or_open(
                 log::info!("{}: using tokenized cache", path.display());
                 return Ok(cache);
             }
-            Err(reason) => log::info!("{}: rebuilding tokenized cache ({reason})", path.display()),
+            // The reason names the file.
+            Err(reason) => log::info!("{reason}; rebuilding the tokenized cache"),
         }
     }
     build(files, spec, &path, key)

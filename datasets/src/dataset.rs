@@ -4,14 +4,15 @@
 use std::path::PathBuf;
 
 use crate::classification::ClassificationSet;
-use crate::config::{DataConfig, Validation};
 use crate::corpus::{build_or_open, BuildSpec};
 use crate::error::DataError;
 use crate::examples::{ExampleBatches, ExampleSet};
 use crate::formats::text::CHUNK_BYTES;
+use crate::kind::DataKind;
 use crate::loader::DataLoader;
 use crate::rng::permutation;
-use crate::sources::{detect_kind, resolve, DataKind};
+use crate::sources::{detect_kind, resolve};
+use crate::spec::{DataConfig, Validation};
 use crate::stream::TokenStream;
 use crate::template::{Template, Verbalizer};
 use crate::tokenizer::Tokenizer;

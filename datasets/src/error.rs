@@ -32,6 +32,38 @@ pub enum TokenizerError {
     Backend { id: String, message: String },
 }
 
+/// Why a tokenized cache file cannot be used. The cache is then rebuilt and the reason logged;
+/// it reaches the user as an error only if a cache just written fails to open.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{path}: cannot open the token cache: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot memory-map the token cache: {source}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a token cache of this version (bad magic)")]
+    BadMagic { path: PathBuf },
+    #[error("{path}: token cache header is truncated")]
+    TruncatedHeader { path: PathBuf },
+    #[error("{path}: token cache header is unreadable: {source}")]
+    BadHeader {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: token cache was built for other {what}")]
+    Stale { path: PathBuf, what: &'static str },
+    #[error("{path}: sizes in the token cache header do not fit the file")]
+    BadSizes { path: PathBuf },
+}
+
 /// Problems with data: configuration, files, caches and resume state.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

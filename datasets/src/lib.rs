@@ -10,19 +10,22 @@
 //! cargo test -p datasets && cargo bench -p datasets --bench throughput
 //! ```
 
+pub mod atomic;
 pub mod batch;
 pub mod cache;
 pub mod classification;
-pub mod config;
 mod corpus;
 pub mod dataset;
 pub mod error;
 pub mod examples;
 mod formats;
 mod hash;
+mod json;
+mod kind;
 pub mod loader;
 mod rng;
 pub mod sources;
+pub mod spec;
 pub mod stream;
 pub mod template;
 pub mod tokenizer;
@@ -30,12 +33,13 @@ pub mod windows;
 
 pub use batch::Batch;
 pub use classification::{ClassificationExample, ClassificationSet, ScoringBatch};
-pub use config::{CsvConfig, DataConfig, DataFormat, JsonlConfig, Paths, Validation};
 pub use dataset::{Dataset, SplitName};
-pub use error::{DataError, TokenizerError};
+pub use error::{CacheError, DataError, TokenizerError};
 pub use formats::text::encode_in_chunks;
+pub use json::json_type_name;
+pub use kind::DataKind;
 pub use loader::{DataLoader, LoaderState};
-pub use sources::DataKind;
+pub use spec::{CsvConfig, DataConfig, DataFormat, JsonlConfig, Paths, Validation};
 pub use stream::TokenStream;
 pub use tokenizer::{
     load_tokenizer, tokenizer_from_checkpoint_dir, ByteTokenizer, Gpt2Tokenizer, HfTokenizer,

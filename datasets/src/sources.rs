@@ -3,33 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::{DataFormat, JsonlConfig, Paths};
 use crate::error::DataError;
 use crate::formats::jsonl;
+use crate::spec::{DataFormat, JsonlConfig, Paths};
 
-/// What a corpus is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataKind {
-    /// Documents joined with end-of-text; batches are windows of the token stream.
-    LanguageModel,
-    /// Prompt + completion pairs; the loss is taken on the completion only.
-    PromptCompletion,
-    /// Classification rows turned into prompt + label word; scored by label likelihood.
-    Classification,
-}
-
-impl DataKind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            DataKind::LanguageModel => "language-model text",
-            DataKind::PromptCompletion => "prompt/completion",
-            DataKind::Classification => "classification",
-        }
-    }
-}
+// Re-exported where it used to live, so `datasets::sources::DataKind` still names it.
+pub use crate::kind::DataKind;
 
 /// One file and its concrete format.
 #[derive(Clone, Debug, PartialEq, Eq)]

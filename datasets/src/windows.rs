@@ -1,4 +1,4 @@
-//! Language-model windows over a token stream, exactly as DESIGN.md "Data windows" fixes them.
+//! Language-model windows over a token stream, exactly as docs/design.md "Data windows" fixes them.
 //!
 //! In order (llm.c's loader): a batch reads the `B*T + 1` tokens at the position; inputs are the
 //! first `B*T` as `[B, T]`, targets the last `B*T`; the position advances by `B*T`, and resets

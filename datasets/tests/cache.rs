@@ -1,5 +1,6 @@
 //! Tokenized caches: reused when current; rebuilt, never reused, when the source changed, the
-//! tokenizer differs, or the file is damaged; u16 or u32 by vocabulary; written atomically.
+//! tokenizer differs, or the file is damaged (with a reason that names it); u16 or u32 by
+//! vocabulary; written atomically, also by concurrent builders.
 
 mod common;
 
@@ -152,4 +153,73 @@ fn a_failed_build_leaves_no_file_behind() {
     let cfg = s.config(s.write("bad.txt", b"ok\n\xff"), 2);
     assert!(Dataset::open(&cfg, &ByteTokenizer).is_err());
     assert!(s.cache_files().is_empty(), "{:?}", s.cache_files());
+}
+
+#[test]
+fn an_unusable_cache_says_why_and_names_the_file() {
+    use datasets::cache::{CacheHeader, TokenCache};
+    use datasets::CacheError;
+
+    let s = Scratch::new();
+    let cfg = s.config(s.write("t.txt", "hello cache"), 4);
+    first_inputs(&cfg, &ByteTokenizer);
+    let path = only_cache_file(&s);
+    let key = serde_json::from_value::<CacheHeader>(header(&path))
+        .unwrap()
+        .key;
+    assert!(TokenCache::open(&path, &key).is_ok());
+
+    let mut other = key.clone();
+    other.tokenizer_id = "gpt2-r50k".into();
+    let err = TokenCache::open(&path, &other).unwrap_err();
+    assert!(
+        matches!(&err, CacheError::Stale { path: p, what: "tokenizer" } if *p == path),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+
+    let garbage = s.write("cache/garbage.tok", b"garbage");
+    let err = TokenCache::open(&garbage, &key).unwrap_err();
+    assert!(
+        matches!(&err, CacheError::BadMagic { path: p } if *p == garbage),
+        "{err:?}"
+    );
+
+    // Right magic, header said to lie past the end of the file.
+    let mut bytes = b"FP8TOKC\x01".to_vec();
+    for word in [32u64, 1000, 0] {
+        bytes.extend_from_slice(&word.to_le_bytes());
+    }
+    let cut = s.write("cache/cut.tok", &bytes);
+    let err = TokenCache::open(&cut, &key).unwrap_err();
+    assert!(
+        matches!(&err, CacheError::TruncatedHeader { path: p } if *p == cut),
+        "{err:?}"
+    );
+
+    let missing = s.path("cache/missing.tok");
+    let err = TokenCache::open(&missing, &key).unwrap_err();
+    assert!(
+        matches!(&err, CacheError::Open { path: p, .. } if *p == missing),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn concurrent_builds_of_one_cache_all_succeed_and_leave_one_file() {
+    let s = Scratch::new();
+    let text = "concurrent builders of one cache\n".repeat(20_000);
+    let cfg = s.config(s.write("t.txt", text), 8);
+    let firsts: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let builds: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| first_inputs(&cfg, &ByteTokenizer)))
+            .collect();
+        builds.into_iter().map(|b| b.join().unwrap()).collect()
+    });
+    let expected: Vec<u32> = b"concurre".iter().map(|&b| u32::from(b)).collect();
+    assert!(firsts.iter().all(|f| *f == expected), "{firsts:?}");
+    only_cache_file(&s);
 }

@@ -17,15 +17,24 @@ fn gpt2_json_path() -> std::path::PathBuf {
     common::data_dir().join("gpt2/tokenizer.json")
 }
 
+/// The `version` that datasets/tools/make_gpt2_fixtures.py writes (its `FIXTURE_VERSION`);
+/// bumped together with it whenever the cases or the references change.
+const GPT2_FIXTURE_VERSION: u64 = 1;
+
 #[test]
 fn gpt2_ids_match_tiktoken_golden_values() {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/gpt2_ids.json")).expect("fixture parses");
-    let cases = fixture["cases"].as_array().expect("cases");
-    assert!(
-        cases.len() >= 10,
-        "fixture looks stale: rerun datasets/tools/make_gpt2_fixtures.py"
+    // 0: a fixture written before the generator stamped a version.
+    let version = fixture["version"].as_u64().unwrap_or(0);
+    assert_eq!(
+        version, GPT2_FIXTURE_VERSION,
+        "tests/fixtures/gpt2_ids.json is version {version}, this test expects version \
+         {GPT2_FIXTURE_VERSION}: the fixture is stale; re-run \
+         datasets/tools/make_gpt2_fixtures.py (see its docstring)"
     );
+    let cases = fixture["cases"].as_array().expect("cases");
+    assert!(!cases.is_empty(), "fixture has no cases");
     let gpt2 = Gpt2Tokenizer::new().unwrap();
     let json = load_tokenizer(&TokenizerSpec::File(gpt2_json_path())).unwrap();
     for case in cases {

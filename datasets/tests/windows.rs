@@ -1,4 +1,4 @@
-//! Language-model windows: hand-computed batches of a tiny stream (DESIGN.md "Data windows"),
+//! Language-model windows: hand-computed batches of a tiny stream (docs/design.md "Data windows"),
 //! wrap-around, shuffling by seed, and resuming from a saved position.
 
 use datasets::{Batch, DataError, DataLoader, LoaderState, WindowOrder};

@@ -8,10 +8,13 @@ from the same crate. Both must agree, or the script stops.
 
 Usage: pip install tiktoken==0.14.0 tokenizers==0.23.3
        python3 datasets/tools/make_gpt2_fixtures.py [PATH/TO/tiktoken-rs/assets]
-writes datasets/tests/fixtures/gpt2_ids.json.
+writes datasets/tests/fixtures/gpt2_ids.json, headed by this script's FIXTURE_VERSION and the
+sha256 of its source. Bump FIXTURE_VERSION whenever the cases or the references change, and
+GPT2_FIXTURE_VERSION in datasets/tests/tokenizers.rs with it.
 """
 import base64
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -20,6 +23,8 @@ import tiktoken
 import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+# The fixture format and content version that datasets/tests/tokenizers.rs expects.
+FIXTURE_VERSION = 1
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "fixtures", "gpt2_ids.json")
 # GPT-2's pre-tokenizer pattern (tiktoken's r50k_base / openai/gpt-2 encoder.py).
@@ -72,8 +77,12 @@ def main():
         assert ids == hf_ids, f"tiktoken and tokenizers disagree on {text!r}: {ids} vs {hf_ids}"
         assert enc.decode(ids) == text
         cases.append({"text": text, "ids": ids})
+    with open(os.path.abspath(__file__), "rb") as f:
+        source_sha256 = hashlib.sha256(f.read()).hexdigest()
     doc = {
         "generator": "datasets/tools/make_gpt2_fixtures.py",
+        "version": FIXTURE_VERSION,
+        "generator_sha256": source_sha256,
         "tiktoken": tiktoken.__version__,
         "tokenizers": tokenizers.__version__,
         "cases": cases,

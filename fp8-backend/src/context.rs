@@ -1,7 +1,8 @@
-//! How a job's FP8 policy reaches the decorator, and how its statistics come back.
+//! The anonymous path: FP8 for any model built from `burn::nn::Linear`, through a per-thread
+//! policy. (A model that names its layers passes an [`crate::Fp8Site`] instead; see `site.rs`.)
 //!
-//! Burn's ops are static functions with no context argument, so the policy lives in a
-//! thread-local slot that a job installs for its duration ([`install`] returns a guard). Burn's
+//! Burn's `linear` ops are static functions with no context argument, so the policy lives in a
+//! thread-local slot installed for the duration of a computation ([`install`] returns a guard). Burn's
 //! autodiff runs the backward pass on the thread that calls `backward()`, so the forward and the
 //! backward of one step see the same policy. Tests running in parallel threads each have their own
 //! slot; a thread with nothing installed runs with FP8 off.
@@ -14,59 +15,8 @@
 
 use std::cell::RefCell;
 
-use crate::format::Role;
-use crate::kernel::QuantStats;
-use crate::scaling::Fp8Policy;
-
-/// Which of the three GEMMs of a linear layer a quantization fed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LinearOp {
-    /// `y = x W + b`.
-    Forward,
-    /// `dX = dY W^T`.
-    BackwardX,
-    /// `dW = X^T dY`.
-    BackwardWeight,
-}
-
-/// One quantized tensor.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct QuantRecord {
-    /// Micro-batch (forward/backward pass) within the step, from 0.
-    pub pass: u32,
-    /// The linear layer: ordinal of its forward call within the pass.
-    pub layer: u32,
-    /// The GEMM this tensor fed.
-    pub op: LinearOp,
-    /// Weight, activation or gradient.
-    pub role: Role,
-    /// amax, bias, underflow and saturation.
-    pub stats: QuantStats,
-}
-
-/// A tensor whose amax was infinite or NaN, so it was not quantized.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NonFiniteEvent {
-    /// Micro-batch within the step.
-    pub pass: u32,
-    /// The linear layer (ordinal of its forward call).
-    pub layer: u32,
-    /// The GEMM the tensor fed.
-    pub op: LinearOp,
-    /// Weight, activation or gradient.
-    pub role: Role,
-    /// The non-finite amax.
-    pub amax: f32,
-}
-
-/// What the decorator saw since the last [`take_report`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fp8Report {
-    /// One record per quantized tensor (empty unless the policy has `stats` on).
-    pub records: Vec<QuantRecord>,
-    /// Tensors that could not be quantized (always recorded).
-    pub non_finite: Vec<NonFiniteEvent>,
-}
+use crate::policy::Fp8Policy;
+use crate::report::{Fp8Report, LayerId, LinearOp};
 
 #[derive(Default)]
 struct Context {
@@ -115,7 +65,12 @@ pub fn with_policy<R>(policy: Fp8Policy, f: impl FnOnce() -> R) -> R {
 
 /// This thread's policy (FP8 off when none is installed).
 pub fn current_policy() -> Fp8Policy {
-    SLOT.with(|s| s.borrow().as_ref().map(|c| c.policy).unwrap_or_default())
+    SLOT.with(|s| {
+        s.borrow()
+            .as_ref()
+            .map(|c| c.policy.clone())
+            .unwrap_or_else(Fp8Policy::off)
+    })
 }
 
 /// Hands over everything recorded so far and starts a new step (call numbering from 0).
@@ -132,8 +87,13 @@ pub fn take_report() -> Fp8Report {
     })
 }
 
-/// Numbers a linear call: returns (pass, layer). Called once per GEMM by the decorator.
-pub(crate) fn next_call(op: LinearOp) -> (u32, u32) {
+/// Numbers a linear call. Called once per GEMM by the decorator.
+pub(crate) fn next_call(op: LinearOp) -> LayerId {
+    let (pass, index) = next_ordinal(op);
+    LayerId::Ordinal { pass, index }
+}
+
+fn next_ordinal(op: LinearOp) -> (u32, u32) {
     SLOT.with(|s| {
         let mut slot = s.borrow_mut();
         let Some(c) = slot.as_mut() else {
@@ -169,33 +129,11 @@ pub(crate) fn next_call(op: LinearOp) -> (u32, u32) {
     })
 }
 
-/// Records statistics of one quantized tensor.
-pub(crate) fn record(pass: u32, layer: u32, op: LinearOp, role: Role, stats: QuantStats) {
+/// Adds to this thread's report (nothing when no policy is installed).
+pub(crate) fn record(f: impl FnOnce(&mut Fp8Report)) {
     SLOT.with(|s| {
         if let Some(c) = s.borrow_mut().as_mut() {
-            c.report.records.push(QuantRecord {
-                pass,
-                layer,
-                op,
-                role,
-                stats,
-            });
-        }
-    })
-}
-
-/// Records a tensor whose amax was non-finite.
-pub(crate) fn record_non_finite(pass: u32, layer: u32, op: LinearOp, role: Role, amax: f32) {
-    log::warn!("FP8: non-finite amax {amax} in {role} of linear call {layer} ({op:?})");
-    SLOT.with(|s| {
-        if let Some(c) = s.borrow_mut().as_mut() {
-            c.report.non_finite.push(NonFiniteEvent {
-                pass,
-                layer,
-                op,
-                role,
-                amax,
-            });
+            f(&mut c.report)
         }
     })
 }

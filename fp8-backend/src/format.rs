@@ -1,6 +1,6 @@
 //! The four FP8 formats and the scalar reference cast.
 //!
-//! Two families (DESIGN.md, "FP8 numerics"):
+//! Two families (docs/design.md, "FP8 numerics"):
 //! - `graphcore`: the IPU formats of Perez et al. (arXiv 2309.17224), `float8_e4m3fnuz` and
 //!   `float8_e5m2fnuz` (no negative zero, no infinities, NaN is the bit pattern 0x80);
 //! - `ocp`: the OCP 8-bit floating point specification's `float8_e4m3fn` and `float8_e5m2`, as
@@ -11,6 +11,8 @@
 
 use std::fmt;
 use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 /// An 8-bit floating point format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,7 +28,8 @@ pub enum Fp8Format {
 }
 
 /// A family of formats: one E4 (weights, activations) and one E5 (gradients).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Fp8Family {
     /// `float8_e4m3fnuz` / `float8_e5m2fnuz`, the paper's IPU formats (the default).
     #[default]

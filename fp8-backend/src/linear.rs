@@ -1,4 +1,5 @@
-//! The three GEMMs of a linear layer, with their operands cast to FP8 (DESIGN.md, "The decorator").
+//! The three GEMMs of a linear layer, with their operands cast to FP8 (docs/design.md, "The
+//! decorator").
 //!
 //! | GEMM | operands |
 //! |---|---|
@@ -6,16 +7,158 @@
 //! | `dX = dY W^T` | dY -> E5, W -> E4 |
 //! | `dW = X^T dY` | X -> E4, dY -> E5 |
 //!
-//! The bias gradient is the f32 sum of dY (`linear_bias_backward` is not intercepted), as in
-//! Graphcore's reference. The quantized operands go to the inner backend's own linear ops, so a
-//! backend with a specialised `linear` keeps it. With FP8 off, each function is the inner op.
+//! The bias gradient is the f32 sum of dY, as in Graphcore's reference. The quantized operands
+//! go to the inner backend's own linear ops, so a backend with a specialised `linear` keeps it.
+//!
+//! Two entry points:
+//! - named layers ([`site_forward`] / [`site_backward`], reached through [`crate::fp8_linear`]):
+//!   each operand is cast once per step. The forward keeps q_E4(X) (in place of X, so no extra
+//!   memory) and q_E4(W) (or W, to cast again: [`Fp8Policy::cache_weights`]) for the backward,
+//!   and dY is cast to E5 once for both backward GEMMs. A cast is deterministic (same tensor,
+//!   same amax, same bias), so this is bit-identical to casting per GEMM.
+//! - anonymous `burn::nn::Linear` layers ([`forward`], [`x_backward`], [`weight_backward`], which
+//!   `Fp8<B>`'s `ModuleOps` calls under the thread-local policy): every GEMM casts its operands.
+//!
+//! With FP8 off, each function is the inner op.
+
+use std::sync::Arc;
 
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, TensorMetadata};
 
-use crate::context::{current_policy, next_call, record, record_non_finite, LinearOp};
+use crate::context::{self, current_policy, next_call};
 use crate::format::Role;
 use crate::kernel::{Fp8Kernels, QuantOutput};
-use crate::scaling::Fp8Policy;
+use crate::policy::Fp8Policy;
+use crate::report::{CastOutcome, LayerId, LinearOp};
+use crate::site::Fp8Site;
+
+/// Casts one operand to the format of its role under `policy`. A tensor whose amax is not
+/// finite comes back unchanged (the caller reports it; the training loop's non-finite policy
+/// decides what happens).
+fn cast<B: Fp8Kernels>(
+    policy: &Fp8Policy,
+    tensor: FloatTensor<B>,
+    role: Role,
+) -> (FloatTensor<B>, CastOutcome) {
+    let Some((format, rule)) = policy.rule_for(role) else {
+        return (tensor, CastOutcome::Skipped);
+    };
+    match B::fp8_quantize(tensor, format, rule, policy.stats) {
+        QuantOutput::Quantized(tensor, stats) => (tensor, CastOutcome::Quantized(stats)),
+        QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax)),
+    }
+}
+
+// ---- named layers ---------------------------------------------------------------------------
+
+/// What the forward of a named layer keeps for its backward.
+#[derive(Clone, Debug)]
+pub struct SavedLinear<B: Fp8Kernels> {
+    /// The policy snapshot the forward ran under.
+    policy: Arc<Fp8Policy>,
+    /// q_E4(X), when dW is wanted.
+    x: Option<FloatTensor<B>>,
+    /// q_E4(W) (or W itself, to be cast again), when dX is wanted.
+    weight: Option<Operand<B>>,
+}
+
+#[derive(Clone, Debug)]
+enum Operand<B: Fp8Kernels> {
+    Cast(FloatTensor<B>),
+    Raw(FloatTensor<B>),
+}
+
+/// Forward of the named layer `site`: `q_E4(x) @ q_E4(W) + b`. `keep_x` / `keep_weight`: the
+/// backward will want dW / dX (so the cast input / weight are kept).
+pub fn site_forward<B: Fp8Kernels>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    site: &Fp8Site,
+    keep_x: bool,
+    keep_weight: bool,
+) -> (FloatTensor<B>, SavedLinear<B>) {
+    let policy = site.context().policy();
+    let layer = site.layer();
+    let (x, x_cast) = cast::<B>(&policy, x, Role::Activation);
+    let keep_raw_weight = keep_weight && !policy.cache_weights;
+    let raw_weight = keep_raw_weight.then(|| weight.clone());
+    let (weight, w_cast) = cast::<B>(&policy, weight, Role::Weight);
+    site.context().record(|report| {
+        report.add(layer, LinearOp::Forward, Role::Activation, &x_cast);
+        report.add(layer, LinearOp::Forward, Role::Weight, &w_cast);
+    });
+    let saved = SavedLinear {
+        x: keep_x.then(|| x.clone()),
+        weight: match (keep_weight, raw_weight) {
+            (false, _) => None,
+            (true, Some(raw)) => Some(Operand::Raw(raw)),
+            (true, None) => Some(Operand::Cast(weight.clone())),
+        },
+        policy,
+    };
+    (B::linear(x, weight, bias), saved)
+}
+
+/// Backward of the named layer `site`: `dX = q_E5(dY) @ q_E4(W)^T` and `dW = q_E4(X)^T @ q_E5(dY)`
+/// (summed over the batch dimensions), each only when the forward kept its operand.
+pub fn site_backward<B: Fp8Kernels>(
+    saved: SavedLinear<B>,
+    site: &Fp8Site,
+    output_grad: FloatTensor<B>,
+) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    let policy = &saved.policy;
+    let (dy, dy_cast) = cast::<B>(policy, output_grad, Role::Gradient);
+    let op = if saved.weight.is_some() {
+        LinearOp::BackwardX
+    } else {
+        LinearOp::BackwardWeight
+    };
+    site.context()
+        .record(|report| report.add(site.layer(), op, Role::Gradient, &dy_cast));
+    let dx = saved.weight.map(|w| {
+        let w = match w {
+            Operand::Cast(w) => w,
+            // Cast again: the same tensor gives the same figures, already recorded.
+            Operand::Raw(w) => cast::<B>(policy, w, Role::Weight).0,
+        };
+        B::linear_x_backward(w, dy.clone())
+    });
+    let dw = saved.x.map(|x| {
+        // One GEMM over all rows: [N, in]^T @ [N, out], N the product of the batch dimensions.
+        let (x, dy) = (flatten_rows::<B>(x), flatten_rows::<B>(dy));
+        B::linear_weight_backward(x, dy)
+    });
+    (dx, dw)
+}
+
+/// `[d0, ..., dk, n] -> [d0 * ... * dk, n]`.
+fn flatten_rows<B: Fp8Kernels>(t: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = t.shape();
+    let dims = shape.num_dims();
+    if dims <= 2 {
+        return t;
+    }
+    let cols = shape[dims - 1];
+    let rows = shape.num_elements() / cols.max(1);
+    B::float_reshape(t, Shape::new([rows, cols]))
+}
+
+// ---- anonymous layers (thread-local policy) -------------------------------------------------
+
+/// Casts an operand of an anonymous layer's GEMM, reporting to this thread's report.
+fn cast_reported<B: Fp8Kernels>(
+    policy: &Fp8Policy,
+    layer: &LayerId,
+    op: LinearOp,
+    tensor: FloatTensor<B>,
+    role: Role,
+) -> FloatTensor<B> {
+    let (tensor, outcome) = cast::<B>(policy, tensor, role);
+    context::record(|report| report.add(layer, op, role, &outcome));
+    tensor
+}
 
 /// Forward: `q_E4(x) @ q_E4(W) + b`.
 pub fn forward<B: Fp8Kernels>(
@@ -27,9 +170,9 @@ pub fn forward<B: Fp8Kernels>(
     if !policy.is_on() {
         return B::linear(x, weight, bias);
     }
-    let call = Call::new(&policy, LinearOp::Forward);
-    let x = call.quantize::<B>(x, Role::Activation);
-    let weight = call.quantize::<B>(weight, Role::Weight);
+    let (op, layer) = (LinearOp::Forward, next_call(LinearOp::Forward));
+    let x = cast_reported::<B>(&policy, &layer, op, x, Role::Activation);
+    let weight = cast_reported::<B>(&policy, &layer, op, weight, Role::Weight);
     B::linear(x, weight, bias)
 }
 
@@ -42,9 +185,9 @@ pub fn x_backward<B: Fp8Kernels>(
     if !policy.is_on() {
         return B::linear_x_backward(weight, output_grad);
     }
-    let call = Call::new(&policy, LinearOp::BackwardX);
-    let output_grad = call.quantize::<B>(output_grad, Role::Gradient);
-    let weight = call.quantize::<B>(weight, Role::Weight);
+    let (op, layer) = (LinearOp::BackwardX, next_call(LinearOp::BackwardX));
+    let output_grad = cast_reported::<B>(&policy, &layer, op, output_grad, Role::Gradient);
+    let weight = cast_reported::<B>(&policy, &layer, op, weight, Role::Weight);
     B::linear_x_backward(weight, output_grad)
 }
 
@@ -57,51 +200,11 @@ pub fn weight_backward<B: Fp8Kernels>(
     if !policy.is_on() {
         return B::linear_weight_backward(x, output_grad);
     }
-    let call = Call::new(&policy, LinearOp::BackwardWeight);
-    let x = call.quantize::<B>(x, Role::Activation);
-    let output_grad = call.quantize::<B>(output_grad, Role::Gradient);
+    let (op, layer) = (
+        LinearOp::BackwardWeight,
+        next_call(LinearOp::BackwardWeight),
+    );
+    let x = cast_reported::<B>(&policy, &layer, op, x, Role::Activation);
+    let output_grad = cast_reported::<B>(&policy, &layer, op, output_grad, Role::Gradient);
     B::linear_weight_backward(x, output_grad)
-}
-
-/// One intercepted GEMM: the policy and the call's place in the step.
-struct Call<'a> {
-    policy: &'a Fp8Policy,
-    op: LinearOp,
-    pass: u32,
-    layer: u32,
-}
-
-impl<'a> Call<'a> {
-    fn new(policy: &'a Fp8Policy, op: LinearOp) -> Self {
-        let (pass, layer) = next_call(op);
-        Self {
-            policy,
-            op,
-            pass,
-            layer,
-        }
-    }
-
-    /// Casts one operand, recording its statistics; a non-finite tensor is passed on unchanged
-    /// and reported, so the training loop's non-finite policy decides what happens.
-    fn quantize<B: Fp8Kernels>(&self, tensor: FloatTensor<B>, role: Role) -> FloatTensor<B> {
-        let Some((format, rule)) = self.policy.rule_for(role) else {
-            return tensor;
-        };
-        match B::fp8_quantize(tensor, format, rule, self.policy.stats) {
-            QuantOutput::Quantized(tensor, stats) => {
-                if let Some(stats) = stats {
-                    if !stats.amax.is_finite() {
-                        record_non_finite(self.pass, self.layer, self.op, role, stats.amax);
-                    }
-                    record(self.pass, self.layer, self.op, role, stats);
-                }
-                tensor
-            }
-            QuantOutput::NonFinite(tensor, amax) => {
-                record_non_finite(self.pass, self.layer, self.op, role, amax);
-                tensor
-            }
-        }
-    }
 }

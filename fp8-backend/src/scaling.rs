@@ -1,4 +1,4 @@
-//! Per-tensor scaling: FP8-AMAX, FP8-CSCALE, or FP8 off.
+//! Per-tensor scaling biases: FP8-AMAX and FP8-CSCALE.
 //!
 //! FP8-AMAX follows Graphcore's reference code (Perez et al., arXiv 2309.17224, section 3):
 //!
@@ -12,30 +12,13 @@
 //! below a power of two cannot be given one bias too many (which would saturate its largest
 //! element).
 
-use std::str::FromStr;
-
-use crate::format::{pow2, Fp8Family, Fp8Format, Role, UnknownName};
+use crate::format::{pow2, Fp8Format};
 
 /// Largest bias magnitude: scaling factors stay within 2^-31 ..= 2^31.
 pub const MAX_BIAS: i32 = 31;
 
 /// Default margin for gradients (the paper's FP8-AMAX setting for E5 gradients).
 pub const DEFAULT_GRADIENT_MARGIN: i32 = 3;
-
-/// How the linear layers' tensors are scaled, or whether FP8 is on at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Scaling {
-    /// FP8 off: the linear ops are plain f32 (bit-identical to the inner backend).
-    #[default]
-    Off,
-    /// FP8-AMAX: a per-tensor bias from the tensor's absolute maximum at every call.
-    Amax,
-    /// FP8-CSCALE: one constant bias for every weight, activation and gradient tensor.
-    CScale {
-        /// The bias applied to every tensor.
-        bias: i32,
-    },
-}
 
 /// How one tensor's bias is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,89 +30,6 @@ pub enum BiasRule {
     },
     /// A fixed bias (FP8-CSCALE).
     Constant(i32),
-}
-
-/// Everything the decorator needs to know about a job's FP8 setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fp8Policy {
-    /// AMAX, CSCALE or off.
-    pub scaling: Scaling,
-    /// Which E4/E5 formats are used.
-    pub family: Fp8Family,
-    /// AMAX margin for weights.
-    pub weight_margin: i32,
-    /// AMAX margin for activations.
-    pub activation_margin: i32,
-    /// AMAX margin for gradients.
-    pub gradient_margin: i32,
-    /// Record a [`crate::QuantRecord`] for every quantized tensor (costs one extra pass).
-    pub stats: bool,
-}
-
-impl Default for Fp8Policy {
-    fn default() -> Self {
-        Self::off()
-    }
-}
-
-impl Fp8Policy {
-    /// FP8 off.
-    pub fn off() -> Self {
-        Self {
-            scaling: Scaling::Off,
-            family: Fp8Family::Graphcore,
-            weight_margin: 0,
-            activation_margin: 0,
-            gradient_margin: DEFAULT_GRADIENT_MARGIN,
-            stats: false,
-        }
-    }
-
-    /// FP8-AMAX with the paper's defaults: Graphcore formats, margins 0 / 0 / 3.
-    pub fn amax() -> Self {
-        Self {
-            scaling: Scaling::Amax,
-            ..Self::off()
-        }
-    }
-
-    /// FP8-CSCALE with one bias for every tensor.
-    pub fn cscale(bias: i32) -> Self {
-        Self {
-            scaling: Scaling::CScale { bias },
-            ..Self::off()
-        }
-    }
-
-    /// The same policy with another family.
-    pub fn with_family(self, family: Fp8Family) -> Self {
-        Self { family, ..self }
-    }
-
-    /// The same policy with statistics on or off.
-    pub fn with_stats(self, stats: bool) -> Self {
-        Self { stats, ..self }
-    }
-
-    /// Whether the linear ops are quantized at all.
-    pub fn is_on(&self) -> bool {
-        self.scaling != Scaling::Off
-    }
-
-    /// The format and bias rule for a tensor of `role`; `None` when FP8 is off.
-    pub fn rule_for(&self, role: Role) -> Option<(Fp8Format, BiasRule)> {
-        let margin = match role {
-            Role::Weight => self.weight_margin,
-            Role::Activation => self.activation_margin,
-            Role::Gradient => self.gradient_margin,
-        };
-        let rule = match self.scaling {
-            Scaling::Off => return None,
-            Scaling::Amax => BiasRule::Amax { margin },
-            Scaling::CScale { bias } => BiasRule::Constant(bias),
-        };
-        Some((self.family.format_for(role), rule))
-    }
 }
 
 /// The tensor held an infinity or a NaN, so no bias can be derived from its amax.
@@ -179,23 +79,6 @@ fn f64_exponent(x: f64) -> i32 {
     ((x.to_bits() >> 52) & 0x7ff) as i32 - 1023
 }
 
-impl FromStr for Scaling {
-    type Err = UnknownName;
-    /// `fp32` (off), `fp8-amax`; `fp8-cscale` needs its bias and is built with [`Scaling::CScale`].
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "fp32" | "off" => Ok(Self::Off),
-            "fp8-amax" => Ok(Self::Amax),
-            "fp8-cscale" => Ok(Self::CScale { bias: 0 }),
-            _ => Err(UnknownName {
-                what: "precision",
-                got: s.to_string(),
-                expected: "fp32, fp8-amax, fp8-cscale",
-            }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,24 +97,5 @@ mod tests {
         assert_eq!(amax_bias(1e30, f, 0), Ok(-MAX_BIAS));
         assert!(amax_bias(f32::INFINITY, f, 0).is_err());
         assert!(amax_bias(f32::NAN, f, 0).is_err());
-    }
-
-    #[test]
-    fn policy_rules() {
-        let p = Fp8Policy::amax();
-        assert_eq!(
-            p.rule_for(Role::Gradient),
-            Some((Fp8Format::E5M2Fnuz, BiasRule::Amax { margin: 3 }))
-        );
-        assert_eq!(
-            p.with_family(Fp8Family::Ocp).rule_for(Role::Weight),
-            Some((Fp8Format::E4M3Fn, BiasRule::Amax { margin: 0 }))
-        );
-        assert_eq!(Fp8Policy::off().rule_for(Role::Weight), None);
-        assert_eq!(
-            Fp8Policy::cscale(4).rule_for(Role::Activation),
-            Some((Fp8Format::E4M3Fnuz, BiasRule::Constant(4)))
-        );
-        assert!("fp16".parse::<Scaling>().is_err());
     }
 }

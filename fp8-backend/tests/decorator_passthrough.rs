@@ -1,5 +1,5 @@
 //! `Autodiff<Fp8<NdArray>>` must compute exactly what `Autodiff<NdArray>` computes while the
-//! linear hooks in `crate::linear` only forward (DESIGN.md: "With FP8 off, `Autodiff<Fp8<B>>`
+//! linear hooks in `crate::linear` only forward (docs/design.md: "With FP8 off, `Autodiff<Fp8<B>>`
 //! gives bit-identical results to `Autodiff<B>`"). The model touches the linear hooks (with and
 //! without bias, on a rank-3 input), a plain matmul, a layer norm, GELU, ReLU and a softmax.
 //!

@@ -48,7 +48,7 @@ TRAITS = [
 ]
 
 # Methods that do not go straight to `B`: method -> function called with the same arguments.
-# DESIGN.md "The decorator": the three GEMMs of a linear layer are where FP8 happens.
+# docs/design.md "The decorator": the three GEMMs of a linear layer are where FP8 happens.
 # `linear_bias_backward` is deliberately absent: the bias gradient stays f32 (a plain sum).
 OVERRIDES = {
     "linear": ("crate::linear::forward::<B>", ["x", "weight", "bias"]),

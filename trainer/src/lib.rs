@@ -1,10 +1,11 @@
 //! fp8-trainer: fine-tuning GPT-2 family models (gpt2, distilgpt2, Cerebras-GPT) on Burn with
 //! FP8 linear layers, after Graphcore's FP8-AMAX method (Perez et al. 2023, arXiv 2309.17224).
 //!
-//! This crate holds the model ([`model::Gpt2`], Hugging Face names and layout), checkpoints
-//! ([`checkpoint`]: strict loading of hub folders, atomic saving that `transformers` reads),
-//! the FP8 layer filter ([`LayerFilter`]), generation, training jobs ([`job`] configs, the
-//! [`train`] loop with checkpoints and exact resume), and the `fp8-trainer` command line.
+//! This crate holds the model ([`model`]: GPT-2 with Hugging Face names and layout, its
+//! architecture config, losses and sampling), checkpoints ([`checkpoint`]: strict loading of hub
+//! folders, atomic saving that `transformers` reads), jobs ([`job`]: the typed config and its
+//! assembly), the [`train`] loop with checkpoints and exact resume, and the `fp8-trainer`
+//! command line ([`commands`], one [`Error`] type). The contracts are in `docs/design.md`.
 //!
 //! ```text
 //! cargo run --release -p trainer -- train --config configs/quickstart.json
@@ -12,7 +13,7 @@
 //! ```
 
 /// Calls `f::<B>(args..., device)` with the inner backend `B` and device of a job's
-/// [`job::Device`]; a device whose cargo feature is off gives `TrainError::DeviceUnavailable`.
+/// [`job::Device`]; a device whose cargo feature is off gives `Error::DeviceUnavailable`.
 /// (Generic functions cannot be passed around uninstantiated, hence a macro.)
 macro_rules! on_device {
     ($device:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
@@ -29,23 +30,19 @@ macro_rules! on_device {
                 $($arg,)* burn::backend::cuda::CudaDevice::default(),
             ),
             #[allow(unreachable_patterns)]
-            other => Err($crate::train::TrainError::DeviceUnavailable(other)),
+            other => Err($crate::Error::DeviceUnavailable(other)),
         }
     };
 }
 
 pub mod checkpoint;
 pub mod commands;
-pub mod config;
-pub mod generate;
+pub mod error;
 pub mod job;
-pub mod layer_filter;
+pub mod logging;
 pub mod model;
-pub mod precision;
 pub mod train;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointError};
-pub use config::{Activation, ConfigError, Gpt2Config};
-pub use layer_filter::{BlockFp8, LayerFilter, LayerFilterError};
-pub use model::{cross_entropy, Gpt2, ModelOptions};
-pub use precision::Precision;
+pub use error::Error;
+pub use model::{cross_entropy, Activation, ConfigError, Gpt2, Gpt2Config, ModelOptions};

@@ -16,7 +16,8 @@ use trainer::checkpoint::{write_safetensors, NamedTensor, WEIGHTS_INDEX_FILE};
 use trainer::model::names::param_values;
 use trainer::{load_checkpoint, save_checkpoint, Gpt2, Gpt2Config, ModelOptions};
 
-type Cpu = NdArray<f32>;
+/// The model runs on the FP8 decorator (with FP8 off, bit-identical to plain ndarray).
+type Cpu = fp8_backend::Fp8<NdArray<f32>>;
 
 fn load(dir: &Path) -> Gpt2<Cpu> {
     load_checkpoint::<Cpu>(dir, &ModelOptions::default(), &Default::default())

@@ -6,11 +6,13 @@ mod common;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Int, Tensor, TensorData};
+use fp8_backend::{Fp8, Fp8Policy, LayerFilter};
 use serde_json::Value;
 use trainer::model::names::param_grads;
-use trainer::{load_checkpoint, LayerFilter, ModelOptions};
+use trainer::{load_checkpoint, ModelOptions};
 
-type Cpu = NdArray<f32>;
+/// The model runs on the FP8 decorator (with FP8 off, bit-identical to plain ndarray).
+type Cpu = Fp8<NdArray<f32>>;
 type Train = Autodiff<Cpu>;
 
 /// Must equal `FIXTURE_VERSION` in gen_gpt2.py.
@@ -64,7 +66,7 @@ impl Reference {
             .unwrap_or_else(|| panic!("reference has no `{name}`"))
     }
 
-    /// Inputs and targets as DESIGN.md "Data windows": the first and the last B*T of B*T+1 tokens.
+    /// Inputs and targets as docs/design.md "Data windows": the first and the last B*T of B*T+1 tokens.
     fn batch<B: burn::tensor::backend::Backend>(
         &self,
         device: &B::Device,
@@ -147,29 +149,52 @@ fn logits_loss_and_gradients_match_transformers() {
     );
 }
 
-/// A layer the filter excludes computes `matmul + add` itself; in f32 that must be exactly
-/// what Burn's default `linear` computes, or excluding layers would change fp32 results.
+/// A projection without an FP8 site computes `x @ W + b` itself; in f32 that must be exactly
+/// what a projection with a site computes when its policy is off (Burn's default `linear`), or
+/// excluding layers from FP8 would change the f32 ones' results.
 #[test]
 fn excluded_layers_compute_the_same_bits_as_linear() {
     let reference = Reference::load();
     let device = Default::default();
-    let logits = |filter: LayerFilter| {
+    let logits = |layers: &str, fp8_on_then_off: bool| {
+        let fp8 = Fp8Policy {
+            layers: LayerFilter::parse(layers).unwrap(),
+            ..Fp8Policy::amax()
+        };
         let options = ModelOptions {
-            layer_filter: filter,
+            fp8,
             ..ModelOptions::default()
         };
         let model = load_checkpoint::<Cpu>(&common::fixture_dir(), &options, &device).unwrap();
-        to_vec(model.forward(reference.batch::<Cpu>(&device).0).into_data())
+        let sites = model.fp8_layers().len();
+        if fp8_on_then_off {
+            // The sites stay; their policy turns FP8 off.
+            model.fp8().set_policy(Fp8Policy::off());
+        }
+        let out = to_vec(model.forward(reference.batch::<Cpu>(&device).0).into_data());
+        (out, sites)
     };
-    let all = logits(LayerFilter::all());
-    let none = logits(LayerFilter::none());
-    let mlp_only = logits(LayerFilter::parse("h.*.mlp.*").unwrap());
-    assert!(all
-        .iter()
-        .zip(&none)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
-    assert!(all
-        .iter()
-        .zip(&mlp_only)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let (plain, _) = {
+        let model =
+            load_checkpoint::<Cpu>(&common::fixture_dir(), &ModelOptions::default(), &device)
+                .unwrap();
+        assert!(
+            model.fp8_layers().is_empty(),
+            "FP8 off: no projection has a site"
+        );
+        (
+            to_vec(model.forward(reference.batch::<Cpu>(&device).0).into_data()),
+            (),
+        )
+    };
+    let (all_off, sites) = logits("*", true);
+    assert_eq!(sites, 8);
+    let (mlp_off, mlp_sites) = logits("h.*.mlp.*", true);
+    assert_eq!(mlp_sites, 4);
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(same(&plain, &all_off));
+    assert!(same(&plain, &mlp_off));
+    // ... and with the policy on, the sites do change the logits.
+    let (fp8, _) = logits("*", false);
+    assert!(!same(&plain, &fp8));
 }

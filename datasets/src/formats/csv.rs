@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::cache::CacheWriter;
-use crate::config::{CsvConfig, DataFormat};
 use crate::error::DataError;
+use crate::spec::{CsvConfig, DataFormat};
 use crate::template::{Template, Verbalizer};
 use crate::tokenizer::Tokenizer;
 

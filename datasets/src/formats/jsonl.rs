@@ -11,9 +11,10 @@ use serde_json::{Map, Value};
 
 use super::strip_bom;
 use crate::cache::CacheWriter;
-use crate::config::JsonlConfig;
 use crate::error::DataError;
-use crate::sources::DataKind;
+use crate::json::json_type_name;
+use crate::kind::DataKind;
+use crate::spec::JsonlConfig;
 use crate::tokenizer::Tokenizer;
 
 /// A record's tokens: a document, or a prompt and its completion.
@@ -106,7 +107,7 @@ impl<'a> Lines<'a> {
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(other) => Err(self.bad(format!(
                     "field `{name}` must be a string, found {}",
-                    type_name(other)
+                    json_type_name(other)
                 ))),
             }
         };
@@ -134,17 +135,6 @@ impl<'a> Lines<'a> {
                 )))
             }
         }
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

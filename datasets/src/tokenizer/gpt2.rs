@@ -31,13 +31,25 @@ struct Fast {
     ranks: FxHashMap<Vec<u8>, u32>,
 }
 
-fn fast(bpe: &CoreBPE) -> Result<&'static Fast, String> {
-    static FAST: OnceLock<Result<Fast, String>> = OnceLock::new();
+/// Why the fast encoder's tables could not be built (both mean a broken build or a corrupt
+/// embedded vocabulary, not bad input). Clone: the outcome is kept for the whole process.
+#[derive(Clone, Debug, thiserror::Error)]
+enum FastError {
+    #[error("the GPT-2 pre-tokenizer pattern does not compile: {0}")]
+    Pattern(#[from] regex::Error),
+    #[error("the embedded r50k_base ranks have no bytes for token {id}")]
+    MissingToken { id: u32 },
+}
+
+fn fast(bpe: &CoreBPE) -> Result<&'static Fast, FastError> {
+    static FAST: OnceLock<Result<Fast, FastError>> = OnceLock::new();
     FAST.get_or_init(|| {
-        let regex = Regex::new(PATTERN).map_err(|e| e.to_string())?;
+        let regex = Regex::new(PATTERN)?;
         let mut ranks = FxHashMap::default();
         for id in 0..GPT2_EOT {
-            let bytes = bpe.decode_bytes(&[id]).map_err(|e| e.to_string())?;
+            let bytes = bpe
+                .decode_bytes(&[id])
+                .map_err(|e| FastError::MissingToken { id: e.token })?;
             ranks.insert(bytes, id);
         }
         Ok(Fast { regex, ranks })
@@ -65,7 +77,7 @@ impl Gpt2Tokenizer {
         })?;
         Ok(Gpt2Tokenizer {
             bpe,
-            fast: fast(bpe).map_err(backend)?,
+            fast: fast(bpe).map_err(|e| backend(e.to_string()))?,
         })
     }
 

@@ -17,8 +17,8 @@ use crate::error::TokenizerError;
 
 /// The text <-> token-id mapping a model was trained with.
 pub trait Tokenizer: Send + Sync {
-    /// Stable identifier, written into cache headers (e.g. "gpt2-r50k", "bytes",
-    /// "hf-json:<hash of file>"); two tokenizers with the same id give the same ids.
+    /// Stable identifier, written into cache headers (e.g. `"gpt2-r50k"`, `"bytes"`,
+    /// `"hf-json:<hash of file>"`); two tokenizers with the same id give the same ids.
     fn id(&self) -> String;
     /// Number of token ids, special tokens included (ids are `0..vocab_size`).
     fn vocab_size(&self) -> usize;

@@ -1,6 +1,6 @@
 //! The `Fp8<B>` backend decorator: a `Backend` with exactly B's primitive types that forwards
 //! every op to `B`, except the three GEMMs of a linear layer, which go to [`crate::linear`]
-//! (DESIGN.md "The decorator"). `Autodiff<Fp8<B>>` is then an ordinary autodiff backend whose
+//! (docs/design.md "The decorator"). `Autodiff<Fp8<B>>` is then an ordinary autodiff backend whose
 //! linear layers reach `crate::linear` in the forward and in both backward GEMMs.
 //!
 //! Layout as in `burn-autodiff` / `burn-fusion`: `backend.rs` by hand, `ops/` one file per ops

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::config::ConfigError;
-use crate::layer_filter::LayerFilterError;
+use fp8_backend::LayerFilterError;
+
+use crate::model::ConfigError;
 
 /// Why a checkpoint could not be read or written.
 #[derive(Debug, thiserror::Error)]

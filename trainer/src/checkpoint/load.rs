@@ -2,10 +2,10 @@
 //!
 //! Every model parameter must be found with the shape `config.json` implies, and every tensor
 //! of the file must be used (nanoGPT's `from_pretrained` asserts the same). Tolerated, as
-//! DESIGN.md lists: names with or without the `transformer.` prefix; the attention-mask buffers
+//! docs/design.md lists: names with or without the `transformer.` prefix; the attention-mask buffers
 //! `h.N.attn.bias` / `h.N.attn.masked_bias` of old uploads; `lm_head.weight` equal to `wte`
-//! when the head is tied. Conv1D weights are `[in, out]` in the file and in `burn::nn::Linear`:
-//! they are used as they are, never transposed.
+//! when the head is tied. Conv1D weights are `[in, out]` in the file and in the model's
+//! `Projection`: they are used as they are, never transposed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,8 +14,8 @@ use burn::tensor::{backend::Backend, TensorData};
 
 use super::error::CheckpointError;
 use super::safetensors_file::WeightFiles;
-use crate::config::Gpt2Config;
 use crate::model::names::{param_shapes, replace_params};
+use crate::model::Gpt2Config;
 use crate::model::{Gpt2, ModelOptions};
 
 /// The architecture file of a checkpoint directory.

@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use datasets::atomic::{replace_dir, write_atomic};
 
 use burn::tensor::backend::Backend;
 use safetensors::{Dtype, View};
@@ -59,17 +60,7 @@ pub fn save_checkpoint<B: Backend>(model: &Gpt2<B>, dir: &Path) -> Result<(), Ch
     fs::create_dir(&staging).map_err(write_err(&staging))?;
     write_checkpoint_files(model, &staging)?;
 
-    if dir.exists() {
-        fs::rename(dir, &retired).map_err(write_err(dir))?;
-        fs::rename(&staging, dir).map_err(write_err(dir))?;
-        fs::remove_dir_all(&retired).map_err(write_err(&retired))?;
-    } else {
-        fs::rename(&staging, dir).map_err(write_err(dir))?;
-    }
-    // Make the rename itself durable (POSIX: a directory entry is persisted by syncing its directory).
-    fs::File::open(&parent)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err(&parent))
+    replace_dir(&staging, dir, &retired).map_err(write_err(dir))
 }
 
 /// Writes config.json and model.safetensors into an existing directory (for callers that stage
@@ -81,7 +72,7 @@ pub fn write_checkpoint_files<B: Backend>(
     let config_path = dir.join(CONFIG_FILE);
     let text =
         serde_json::to_string_pretty(&model.config().to_json()).expect("a JSON value serialises");
-    write_synced(&config_path, text.as_bytes()).map_err(|source| CheckpointError::Write {
+    write_atomic(&config_path, text.as_bytes()).map_err(|source| CheckpointError::Write {
         path: config_path,
         source,
     })?;
@@ -105,7 +96,7 @@ pub fn write_checkpoint_files<B: Backend>(
 }
 
 /// Writes f32 tensors as a safetensors file with `{"format": "pt"}` metadata (which
-/// `transformers` requires), via a temporary file renamed into place.
+/// `transformers` requires), atomically (a temporary file, fsync, rename).
 pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> std::io::Result<()> {
     let views: Vec<(String, F32View<'_>)> = tensors
         .iter()
@@ -114,15 +105,7 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> std::io::Resul
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")))?;
-    let staging = path.with_extension(format!("tmp-{}", std::process::id()));
-    write_synced(&staging, &bytes)?;
-    fs::rename(&staging, path)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    write_atomic(path, &bytes)
 }
 
 /// Lets the `safetensors` crate serialise our tensors (little-endian f32).

@@ -5,23 +5,33 @@
 //! the last tenth of the steps, each one's gap to the first precision (the baseline), and the
 //! median training throughput with its ratio to the baseline's.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use fp8_backend::Precision;
+
+use crate::error::Error;
 use crate::job::load_job_config;
-use crate::precision::Precision;
 use crate::train::plot::{curves_of, draw_loss, Curve};
 use crate::train::run_dir::{read_metrics, MetricsRow};
-use crate::train::{run_training, Progress, TrainError, TrainOptions, TrainOutcome};
+use crate::train::{run_training, Progress, TrainOptions, TrainOutcome};
 
 /// Arguments of `compare`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct CompareArgs {
+    /// Job config (JSON).
+    #[arg(long)]
     pub config: PathBuf,
+    /// Config overrides: key.sub=value.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Comma-separated precisions, e.g. fp32,fp8-amax (the first is the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp8-amax")]
     pub precisions: Vec<Precision>,
-    /// Start each run over (deleting its checkpoints).
+    /// Start each run over (deletes its checkpoints).
+    #[arg(long)]
     pub overwrite: bool,
 }
 
@@ -87,8 +97,22 @@ pub struct CompareOutcome {
     pub rows: Vec<CompareRow>,
 }
 
-/// `summary.csv`: the rows, with the gaps to the first row (empty where a value is missing).
-pub fn summary_csv(rows: &[CompareRow]) -> String {
+/// Columns of `summary.csv`.
+pub const SUMMARY_HEADER: [&str; 9] = [
+    "precision",
+    "steps",
+    "final_val_loss",
+    "best_val_loss",
+    "final_train_loss",
+    "val_gap",
+    "train_gap",
+    "tokens_per_s",
+    "speed_ratio",
+];
+
+/// The cells of `summary.csv` for `rows`, with the gaps and speed ratios to the first row
+/// (empty where a value is missing).
+pub fn summary_cells(rows: &[CompareRow]) -> Vec<[String; 9]> {
     fn cell(v: Option<f32>) -> String {
         v.map(|v| v.to_string()).unwrap_or_default()
     }
@@ -99,28 +123,59 @@ pub fn summary_csv(rows: &[CompareRow]) -> String {
         }
     }
     let base = rows.first();
-    let mut out = String::from(
-        "precision,steps,final_val_loss,best_val_loss,final_train_loss,val_gap,train_gap,tokens_per_s,speed_ratio\n",
+    rows.iter()
+        .map(|r| {
+            let ratio = match (r.tokens_per_s, base.and_then(|b| b.tokens_per_s)) {
+                (Some(s), Some(b)) if b > 0.0 => format!("{:.3}", s / b),
+                _ => String::new(),
+            };
+            [
+                r.precision.to_string(),
+                r.steps.to_string(),
+                cell(r.final_val_loss),
+                cell(r.best_val_loss),
+                cell(r.final_train_loss),
+                gap(r.final_val_loss, base.and_then(|b| b.final_val_loss)),
+                gap(r.final_train_loss, base.and_then(|b| b.final_train_loss)),
+                r.tokens_per_s
+                    .map(|s| format!("{s:.0}"))
+                    .unwrap_or_default(),
+                ratio,
+            ]
+        })
+        .collect()
+}
+
+/// The table `compare` prints.
+pub fn summary_table(outcome: &CompareOutcome) -> String {
+    let fmt = |v: Option<f32>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    let base = outcome.rows.first();
+    let mut out = format!(
+        "precision    final val   best val   train (last 10%)   tokens/s   val gap to {}\n",
+        base.map(|b| b.precision.as_str()).unwrap_or("-")
     );
-    for r in rows {
-        let ratio = match (r.tokens_per_s, base.and_then(|b| b.tokens_per_s)) {
-            (Some(s), Some(b)) if b > 0.0 => format!("{:.3}", s / b),
-            _ => String::new(),
+    for r in &outcome.rows {
+        let gap = match (r.final_val_loss, base.and_then(|b| b.final_val_loss)) {
+            (Some(v), Some(b)) => format!("{:+.4} ({:+.2}%)", v - b, 100.0 * (v - b) / b),
+            _ => "-".into(),
         };
-        out += &format!(
-            "{},{},{},{},{},{},{},{},{ratio}\n",
-            r.precision,
-            r.steps,
-            cell(r.final_val_loss),
-            cell(r.best_val_loss),
-            cell(r.final_train_loss),
-            gap(r.final_val_loss, base.and_then(|b| b.final_val_loss)),
-            gap(r.final_train_loss, base.and_then(|b| b.final_train_loss)),
-            r.tokens_per_s
-                .map(|s| format!("{s:.0}"))
-                .unwrap_or_default(),
+        let speed = r.tokens_per_s.map(|s| format!("{s:.0}"));
+        let _ = writeln!(
+            out,
+            "{:<12} {:>9}  {:>9}  {:>17}  {:>9}   {gap}",
+            r.precision.as_str(),
+            fmt(r.final_val_loss),
+            fmt(r.best_val_loss),
+            fmt(r.final_train_loss),
+            speed.unwrap_or_else(|| "-".into()),
         );
     }
+    let _ = write!(
+        out,
+        "loss curves: {}/loss.png; summary: {}/summary.csv",
+        outcome.dir.display(),
+        outcome.dir.display()
+    );
     out
 }
 
@@ -130,7 +185,7 @@ pub fn run_compare(
     args: &CompareArgs,
     stop: Arc<AtomicBool>,
     progress: &mut dyn Progress,
-) -> Result<Option<CompareOutcome>, TrainError> {
+) -> Result<Option<CompareOutcome>, Error> {
     let base = load_job_config(&args.config, &args.overrides)?;
     let mut runs = Vec::new();
     for &precision in &args.precisions {
@@ -151,8 +206,8 @@ pub fn run_compare(
     }
     let metrics: Vec<(Precision, Vec<MetricsRow>)> = runs
         .iter()
-        .map(|(p, dir)| (*p, read_metrics(dir)))
-        .collect();
+        .map(|(p, dir)| Ok((*p, read_metrics(dir)?)))
+        .collect::<Result<_, Error>>()?;
     let named: Vec<(String, Vec<(f64, f64)>)> = metrics
         .iter()
         .flat_map(|(p, rows)| curves_of(rows, &format!("{p} ")))
@@ -165,12 +220,16 @@ pub fn run_compare(
         })
         .collect();
     let out = base.out_dir.join(format!("{}-compare", base.name));
-    std::fs::create_dir_all(&out).map_err(TrainError::io(&out))?;
-    draw_loss(&out, &format!("{}: loss parity", base.name), &curves).map_err(TrainError::Plot)?;
+    std::fs::create_dir_all(&out).map_err(Error::io(&out))?;
+    draw_loss(&out, &format!("{}: loss parity", base.name), &curves)?;
     let rows: Vec<CompareRow> = metrics.iter().map(|(p, m)| CompareRow::of(*p, m)).collect();
     let summary = out.join("summary.csv");
-    let staging = out.join(".summary.csv.tmp");
-    std::fs::write(&staging, summary_csv(&rows)).map_err(TrainError::io(&staging))?;
-    std::fs::rename(&staging, &summary).map_err(TrainError::io(&summary))?;
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let cells = std::iter::once(SUMMARY_HEADER.map(String::from)).chain(summary_cells(&rows));
+    for record in cells {
+        csv.write_record(&record).expect("writing to memory");
+    }
+    let bytes = csv.into_inner().expect("writing to memory");
+    datasets::atomic::write_atomic(&summary, &bytes).map_err(Error::io(&summary))?;
     Ok(Some(CompareOutcome { dir: out, rows }))
 }

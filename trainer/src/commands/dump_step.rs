@@ -1,43 +1,57 @@
 //! `fp8-trainer dump-step --config FILE --out FILE.safetensors`: one forward/backward on the
-//! job's first batch (no optimizer step), written as `loss` (scalar) and the gradient of every
-//! parameter under its Hugging Face name in the Hugging Face layout (Conv1D weights
-//! `[in, out]`) — llm.c's debug-state habit, for parity against PyTorch.
+//! job's first batch (no optimizer step), written as `loss` (scalar), `logits` `[B, T, V]` and
+//! the gradient of every parameter under its Hugging Face name in the Hugging Face layout
+//! (Conv1D weights `[in, out]`) — llm.c's debug-state habit, for parity against PyTorch.
 //!
 //! `--tokens FILE` replaces the first batch with `B*T + 1` token ids (a JSON list, or a JSON
 //! object with a `tokens` list such as the fixture's `reference.json`), read as a data window.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use burn::module::AutodiffModule;
 use datasets::{DataLoader, WindowOrder};
+use fp8_backend::Fp8Kernels;
 
 use crate::checkpoint::{write_safetensors, NamedTensor};
-use crate::job::load_job_config;
-use crate::train::setup::{build_model, check_device, open_data};
+use crate::error::Error;
+use crate::job::assemble::{build_model, check_device, open_data};
+use crate::job::{load_job_config, JobConfig};
+use crate::model::loss::batch_tensors;
+use crate::train::run_dir::{write_fp8_stats, Fp8StatsRow};
 use crate::train::step::forward_backward;
-use crate::train::TrainError;
 
 /// Arguments of `dump-step`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct DumpStepArgs {
+    /// Job config (JSON).
+    #[arg(long)]
     pub config: PathBuf,
+    /// Config overrides: key.sub=value.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Output safetensors file.
+    #[arg(long)]
     pub out: PathBuf,
-    /// Token ids replacing the first batch.
+    /// Token ids for the batch instead of the data (JSON list, or an object with `tokens`).
+    #[arg(long)]
     pub tokens: Option<PathBuf>,
+    /// Also write the step's FP8 statistics (the columns of fp8_stats.csv, step 1).
+    #[arg(long)]
+    pub fp8_stats: Option<PathBuf>,
 }
 
 /// Runs `dump-step` on the job's device; returns the loss.
-pub fn run_dump_step(args: &DumpStepArgs) -> Result<f32, TrainError> {
+pub fn run_dump_step(args: &DumpStepArgs) -> Result<f32, Error> {
     let job = load_job_config(&args.config, &args.overrides)?;
     check_device(&job, &args.config)?;
     on_device!(job.device, dump_on(args, &job))
 }
 
-fn dump_on<B: fp8_backend::Fp8Kernels>(
+fn dump_on<B: Fp8Kernels>(
     args: &DumpStepArgs,
-    job: &crate::job::JobConfig,
+    job: &JobConfig,
     device: B::Device,
-) -> Result<f32, TrainError> {
+) -> Result<f32, Error> {
     let data = open_data(job, &args.config)?;
     let model = build_model::<B>(job, &args.config, data.tokenizer.vocab_size(), &device)?;
     let mut loader = match &args.tokens {
@@ -49,7 +63,7 @@ fn dump_on<B: fp8_backend::Fp8Kernels>(
             let tokens = read_tokens(path)?;
             let needed = job.batch_size * job.data.seq_len + 1;
             if tokens.len() < needed {
-                return Err(TrainError::BadFile {
+                return Err(Error::BadFile {
                     path: path.clone(),
                     message: format!(
                         "{} tokens, but batch_size * seq_len + 1 = {needed} are needed",
@@ -66,19 +80,31 @@ fn dump_on<B: fp8_backend::Fp8Kernels>(
             .map_err(data.err())?
         }
     };
-    let out = forward_backward(
-        &model,
-        &mut loader,
-        1,
-        job.precision.policy(),
-        false,
-        &device,
-    );
-    let mut tensors = vec![NamedTensor {
-        name: "loss".into(),
-        shape: vec![],
-        values: vec![out.loss],
-    }];
+    // The logits of the same batch (a forward without autodiff; the casts are deterministic,
+    // so they are the logits of the step's own forward).
+    let batch = loader.clone().next_batch();
+    let (inputs, _, _) = batch_tensors::<fp8_backend::Fp8<B>>(&batch, &device);
+    let logits = model.valid().forward(inputs);
+    let logits_shape = logits.dims().to_vec();
+    let logits = logits
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32");
+    let want_stats = args.fp8_stats.is_some() && job.precision.is_on();
+    let out = forward_backward(&model, &mut loader, 1, want_stats, None, &device);
+    let mut tensors = vec![
+        NamedTensor {
+            name: "loss".into(),
+            shape: vec![],
+            values: vec![out.loss],
+        },
+        NamedTensor {
+            name: "logits".into(),
+            shape: logits_shape,
+            values: logits,
+        },
+    ];
     let shapes = crate::model::names::param_shapes(&model);
     for ((name, shape), grad) in shapes.into_iter().zip(out.grads) {
         if let Some(values) = grad {
@@ -89,16 +115,25 @@ fn dump_on<B: fp8_backend::Fp8Kernels>(
             });
         }
     }
-    write_safetensors(&args.out, &tensors).map_err(TrainError::io(&args.out))?;
+    write_safetensors(&args.out, &tensors).map_err(Error::io(&args.out))?;
+    if let Some(path) = &args.fp8_stats {
+        let rows: Vec<Fp8StatsRow> = out
+            .report
+            .records
+            .iter()
+            .map(|r| Fp8StatsRow::of(1, r))
+            .collect();
+        write_fp8_stats(path, &rows)?;
+    }
     Ok(out.loss)
 }
 
-fn read_tokens(path: &PathBuf) -> Result<Vec<u32>, TrainError> {
-    let bad = |message: String| TrainError::BadFile {
-        path: path.clone(),
+fn read_tokens(path: &Path) -> Result<Vec<u32>, Error> {
+    let bad = |message: String| Error::BadFile {
+        path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let list = value.get("tokens").unwrap_or(&value);
     serde_json::from_value(list.clone())

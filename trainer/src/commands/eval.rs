@@ -7,44 +7,58 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::ElementConversion;
 use datasets::{DataConfig, SplitName, TokenizerSpec};
+use fp8_backend::{Fp8Kernels, Fp8Policy, Precision};
 use serde::Serialize;
 
 use crate::checkpoint::load_checkpoint;
-use crate::job::{load_job_config, ModelSource, PrecisionConfig};
-use crate::job::{Device, JobConfig};
-use crate::model::{Gpt2, ModelOptions};
-use crate::precision::Precision;
-use crate::train::setup::{check_device, JobData};
-use crate::train::step::{batch_loss, batch_tensors};
-use crate::train::TrainError;
+use crate::error::Error;
+use crate::job::assemble::{
+    check_device, check_model_fits, model_config_of_checkpoint, open_data, JobData,
+};
+use crate::job::{load_job_config, Device, JobConfig, ModelSource};
+use crate::model::loss::{mean_loss, row_scores};
+use crate::model::ModelOptions;
 
 /// The FP8 decorator over the device backend `B` (no autodiff).
 type EvalBackend<B> = fp8_backend::Fp8<B>;
 
 /// Arguments of `eval`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct EvalArgs {
+    /// Checkpoint directory (config.json + model.safetensors).
+    #[arg(long)]
     pub checkpoint: PathBuf,
-    /// A text/JSONL file or folder (language-model data).
+    /// Text/JSONL file or folder to evaluate on (language-model data).
+    #[arg(long, required_unless_present = "config")]
     pub data: Option<PathBuf>,
-    /// A job config whose data section (and FP8 options) to use.
+    /// Or: a job config whose data section (validation split if any) and FP8 options to use.
+    #[arg(long, conflicts_with = "data")]
     pub config: Option<PathBuf>,
+    /// Config overrides with --config: key.sub=value.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Overrides the job's precision (default fp32 with `--data`).
+    /// fp32 | fp8-amax | fp8-cscale (default: the job's, or fp32 with --data).
+    #[arg(long)]
     pub precision: Option<Precision>,
-    /// With `--data`: tokenizer (default: the checkpoint's own, else gpt2).
+    /// Tokenizer with --data: gpt2, bytes, or a tokenizer.json / folder (default: the checkpoint's).
+    #[arg(long)]
     pub tokenizer: Option<TokenizerSpec>,
-    /// With `--data`: tokens per sequence (default: min(256, n_positions)).
+    /// Tokens per sequence with --data (default min(256, n_positions)).
+    #[arg(long)]
     pub seq_len: Option<usize>,
+    /// Sequences (or classification examples) per batch.
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Batches to evaluate (0 = all).
+    #[arg(long, default_value_t = 0)]
     pub max_batches: usize,
-    /// Also write the result as JSON here.
+    /// Also write the result as JSON.
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Where to run (default: the job's device with `--config`, else the CPU).
+    /// cpu | wgpu | cuda (default: the job's with --config, else cpu; wgpu and cuda need the
+    /// cargo feature of that name).
+    #[arg(long)]
     pub device: Option<Device>,
 }
 
@@ -61,28 +75,46 @@ pub struct EvalResult {
     pub examples: usize,
 }
 
+impl EvalResult {
+    /// What `eval` prints.
+    pub fn summary(&self) -> String {
+        let mut lines = Vec::new();
+        if let (Some(loss), Some(ppl)) = (self.loss, self.perplexity) {
+            lines.push(format!(
+                "precision {}: loss {loss:.4}, perplexity {ppl:.2} over {} tokens",
+                self.precision, self.tokens
+            ));
+        }
+        if let Some(acc) = self.accuracy {
+            lines.push(format!(
+                "precision {}: accuracy {acc:.4} over {} examples",
+                self.precision, self.examples
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
 /// Runs `eval`.
-pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, TrainError> {
-    let model_config = crate::train::setup::model_config_of_checkpoint(&args.checkpoint)?;
+pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, Error> {
+    let model_config = model_config_of_checkpoint(&args.checkpoint)?;
     let (mut job, config_path) = match (&args.config, &args.data) {
         (Some(path), _) => (load_job_config(path, &args.overrides)?, path.clone()),
         (None, Some(data)) => {
             let seq = args.seq_len.unwrap_or(model_config.n_positions.min(256));
-            let job = crate::job::JobConfig {
+            let job = JobConfig {
                 tokenizer: args.tokenizer.clone(),
                 data: DataConfig::new(data.clone(), seq),
-                precision: PrecisionConfig {
-                    mode: Precision::Fp32,
-                    ..PrecisionConfig::default()
-                },
+                precision: Fp8Policy::off(),
                 ..minimal_job(&args.checkpoint)
             };
             (job, data.clone())
         }
         (None, None) => {
-            return Err(TrainError::RunDir(
-                "eval: give --data PATH or --config JOB.json".into(),
-            ))
+            return Err(Error::Argument {
+                flag: "--data",
+                message: "give --data PATH or --config JOB.json".into(),
+            })
         }
     };
     job.model = ModelSource {
@@ -93,17 +125,16 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, TrainError> {
     if let Some(p) = args.precision {
         job.precision.mode = p;
     }
-    let data = crate::train::setup::open_data(&job, &config_path)?;
-    crate::train::setup::check_model_fits(
-        &job,
-        &config_path,
-        &model_config,
-        data.tokenizer.vocab_size(),
-    )?;
+    let data = open_data(&job, &config_path)?;
+    let vocab = data.tokenizer.vocab_size();
+    check_model_fits(&job, &config_path, &model_config, vocab)?;
     match args.device {
         Some(device) if !device.available() => {
-            let why = TrainError::DeviceUnavailable(device);
-            return Err(TrainError::RunDir(format!("--device: {why}")));
+            let message = Error::DeviceUnavailable(device).to_string();
+            return Err(Error::Argument {
+                flag: "--device",
+                message,
+            });
         }
         Some(device) => job.device = device,
         None => check_device(&job, &config_path)?,
@@ -111,26 +142,23 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, TrainError> {
     let result = on_device!(job.device, eval_on(args, &job, &data))?;
     if let Some(out) = &args.out {
         let text = serde_json::to_string_pretty(&result).expect("serialises");
-        let staging = out.with_extension("json.tmp");
-        std::fs::write(&staging, text).map_err(TrainError::io(&staging))?;
-        std::fs::rename(&staging, out).map_err(TrainError::io(out))?;
+        datasets::atomic::write_atomic(out, text.as_bytes()).map_err(Error::io(out))?;
     }
     Ok(result)
 }
 
 /// The evaluation itself, on `device` of the backend `B`.
-fn eval_on<B: fp8_backend::Fp8Kernels>(
+fn eval_on<B: Fp8Kernels>(
     args: &EvalArgs,
     job: &JobConfig,
     data: &JobData,
     device: B::Device,
-) -> Result<EvalResult, TrainError> {
+) -> Result<EvalResult, Error> {
     let options = ModelOptions {
         dropout: 0.0,
-        layer_filter: job.precision.model_filter(),
+        fp8: job.precision.clone(),
     };
     let model = load_checkpoint::<EvalBackend<B>>(&args.checkpoint, &options, &device)?;
-    let _fp8 = fp8_backend::install(job.precision.policy());
     let limit = if args.max_batches == 0 {
         usize::MAX
     } else {
@@ -174,47 +202,16 @@ fn eval_on<B: fp8_backend::Fp8Kernels>(
             ),
         }
         .expect("the split exists");
-        let (mut sum, mut n) = (0.0f64, 0u64);
-        for batch in loader.eval_pass().take(limit) {
-            let tokens = batch.num_loss_tokens() as u64;
-            sum += batch_loss(&model, &batch, &device)
-                .into_scalar()
-                .elem::<f64>()
-                * tokens as f64;
-            n += tokens;
-        }
-        let loss = sum / n.max(1) as f64;
+        let pass = mean_loss(&model, loader.eval_pass().take(limit), &device);
+        let loss = pass.map_or(0.0, |p| p.loss);
         result.loss = Some(loss);
         result.perplexity = Some(loss.exp());
-        result.tokens = n;
+        result.tokens = pass.map_or(0, |p| p.tokens);
     }
     Ok(result)
 }
 
-/// Log-likelihood of each row's masked-in tokens.
-fn row_scores<B: fp8_backend::Fp8Kernels>(
-    model: &Gpt2<EvalBackend<B>>,
-    batch: &datasets::Batch,
-    device: &B::Device,
-) -> Vec<f32> {
-    let (inputs, targets, mask) = batch_tensors::<EvalBackend<B>>(batch, device);
-    let logits = model.forward(inputs);
-    let [b, t, _] = logits.dims();
-    let logp = log_softmax(logits, 2)
-        .gather(2, targets.unsqueeze_dim(2))
-        .reshape([b, t]);
-    let logp = match mask {
-        Some(mask) => logp * mask,
-        None => logp,
-    };
-    logp.sum_dim(1)
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32")
-}
-
-fn minimal_job(checkpoint: &std::path::Path) -> crate::job::JobConfig {
+fn minimal_job(checkpoint: &std::path::Path) -> JobConfig {
     serde_json::from_value(serde_json::json!({
         "name": "eval",
         "model": {"checkpoint": checkpoint},

@@ -3,44 +3,46 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Int, Tensor, TensorData};
+use fp8_backend::Precision;
 use serde_json::json;
 
-use super::{check_tokens, install_precision, CommandError, CpuBackend};
+use super::{check_tokens, parse_token_list, policy_of, CpuBackend};
 use crate::checkpoint::load_checkpoint;
+use crate::error::Error;
 use crate::model::ModelOptions;
-use crate::precision::Precision;
 
 /// Arguments of `logits`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct LogitsArgs {
     /// Checkpoint directory (config.json + model.safetensors).
+    #[arg(long)]
     pub checkpoint: PathBuf,
-    /// The sequence, at most `n_positions` tokens.
-    pub tokens: Vec<u32>,
-    /// Output file: `{"logits": [[...vocab...] per position]}`.
+    /// Token ids, comma-separated: 1,2,3 (at most n_positions).
+    #[arg(long)]
+    pub tokens: String,
+    /// Output JSON file: {"logits": [[...vocab...] per position]}.
+    #[arg(long)]
     pub out: PathBuf,
-    /// Numeric precision of the forward pass.
+    /// fp32 | fp8-amax | fp8-cscale.
+    #[arg(long, default_value = "fp32")]
     pub precision: Precision,
 }
 
 /// Runs `logits`.
-pub fn run_logits(args: &LogitsArgs) -> Result<(), CommandError> {
-    let _fp8 = install_precision(args.precision);
+pub fn run_logits(args: &LogitsArgs) -> Result<(), Error> {
+    let tokens = parse_token_list("--tokens", &args.tokens)?;
     let device = Default::default();
-    let model = load_checkpoint::<CpuBackend>(&args.checkpoint, &ModelOptions::default(), &device)?;
+    let options = ModelOptions {
+        fp8: policy_of(args.precision),
+        ..ModelOptions::default()
+    };
+    let model = load_checkpoint::<CpuBackend>(&args.checkpoint, &options, &device)?;
     let config = model.config();
-    check_tokens(
-        "--tokens",
-        &args.tokens,
-        config.vocab_size,
-        config.n_positions,
-    )?;
+    check_tokens("--tokens", &tokens, config.vocab_size, config.n_positions)?;
 
-    let ids: Vec<i64> = args.tokens.iter().map(|&t| t as i64).collect();
-    let input = Tensor::<CpuBackend, 2, Int>::from_data(
-        TensorData::new(ids, [1, args.tokens.len()]),
-        &device,
-    );
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let input =
+        Tensor::<CpuBackend, 2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
     let logits: Vec<f32> = model
         .forward(input)
         .into_data()
@@ -50,8 +52,5 @@ pub fn run_logits(args: &LogitsArgs) -> Result<(), CommandError> {
     let rows: Vec<&[f32]> = logits.chunks(config.vocab_size).collect();
 
     let text = serde_json::to_string(&json!({ "logits": rows })).expect("floats serialise");
-    std::fs::write(&args.out, text).map_err(|source| CommandError::Write {
-        path: args.out.clone(),
-        source,
-    })
+    datasets::atomic::write_atomic(&args.out, text.as_bytes()).map_err(Error::io(&args.out))
 }

@@ -1,4 +1,6 @@
-//! The `fp8-trainer` subcommands as library functions; `main.rs` only parses arguments.
+//! The `fp8-trainer` command line: the subcommands' arguments (clap) and [`run`], which
+//! dispatches one parsed command and returns what to print. `main.rs` parses, calls [`run`] and
+//! turns its result into output and an exit code; nothing else.
 
 pub mod compare;
 pub mod dump_step;
@@ -7,66 +9,109 @@ pub mod generate;
 pub mod logits;
 pub mod train;
 
-use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use crate::checkpoint::CheckpointError;
-use crate::precision::Precision;
+use clap::{Parser, Subcommand};
+use fp8_backend::{Fp8Policy, Precision};
 
-pub use generate::{run_generate, GenerateArgs};
-pub use logits::{run_logits, LogitsArgs};
+use crate::error::Error;
+use crate::train::Progress;
 
-/// The CPU backend the inspection commands run on: the FP8 decorator over ndarray, which is
-/// bit-identical to plain ndarray while no FP8 policy is installed (`--precision fp32`).
+/// The CPU backend the inspection commands run on: the FP8 decorator over ndarray (with FP8
+/// off, bit-identical to plain ndarray).
 pub type CpuBackend = fp8_backend::Fp8<burn::backend::NdArray<f32>>;
 
-/// Why a command failed; [`CommandError::exit_code`] follows DESIGN.md (2 bad input, 1 other).
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error("{flag}: {message}")]
-    BadArgument { flag: &'static str, message: String },
-    #[error(transparent)]
-    Tokenizer(#[from] datasets::TokenizerError),
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+/// `fp8-trainer`.
+#[derive(Parser)]
+#[command(
+    name = "fp8-trainer",
+    version,
+    about = "Fine-tune GPT-2 family models with FP8 linear layers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-impl CommandError {
-    /// 2 for bad input (checkpoint, arguments), 1 for anything else.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Checkpoint(e) if e.is_bad_input() => 2,
-            Self::BadArgument { .. } => 2,
-            Self::Tokenizer(
-                datasets::TokenizerError::Io { .. }
-                | datasets::TokenizerError::Parse { .. }
-                | datasets::TokenizerError::NoEndOfText { .. }
-                | datasets::TokenizerError::NotATokenizer { .. },
-            ) => 2,
-            _ => 1,
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a fine-tuning job from a JSON config; writes runs/<name>/ (metrics, plots, checkpoints).
+    Train(train::TrainArgs),
+    /// The loss-parity experiment: the job once per precision, all curves in one plot.
+    Compare(compare::CompareArgs),
+    /// Loss / perplexity (and accuracy on classification data) of a checkpoint.
+    Eval(eval::EvalArgs),
+    /// One forward/backward on the job's first batch: loss + every gradient (HF names) to safetensors.
+    DumpStep(dump_step::DumpStepArgs),
+    /// Write the logits of one sequence as JSON: {"logits": [[...vocab...] per position]}.
+    Logits(logits::LogitsArgs),
+    /// Continue a prompt (greedy with --temperature 0, else top-k / temperature sampling).
+    Generate(generate::GenerateArgs),
+}
+
+/// How a command ended, when it did not fail.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// Printed to standard output.
+    pub output: Option<String>,
+    /// Printed to standard error.
+    pub note: Option<String>,
+    /// The exit code (0, or 130 after Ctrl-C).
+    pub exit_code: u8,
+}
+
+impl Done {
+    fn printing(output: String) -> Self {
+        Self {
+            output: Some(output),
+            ..Self::default()
         }
     }
 }
 
+/// Runs one command. `stop` is set by the binary's Ctrl-C handler (long-running commands save
+/// a checkpoint and return); `progress` shows training steps.
+pub fn run(
+    command: Command,
+    stop: Arc<AtomicBool>,
+    progress: &mut dyn Progress,
+) -> Result<Done, Error> {
+    match command {
+        Command::Train(args) => train::run_train(&args, stop, progress),
+        Command::Compare(args) => Ok(match compare::run_compare(&args, stop, progress)? {
+            Some(outcome) => Done::printing(compare::summary_table(&outcome)),
+            None => Done {
+                exit_code: 130,
+                ..Done::default()
+            },
+        }),
+        Command::Eval(args) => Ok(Done::printing(eval::run_eval(&args)?.summary())),
+        Command::DumpStep(args) => {
+            let loss = dump_step::run_dump_step(&args)?;
+            Ok(Done::printing(format!("loss {loss}")))
+        }
+        Command::Logits(args) => logits::run_logits(&args).map(|()| Done::default()),
+        Command::Generate(args) => generate::run_generate(&args).map(Done::printing),
+    }
+}
+
 /// Parses `1,2,3` into token ids (`flag` names the argument in errors).
-pub fn parse_token_list(flag: &'static str, list: &str) -> Result<Vec<u32>, CommandError> {
+pub fn parse_token_list(flag: &'static str, list: &str) -> Result<Vec<u32>, Error> {
     let tokens = list
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.parse::<u32>().map_err(|_| CommandError::BadArgument {
+            s.parse::<u32>().map_err(|_| Error::Argument {
                 flag,
                 message: format!("`{s}` is not a token id"),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if tokens.is_empty() {
-        return Err(CommandError::BadArgument {
+        return Err(Error::Argument {
             flag,
             message: "no tokens given".into(),
         });
@@ -80,15 +125,15 @@ pub fn check_tokens(
     tokens: &[u32],
     vocab_size: usize,
     n_positions: usize,
-) -> Result<(), CommandError> {
+) -> Result<(), Error> {
     if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
-        return Err(CommandError::BadArgument {
+        return Err(Error::Argument {
             flag,
             message: format!("token {bad} is outside the vocabulary (vocab_size = {vocab_size})"),
         });
     }
     if tokens.len() > n_positions {
-        return Err(CommandError::BadArgument {
+        return Err(Error::Argument {
             flag,
             message: format!(
                 "{} tokens exceed the context length (n_positions = {n_positions})",
@@ -99,14 +144,10 @@ pub fn check_tokens(
     Ok(())
 }
 
-/// Installs the FP8 policy of `precision` (the job config's defaults: Graphcore formats, margins
-/// 0/0/3, CSCALE bias 0) on this thread for as long as the guard lives.
-fn install_precision(precision: Precision) -> fp8_backend::Fp8Guard {
-    let config = crate::job::PrecisionConfig {
-        mode: precision,
-        ..Default::default()
-    };
-    fp8_backend::install(config.policy())
+/// The FP8 policy of `--precision`: the job config's defaults for that mode (Graphcore
+/// formats, margins 0/0/3, CSCALE bias 0, every layer).
+fn policy_of(precision: Precision) -> Fp8Policy {
+    Fp8Policy::with_mode(precision)
 }
 
 #[cfg(test)]

@@ -4,20 +4,21 @@
 //! `q k^T` and `att v`, the mask and the softmax stay f32, as in the FP8-AMAX paper.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, Tensor};
+use fp8_backend::Fp8LinearOps;
 
-use super::projection::{init_projection, project};
-use crate::config::Gpt2Config;
+use super::projection::Projection;
+use super::Gpt2Config;
 
 /// `attn` of a block.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Query, key and value projections side by side: `[n_embd, 3 * n_embd]`.
-    pub c_attn: Linear<B>,
+    pub c_attn: Projection<B>,
     /// Output projection: `[n_embd, n_embd]`.
-    pub c_proj: Linear<B>,
+    pub c_proj: Projection<B>,
     /// On the attention probabilities (HF `attn_pdrop`).
     pub attn_dropout: Dropout,
     /// On the output (HF `resid_pdrop`).
@@ -27,21 +28,11 @@ pub struct Attention<B: Backend> {
     /// Attention scores are divided by this: sqrt(head_dim) when `scale_attn_weights`, times
     /// (layer index + 1) when `scale_attn_by_inverse_layer_idx`.
     pub score_divisor: f64,
-    /// `c_attn` calls the backend's `linear` (FP8) rather than `matmul + add`.
-    pub c_attn_fp8: bool,
-    /// `c_proj` calls the backend's `linear` (FP8) rather than `matmul + add`.
-    pub c_proj_fp8: bool,
 }
 
 impl<B: Backend> Attention<B> {
     /// Fresh attention for block `layer_idx`; `c_proj` gets the residual scaling `std / sqrt(2 * n_layer)`.
-    pub fn new(
-        config: &Gpt2Config,
-        layer_idx: usize,
-        dropout: f64,
-        fp8: [bool; 2],
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(config: &Gpt2Config, layer_idx: usize, dropout: f64, device: &B::Device) -> Self {
         let (c, std) = (config.n_embd, config.initializer_range);
         let mut score_divisor = 1.0;
         if config.scale_attn_weights {
@@ -51,23 +42,23 @@ impl<B: Backend> Attention<B> {
             score_divisor *= (layer_idx + 1) as f64;
         }
         Self {
-            c_attn: init_projection(c, 3 * c, std, device),
-            c_proj: init_projection(c, c, std / (2.0 * config.n_layer as f64).sqrt(), device),
+            c_attn: Projection::new(c, 3 * c, std, device),
+            c_proj: Projection::new(c, c, std / (2.0 * config.n_layer as f64).sqrt(), device),
             attn_dropout: DropoutConfig::new(dropout).init(),
             resid_dropout: DropoutConfig::new(dropout).init(),
             n_head: config.n_head,
             score_divisor,
-            c_attn_fp8: fp8[0],
-            c_proj_fp8: fp8[1],
         }
     }
+}
 
+impl<B: Fp8LinearOps> Attention<B> {
     /// `[B, T, n_embd] -> [B, T, n_embd]`; position t attends to positions 0..=t.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, c] = x.dims();
         let (nh, hd) = (self.n_head, c / self.n_head);
 
-        let qkv = project(&self.c_attn, x, self.c_attn_fp8); // (B, T, 3C)
+        let qkv = self.c_attn.forward(x); // (B, T, 3C)
         let heads = |i: usize| {
             qkv.clone()
                 .narrow(2, i * c, c)
@@ -87,7 +78,6 @@ impl<B: Backend> Attention<B> {
 
         let y = att.matmul(v); // (B, nh, T, hs)
         let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble heads side by side
-        self.resid_dropout
-            .forward(project(&self.c_proj, y, self.c_proj_fp8))
+        self.resid_dropout.forward(self.c_proj.forward(y))
     }
 }

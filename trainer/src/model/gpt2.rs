@@ -7,11 +7,12 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, Int, Tensor};
+use fp8_backend::{Fp8Context, Fp8LinearOps, Fp8Policy, LayerFilterError};
 
 use super::block::Block;
 use super::layer_norm::LayerNorm;
-use crate::config::Gpt2Config;
-use crate::layer_filter::{LayerFilter, LayerFilterError, PROJECTIONS};
+use super::projection::{projection_names, PROJECTION_NAMES_HINT};
+use super::Gpt2Config;
 
 /// Choices that are ours, not the checkpoint's: applied when a model is built or loaded.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,15 +22,15 @@ pub struct ModelOptions {
     /// parity tests are deterministic (nanoGPT's `from_pretrained` does the same).
     /// Burn's dropout is only active on an autodiff backend.
     pub dropout: f64,
-    /// Which projections compute in FP8 (default: all four of every block).
-    pub layer_filter: LayerFilter,
+    /// The FP8 policy; its layer filter picks the FP8 projections (default: FP8 off).
+    pub fp8: Fp8Policy,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
         Self {
             dropout: 0.0,
-            layer_filter: LayerFilter::all(),
+            fp8: Fp8Policy::off(),
         }
     }
 }
@@ -64,6 +65,9 @@ pub struct Gpt2<B: Backend> {
     pub lm_head: Option<LmHead<B>>,
     #[module(skip)]
     config: Gpt2Config,
+    /// The policy of the FP8 projections and what their casts recorded (shared by their sites).
+    #[module(skip)]
+    fp8: Fp8Context,
 }
 
 impl<B: Backend> Gpt2<B> {
@@ -75,7 +79,6 @@ impl<B: Backend> Gpt2<B> {
         options: &ModelOptions,
         device: &B::Device,
     ) -> Result<Self, LayerFilterError> {
-        let fp8 = options.layer_filter.resolve(config.n_layer)?;
         let normal = Initializer::Normal {
             mean: 0.0,
             std: config.initializer_range,
@@ -88,23 +91,65 @@ impl<B: Backend> Gpt2<B> {
                 weight: normal.init([config.n_positions, config.n_embd], device),
             },
             drop: DropoutConfig::new(options.dropout).init(),
-            h: fp8
-                .into_iter()
-                .enumerate()
-                .map(|(i, flags)| Block::new(config, i, options.dropout, flags, device))
+            h: (0..config.n_layer)
+                .map(|i| Block::new(config, i, options.dropout, device))
                 .collect(),
             ln_f: LayerNorm::new(config.n_embd, config.layer_norm_epsilon, device),
         };
         let lm_head = (!config.tie_word_embeddings).then(|| LmHead {
             weight: normal.init([config.vocab_size, config.n_embd], device),
         });
-        Ok(Self {
+        let mut model = Self {
             transformer,
             lm_head,
             config: config.clone(),
-        })
+            fp8: Fp8Context::default(),
+        };
+        model.set_fp8(options.fp8.clone())?;
+        Ok(model)
     }
 
+    /// The architecture this model was built from.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// Applies an FP8 policy: the projections its layer filter matches get an FP8 site named
+    /// by their Hugging Face module name (`h.1.mlp.c_fc`), the others compute in f32; with
+    /// FP8 off, every projection is f32. Every filter pattern must match some projection.
+    pub fn set_fp8(&mut self, policy: Fp8Policy) -> Result<(), LayerFilterError> {
+        if policy.is_on() {
+            let names = projection_names(self.config.n_layer);
+            policy.layers.check(&names, PROJECTION_NAMES_HINT)?;
+        }
+        let on = |name: &str| policy.is_on() && policy.layers.matches(name);
+        let context = Fp8Context::new(policy.clone());
+        for (i, block) in self.transformer.h.iter_mut().enumerate() {
+            for (name, projection) in block.projections_mut() {
+                let name = format!("h.{i}.{name}");
+                projection.fp8 = on(&name).then(|| context.site(&name));
+            }
+        }
+        self.fp8 = context;
+        Ok(())
+    }
+
+    /// The FP8 context of the model's projections: the policy in force and their records.
+    pub fn fp8(&self) -> &Fp8Context {
+        &self.fp8
+    }
+
+    /// Hugging Face names of the FP8 projections, in forward order.
+    pub fn fp8_layers(&self) -> Vec<String> {
+        let blocks = self.transformer.h.iter();
+        blocks
+            .flat_map(|block| block.projections())
+            .filter_map(|(_, projection)| projection.fp8.as_ref().map(|s| s.name().to_string()))
+            .collect()
+    }
+}
+
+impl<B: Fp8LinearOps> Gpt2<B> {
     /// Logits `[B, T, vocab_size]` for tokens `[B, T]` (T <= n_positions).
     ///
     /// # Panics
@@ -112,7 +157,7 @@ impl<B: Backend> Gpt2<B> {
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let h = self.transformer.forward(tokens, self.config.n_positions); // (B, T, C)
         let [b, t, c] = h.dims();
-        // The head is a plain matmul, never the backend's `linear`: it stays f32 under Fp8<B>.
+        // The head is a plain matmul, never an FP8 projection: it stays f32, as in the paper.
         let head = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.transformer.wte.weight.val(),
@@ -132,49 +177,9 @@ impl<B: Backend> Gpt2<B> {
         let logits = self.forward(tokens);
         (cross_entropy(logits.clone(), targets), logits)
     }
-
-    /// The architecture this model was built from.
-    pub fn config(&self) -> &Gpt2Config {
-        &self.config
-    }
-
-    /// Re-resolves the per-layer FP8 flags (e.g. to evaluate a checkpoint with another filter).
-    pub fn set_layer_filter(&mut self, filter: &LayerFilter) -> Result<(), LayerFilterError> {
-        for (block, flags) in self
-            .transformer
-            .h
-            .iter_mut()
-            .zip(filter.resolve(self.config.n_layer)?)
-        {
-            block.set_fp8(flags);
-        }
-        Ok(())
-    }
-
-    /// Hugging Face names of the projections that call the backend's `linear` (FP8 candidates).
-    pub fn fp8_layers(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        for (i, block) in self.transformer.h.iter().enumerate() {
-            let flags = block.fp8();
-            let on = [
-                flags.attn_c_attn,
-                flags.attn_c_proj,
-                flags.mlp_c_fc,
-                flags.mlp_c_proj,
-            ];
-            names.extend(
-                PROJECTIONS
-                    .iter()
-                    .zip(on)
-                    .filter(|(_, on)| *on)
-                    .map(|(p, _)| format!("h.{i}.{p}")),
-            );
-        }
-        names
-    }
 }
 
-impl<B: Backend> Gpt2Model<B> {
+impl<B: Fp8LinearOps> Gpt2Model<B> {
     /// Final hidden states `[B, T, n_embd]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>, n_positions: usize) -> Tensor<B, 3> {
         let [_, t] = tokens.dims();

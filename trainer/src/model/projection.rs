@@ -1,42 +1,59 @@
 //! The projection layers of a block (HF `Conv1D`: `attn.c_attn`, `attn.c_proj`, `mlp.c_fc`,
-//! `mlp.c_proj`) and the per-layer FP8 switch.
+//! `mlp.c_proj`), the only layers that can compute in FP8.
 //!
-//! Each projection is a `burn::nn::Linear`, whose weight is `[d_input, d_output]`: exactly the
-//! layout of Hugging Face's `Conv1D` weight, so checkpoint tensors are used without transposing.
-//! When the layer is FP8 it calls `Linear::forward`, i.e. the backend's `linear` op, which the
-//! `Fp8<B>` decorator intercepts. When the layer filter excludes it, it computes the same
-//! `matmul + add` itself (the ops of Burn's default `linear`, so in f32 both paths give
-//! bit-identical results) and the backend never sees a `linear` call.
+//! The weight is `[d_input, d_output]`, exactly the layout of Hugging Face's `Conv1D` weight, so
+//! checkpoint tensors are used without transposing. An FP8 projection carries its
+//! [`Fp8Site`] (its Hugging Face module name and the model's FP8 context) and calls
+//! [`fp8_linear`]; a projection the layer filter excludes (or any projection with FP8 off)
+//! computes `x @ W + b` itself, which in f32 gives the same bits as Burn's default `linear`.
 
-use burn::module::Initializer;
-use burn::nn::Linear;
+use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
+use fp8_backend::{fp8_linear, Fp8LinearOps, Fp8Site};
 
-/// Applies a projection; `fp8` says whether it goes through the backend's `linear` op.
-pub fn project<B: Backend, const D: usize>(
-    layer: &Linear<B>,
-    x: Tensor<B, D>,
-    fp8: bool,
-) -> Tensor<B, D> {
-    if fp8 {
-        return layer.forward(x);
-    }
-    let y = x.matmul(layer.weight.val().unsqueeze());
-    match &layer.bias {
-        Some(bias) => y + bias.val().unsqueeze(),
-        None => y,
+/// The four projections of a block, in forward order, by their name inside the block.
+pub const PROJECTIONS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+/// How the names of the FP8 layers look, for layer filter errors.
+pub const PROJECTION_NAMES_HINT: &str =
+    "names look like h.0.attn.c_attn, h.0.attn.c_proj, h.0.mlp.c_fc, h.0.mlp.c_proj";
+
+/// The Hugging Face names of every projection of a model with `n_layer` blocks, in forward order.
+pub fn projection_names(n_layer: usize) -> Vec<String> {
+    (0..n_layer)
+        .flat_map(|i| PROJECTIONS.map(|p| format!("h.{i}.{p}")))
+        .collect()
+}
+
+/// A Conv1D projection: `y = x @ weight + bias`.
+#[derive(Module, Debug)]
+pub struct Projection<B: Backend> {
+    /// `[d_input, d_output]`
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[d_output]`
+    pub bias: Param<Tensor<B, 1>>,
+    /// Set when the layer computes in FP8.
+    pub fp8: Option<Fp8Site>,
+}
+
+impl<B: Backend> Projection<B> {
+    /// A projection initialised as `modeling_gpt2.py`'s `_init_weights`: weight ~ N(0, std),
+    /// bias 0 (lazily allocated).
+    pub fn new(d_input: usize, d_output: usize, std: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Initializer::Normal { mean: 0.0, std }.init([d_input, d_output], device),
+            bias: Initializer::Zeros.init([d_output], device),
+            fp8: None,
+        }
     }
 }
 
-/// A projection initialised as `modeling_gpt2.py`'s `_init_weights`: weight ~ N(0, std), bias 0.
-pub fn init_projection<B: Backend>(
-    d_input: usize,
-    d_output: usize,
-    std: f64,
-    device: &B::Device,
-) -> Linear<B> {
-    Linear {
-        weight: Initializer::Normal { mean: 0.0, std }.init([d_input, d_output], device),
-        bias: Some(Initializer::Zeros.init([d_output], device)),
+impl<B: Fp8LinearOps> Projection<B> {
+    /// `[..., d_input] -> [..., d_output]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.fp8 {
+            Some(site) => fp8_linear(x, self.weight.val(), Some(self.bias.val()), site),
+            None => x.matmul(self.weight.val().unsqueeze()) + self.bias.val().unsqueeze(),
+        }
     }
 }

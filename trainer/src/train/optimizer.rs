@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use crate::checkpoint::save::{write_safetensors, NamedTensor};
+use crate::error::Error;
 
 /// One parameter: HF name, shape, master value and AdamW moments.
 #[derive(Clone, Debug)]
@@ -99,22 +100,26 @@ impl AdamW {
     }
 
     /// Reads moments written by [`AdamW::save_moments`]; every parameter must be present.
-    pub fn load_moments(&mut self, path: &Path) -> Result<(), String> {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
+    pub fn load_moments(&mut self, path: &Path) -> Result<(), Error> {
+        let bad = |message: String| Error::BadFile {
+            path: path.to_path_buf(),
+            message: format!("bad optimizer state: {message}"),
+        };
+        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         for p in &mut self.params {
             for (tag, target) in [("exp_avg", &mut p.m), ("exp_avg_sq", &mut p.v)] {
                 let name = format!("{}.{tag}", p.name);
                 let view = file
                     .tensor(&name)
-                    .map_err(|_| format!("tensor `{name}` is missing"))?;
+                    .map_err(|_| bad(format!("tensor `{name}` is missing")))?;
                 if view.shape() != p.shape.as_slice() || view.dtype() != safetensors::Dtype::F32 {
-                    return Err(format!(
+                    return Err(bad(format!(
                         "tensor `{name}` is {:?} {:?}, expected F32 {:?}",
                         view.dtype(),
                         view.shape(),
                         p.shape
-                    ));
+                    )));
                 }
                 *target = view
                     .data()

@@ -9,6 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::run_dir::MetricsRow;
+use crate::error::Error;
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
@@ -36,20 +37,21 @@ pub fn curves_of(rows: &[MetricsRow], prefix: &str) -> Vec<(String, Vec<(f64, f6
 }
 
 /// Draws `curves` into `dir/loss.png` and `dir/loss.svg`.
-pub fn draw_loss(dir: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(), String> {
+pub fn draw_loss(dir: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(), Error> {
     REGISTER.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
+    let failed = |e: &dyn std::fmt::Display| Error::Plot {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    };
     let png = dir.join("loss.png");
+    let root = BitMapBackend::new(&png, (1000, 600)).into_drawing_area();
+    (draw(&root, title, curves).and_then(|_| root.present())).map_err(|e| failed(&e))?;
+    drop(root);
     let svg = dir.join("loss.svg");
-    {
-        let root = BitMapBackend::new(&png, (1000, 600)).into_drawing_area();
-        draw(&root, title, curves)?;
-        root.present().map_err(|e| e.to_string())?;
-    }
     let root = SVGBackend::new(&svg, (1000, 600)).into_drawing_area();
-    draw(&root, title, curves)?;
-    root.present().map_err(|e| e.to_string())
+    (draw(&root, title, curves).and_then(|_| root.present())).map_err(|e| failed(&e))
 }
 
 const COLORS: [RGBColor; 6] = [
@@ -65,12 +67,11 @@ fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
     curves: &[Curve<'_>],
-) -> Result<(), String>
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     let all = curves.iter().flat_map(|c| c.points.iter());
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in all {
@@ -87,22 +88,19 @@ where
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
-        .map_err(err)?;
+        .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))?;
     chart
         .configure_mesh()
         .x_desc("step")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("loss (nats/token)")
         .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     for (i, curve) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let style = ShapeStyle::from(&color).stroke_width(2);
         chart
-            .draw_series(LineSeries::new(curve.points.iter().copied(), style))
-            .map_err(err)?
+            .draw_series(LineSeries::new(curve.points.iter().copied(), style))?
             .label(curve.label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
@@ -111,7 +109,6 @@ where
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     Ok(())
 }

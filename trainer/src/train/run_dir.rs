@@ -1,23 +1,42 @@
-//! The run directory (DESIGN.md "Run directory"): `config.json`, `metrics.csv`,
+//! The run directory (docs/design.md, "Run directory"): `config.json`, `metrics.csv`,
 //! `fp8_stats.csv`, `log.txt`, `loss.png` / `loss.svg`, `checkpoints/`.
 //!
 //! On resume, the CSV files keep only rows up to the checkpoint's step (a killed run may have
 //! logged steps after its last checkpoint), so the files read as if the run had never stopped.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use super::TrainError;
+use datasets::atomic::write_atomic;
+use serde::Deserialize;
 
-/// Header of `metrics.csv`.
-pub const METRICS_HEADER: &str =
-    "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed_s";
-/// Header of `fp8_stats.csv`.
-pub const FP8_STATS_HEADER: &str = "step,layer,role,amax,bias,underflow_frac,saturated_frac";
+use crate::error::Error;
+use crate::logging::{tee_to, TeeGuard};
+
+/// Columns of `metrics.csv`.
+pub const METRICS_HEADER: [&str; 8] = [
+    "step",
+    "tokens",
+    "train_loss",
+    "val_loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "elapsed_s",
+];
+/// Columns of `fp8_stats.csv`.
+pub const FP8_STATS_HEADER: [&str; 7] = [
+    "step",
+    "layer",
+    "role",
+    "amax",
+    "bias",
+    "underflow_frac",
+    "saturated_frac",
+];
 
 /// One row of `metrics.csv`; `None` is an empty cell (not measured at that step).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct MetricsRow {
     pub step: u64,
     pub tokens: u64,
@@ -30,68 +49,105 @@ pub struct MetricsRow {
 }
 
 impl MetricsRow {
-    fn to_csv(&self) -> String {
+    /// The cells as written: losses as f32 and lr / grad norm in the f32 the optimizer uses
+    /// (shortest round-trip forms), tokens/s to 0.1, elapsed time to the millisecond.
+    fn cells(&self) -> [String; 8] {
         fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
             v.map(|v| v.to_string()).unwrap_or_default()
         }
-        format!(
-            "{},{},{},{},{},{},{},{:.3}",
-            self.step,
-            self.tokens,
+        [
+            self.step.to_string(),
+            self.tokens.to_string(),
             cell(self.train_loss),
             cell(self.val_loss),
-            // f32: the precision the optimizer uses; shortest round-trip form.
             cell(self.lr.map(|v| v as f32)),
             cell(self.grad_norm.map(|v| v as f32)),
             cell(self.tokens_per_s.map(|t| format!("{t:.1}"))),
-            self.elapsed_s
-        )
-    }
-
-    fn from_csv(line: &str) -> Option<Self> {
-        let c: Vec<&str> = line.split(',').collect();
-        if c.len() != 8 {
-            return None;
-        }
-        let opt = |s: &str| if s.is_empty() { None } else { s.parse().ok() };
-        Some(Self {
-            step: c[0].parse().ok()?,
-            tokens: c[1].parse().ok()?,
-            train_loss: opt(c[2]),
-            val_loss: opt(c[3]),
-            lr: c[4].parse().ok(),
-            grad_norm: c[5].parse().ok(),
-            tokens_per_s: c[6].parse().ok(),
-            elapsed_s: c[7].parse().ok()?,
-        })
+            format!("{:.3}", self.elapsed_s),
+        ]
     }
 }
 
-/// Open files of a run.
+/// One row of `fp8_stats.csv`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Fp8StatsRow {
+    pub step: u64,
+    /// Hugging Face module name of the layer (`h.1.mlp.c_fc`).
+    pub layer: String,
+    /// `weight`, `activation` or `gradient`.
+    pub role: String,
+    pub amax: f32,
+    pub bias: i32,
+    pub underflow_frac: f32,
+    pub saturated_frac: f32,
+}
+
+impl Fp8StatsRow {
+    /// The row of one cast of step `step`.
+    pub fn of(step: u64, record: &fp8_backend::QuantRecord) -> Self {
+        Self {
+            step,
+            layer: record.layer.to_string(),
+            role: record.role.to_string(),
+            amax: record.stats.amax,
+            bias: record.stats.bias,
+            underflow_frac: record.stats.underflow_frac,
+            saturated_frac: record.stats.saturated_frac,
+        }
+    }
+
+    fn cells(&self) -> [String; 7] {
+        [
+            self.step.to_string(),
+            self.layer.clone(),
+            self.role.clone(),
+            self.amax.to_string(),
+            self.bias.to_string(),
+            self.underflow_frac.to_string(),
+            self.saturated_frac.to_string(),
+        ]
+    }
+}
+
+/// The open files of a run. While it lives, log lines also go to `log.txt`.
 pub struct RunDir {
     pub root: PathBuf,
-    metrics: File,
-    fp8_stats: File,
-    log: File,
+    metrics: csv::Writer<File>,
+    fp8_stats: csv::Writer<File>,
+    _log: TeeGuard,
     /// Every metrics row of the run (for the plot).
     pub rows: Vec<MetricsRow>,
 }
 
 impl RunDir {
-    /// Opens `root`; fresh runs truncate the files, resumed runs keep rows up to `resume_step`.
-    pub fn open(root: &Path, resume_step: Option<u64>) -> Result<Self, TrainError> {
-        fs::create_dir_all(root).map_err(TrainError::io(root))?;
+    /// Opens `root`; fresh runs start the files empty, resumed runs keep rows up to `resume_step`.
+    pub fn open(root: &Path, resume_step: Option<u64>) -> Result<Self, Error> {
+        fs::create_dir_all(root).map_err(Error::io(root))?;
         let metrics_path = root.join("metrics.csv");
         let stats_path = root.join("fp8_stats.csv");
-        let (kept_metrics, kept_stats) = match resume_step {
+        let (rows, stats) = match resume_step {
             Some(step) => (
-                keep_rows_up_to(&metrics_path, step)?,
-                keep_rows_up_to(&stats_path, step)?,
+                read_rows::<MetricsRow>(&metrics_path)?
+                    .into_iter()
+                    .filter(|r| r.step <= step)
+                    .collect(),
+                read_rows::<Fp8StatsRow>(&stats_path)?
+                    .into_iter()
+                    .filter(|r| r.step <= step)
+                    .collect(),
             ),
             None => (Vec::new(), Vec::new()),
         };
-        let metrics = rewrite(&metrics_path, METRICS_HEADER, &kept_metrics)?;
-        let fp8_stats = rewrite(&stats_path, FP8_STATS_HEADER, &kept_stats)?;
+        let metrics = rewrite(
+            &metrics_path,
+            &METRICS_HEADER,
+            rows.iter().map(MetricsRow::cells),
+        )?;
+        let fp8_stats = rewrite(
+            &stats_path,
+            &FP8_STATS_HEADER,
+            stats.iter().map(Fp8StatsRow::cells),
+        )?;
         let log_path = root.join("log.txt");
         let log = OpenOptions::new()
             .create(true)
@@ -99,96 +155,113 @@ impl RunDir {
             .write(true)
             .truncate(resume_step.is_none())
             .open(&log_path)
-            .map_err(TrainError::io(&log_path))?;
-        let rows = kept_metrics
-            .iter()
-            .filter_map(|l| MetricsRow::from_csv(l))
-            .collect();
+            .map_err(Error::io(&log_path))?;
         Ok(Self {
             root: root.to_path_buf(),
             metrics,
             fp8_stats,
-            log,
+            _log: tee_to(log),
             rows,
         })
     }
 
-    /// `checkpoints/`.
-    pub fn checkpoints(&self) -> PathBuf {
-        self.root.join("checkpoints")
-    }
-
     /// Appends a metrics row (flushed: a killed run keeps every row it wrote).
-    pub fn metrics_row(&mut self, row: MetricsRow) -> Result<(), TrainError> {
-        writeln!(self.metrics, "{}", row.to_csv())
-            .and_then(|_| self.metrics.flush())
-            .map_err(TrainError::io(self.root.join("metrics.csv")))?;
+    pub fn metrics_row(&mut self, row: MetricsRow) -> Result<(), Error> {
+        let path = self.root.join("metrics.csv");
+        append(&mut self.metrics, &[row.cells()], &path)?;
         self.rows.push(row);
         Ok(())
     }
 
-    /// Appends `fp8_stats.csv` rows (already formatted, without the newline).
-    pub fn fp8_rows(&mut self, lines: &[String]) -> Result<(), TrainError> {
-        for line in lines {
-            writeln!(self.fp8_stats, "{line}")
-                .map_err(TrainError::io(self.root.join("fp8_stats.csv")))?;
-        }
-        self.fp8_stats
-            .flush()
-            .map_err(TrainError::io(self.root.join("fp8_stats.csv")))
-    }
-
-    /// Appends a line to `log.txt`.
-    pub fn log(&mut self, line: &str) -> Result<(), TrainError> {
-        writeln!(self.log, "{line}")
-            .and_then(|_| self.log.flush())
-            .map_err(TrainError::io(self.root.join("log.txt")))
+    /// Appends `fp8_stats.csv` rows.
+    pub fn fp8_rows(&mut self, rows: &[Fp8StatsRow]) -> Result<(), Error> {
+        let cells: Vec<[String; 7]> = rows.iter().map(Fp8StatsRow::cells).collect();
+        append(
+            &mut self.fp8_stats,
+            &cells,
+            &self.root.join("fp8_stats.csv"),
+        )
     }
 }
 
-/// The data lines of a CSV whose first column (step) is <= `step`.
-fn keep_rows_up_to(path: &Path, step: u64) -> Result<Vec<String>, TrainError> {
-    let Ok(file) = File::open(path) else {
-        return Ok(Vec::new());
+fn append<const N: usize>(
+    writer: &mut csv::Writer<File>,
+    rows: &[[String; N]],
+    path: &Path,
+) -> Result<(), Error> {
+    let io = |e: csv::Error| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
     };
-    let mut kept = Vec::new();
-    for line in BufReader::new(file).lines().skip(1) {
-        let line = line.map_err(TrainError::io(path))?;
-        let row_step = line.split(',').next().and_then(|s| s.parse::<u64>().ok());
-        if row_step.is_some_and(|s| s <= step) {
-            kept.push(line);
-        }
+    for row in rows {
+        writer.write_record(row).map_err(io)?;
     }
-    Ok(kept)
+    writer.flush().map_err(Error::io(path))
 }
 
-fn rewrite(path: &Path, header: &str, lines: &[String]) -> Result<File, TrainError> {
-    let mut f = File::create(path).map_err(TrainError::io(path))?;
-    writeln!(f, "{header}").map_err(TrainError::io(path))?;
-    for line in lines {
-        writeln!(f, "{line}").map_err(TrainError::io(path))?;
-    }
-    f.flush().map_err(TrainError::io(path))?;
-    Ok(f)
+/// Writes an `fp8_stats.csv`-style file with `rows` (atomically).
+pub fn write_fp8_stats(path: &Path, rows: &[Fp8StatsRow]) -> Result<(), Error> {
+    rewrite(path, &FP8_STATS_HEADER, rows.iter().map(Fp8StatsRow::cells)).map(drop)
 }
 
-/// The rows of a run's `metrics.csv` (empty if it has none).
-pub fn read_metrics(run: &Path) -> Vec<MetricsRow> {
-    fs::read_to_string(run.join("metrics.csv"))
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(MetricsRow::from_csv)
+/// Replaces `path` (atomically) with the header and `rows`, and opens it for appending.
+fn rewrite<const N: usize>(
+    path: &Path,
+    header: &[&str; N],
+    rows: impl Iterator<Item = [String; N]>,
+) -> Result<csv::Writer<File>, Error> {
+    let mut bytes = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    bytes.write_record(header).map_err(io)?;
+    for row in rows {
+        bytes.write_record(&row).map_err(io)?;
+    }
+    let bytes = bytes.into_inner().map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into_error(),
+    })?;
+    write_atomic(path, &bytes).map_err(Error::io(path))?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(Error::io(path))?;
+    Ok(csv::Writer::from_writer(file))
+}
+
+/// The rows of a CSV file written by this module (none when the file does not exist).
+pub fn read_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Error> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path)(e)),
+    };
+    csv::Reader::from_reader(file)
+        .deserialize()
+        .enumerate()
+        .map(|(i, row)| {
+            row.map_err(|e| Error::BadFile {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", i + 2),
+            })
+        })
         .collect()
 }
 
-/// Writes the resolved job config to `root/config.json` (a temporary file, then renamed) and
-/// returns what differs from the one already there, as `key.sub: old -> new` lines (for a
-/// resumed run whose settings were changed).
+/// The rows of a run's `metrics.csv`.
+pub fn read_metrics(run: &Path) -> Result<Vec<MetricsRow>, Error> {
+    read_rows(&run.join("metrics.csv"))
+}
+
+/// Writes the resolved job config to `root/config.json` (atomically) and returns what differs
+/// from the one already there, as `key.sub: old -> new` lines (for a resumed run whose settings
+/// were changed).
 pub fn write_resolved_config(
     root: &Path,
     job: &crate::job::JobConfig,
-) -> Result<Vec<String>, TrainError> {
+) -> Result<Vec<String>, Error> {
     let path = root.join("config.json");
     let new = serde_json::to_value(job).expect("config serialises");
     let old: Option<serde_json::Value> = fs::read_to_string(&path)
@@ -198,10 +271,8 @@ pub fn write_resolved_config(
     if let Some(old) = &old {
         diff_json("", old, &new, &mut changes);
     }
-    let staging = root.join(".config.json.tmp");
     let text = serde_json::to_string_pretty(&new).expect("config serialises") + "\n";
-    fs::write(&staging, text).map_err(TrainError::io(&staging))?;
-    fs::rename(&staging, &path).map_err(TrainError::io(&path))?;
+    write_atomic(&path, text.as_bytes()).map_err(Error::io(&path))?;
     Ok(changes)
 }
 

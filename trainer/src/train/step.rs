@@ -1,21 +1,29 @@
-//! One optimizer step's forward/backward with gradient accumulation, evaluation, and the
-//! batch-to-tensor glue. Gradients come back to the host (f32, by HF name) where they are
-//! summed over micro-batches, checked for non-finite values, clipped and handed to AdamW.
+//! One optimizer step's forward/backward with gradient accumulation, the gradient norm and
+//! clipping, and the model's parameters from the optimizer. Gradients are summed over
+//! micro-batches on the device and come back to the host (f32, by HF name) once per step, where
+//! they are checked for non-finite values, clipped and handed to AdamW.
 
-use burn::module::AutodiffModule;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use datasets::{Batch, DataLoader};
-use fp8_backend::{Fp8Policy, Fp8Report};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use datasets::DataLoader;
+use fp8_backend::{Fp8LinearOps, Fp8Report};
 
 use super::optimizer::AdamW;
+use crate::model::loss::batch_loss;
 use crate::model::names::{param_grad_tensors, replace_params};
-use crate::model::{cross_entropy, Gpt2};
+use crate::model::Gpt2;
 
 /// Test-only: at this step (1-based), the loss is multiplied by NaN before the backward pass,
 /// which poisons every gradient and the FP8 gradient amax (exercises the non-finite policy).
 pub const INJECT_NAN_ENV: &str = "FP8_TRAINER_INJECT_NAN_STEP";
+/// Test-only: the same with +infinity.
+pub const INJECT_INF_ENV: &str = "FP8_TRAINER_INJECT_INF_STEP";
+
+/// The test-only injection the environment asks for: (step, factor of that step's loss).
+pub fn injection_from_env() -> Option<(u64, f32)> {
+    let at = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    (at(INJECT_NAN_ENV).map(|s| (s, f32::NAN))).or(at(INJECT_INF_ENV).map(|s| (s, f32::INFINITY)))
+}
 
 /// What the forward/backward passes of one step produced.
 pub struct StepGrads {
@@ -29,65 +37,30 @@ pub struct StepGrads {
     pub report: Fp8Report,
 }
 
-/// Inputs `[B, T]`, targets `[B, T]` and the loss mask `[B, T]` (if any) of a batch.
-pub fn batch_tensors<B: Backend>(
-    batch: &Batch,
-    device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Option<Tensor<B, 2>>) {
-    let shape = [batch.batch, batch.seq];
-    let ints = |v: &[u32]| {
-        let v: Vec<i64> = v.iter().map(|&t| t as i64).collect();
-        Tensor::<B, 2, Int>::from_data(TensorData::new(v, shape), device)
-    };
-    let mask = batch
-        .loss_mask
-        .as_ref()
-        .map(|m| Tensor::<B, 2>::from_data(TensorData::new(m.clone(), shape), device));
-    (ints(&batch.inputs), ints(&batch.targets), mask)
-}
-
-/// Mean next-token cross-entropy of a batch; with a loss mask, the mean over masked-in tokens.
-pub fn batch_loss<B: Backend>(model: &Gpt2<B>, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
-    let (inputs, targets, mask) = batch_tensors::<B>(batch, device);
-    let logits = model.forward(inputs);
-    match mask {
-        None => cross_entropy(logits, targets),
-        Some(mask) => {
-            let [b, t, _] = logits.dims();
-            let nll = log_softmax(logits, 2)
-                .gather(2, targets.unsqueeze_dim(2))
-                .reshape([b, t])
-                .neg(); // (B, T)
-            let weight: f32 = batch
-                .loss_mask
-                .as_ref()
-                .map(|m| m.iter().sum())
-                .unwrap_or(1.0);
-            (nll * mask).sum().div_scalar(weight.max(1.0))
-        }
-    }
-}
-
-/// Forward and backward of `grad_accum` micro-batches under `policy`.
-pub fn forward_backward<B: AutodiffBackend>(
+/// Forward and backward of `grad_accum` micro-batches. With `sample_stats`, the FP8 casts of
+/// the first micro-batch are recorded (a layer's figures barely move between micro-batches).
+pub fn forward_backward<B: AutodiffBackend + Fp8LinearOps>(
     model: &Gpt2<B>,
     loader: &mut DataLoader,
     grad_accum: usize,
-    policy: Fp8Policy,
-    inject_nan: bool,
+    sample_stats: bool,
+    poison: Option<f32>,
     device: &B::Device,
 ) -> StepGrads {
-    let _fp8 = fp8_backend::install(policy);
+    let fp8 = model.fp8();
+    // Whatever an evaluation pass left (its non-finite events) is not this step's.
+    fp8.take_report();
     // Summed on the device: one copy to the host per step, not per micro-batch. (On the CPU the
     // f32 additions are the same, in the same order, as summing on the host.)
     let mut sum: Vec<Option<Tensor<B::InnerBackend, 1>>> = Vec::new();
     let (mut loss_sum, mut tokens) = (0.0f64, 0u64);
-    for _ in 0..grad_accum {
+    for micro in 0..grad_accum {
+        fp8.set_stats(sample_stats && micro == 0);
         let batch = loader.next_batch();
         tokens += (batch.batch * batch.seq) as u64;
         let mut loss = batch_loss(model, &batch, device);
-        if inject_nan {
-            loss = loss.mul_scalar(f32::NAN);
+        if let Some(factor) = poison {
+            loss = loss.mul_scalar(factor);
         }
         loss_sum += loss.clone().into_scalar().elem::<f64>();
         let grads = loss.div_scalar(grad_accum as f32).backward();
@@ -103,6 +76,7 @@ pub fn forward_backward<B: AutodiffBackend>(
             }
         }
     }
+    fp8.set_stats(false);
     let sum = sum
         .into_iter()
         .map(|g| g.map(|g| to_vec(g.into_data())))
@@ -111,36 +85,8 @@ pub fn forward_backward<B: AutodiffBackend>(
         loss: (loss_sum / grad_accum as f64) as f32,
         grads: sum,
         tokens,
-        report: fp8_backend::take_report(),
+        report: fp8.take_report(),
     }
-}
-
-/// Mean loss over the first `max_batches` batches of an evaluation pass (0 = all), weighted
-/// by loss tokens, under `policy` (statistics off).
-pub fn evaluate<B: AutodiffBackend>(
-    model: &Gpt2<B>,
-    loader: &DataLoader,
-    max_batches: usize,
-    policy: Fp8Policy,
-    device: &burn::tensor::Device<B::InnerBackend>,
-) -> Option<f32> {
-    let _fp8 = fp8_backend::install(policy.with_stats(false));
-    let model = model.valid();
-    let limit = if max_batches == 0 {
-        usize::MAX
-    } else {
-        max_batches
-    };
-    let (mut sum, mut weight) = (0.0f64, 0.0f64);
-    for batch in loader.eval_pass().take(limit) {
-        let n = batch.num_loss_tokens() as f64;
-        let loss = batch_loss(&model, &batch, device)
-            .into_scalar()
-            .elem::<f64>();
-        sum += loss * n;
-        weight += n;
-    }
-    (weight > 0.0).then(|| (sum / weight) as f32)
 }
 
 /// Global L2 norm of the gradients (f64 accumulation).

@@ -18,7 +18,7 @@ use crate::error::DataError;
 use crate::template::Template;
 
 /// Default folder of tokenized caches, relative to the working directory (`runs/` is
-/// git-ignored, see DESIGN.md "Workspace").
+/// git-ignored, see docs/design.md "Workspace").
 pub const DEFAULT_CACHE_DIR: &str = "runs/.token-cache";
 
 /// The data section of a job.

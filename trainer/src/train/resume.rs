@@ -17,8 +17,8 @@ use datasets::LoaderState;
 use serde::{Deserialize, Serialize};
 
 use super::optimizer::AdamW;
-use super::TrainError;
 use crate::checkpoint::write_checkpoint_files;
+use crate::error::Error;
 use crate::model::Gpt2;
 
 /// The folder of training state inside a checkpoint.
@@ -45,6 +45,21 @@ pub struct TrainerState {
     /// The job seed; the backend RNG is reseeded with `seed + step` before every step, so
     /// restoring the step restores the RNG.
     pub seed: u64,
+}
+
+impl TrainerState {
+    /// A run that has not taken a step yet.
+    pub fn start(seed: u64, loader: LoaderState) -> Self {
+        Self {
+            step: 0,
+            tokens: 0,
+            skipped_steps: 0,
+            adam_t: 0,
+            elapsed_s: 0.0,
+            loader,
+            seed,
+        }
+    }
 }
 
 /// `checkpoints/step-N` of a run.
@@ -79,14 +94,14 @@ pub fn latest_checkpoint(checkpoints: &Path) -> Option<(u64, PathBuf)> {
 }
 
 /// Removes leftovers of interrupted writes (`.step-N.tmp`, `.step-N.old`).
-pub fn remove_stale_temporaries(checkpoints: &Path) -> Result<(), TrainError> {
+pub fn remove_stale_temporaries(checkpoints: &Path) -> Result<(), Error> {
     let Ok(entries) = fs::read_dir(checkpoints) else {
         return Ok(());
     };
     for e in entries.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().to_string();
         if name.starts_with(".step-") {
-            fs::remove_dir_all(e.path()).map_err(TrainError::io(e.path()))?;
+            fs::remove_dir_all(e.path()).map_err(Error::io(e.path()))?;
         }
     }
     Ok(())
@@ -99,22 +114,22 @@ pub fn save_training_checkpoint<B: Backend>(
     optimizer: &AdamW,
     state: &TrainerState,
     keep: usize,
-) -> Result<PathBuf, TrainError> {
+) -> Result<PathBuf, Error> {
     if let Some(p) = optimizer
         .params
         .iter()
         .find(|p| p.value.iter().any(|v| !v.is_finite()))
     {
-        return Err(TrainError::NonFiniteCheckpoint {
+        return Err(Error::NonFiniteCheckpoint {
             step: state.step,
             param: p.name.clone(),
         });
     }
     remove_stale_temporaries(checkpoints)?;
-    fs::create_dir_all(checkpoints).map_err(TrainError::io(checkpoints))?;
+    fs::create_dir_all(checkpoints).map_err(Error::io(checkpoints))?;
     let step = state.step;
     let staging = checkpoints.join(format!(".step-{step}.tmp"));
-    fs::create_dir(&staging).map_err(TrainError::io(&staging))?;
+    fs::create_dir(&staging).map_err(Error::io(&staging))?;
     write_checkpoint_files(model, &staging)?;
 
     if std::env::var(FAIL_CHECKPOINT_ENV)
@@ -127,57 +142,36 @@ pub fn save_training_checkpoint<B: Backend>(
     }
 
     let state_dir = staging.join(TRAINER_STATE_DIR);
-    fs::create_dir(&state_dir).map_err(TrainError::io(&state_dir))?;
+    fs::create_dir(&state_dir).map_err(Error::io(&state_dir))?;
     let moments = state_dir.join("optimizer.safetensors");
     optimizer
         .save_moments(&moments)
-        .map_err(TrainError::io(&moments))?;
+        .map_err(Error::io(&moments))?;
     let state_path = state_dir.join("state.json");
     let text = serde_json::to_string_pretty(state).expect("state serialises");
-    write_synced(&state_path, text.as_bytes()).map_err(TrainError::io(&state_path))?;
+    datasets::atomic::write_atomic(&state_path, text.as_bytes()).map_err(Error::io(&state_path))?;
 
     let target = checkpoint_dir(checkpoints, step);
-    if target.exists() {
-        let retired = checkpoints.join(format!(".step-{step}.old"));
-        fs::rename(&target, &retired).map_err(TrainError::io(&target))?;
-        fs::rename(&staging, &target).map_err(TrainError::io(&target))?;
-        fs::remove_dir_all(&retired).map_err(TrainError::io(&retired))?;
-    } else {
-        fs::rename(&staging, &target).map_err(TrainError::io(&target))?;
-    }
-    fs::File::open(checkpoints)
-        .and_then(|d| d.sync_all())
-        .map_err(TrainError::io(checkpoints))?;
+    let retired = checkpoints.join(format!(".step-{step}.old"));
+    datasets::atomic::replace_dir(&staging, &target, &retired).map_err(Error::io(&target))?;
 
     let all = list_checkpoints(checkpoints);
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
-        fs::remove_dir_all(old).map_err(TrainError::io(old))?;
+        fs::remove_dir_all(old).map_err(Error::io(old))?;
     }
     Ok(target)
 }
 
 /// Reads `trainer_state/` of a checkpoint into `optimizer` and returns the state.
-pub fn load_training_state(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, TrainError> {
+pub fn load_training_state(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, Error> {
     let state_path = dir.join(TRAINER_STATE_DIR).join("state.json");
-    let text = fs::read_to_string(&state_path).map_err(TrainError::io(&state_path))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::BadState {
+    let text = fs::read_to_string(&state_path).map_err(Error::io(&state_path))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
         path: state_path.clone(),
-        message: e.to_string(),
+        message: format!("bad training state: {e}"),
     })?;
     let moments = dir.join(TRAINER_STATE_DIR).join("optimizer.safetensors");
-    optimizer
-        .load_moments(&moments)
-        .map_err(|message| TrainError::BadState {
-            path: moments,
-            message,
-        })?;
+    optimizer.load_moments(&moments)?;
     optimizer.t = state.adam_t;
     Ok(state)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }

@@ -10,11 +10,8 @@
 use std::path::PathBuf;
 
 use datasets::{DataConfig, TokenizerSpec};
-use fp8_backend::{Fp8Family, Fp8Policy, DEFAULT_GRADIENT_MARGIN};
+use fp8_backend::Fp8Policy;
 use serde::{Deserialize, Serialize};
-
-use crate::layer_filter::LayerFilter;
-use crate::precision::Precision;
 
 /// A whole job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,9 +27,10 @@ pub struct JobConfig {
     pub tokenizer: Option<TokenizerSpec>,
     /// Corpus, split, windows (the `datasets` crate's section).
     pub data: DataConfig,
-    /// Numeric precision of the projections and FP8 options.
+    /// Numeric precision of the projections and FP8 options: the FP8 decorator's own policy
+    /// (`mode`, `family`, margins, `layers`, `stats_every`; see `fp8_backend::Fp8Policy`).
     #[serde(default)]
-    pub precision: PrecisionConfig,
+    pub precision: Fp8Policy,
     /// AdamW.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
@@ -69,8 +67,9 @@ pub struct JobConfig {
     /// Write a log line (log.txt, plain progress output) every this many steps.
     #[serde(default = "one_u64")]
     pub log_every: u64,
-    /// Seed of the model initialisation's fallback and of dropout (reseeded every step with
-    /// `seed + step`, so a resumed run draws the same masks).
+    /// Seed of dropout: the backend RNG is reseeded before every step with `seed + step` (the
+    /// steps already done), so a resumed run draws the same masks. (A preset's initial weights
+    /// come from `model.init_seed`.)
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// Where the job runs: `cpu` (default); `wgpu` / `cuda` need the cargo features of the same name.
@@ -118,48 +117,6 @@ pub struct ModelSource {
     /// Dropout at HF's three places (0 = none, deterministic).
     #[serde(default)]
     pub dropout: f64,
-}
-
-/// `precision` section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrecisionConfig {
-    /// `fp32`, `fp8-amax` (default) or `fp8-cscale`.
-    #[serde(default = "default_precision")]
-    pub mode: Precision,
-    /// FP8 formats: `graphcore` (E4M3/E5M2 "fnuz", the paper's) or `ocp`.
-    #[serde(default)]
-    pub family: Family,
-    /// FP8-CSCALE: the constant scaling bias of every tensor.
-    #[serde(default)]
-    pub cscale_bias: i32,
-    /// FP8-AMAX margin for weights.
-    #[serde(default)]
-    pub weight_margin: i32,
-    /// FP8-AMAX margin for activations.
-    #[serde(default)]
-    pub activation_margin: i32,
-    /// FP8-AMAX margin for gradients (paper: 3).
-    #[serde(default = "default_gradient_margin")]
-    pub gradient_margin: i32,
-    /// FP8 layers by HF module-name pattern (default `["*"]`: all four projections of every
-    /// block; embeddings and the LM head are always f32).
-    #[serde(default)]
-    pub layers: LayerFilter,
-    /// Write `fp8_stats.csv` rows every this many steps (0 = off; statistics are then not collected).
-    #[serde(default)]
-    pub stats_every: u64,
-}
-
-/// FP8 format family, as spelled in configs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// float8_e4m3fnuz / float8_e5m2fnuz (Graphcore IPU; the paper's).
-    #[default]
-    Graphcore,
-    /// float8_e4m3fn / float8_e5m2 (OCP; Transformer Engine, torchao).
-    Ocp,
 }
 
 /// AdamW (Loshchilov & Hutter) with decoupled weight decay.
@@ -234,15 +191,17 @@ impl Device {
 }
 
 impl std::str::FromStr for Device {
-    type Err = String;
+    type Err = fp8_backend::UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "cpu" => Ok(Self::Cpu),
             "wgpu" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
-            other => Err(format!(
-                "unknown device `{other}` (expected cpu, wgpu or cuda)"
-            )),
+            other => Err(fp8_backend::UnknownName {
+                what: "device",
+                got: other.to_string(),
+                expected: "cpu, wgpu, cuda",
+            }),
         }
     }
 }
@@ -256,51 +215,6 @@ pub enum NonFinitePolicy {
     Skip,
     /// Stop the job with a message naming the step and the layer (after a last good checkpoint).
     Stop,
-}
-
-impl Default for PrecisionConfig {
-    fn default() -> Self {
-        Self {
-            mode: default_precision(),
-            family: Family::default(),
-            cscale_bias: 0,
-            weight_margin: 0,
-            activation_margin: 0,
-            gradient_margin: default_gradient_margin(),
-            layers: LayerFilter::all(),
-            stats_every: 0,
-        }
-    }
-}
-
-impl PrecisionConfig {
-    /// The decorator's policy (statistics off; the loop turns them on on sampled steps).
-    pub fn policy(&self) -> Fp8Policy {
-        let base = match self.mode {
-            Precision::Fp32 => return Fp8Policy::off(),
-            Precision::Fp8Amax => Fp8Policy::amax(),
-            Precision::Fp8Cscale => Fp8Policy::cscale(self.cscale_bias),
-        };
-        let family = match self.family {
-            Family::Graphcore => Fp8Family::Graphcore,
-            Family::Ocp => Fp8Family::Ocp,
-        };
-        Fp8Policy {
-            weight_margin: self.weight_margin,
-            activation_margin: self.activation_margin,
-            gradient_margin: self.gradient_margin,
-            ..base.with_family(family)
-        }
-    }
-
-    /// The layer filter the model is built with: none when FP8 is off (every projection then
-    /// computes `matmul + add`; bit-identical in f32 either way).
-    pub fn model_filter(&self) -> LayerFilter {
-        match self.mode {
-            Precision::Fp32 => LayerFilter::none(),
-            _ => self.layers.clone(),
-        }
-    }
 }
 
 impl Default for OptimizerConfig {
@@ -324,12 +238,6 @@ impl Default for ScheduleConfig {
     }
 }
 
-fn default_precision() -> Precision {
-    Precision::Fp8Amax
-}
-fn default_gradient_margin() -> i32 {
-    DEFAULT_GRADIENT_MARGIN
-}
 fn default_batch_size() -> usize {
     8
 }

@@ -4,7 +4,8 @@
 //! Without a key/value cache each new token re-runs the whole context: fine for the CPU
 //! backend and short outputs, which is what this tool is for.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
+use fp8_backend::Fp8LinearOps;
 
 use crate::model::Gpt2;
 
@@ -41,7 +42,7 @@ impl Default for SamplingOptions {
 
 /// Appends up to `max_new_tokens` tokens to `prompt` (which must be non-empty and within the
 /// vocabulary); returns only the new ones.
-pub fn generate<B: Backend>(
+pub fn generate<B: Fp8LinearOps>(
     model: &Gpt2<B>,
     prompt: &[u32],
     options: &SamplingOptions,

@@ -1,5 +1,6 @@
-//! Building a job's pieces from its config: tokenizer, dataset, model (preset or checkpoint),
-//! and the number of steps. Errors name the config file and the field.
+//! Assembling a job from its config: tokenizer, dataset, model (preset or checkpoint), and the
+//! number of steps. Shared by `train`, `eval` and `dump-step`; errors name the config file and
+//! the field.
 
 use std::path::{Path, PathBuf};
 
@@ -10,28 +11,25 @@ use datasets::{
     load_tokenizer, tokenizer_from_checkpoint_dir, DataLoader, Dataset, Tokenizer, TokenizerSpec,
 };
 
-use super::TrainError;
+use super::JobConfig;
 use crate::checkpoint::load_checkpoint;
-use crate::config::Gpt2Config;
-use crate::job::JobConfig;
-use crate::model::{Gpt2, ModelOptions};
+use crate::error::Error;
+use crate::model::projection::{projection_names, PROJECTION_NAMES_HINT};
+use crate::model::{Gpt2, Gpt2Config, ModelOptions};
 
 /// The backend every precision trains on: the FP8 decorator over a device backend `B` (ndarray
-/// on the CPU by default), with FP8 switched by the installed policy.
+/// on the CPU by default); which projections are FP8 is the model's policy.
 pub type TrainBackend<B = NdArray<f32>> = Autodiff<fp8_backend::Fp8<B>>;
 /// The CPU device.
 pub const INNER_DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
 
 /// Fails, naming the config's `device` field, when this build lacks the job's device.
-pub fn check_device(job: &JobConfig, config: &Path) -> Result<(), TrainError> {
+pub fn check_device(job: &JobConfig, config: &Path) -> Result<(), Error> {
     if job.device.available() {
         return Ok(());
     }
-    Err(TrainError::Field {
-        config: config.to_path_buf(),
-        field: "device".into(),
-        message: TrainError::DeviceUnavailable(job.device).to_string(),
-    })
+    let why = Error::DeviceUnavailable(job.device).to_string();
+    Err(Error::field(config, "device", why))
 }
 
 /// The job's tokenizer and dataset.
@@ -43,18 +41,18 @@ pub struct JobData {
 
 impl JobData {
     /// Maps a data error to one naming the config's `data` field.
-    pub fn err(&self) -> impl Fn(datasets::DataError) -> TrainError + '_ {
-        |source| TrainError::Data {
-            config: self.config.clone(),
+    pub fn err(&self) -> impl Fn(datasets::DataError) -> Error + '_ {
+        |source| Error::Data {
+            file: self.config.clone(),
             source,
         }
     }
 }
 
 /// Loads the tokenizer (config, else the checkpoint's own, else GPT-2) and opens the data.
-pub fn open_data(job: &JobConfig, config: &Path) -> Result<JobData, TrainError> {
-    let tok_err = |source| TrainError::Tokenizer {
-        config: config.to_path_buf(),
+pub fn open_data(job: &JobConfig, config: &Path) -> Result<JobData, Error> {
+    let tok_err = |source| Error::Tokenizer {
+        origin: format!("{}: field `tokenizer`", config.display()),
         source,
     };
     let tokenizer = match (&job.tokenizer, &job.model.checkpoint) {
@@ -65,11 +63,10 @@ pub fn open_data(job: &JobConfig, config: &Path) -> Result<JobData, TrainError> 
         },
         (None, None) => load_tokenizer(&TokenizerSpec::Gpt2).map_err(tok_err)?,
     };
-    let dataset =
-        Dataset::open(&job.data, tokenizer.as_ref()).map_err(|source| TrainError::Data {
-            config: config.to_path_buf(),
-            source,
-        })?;
+    let dataset = Dataset::open(&job.data, tokenizer.as_ref()).map_err(|source| Error::Data {
+        file: config.to_path_buf(),
+        source,
+    })?;
     Ok(JobData {
         tokenizer,
         dataset,
@@ -77,45 +74,36 @@ pub fn open_data(job: &JobConfig, config: &Path) -> Result<JobData, TrainError> 
     })
 }
 
-/// Dropout and the FP8 layer filter of the job.
+/// Dropout and the FP8 policy of the job.
 pub fn model_options(job: &JobConfig) -> ModelOptions {
     ModelOptions {
         dropout: job.model.dropout,
-        layer_filter: job.precision.model_filter(),
+        fp8: job.precision.clone(),
     }
 }
 
 /// The architecture of a checkpoint folder.
-pub fn model_config_of_checkpoint(dir: &Path) -> Result<Gpt2Config, TrainError> {
-    Ok(
-        Gpt2Config::from_file(&dir.join(crate::checkpoint::CONFIG_FILE))
-            .map_err(crate::checkpoint::CheckpointError::from)?,
-    )
+pub fn model_config_of_checkpoint(dir: &Path) -> Result<Gpt2Config, Error> {
+    let path = dir.join(crate::checkpoint::CONFIG_FILE);
+    Gpt2Config::from_file(&path).map_err(|e| Error::Checkpoint(e.into()))
 }
 
 /// A preset with the job's overrides.
-fn preset_config(job: &JobConfig, config: &Path, name: &str) -> Result<Gpt2Config, TrainError> {
-    let field = |field: &str, message: String| TrainError::Field {
-        config: config.to_path_buf(),
-        field: field.into(),
-        message,
-    };
-    let mut c = Gpt2Config::preset(name).map_err(|e| field("model.preset", e.to_string()))?;
+fn preset_config(job: &JobConfig, config: &Path, name: &str) -> Result<Gpt2Config, Error> {
+    let mut c = Gpt2Config::preset(name)
+        .map_err(|e| Error::field(config, "model.preset", e.to_string()))?;
     let m = &job.model;
-    if let Some(v) = m.vocab_size {
-        c.vocab_size = v;
-    }
-    if let Some(v) = m.n_positions {
-        c.n_positions = v;
-    }
-    if let Some(v) = m.n_embd {
-        c.n_embd = v;
-    }
-    if let Some(v) = m.n_layer {
-        c.n_layer = v;
-    }
-    if let Some(v) = m.n_head {
-        c.n_head = v;
+    let overrides = [
+        (&mut c.vocab_size, m.vocab_size),
+        (&mut c.n_positions, m.n_positions),
+        (&mut c.n_embd, m.n_embd),
+        (&mut c.n_layer, m.n_layer),
+        (&mut c.n_head, m.n_head),
+    ];
+    for (field, value) in overrides {
+        if let Some(value) = value {
+            *field = value;
+        }
     }
     if m.n_inner.is_some() {
         c.n_inner = m.n_inner;
@@ -125,43 +113,47 @@ fn preset_config(job: &JobConfig, config: &Path, name: &str) -> Result<Gpt2Confi
         c.eos_token_id = None;
     }
     c.validate(config)
-        .map_err(|e| field("model", e.to_string()))?;
+        .map_err(|e| Error::field(config, "model", e.to_string()))?;
     Ok(c)
 }
 
-/// Checks that the data fits the model (vocabulary, context length).
+/// Checks that the data fits the model (vocabulary, context length) and that every pattern of
+/// the FP8 layer filter names one of its projections.
 pub fn check_model_fits(
     job: &JobConfig,
     config: &Path,
     model: &Gpt2Config,
     vocab: usize,
-) -> Result<(), TrainError> {
-    let field = |field: &str, message: String| {
-        Err(TrainError::Field {
-            config: config.to_path_buf(),
-            field: field.into(),
-            message,
-        })
-    };
+) -> Result<(), Error> {
     if vocab > model.vocab_size {
-        return field(
-            "model.vocab_size",
-            format!(
-                "the tokenizer has {vocab} tokens but the model only {} embeddings",
-                model.vocab_size
-            ),
+        let message = format!(
+            "the tokenizer has {vocab} tokens but the model only {} embeddings",
+            model.vocab_size
         );
+        return Err(Error::field(config, "model.vocab_size", message));
     }
     if job.data.seq_len > model.n_positions {
-        return field(
-            "data.seq_len",
-            format!(
-                "{} exceeds the model's context length n_positions = {}",
-                job.data.seq_len, model.n_positions
-            ),
+        let message = format!(
+            "{} exceeds the model's context length n_positions = {}",
+            job.data.seq_len, model.n_positions
         );
+        return Err(Error::field(config, "data.seq_len", message));
+    }
+    if job.precision.is_on() {
+        let names = projection_names(model.n_layer);
+        (job.precision.layers.check(&names, PROJECTION_NAMES_HINT))
+            .map_err(|e| Error::field(config, "precision.layers", e.to_string()))?;
     }
     Ok(())
+}
+
+/// The architecture of the job's model: its checkpoint's, or the preset's with overrides.
+pub fn model_config(job: &JobConfig, config: &Path) -> Result<Gpt2Config, Error> {
+    match (&job.model.checkpoint, &job.model.preset) {
+        (Some(dir), _) => model_config_of_checkpoint(dir),
+        (None, Some(name)) => preset_config(job, config, name),
+        (None, None) => unreachable!("validated: checkpoint or preset"),
+    }
 }
 
 /// The job's model on `device`: a checkpoint, or a preset initialised with `model.init_seed`.
@@ -173,29 +165,15 @@ pub fn build_model<B: fp8_backend::Fp8Kernels>(
     config: &Path,
     vocab: usize,
     device: &B::Device,
-) -> Result<Gpt2<TrainBackend<B>>, TrainError> {
+) -> Result<Gpt2<TrainBackend<B>>, Error> {
     let options = model_options(job);
-    let filter_err = |e: crate::LayerFilterError| TrainError::Field {
-        config: config.to_path_buf(),
-        field: "precision.layers".into(),
-        message: e.to_string(),
-    };
+    let c = model_config(job, config)?;
+    check_model_fits(job, config, &c, vocab)?;
     if let Some(dir) = &job.model.checkpoint {
-        let c = model_config_of_checkpoint(dir)?;
-        check_model_fits(job, config, &c, vocab)?;
-        options
-            .layer_filter
-            .resolve(c.n_layer)
-            .map_err(filter_err)?;
         return Ok(load_checkpoint::<TrainBackend<B>>(dir, &options, device)?);
     }
-    let name = job
-        .model
-        .preset
-        .as_deref()
-        .expect("validated: checkpoint or preset");
-    let c = preset_config(job, config, name)?;
-    check_model_fits(job, config, &c, vocab)?;
+    let filter_err =
+        |e: fp8_backend::LayerFilterError| Error::field(config, "precision.layers", e.to_string());
     TrainBackend::<NdArray<f32>>::seed(&INNER_DEVICE, job.model.init_seed);
     let cpu = Gpt2::<TrainBackend>::new(&c, &options, &INNER_DEVICE).map_err(filter_err)?;
     // Parameters are initialised lazily: draw them now, in module order, so the values depend

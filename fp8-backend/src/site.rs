@@ -1,0 +1,111 @@
+//! Named FP8 layers: how a model tells the decorator which layer a linear call is, under which
+//! policy, and where its statistics go.
+//!
+//! A model creates one [`Fp8Context`] and gives each of its FP8 linear layers an [`Fp8Site`]
+//! (the layer's name and the shared context), passed to [`crate::fp8_linear`] at every call.
+//! The forward takes a snapshot of the context's policy; the backward of the same call uses that
+//! snapshot, so a step's forward and backward always agree and nothing depends on the order or
+//! the thread in which Burn's autodiff runs the backward pass.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::policy::Fp8Policy;
+use crate::report::{Fp8Report, LayerId};
+
+/// The FP8 policy in force for a model's named layers, and what their casts recorded.
+/// Cloning shares it (an `Arc`).
+#[derive(Clone, Default)]
+pub struct Fp8Context {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    policy: Arc<Fp8Policy>,
+    report: Fp8Report,
+}
+
+impl Fp8Context {
+    /// A context with `policy` in force.
+    pub fn new(policy: Fp8Policy) -> Self {
+        let context = Self::default();
+        context.set_policy(policy);
+        context
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while the lock was held cannot leave `Shared` half updated (each update is
+        // one assignment or push), so a poisoned lock is still usable.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policy calls made from now on use.
+    pub fn policy(&self) -> Arc<Fp8Policy> {
+        self.lock().policy.clone()
+    }
+
+    /// Replaces the policy (calls already made keep theirs for their backward).
+    pub fn set_policy(&self, policy: Fp8Policy) {
+        self.lock().policy = Arc::new(policy);
+    }
+
+    /// Turns statistics on or off for the calls made from now on.
+    pub fn set_stats(&self, stats: bool) {
+        let mut shared = self.lock();
+        if shared.policy.stats != stats {
+            shared.policy = Arc::new(shared.policy.as_ref().clone().with_stats(stats));
+        }
+    }
+
+    /// Hands over everything recorded since the last call.
+    pub fn take_report(&self) -> Fp8Report {
+        std::mem::take(&mut self.lock().report)
+    }
+
+    /// The site of the layer called `name`.
+    pub fn site(&self, name: &str) -> Fp8Site {
+        Fp8Site {
+            layer: LayerId::Named(name.into()),
+            context: self.clone(),
+        }
+    }
+
+    pub(crate) fn record(&self, f: impl FnOnce(&mut Fp8Report)) {
+        f(&mut self.lock().report)
+    }
+}
+
+impl fmt::Debug for Fp8Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = self.lock();
+        f.debug_struct("Fp8Context")
+            .field("policy", &shared.policy)
+            .field("records", &shared.report.records.len())
+            .finish()
+    }
+}
+
+/// One named FP8 linear layer: its identity and the context it reports to.
+#[derive(Clone, Debug)]
+pub struct Fp8Site {
+    layer: LayerId,
+    context: Fp8Context,
+}
+
+impl Fp8Site {
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        self.layer.name().expect("a site is always named")
+    }
+
+    /// The layer as it appears in records.
+    pub fn layer(&self) -> &LayerId {
+        &self.layer
+    }
+
+    /// The context the site reports to.
+    pub fn context(&self) -> &Fp8Context {
+        &self.context
+    }
+}

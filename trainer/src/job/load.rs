@@ -1,0 +1,256 @@
+//! Loading a job config: the JSON file, `--set key.sub=value` overrides, and errors that name
+//! the file and the key (with the closest valid key for a typo).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::JobConfig;
+
+/// A job config that cannot be used; always bad input (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum JobConfigError {
+    #[error("{path}: cannot read job config: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: unknown key `{key}`{suggestion} (valid keys here: {valid})")]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        suggestion: String,
+        valid: String,
+    },
+    #[error("{path}: field `{field}`: {message}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("--set {arg}: {message}")]
+    Override { arg: String, message: String },
+}
+
+impl JobConfigError {
+    fn field(path: &Path, field: &str, message: impl Into<String>) -> Self {
+        Self::Field {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads `path`, applies `overrides` (`key.sub=value`; the value is JSON if it parses, else a
+/// string), and checks the result.
+pub fn load_job_config(path: &Path, overrides: &[String]) -> Result<JobConfig, JobConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| JobConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut value: Value = serde_json::from_str(&text).map_err(|e| JobConfigError::Syntax {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    for arg in overrides {
+        apply_override(&mut value, arg)?;
+    }
+    let config: JobConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.inner().to_string();
+        typed_error(path, &field, &message)
+    })?;
+    validate(&config, path)?;
+    Ok(config)
+}
+
+/// Turns serde's message into our error; unknown keys get the closest valid one.
+fn typed_error(path: &Path, field: &str, message: &str) -> JobConfigError {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or_default().to_string();
+        // serde lists the valid names as "expected one of `a`, `b`" (or "expected `a`").
+        let valid: Vec<&str> = rest
+            .split_once("expected")
+            .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        let closest = valid
+            .iter()
+            .map(|v| (strsim::levenshtein(&key, v), *v))
+            .min()
+            .filter(|(d, v)| *d <= (v.len().max(key.len()) / 2).max(2));
+        // The path may or may not end with the unknown key itself.
+        let parent = field.strip_suffix(key.as_str()).unwrap_or(field);
+        let parent = parent.trim_end_matches('.');
+        let prefix = match parent {
+            "" | "." => String::new(),
+            p => format!("{p}."),
+        };
+        return JobConfigError::UnknownKey {
+            path: path.to_path_buf(),
+            key: format!("{prefix}{key}"),
+            suggestion: closest
+                .map(|(_, v)| format!("; did you mean `{prefix}{v}`?"))
+                .unwrap_or_default(),
+            valid: valid.join(", "),
+        };
+    }
+    let field = if field.is_empty() || field == "." {
+        "(top level)"
+    } else {
+        field
+    };
+    JobConfigError::field(path, field, message)
+}
+
+/// Sets `a.b.c` in a JSON object tree, creating objects on the way.
+fn apply_override(root: &mut Value, arg: &str) -> Result<(), JobConfigError> {
+    let bad = |message: &str| JobConfigError::Override {
+        arg: arg.to_string(),
+        message: message.to_string(),
+    };
+    let (key, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| bad("expected key.sub=value"))?;
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("empty key component"));
+    }
+    let mut node = root;
+    for part in &parts[..parts.len() - 1] {
+        let object = node
+            .as_object_mut()
+            .ok_or_else(|| bad(&format!("`{part}` is inside a value that is not an object")))?;
+        node = object
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    node.as_object_mut()
+        .ok_or_else(|| bad("the parent of the key is not an object"))?
+        .insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// Checks the relations serde cannot.
+fn validate(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
+    let err = |field: &str, message: &str| Err(JobConfigError::field(path, field, message));
+    if c.name.is_empty() || c.name.contains(['/', '\\']) || c.name.starts_with('.') {
+        return err(
+            "name",
+            "must be a plain folder name (no slashes, not empty)",
+        );
+    }
+    match (&c.model.checkpoint, &c.model.preset) {
+        (Some(_), Some(_)) => return err("model", "give `checkpoint` or `preset`, not both"),
+        (None, None) => return err("model", "give `checkpoint` (a folder) or `preset` (a name)"),
+        _ => {}
+    }
+    if let Some(dir) = &c.model.checkpoint {
+        if !dir.join("config.json").is_file() {
+            return err(
+                "model.checkpoint",
+                &format!(
+                    "{} holds no config.json (expected a Hugging Face checkpoint folder)",
+                    dir.display()
+                ),
+            );
+        }
+    }
+    if !(0.0..1.0).contains(&c.model.dropout) {
+        return err("model.dropout", "must be in [0, 1)");
+    }
+    if c.batch_size == 0 {
+        return err("batch_size", "must be at least 1");
+    }
+    if c.grad_accum == 0 {
+        return err("grad_accum", "must be at least 1");
+    }
+    match (c.steps, c.epochs) {
+        (Some(_), Some(_)) => return err("steps", "give `steps` or `epochs`, not both"),
+        (None, None) => return err("steps", "give `steps` or `epochs`"),
+        (Some(0), _) => return err("steps", "must be at least 1"),
+        (_, Some(e)) if !(e > 0.0) => return err("epochs", "must be positive"),
+        _ => {}
+    }
+    if c.keep_checkpoints == 0 {
+        return err("keep_checkpoints", "must be at least 1");
+    }
+    if c.log_every == 0 {
+        return err("log_every", "must be at least 1");
+    }
+    if !(c.optimizer.lr > 0.0) {
+        return err("optimizer.lr", "must be positive");
+    }
+    let (b1, b2) = c.optimizer.betas;
+    if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
+        return err("optimizer.betas", "each beta must be in [0, 1)");
+    }
+    if !(0.0..=1.0).contains(&c.schedule.min_lr_ratio) {
+        return err("schedule.min_lr_ratio", "must be in [0, 1]");
+    }
+    if c.grad_clip < 0.0 {
+        return err("grad_clip", "must be >= 0 (0 turns clipping off)");
+    }
+    if c.data.seq_len == 0 {
+        return err("data.seq_len", "must be at least 1");
+    }
+    if let Err((field, message)) = c.precision.validate() {
+        return err(&format!("precision.{field}"), &message);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<JobConfig, JobConfigError> {
+        let dir = std::env::temp_dir().join(format!("job-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!(
+            "{:x}.json",
+            json.len() * 7919 + json.as_bytes()[json.len() / 2] as usize
+        ));
+        std::fs::write(&file, json).unwrap();
+        load_job_config(&file, &[])
+    }
+
+    const MINIMAL: &str = r#"{"name": "t", "model": {"preset": "tiny"}, "steps": 3,
+        "data": {"train": "x.txt", "seq_len": 8}, "optimizer": {"lr": 0.001}}"#;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.batch_size, 8);
+        assert_eq!(c.precision, fp8_backend::Fp8Policy::amax());
+        assert_eq!(c.precision.gradient_margin, 3);
+    }
+
+    #[test]
+    fn unknown_nested_key_is_named_with_a_suggestion() {
+        let err = parse(&MINIMAL.replace("\"lr\"", "\"lrr\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`optimizer.lrr`"), "{err}");
+        assert!(err.contains("did you mean `optimizer.lr`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = parse(&MINIMAL.replace("\"steps\": 3", "\"steps\": \"many\"")).unwrap_err();
+        assert!(err.to_string().contains("field `steps`"), "{err}");
+    }
+
+    #[test]
+    fn overrides_set_nested_values() {
+        let mut v: Value = serde_json::from_str(MINIMAL).unwrap();
+        apply_override(&mut v, "optimizer.lr=0.5").unwrap();
+        apply_override(&mut v, "precision.mode=fp32").unwrap();
+        assert_eq!(v["optimizer"]["lr"], 0.5);
+        assert_eq!(v["precision"]["mode"], "fp32");
+        assert!(apply_override(&mut v, "noequals").is_err());
+    }
+}

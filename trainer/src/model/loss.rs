@@ -1,0 +1,100 @@
+//! Losses and evaluation passes over data batches: the one loss loop that `train` (validation),
+//! `eval` and `dump-step` share.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use datasets::Batch;
+use fp8_backend::Fp8LinearOps;
+
+use super::{cross_entropy, Gpt2};
+
+/// Inputs `[B, T]`, targets `[B, T]` and the loss mask `[B, T]` (if any) of a batch.
+pub type BatchTensors<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Option<Tensor<B, 2>>);
+
+/// The tensors of a batch on `device`.
+pub fn batch_tensors<B: Backend>(batch: &Batch, device: &B::Device) -> BatchTensors<B> {
+    let shape = [batch.batch, batch.seq];
+    let ints = |v: &[u32]| {
+        let v: Vec<i64> = v.iter().map(|&t| t as i64).collect();
+        Tensor::<B, 2, Int>::from_data(TensorData::new(v, shape), device)
+    };
+    let mask = batch
+        .loss_mask
+        .as_ref()
+        .map(|m| Tensor::<B, 2>::from_data(TensorData::new(m.clone(), shape), device));
+    (ints(&batch.inputs), ints(&batch.targets), mask)
+}
+
+/// Mean next-token cross-entropy of a batch; with a loss mask, the mean over masked-in tokens.
+pub fn batch_loss<B: Fp8LinearOps>(
+    model: &Gpt2<B>,
+    batch: &Batch,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let (inputs, targets, mask) = batch_tensors::<B>(batch, device);
+    let logits = model.forward(inputs);
+    match mask {
+        None => cross_entropy(logits, targets),
+        Some(mask) => {
+            let weight = batch.num_loss_tokens() as f32;
+            (token_log_probs(logits, targets) * mask)
+                .sum()
+                .neg()
+                .div_scalar(weight.max(1.0))
+        }
+    }
+}
+
+/// `log p(target)` at every position: `[B, T, V]`, `[B, T]` -> `[B, T]`.
+fn token_log_probs<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let [b, t, _] = logits.dims();
+    log_softmax(logits, 2)
+        .gather(2, targets.unsqueeze_dim(2))
+        .reshape([b, t])
+}
+
+/// The mean loss of an evaluation pass and the loss tokens it covered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PassLoss {
+    /// Mean cross-entropy per loss token (nats).
+    pub loss: f64,
+    /// Loss tokens evaluated.
+    pub tokens: u64,
+}
+
+/// Mean loss over `batches`, each batch weighted by its loss tokens; `None` when they hold none.
+pub fn mean_loss<B: Fp8LinearOps>(
+    model: &Gpt2<B>,
+    batches: impl Iterator<Item = Batch>,
+    device: &B::Device,
+) -> Option<PassLoss> {
+    let (mut sum, mut tokens) = (0.0f64, 0u64);
+    for batch in batches {
+        let n = batch.num_loss_tokens() as u64;
+        let loss = batch_loss(model, &batch, device)
+            .into_scalar()
+            .elem::<f64>();
+        sum += loss * n as f64;
+        tokens += n;
+    }
+    (tokens > 0).then(|| PassLoss {
+        loss: sum / tokens as f64,
+        tokens,
+    })
+}
+
+/// Log-likelihood of each row's masked-in tokens (classification: a label word's score).
+pub fn row_scores<B: Fp8LinearOps>(model: &Gpt2<B>, batch: &Batch, device: &B::Device) -> Vec<f32> {
+    let (inputs, targets, mask) = batch_tensors::<B>(batch, device);
+    let logp = token_log_probs(model.forward(inputs), targets);
+    let logp = match mask {
+        Some(mask) => logp * mask,
+        None => logp,
+    };
+    logp.sum_dim(1)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32")
+}
