@@ -25,6 +25,7 @@ pub mod format;
 pub mod kernel;
 pub mod linear;
 pub mod policy;
+pub mod profile;
 pub mod report;
 pub mod scaling;
 pub mod site;

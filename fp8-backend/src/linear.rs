@@ -24,12 +24,12 @@
 use std::sync::Arc;
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, TensorMetadata};
 
 use crate::context::{self, current_policy, next_call};
 use crate::format::Role;
-use crate::kernel::{Fp8Kernels, QuantOutput};
+use crate::kernel::{self, Fp8Kernels, QuantOutput};
 use crate::policy::Fp8Policy;
+use crate::profile::gemm;
 use crate::report::{CastOutcome, LayerId, LinearOp};
 use crate::site::Fp8Site;
 
@@ -98,7 +98,7 @@ pub fn site_forward<B: Fp8Kernels>(
         },
         policy,
     };
-    (B::linear(x, weight, bias), saved)
+    (gemm(|| kernel::linear::<B>(x, weight, bias)), saved)
 }
 
 /// Backward of the named layer `site`: `dX = q_E5(dY) @ q_E4(W)^T` and `dW = q_E4(X)^T @ q_E5(dY)`
@@ -123,26 +123,13 @@ pub fn site_backward<B: Fp8Kernels>(
             // Cast again: the same tensor gives the same figures, already recorded.
             Operand::Raw(w) => cast::<B>(policy, w, Role::Weight).0,
         };
-        B::linear_x_backward(w, dy.clone())
+        gemm(|| kernel::linear_x_backward::<B>(w, dy.clone()))
     });
-    let dw = saved.x.map(|x| {
-        // One GEMM over all rows: [N, in]^T @ [N, out], N the product of the batch dimensions.
-        let (x, dy) = (flatten_rows::<B>(x), flatten_rows::<B>(dy));
-        B::linear_weight_backward(x, dy)
-    });
+    // One GEMM over all rows: [N, in]^T @ [N, out], N the product of the batch dimensions.
+    let dw = saved
+        .x
+        .map(|x| gemm(|| kernel::linear_weight_backward::<B>(x, dy)));
     (dx, dw)
-}
-
-/// `[d0, ..., dk, n] -> [d0 * ... * dk, n]`.
-fn flatten_rows<B: Fp8Kernels>(t: FloatTensor<B>) -> FloatTensor<B> {
-    let shape = t.shape();
-    let dims = shape.num_dims();
-    if dims <= 2 {
-        return t;
-    }
-    let cols = shape[dims - 1];
-    let rows = shape.num_elements() / cols.max(1);
-    B::float_reshape(t, Shape::new([rows, cols]))
 }
 
 // ---- anonymous layers (thread-local policy) -------------------------------------------------
@@ -168,12 +155,12 @@ pub fn forward<B: Fp8Kernels>(
 ) -> FloatTensor<B> {
     let policy = current_policy();
     if !policy.is_on() {
-        return B::linear(x, weight, bias);
+        return gemm(|| B::linear(x, weight, bias));
     }
     let (op, layer) = (LinearOp::Forward, next_call(LinearOp::Forward));
     let x = cast_reported::<B>(&policy, &layer, op, x, Role::Activation);
     let weight = cast_reported::<B>(&policy, &layer, op, weight, Role::Weight);
-    B::linear(x, weight, bias)
+    gemm(|| B::linear(x, weight, bias))
 }
 
 /// Input gradient: `q_E5(dY) @ q_E4(W)^T`.
@@ -183,12 +170,12 @@ pub fn x_backward<B: Fp8Kernels>(
 ) -> FloatTensor<B> {
     let policy = current_policy();
     if !policy.is_on() {
-        return B::linear_x_backward(weight, output_grad);
+        return gemm(|| B::linear_x_backward(weight, output_grad));
     }
     let (op, layer) = (LinearOp::BackwardX, next_call(LinearOp::BackwardX));
     let output_grad = cast_reported::<B>(&policy, &layer, op, output_grad, Role::Gradient);
     let weight = cast_reported::<B>(&policy, &layer, op, weight, Role::Weight);
-    B::linear_x_backward(weight, output_grad)
+    gemm(|| B::linear_x_backward(weight, output_grad))
 }
 
 /// Weight gradient: `q_E4(X)^T @ q_E5(dY)`, summed over batch dimensions.
@@ -198,7 +185,7 @@ pub fn weight_backward<B: Fp8Kernels>(
 ) -> FloatTensor<B> {
     let policy = current_policy();
     if !policy.is_on() {
-        return B::linear_weight_backward(x, output_grad);
+        return gemm(|| B::linear_weight_backward(x, output_grad));
     }
     let (op, layer) = (
         LinearOp::BackwardWeight,
@@ -206,5 +193,5 @@ pub fn weight_backward<B: Fp8Kernels>(
     );
     let x = cast_reported::<B>(&policy, &layer, op, x, Role::Activation);
     let output_grad = cast_reported::<B>(&policy, &layer, op, output_grad, Role::Gradient);
-    B::linear_weight_backward(x, output_grad)
+    gemm(|| B::linear_weight_backward(x, output_grad))
 }

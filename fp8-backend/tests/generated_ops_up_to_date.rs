@@ -1,6 +1,12 @@
 //! The committed `src/decorator/ops/*.rs` must be what `tools/gen_decorator.py` writes from the
 //! burn-backend sources they name, so that a hand edit or a Burn upgrade without a rerun fails here.
-//! Skipped (with a note) where python3, rustfmt or the burn-backend sources are not available.
+//!
+//! Two kinds of trouble, told apart:
+//! - a tool is missing (python3, rustfmt, the burn-backend sources in the cargo registry): the
+//!   test says so on one line and passes, except where the environment variable `CI` is set (to
+//!   anything but empty, `0` or `false`), where a missing tool is a failure;
+//! - the generator runs and fails (rustfmt rejects its output, it cannot parse Burn's traits, the
+//!   committed files differ): always a failure, with the generator's and rustfmt's messages.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +25,33 @@ fn burn_backend_sources(version: &str) -> Option<PathBuf> {
         .find(|p| p.join("src").is_dir())
 }
 
+/// Whether this is a CI run, where every tool the test needs must be present.
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// A tool the test needs is not there: a skip with a note, or in CI a failure.
+fn missing(what: &str) {
+    assert!(
+        !in_ci(),
+        "{what}; CI is set, so this fails instead of skipping (install it, or unset CI)"
+    );
+    eprintln!("skipped: {what} (set CI=1 to make this a failure)");
+}
+
+/// `Err` with the reason when `tool --version` cannot be run or fails.
+fn runs(tool: &str) -> Result<(), String> {
+    match Command::new(tool).arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "`{tool} --version` failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {tool}: {e}")),
+    }
+}
+
 #[test]
 fn generated_ops_match_the_generator() {
     // Cargo sets CARGO_MANIFEST_DIR when it runs the test; the compiled-in value can name
@@ -32,29 +65,31 @@ fn generated_ops_match_the_generator() {
         .expect("src/decorator/ops/mod.rs lacks the @generated header");
 
     let Some(sources) = burn_backend_sources(version) else {
-        eprintln!("skipped: burn-backend-{version} sources not found in the cargo registry");
+        missing(&format!(
+            "burn-backend-{version} sources not found in the cargo registry"
+        ));
         return;
     };
+    // The generator needs both; checked here so that its own failures are never taken for a
+    // missing tool.
+    for tool in ["python3", "rustfmt"] {
+        if let Err(why) = runs(tool) {
+            missing(&why);
+            return;
+        }
+    }
     let output = Command::new("python3")
         .arg(crate_dir.join("tools/gen_decorator.py"))
         .arg(&sources)
         .arg("--check")
-        .output();
-    let output = match output {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("skipped: cannot run python3: {e}");
-            return;
-        }
-    };
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(2) && stderr.contains("rustfmt") {
-        eprintln!("skipped: {stderr}");
-        return;
-    }
+        .output()
+        .expect("python3 ran a moment ago");
     assert!(
         output.status.success(),
-        "{stderr}(try: python3 fp8-backend/tools/gen_decorator.py {})",
+        "tools/gen_decorator.py --check failed ({}):\n{}{}(try: python3 fp8-backend/tools/gen_decorator.py {})",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
         sources.display()
     );
 }

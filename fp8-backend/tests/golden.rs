@@ -7,6 +7,49 @@ use fp8_backend::{amax_bias, BiasRule, Fp8Format, Fp8Kernels, QuantOutput};
 
 const QUANTIZE_CSV: &str = include_str!("fixtures/quantize_golden.csv");
 const AMAX_JSONL: &str = include_str!("fixtures/amax_golden.jsonl");
+const GOLDEN_META: &str = include_str!("fixtures/golden_meta.json");
+const GENERATOR: &str = include_str!("fixtures/gen_golden.py");
+
+/// The `fixture_version` this file reads. The generator's `FIXTURE_VERSION`, the committed
+/// `golden_meta.json` and this constant change together: bump the generator's, re-run it, then
+/// update this file to read the new fixtures.
+const FIXTURE_VERSION: u64 = 1;
+
+const REGENERATE: &str = "re-run `python fp8-backend/tests/fixtures/gen_golden.py` \
+                          (needs numpy and ml_dtypes; see tests/fixtures/README.md)";
+
+/// Fails, naming the generator to re-run, when the committed fixtures were not written by the
+/// generator as it stands, or are not the version this file reads.
+fn check_fixture_version() {
+    let meta: serde_json::Value = serde_json::from_str(GOLDEN_META)
+        .unwrap_or_else(|e| panic!("fixtures/golden_meta.json: {e}; {REGENERATE}"));
+    let written = meta["fixture_version"].as_u64().unwrap_or_else(|| {
+        panic!("fixtures/golden_meta.json has no integer `fixture_version`; {REGENERATE}")
+    });
+    assert_eq!(
+        meta["generator"], "gen_golden.py",
+        "fixtures/golden_meta.json names another generator"
+    );
+    let generator = GENERATOR
+        .lines()
+        .find_map(|l| l.strip_prefix("FIXTURE_VERSION = "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("fixtures/gen_golden.py defines `FIXTURE_VERSION = <integer>`");
+    assert!(
+        written == generator,
+        "stale golden fixtures: golden_meta.json has fixture_version {written}, \
+         gen_golden.py writes version {generator}; {REGENERATE}"
+    );
+    assert!(
+        written == FIXTURE_VERSION,
+        "golden fixtures are version {written}, golden.rs reads version {FIXTURE_VERSION}: {}",
+        if written < FIXTURE_VERSION {
+            format!("the fixtures are stale; {REGENERATE}")
+        } else {
+            "update golden.rs (FIXTURE_VERSION and what it reads) to the new fixtures".to_string()
+        }
+    );
+}
 
 fn hex(s: &str) -> f32 {
     f32::from_bits(u32::from_str_radix(s, 16).unwrap_or_else(|e| panic!("bad hex {s}: {e}")))
@@ -21,6 +64,7 @@ fn same(got: f32, want: f32) -> bool {
 
 /// (inputs, expected outputs per format in `Fp8Format::ALL` order).
 fn quantize_rows() -> (Vec<f32>, [Vec<f32>; 4]) {
+    check_fixture_version();
     let mut lines = QUANTIZE_CSV.lines();
     assert_eq!(
         lines.next(),
@@ -51,6 +95,7 @@ struct AmaxRecord {
 }
 
 fn amax_records() -> Vec<AmaxRecord> {
+    check_fixture_version();
     AMAX_JSONL
         .lines()
         .enumerate()
@@ -99,6 +144,11 @@ fn assert_all_same(what: &str, inputs: &[f32], got: &[f32], want: &[f32]) {
         })
         .collect();
     assert!(bad.is_empty(), "{what}: mismatches (first 5): {bad:#?}");
+}
+
+#[test]
+fn fixtures_are_the_version_this_test_reads() {
+    check_fixture_version();
 }
 
 #[test]

@@ -5,9 +5,71 @@ use fp8_backend::{amax_bias, quantize_scaled, Fp8Format, MAX_BIAS};
 use proptest::prelude::*;
 
 /// Relative error bound of round-to-nearest for normal values: half a unit in the last place,
-/// 2^-(m+1) with m mantissa bits: 2^-4 for E4 (m = 3), 2^-3 for E5 (m = 2).
-fn max_rel_error(f: Fp8Format) -> f32 {
-    0.5f32.powi(f.mantissa_bits() as i32 + 1)
+/// 2^-(m+1) with m mantissa bits: 2^-4 for E4 (m = 3), 2^-3 for E5 (m = 2). In the binade
+/// [2^e, 2^(e+1)) the spacing is 2^(e-m), so the error is at most 2^(e-m-1) <= 2^-(m+1) |x|.
+fn max_rel_error(f: Fp8Format) -> f64 {
+    0.5f64.powi(f.mantissa_bits() as i32 + 1)
+}
+
+/// Half the spacing of the format at |s| <= max (s the scaled input): 2^(e-m-1) with e the
+/// binade of s, but never below the subnormal spacing 2^(emin-m), which is fixed.
+fn half_spacing(f: Fp8Format, s: f64) -> f64 {
+    let e = f64_exponent(s).max(f.min_normal_exp());
+    2f64.powi(e - f.mantissa_bits() as i32 - 1)
+}
+
+/// floor(log2 |x|) of a non-zero f64 (every scaled f32 is a normal f64).
+fn f64_exponent(x: f64) -> i32 {
+    ((x.to_bits() >> 52) & 0x7ff) as i32 - 1023
+}
+
+/// The cast of `x` with `bias` against what round-to-nearest-even with saturation guarantees,
+/// in f64 (where the scalings by 2^bias are exact): with s = x * 2^bias and q(s) the scaled
+/// output,
+/// - |s| > max (infinities included): q = max with the sign of x (saturation);
+/// - min normal <= |s| <= max: |q - s| <= 2^-(m+1) |s| (relative, half an ulp);
+/// - |s| < min normal: |q - s| <= 2^(emin-m-1), half the subnormal spacing (absolute);
+/// - and everywhere below max, at most half the spacing of s's binade, with equality (a tie)
+///   only where q is an even multiple of the spacing.
+fn check_error_bound(f: Fp8Format, x: f32, bias: i32) -> Result<(), TestCaseError> {
+    let y = quantize_scaled(x, f, bias);
+    if x.is_nan() {
+        prop_assert!(y.is_nan(), "{f}: NaN gave {y:e}");
+        return Ok(());
+    }
+    let scale = 2f64.powi(bias);
+    let s = f64::from(x) * scale;
+    let q = f64::from(y) * scale;
+    let max = f64::from(f.max());
+    let what = format!(
+        "{f} bias {bias}: x={x:e} ({:08x}) scaled {s:e} -> {q:e}",
+        x.to_bits()
+    );
+    if s.abs() > max {
+        prop_assert!(q == max.copysign(s), "not saturated: {what}");
+        return Ok(());
+    }
+    prop_assert!(q.abs() <= max, "beyond max: {what}");
+    prop_assert!(q == 0.0 || q.signum() == s.signum(), "sign: {what}");
+    let err = (q - s).abs();
+    if s.abs() >= f64::from(f.min_normal()) {
+        prop_assert!(err <= max_rel_error(f) * s.abs(), "relative error: {what}");
+    } else {
+        prop_assert!(
+            err <= f64::from(f.min_subnormal()) / 2.0,
+            "absolute error: {what}"
+        );
+    }
+    if s != 0.0 {
+        let half = half_spacing(f, s.abs());
+        prop_assert!(err <= half, "more than half a spacing: {what}");
+        if err == half {
+            // q is a multiple of the spacing 2 * half; ties to even: an even multiple.
+            let steps = q.abs() / (2.0 * half);
+            prop_assert!(steps % 2.0 == 0.0, "tie not to even: {what}");
+        }
+    }
+    Ok(())
 }
 
 fn format() -> impl Strategy<Value = Fp8Format> {
@@ -29,6 +91,33 @@ fn spread(exps: std::ops::Range<i32>) -> impl Strategy<Value = f32> {
 /// Any f32 bit pattern, NaNs and infinities included.
 fn any_f32() -> impl Strategy<Value = f32> {
     any::<u32>().prop_map(f32::from_bits)
+}
+
+/// A format, a bias, and an input that lands, once scaled, anywhere from below half the
+/// smallest subnormal to beyond max: spread over the binades, or with few significant bits
+/// (n * 2^k, n < 2^(m+3): exact FP8 values and exact ties), or any bit pattern at all.
+fn scaled_input() -> impl Strategy<Value = (Fp8Format, f32, i32)> {
+    (format(), -MAX_BIAS..=MAX_BIAS).prop_flat_map(|(f, bias)| {
+        let m = f.mantissa_bits() as i32;
+        let lo = f.min_normal_exp() - m - 3;
+        let hi = f.max().log2().floor() as i32 + 3;
+        let unscale = 2f32.powi(-bias);
+        let spread = spread(lo..hi).prop_map(move |s| s * unscale);
+        let few_bits =
+            (0u32..1 << (m + 3), lo..hi - m, any::<bool>()).prop_map(move |(n, k, neg)| {
+                let v = n as f32 * 2f32.powi(k) * unscale;
+                if neg {
+                    -v
+                } else {
+                    v
+                }
+            });
+        (
+            Just(f),
+            prop_oneof![spread, few_bits, any_f32()],
+            Just(bias),
+        )
+    })
 }
 
 proptest! {
@@ -56,15 +145,8 @@ proptest! {
     }
 
     #[test]
-    fn bounded_relative_error_of_normals((f, x) in format().prop_flat_map(|f| {
-        // The format's normal binades: 2^emin ..= 2^floor(log2 max).
-        let top = f.max().log2().floor() as i32;
-        (Just(f), spread(f.min_normal_exp()..top + 1))
-    })) {
-        let a = x.abs();
-        prop_assume!(a.is_finite() && a >= f.min_normal() && a <= f.max());
-        let rel = (f.quantize(x) - x).abs() / a;
-        prop_assert!(rel <= max_rel_error(f), "{f}: x={x:e} rel={rel:e}");
+    fn error_is_bounded_and_ties_go_to_even((f, x, bias) in scaled_input()) {
+        check_error_bound(f, x, bias)?;
     }
 
     #[test]
@@ -91,8 +173,10 @@ proptest! {
         let scaled = f64::from(amax) * 2f64.powi(bias);
         let max = f64::from(f.max());
         prop_assert!(scaled > max / 2.0 && scaled <= max, "{f}: amax={amax:e} bias={bias} scaled={scaled}");
-        // And so the largest element never saturates.
-        prop_assert_eq!(quantize_scaled(amax, f, bias).abs() <= amax * 2.0, true);
+        // And so the largest element is rounded, not clipped: within half an ulp of itself.
+        let q = f64::from(quantize_scaled(amax, f, bias));
+        let rel = (q - f64::from(amax)).abs() / f64::from(amax);
+        prop_assert!(rel <= max_rel_error(f), "{f}: amax={amax:e} bias={bias} q={q:e}");
     }
 
     #[test]

@@ -5,7 +5,8 @@ Reads the op traits of `burn-backend` (FloatTensorOps, IntTensorOps, BoolTensorO
 ActivationOps, QTensorOps, TransactionOps) from the cargo registry and writes one file per trait
 under `fp8-backend/src/decorator/ops/`, each an `impl<B: Fp8Kernels> XxxOps<Self> for Fp8<B>`
 that forwards EVERY method, required and defaulted, to `B` (so that B's own overrides are used),
-except the linear hooks listed in OVERRIDES, which go to `crate::linear`.
+except the methods listed in OVERRIDES: the linear hooks, which go to `crate::linear`, and
+`float_matmul`, which `crate::profile` times when the benchmark asks for it.
 
 `Fp8<B>` has exactly B's primitive types, so most bodies are plain calls. Types generic over the
 backend that are not aliases of the primitives (`TensorPrimitive<B>`, ...) are converted field by
@@ -54,6 +55,24 @@ OVERRIDES = {
     "linear": ("crate::linear::forward::<B>", ["x", "weight", "bias"]),
     "linear_x_backward": ("crate::linear::x_backward::<B>", ["weight", "output_grad"]),
     "linear_weight_backward": ("crate::linear::weight_backward::<B>", ["x", "output_grad"]),
+    # Timed when `crate::profile` is on (the benchmark's GEMM share); otherwise `B`'s own.
+    "float_matmul": ("crate::profile::matmul::<B>", ["lhs", "rhs"]),
+    # Zeros from `Fp8Kernels::zeros` (a backend may have a cheaper way than its own).
+    "float_zeros": ("crate::kernel::zeros::<B>", ["shape", "device", "dtype"]),
+    "embedding_backward": (
+        "crate::kernel::embedding_backward::<B>",
+        ["weights", "output_grad", "indices"],
+    ),
+}
+
+# The trait each overridden method belongs to.
+OWNER = {
+    "linear": "ModuleOps",
+    "linear_x_backward": "ModuleOps",
+    "linear_weight_backward": "ModuleOps",
+    "float_matmul": "FloatTensorOps",
+    "float_zeros": "FloatTensorOps",
+    "embedding_backward": "ModuleOps",
 }
 
 # Identifiers that may appear in signatures -> public path to import them from.
@@ -346,9 +365,9 @@ def render_impl(trait: str, methods: list[Method], version: str) -> str:
         if m.where:
             sig += f" where {m.where}"
         fns.append(f"    {sig} {{\n        {call}\n    }}\n")
-    missing = set(OVERRIDES) - seen_overrides
-    if trait == "ModuleOps" and missing:
-        raise GenError(f"ModuleOps lacks the overridden methods {sorted(missing)}")
+    expected_here = {o for o, (callee, _) in OVERRIDES.items() if OWNER[o] == trait}
+    if expected_here - seen_overrides:
+        raise GenError(f"{trait} lacks the overridden methods {sorted(expected_here - seen_overrides)}")
 
     used -= NO_IMPORT
     unknown = sorted(u for u in used if u not in IMPORTS and u != trait)
@@ -363,9 +382,11 @@ def render_impl(trait: str, methods: list[Method], version: str) -> str:
         f"//! `{trait}` for `Fp8<B>`: forwards all {len(methods)} methods ({n_req} required, "
         f"{len(methods) - n_req} defaulted) to `B`.\n"
     )
-    if trait == "ModuleOps":
-        names = ", ".join(f"`{o}`" for o in OVERRIDES)
-        header += f"//! Except {names}: they go to `crate::linear`.\n"
+    here = [o for o in OVERRIDES if OWNER[o] == trait]
+    if here:
+        targets = sorted({OVERRIDES[o][0].rsplit("::", 2)[0] for o in here})
+        names = ", ".join(f"`{o}`" for o in here)
+        header += f"//! Except {names}: they go to {', '.join(f'`{t}`' for t in targets)}.\n"
     header += "\n"
     groups: dict[str, list[str]] = {}
     for path in set(imports):

@@ -18,7 +18,10 @@
 macro_rules! on_device {
     ($device:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
         match $device {
-            $crate::job::Device::Cpu => $f::<burn::backend::NdArray<f32>>(
+            $crate::job::Device::Cpu => $f::<burn::backend::Flex>(
+                $($arg,)* burn::backend::flex::FlexDevice,
+            ),
+            $crate::job::Device::Ndarray => $f::<burn::backend::NdArray<f32>>(
                 $($arg,)* burn::backend::ndarray::NdArrayDevice::Cpu,
             ),
             #[cfg(feature = "wgpu")]

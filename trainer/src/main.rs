@@ -11,6 +11,21 @@ use std::sync::Arc;
 use clap::Parser;
 use trainer::commands::{run, Cli};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h (v3, the version libmimalloc-sys builds): how long
+/// freed memory stays mapped before it is returned to the OS. A training step frees and
+/// re-allocates the same large tensors every step; returned memory comes back as freshly
+/// zeroed pages (measured: 20% of a step in the kernel's page clearing; see bench/README.md).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory mapped for reuse (the peak, not the working set, bounds memory anyway).
+fn never_purge() {
+    // SAFETY: sets a process-wide allocator option; mimalloc allows it at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// Burn's wgpu runtime panics (on its own thread) when no GPU adapter exists; say what to do
 /// instead of printing a backtrace. Every other panic keeps the default report.
 fn report_missing_gpu_adapter() {
@@ -35,6 +50,7 @@ fn report_missing_gpu_adapter() {
 }
 
 fn main() -> ExitCode {
+    never_purge();
     report_missing_gpu_adapter();
     let cli = Cli::parse();
     let mut progress = cli_progress::TermProgress::new();

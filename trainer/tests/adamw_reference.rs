@@ -5,9 +5,12 @@
 
 mod common;
 
+use burn::backend::{Flex, NdArray};
+use burn::tensor::{Tensor, TensorData};
+use fp8_backend::Fp8;
 use serde_json::Value;
-use trainer::train::optimizer::{AdamW, AdamWStep};
-use trainer::train::step::{clip, global_norm};
+use trainer::train::optimizer::{AdamW, AdamWKernel, AdamWStep};
+use trainer::train::step::{clip_factor, read_with_sum_squares};
 
 /// Must equal `FIXTURE_VERSION` in gen_adamw.py.
 const FIXTURE_VERSION: u64 = 1;
@@ -38,8 +41,23 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// The training loop's backends: flex (the default CPU) and ndarray, both under the decorator.
 #[test]
 fn six_steps_match_torch_adamw_with_clipping() {
+    six_steps::<Fp8<Flex>>();
+    six_steps::<Fp8<NdArray<f32>>>();
+}
+
+fn tensor<B: AdamWKernel>(values: Vec<f32>) -> Tensor<B, 1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), &Default::default())
+}
+
+fn host<B: AdamWKernel>(t: &Tensor<B, 1>) -> Vec<f32> {
+    t.clone().into_data().to_vec::<f32>().unwrap()
+}
+
+fn six_steps<B: AdamWKernel>() {
     let path = common::repo_root().join("tests/fixtures/adamw_reference.json");
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(
@@ -55,22 +73,20 @@ fn six_steps_match_torch_adamw_with_clipping() {
     let max_norm = fixture["max_norm"].as_f64().unwrap();
 
     let params = fixture["params"].as_array().unwrap();
-    let mut adamw = AdamW::new(
-        params
-            .iter()
-            .map(|p| {
-                let shape = p["shape"].as_array().unwrap();
-                let shape: Vec<usize> =
-                    shape.iter().map(|d| d.as_u64().unwrap() as usize).collect();
-                (
-                    p["name"].as_str().unwrap().to_string(),
-                    shape,
-                    bits_to_f32(&p["initial"]),
-                )
-            })
-            .collect(),
-    );
-    for (ours, theirs) in adamw.params.iter().zip(params) {
+    let shapes: Vec<(String, Vec<usize>)> = params
+        .iter()
+        .map(|p| {
+            let shape = p["shape"].as_array().unwrap();
+            let shape = shape.iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            (p["name"].as_str().unwrap().to_string(), shape)
+        })
+        .collect();
+    let mut adamw = AdamW::<B>::new(shapes, &Default::default());
+    let mut values: Vec<Tensor<B, 1>> = params
+        .iter()
+        .map(|p| tensor(bits_to_f32(&p["initial"])))
+        .collect();
+    for (ours, theirs) in adamw.slots.iter().zip(params) {
         assert_eq!(
             ours.decay,
             theirs["decay"].as_bool().unwrap(),
@@ -83,12 +99,14 @@ fn six_steps_match_torch_adamw_with_clipping() {
     let mut clipped_steps = 0;
     let mut worst_norm = 0f64;
     for step in fixture["steps"].as_array().unwrap() {
-        let mut grads: Vec<Option<Vec<f32>>> = adamw
-            .params
+        let grads: Vec<Option<Tensor<B, 1>>> = adamw
+            .slots
             .iter()
-            .map(|p| Some(bits_to_f32(&step["grads"][p.name.as_str()])))
+            .map(|s| Some(tensor(bits_to_f32(&step["grads"][s.name.as_str()]))))
             .collect();
-        let norm = global_norm(&grads);
+        // As the training loop computes it: each gradient's f32 sum of squares on the device.
+        let (_, squares) = read_with_sum_squares(tensor::<B>(vec![0.0]), &grads);
+        let norm = squares.iter().sum::<f64>().sqrt();
         let torch_norm = step["total_norm"].as_f64().unwrap();
         worst_norm = worst_norm.max(((norm - torch_norm) / torch_norm).abs());
         assert!(
@@ -97,7 +115,6 @@ fn six_steps_match_torch_adamw_with_clipping() {
             step["step"]
         );
         clipped_steps += usize::from(norm > max_norm);
-        clip(&mut grads, norm, max_norm);
         let hyper = AdamWStep {
             lr: step["lr"].as_f64().unwrap() as f32,
             beta1: beta1 as f32,
@@ -105,13 +122,22 @@ fn six_steps_match_torch_adamw_with_clipping() {
             eps: eps as f32,
             weight_decay: weight_decay as f32,
         };
-        adamw.step(&grads, hyper);
-        for p in &adamw.params {
-            let after = &step["after"][p.name.as_str()];
-            for (what, ours) in [("value", &p.value), ("exp_avg", &p.m), ("exp_avg_sq", &p.v)] {
-                let r = rel(ours, &bits_to_f32(&after[what]));
+        let coefficients = adamw.begin_step(hyper, clip_factor(norm, max_norm));
+        for (i, grad) in grads.into_iter().enumerate() {
+            let value = values[i].clone();
+            values[i] = adamw.update(i, value, grad.unwrap(), &coefficients);
+        }
+        for (slot, value) in adamw.slots.iter().zip(&values) {
+            let after = &step["after"][slot.name.as_str()];
+            let ours = [
+                ("value", host(value)),
+                ("exp_avg", host(&slot.m)),
+                ("exp_avg_sq", host(&slot.v)),
+            ];
+            for (what, ours) in ours {
+                let r = rel(&ours, &bits_to_f32(&after[what]));
                 if r > worst.1 {
-                    worst = (format!("step {} {} {what}", step["step"], p.name), r);
+                    worst = (format!("step {} {} {what}", step["step"], slot.name), r);
                 }
             }
         }

@@ -20,9 +20,12 @@ fn load_err(dir: &Path) -> CheckpointError {
     }
 }
 
-/// Runs `fp8-trainer logits` on `dir`; returns (exit code, stderr).
+/// Runs `fp8-trainer logits` on `dir`; returns (exit code, stderr). The output goes to a folder
+/// of its own per checkpoint folder (the tests run in parallel; each test's folder has its own
+/// name).
 fn cli_logits(dir: &Path) -> (i32, String) {
-    let out = common::scratch_dir("cli-out").join("logits.json");
+    let name = dir.file_name().unwrap().to_string_lossy();
+    let out = common::scratch_dir(&format!("cli-out-{name}")).join("logits.json");
     let output = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
         .args(["logits", "--checkpoint"])
         .arg(dir)

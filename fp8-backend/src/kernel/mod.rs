@@ -2,19 +2,20 @@
 //!
 //! [`Fp8Kernels`] is the one thing a backend needs to sit under [`crate::Fp8`]. Its default method
 //! is a correct generic fallback (read the tensor to the host, run the CPU kernel, write it back);
-//! ndarray overrides it with a direct kernel over the tensor's memory, and Burn's cubecl backends
+//! flex and ndarray override it with a direct kernel over the tensor's memory, and Burn's cubecl backends
 //! (wgpu with feature `wgpu`, CUDA with feature `cuda`) with a device kernel that keeps amax and
 //! bias on the GPU. Any other backend opts in with
 //! `impl Fp8Kernels for MyBackend {}`.
 
 pub mod cpu;
+mod flex;
 mod ndarray;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod wgpu;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, TensorData, TensorMetadata};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{DType, FloatDType, Shape, TensorData, TensorMetadata};
 
 use crate::format::Fp8Format;
 use crate::scaling::BiasRule;
@@ -60,6 +61,102 @@ pub trait Fp8Kernels: Backend {
     ) -> QuantOutput<Self> {
         quantize_on_host::<Self>(tensor, format, rule, want_stats)
     }
+
+    /// A tensor of zeros: what `Fp8<B>`'s `float_zeros` returns, and the buffer its embedding
+    /// backward sums rows into. The default is `B`'s own `float_zeros`; flex overrides it
+    /// (its own allocates a zeroed buffer, then copies it into an aligned one: for the [V, C]
+    /// embedding gradient and the [B, T, V] buffer of the cross-entropy's backward, a second
+    /// allocation and a full copy every step).
+    fn zeros(shape: Shape, device: &Self::Device, dtype: FloatDType) -> FloatTensor<Self> {
+        Self::float_zeros(shape, device, dtype)
+    }
+
+    /// A matrix product: what `Fp8<B>`'s `float_matmul` and the GEMMs of named FP8 layers
+    /// compute. The default is `B`'s own; flex overrides the 2-D case (the same GEMM call as
+    /// flex's, into a buffer that is neither zeroed first nor copied after).
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+}
+
+/// `x [..., in] @ weight [in, out] (+ bias [out])` as one 2-D product over all rows: the linear
+/// layer of named FP8 layers (and, in f32, of the model's projections without one).
+pub fn linear<B: Fp8Kernels>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let out = weight.shape()[1];
+    let y = B::matmul(rows::<B>(x), weight);
+    let y = match bias {
+        Some(bias) => B::float_add(y, B::float_reshape(bias, Shape::new([1, out]))),
+        None => y,
+    };
+    B::float_reshape(y, last_dim(&shape, out))
+}
+
+/// dX of [`linear`]: `dY @ W^T`, in dY's leading shape.
+pub fn linear_x_backward<B: Fp8Kernels>(
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let shape = output_grad.shape();
+    let d_in = weight.shape()[0];
+    let dx = B::matmul(rows::<B>(output_grad), B::float_swap_dims(weight, 0, 1));
+    B::float_reshape(dx, last_dim(&shape, d_in))
+}
+
+/// dW of [`linear`]: `X^T @ dY` over all rows.
+pub fn linear_weight_backward<B: Fp8Kernels>(
+    x: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    B::matmul(
+        B::float_swap_dims(rows::<B>(x), 0, 1),
+        rows::<B>(output_grad),
+    )
+}
+
+/// `[d0, ..., dk, n] -> [d0 * ... * dk, n]` (a view where the tensor is contiguous).
+fn rows<B: Fp8Kernels>(t: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = t.shape();
+    let dims = shape.num_dims();
+    if dims == 2 {
+        return t;
+    }
+    let cols = shape[dims - 1];
+    let rows = shape.num_elements() / cols.max(1);
+    B::float_reshape(t, Shape::new([rows, cols]))
+}
+
+/// `shape` with its last dimension replaced by `n`.
+fn last_dim(shape: &Shape, n: usize) -> Shape {
+    let mut dims = shape.to_vec();
+    *dims.last_mut().expect("at least 1-D") = n;
+    Shape::from(dims)
+}
+
+/// `Fp8<B>`'s `float_zeros`.
+pub fn zeros<B: Fp8Kernels>(shape: Shape, device: &B::Device, dtype: FloatDType) -> FloatTensor<B> {
+    B::zeros(shape, device, dtype)
+}
+
+/// `Fp8<B>`'s `embedding_backward`: Burn's default (every output-gradient row added into the
+/// row of its token, in order) over [`Fp8Kernels::zeros`].
+pub fn embedding_backward<B: Fp8Kernels>(
+    weights: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    indices: IntTensor<B>,
+) -> FloatTensor<B> {
+    let [batch, seq] = indices.shape().dims();
+    let [n_embeddings, d_model] = weights.shape().dims();
+    let device = B::float_device(&weights);
+    let dtype = output_grad.dtype().into();
+    let indices = B::int_reshape(indices, Shape::new([batch * seq]));
+    let output_grad = B::float_reshape(output_grad, Shape::new([batch * seq, d_model]));
+    let grad = B::zeros(Shape::new([n_embeddings, d_model]), &device, dtype);
+    B::float_select_add(grad, 0, indices, output_grad)
 }
 
 /// Generic fallback: one host round trip per tensor through the CPU kernel.

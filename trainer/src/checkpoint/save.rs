@@ -69,15 +69,12 @@ pub fn write_checkpoint_files<B: Backend>(
     model: &Gpt2<B>,
     dir: &Path,
 ) -> Result<(), CheckpointError> {
-    let config_path = dir.join(CONFIG_FILE);
-    let text =
-        serde_json::to_string_pretty(&model.config().to_json()).expect("a JSON value serialises");
-    write_atomic(&config_path, text.as_bytes()).map_err(|source| CheckpointError::Write {
-        path: config_path,
-        source,
-    })?;
+    write_checkpoint_tensors(model.config(), &model_tensors(model), dir)
+}
 
-    let tensors = param_values(model)
+/// Every parameter of `model` on the host, by Hugging Face name, in module order.
+pub fn model_tensors<B: Backend>(model: &Gpt2<B>) -> Vec<NamedTensor> {
+    param_values(model)
         .into_iter()
         .map(|(name, data)| NamedTensor {
             name,
@@ -87,9 +84,23 @@ pub fn write_checkpoint_files<B: Backend>(
                 .into_vec::<f32>()
                 .expect("converted to f32"),
         })
-        .collect::<Vec<_>>();
+        .collect()
+}
+
+/// [`write_checkpoint_files`] with the parameters already on the host.
+pub fn write_checkpoint_tensors(
+    config: &crate::model::Gpt2Config,
+    tensors: &[NamedTensor],
+    dir: &Path,
+) -> Result<(), CheckpointError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&config.to_json()).expect("a JSON value serialises");
+    write_atomic(&config_path, text.as_bytes()).map_err(|source| CheckpointError::Write {
+        path: config_path,
+        source,
+    })?;
     let weights_path = dir.join(WEIGHTS_FILE);
-    write_safetensors(&weights_path, &tensors).map_err(|source| CheckpointError::Write {
+    write_safetensors(&weights_path, tensors).map_err(|source| CheckpointError::Write {
         path: weights_path,
         source,
     })

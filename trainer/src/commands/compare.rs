@@ -233,3 +233,142 @@ pub fn run_compare(
     datasets::atomic::write_atomic(&summary, &bytes).map_err(Error::io(&summary))?;
     Ok(Some(CompareOutcome { dir: out, rows }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A training row of step `step`: its loss and speed (the other columns do not enter).
+    fn step_row(step: u64, train_loss: f32, tokens_per_s: f64) -> MetricsRow {
+        MetricsRow {
+            step,
+            tokens: step * 100,
+            train_loss: Some(train_loss),
+            lr: Some(1e-3),
+            grad_norm: Some(1.0),
+            tokens_per_s: Some(tokens_per_s),
+            elapsed_s: step as f64,
+            ..MetricsRow::default()
+        }
+    }
+
+    /// 30 steps: row 0 (val 5.0), validation at 10, 20, 30, a non-finite training loss in the
+    /// last tenth, and speeds whose median differs from their mean.
+    fn thirty_steps() -> Vec<MetricsRow> {
+        let mut rows = vec![MetricsRow {
+            val_loss: Some(5.0),
+            ..MetricsRow::default()
+        }];
+        for step in 1..=30u64 {
+            // Losses 4.0, 3.9, ...; speeds 1000 + 10 * step, but a slow outlier at step 1.
+            let loss = match step {
+                29 => f32::INFINITY,
+                _ => 4.0 - 0.1 * (step - 1) as f32,
+            };
+            let speed = if step == 1 {
+                10.0
+            } else {
+                1000.0 + 10.0 * step as f64
+            };
+            let mut row = step_row(step, loss, speed);
+            row.val_loss = match step {
+                10 => Some(3.5),
+                20 => Some(f32::NAN), // a non-finite evaluation is never the best
+                30 => Some(3.75),
+                _ => None,
+            };
+            rows.push(row);
+        }
+        rows
+    }
+
+    #[test]
+    fn compare_row_of_a_run() {
+        let row = CompareRow::of(Precision::Fp8Amax, &thirty_steps());
+        assert_eq!(row.precision, Precision::Fp8Amax);
+        assert_eq!(row.steps, 30);
+        assert_eq!(row.final_val_loss, Some(3.75), "the last evaluation");
+        assert_eq!(
+            row.best_val_loss,
+            Some(3.5),
+            "lowest finite, row 0 included"
+        );
+        // Last tenth of 30 steps = steps 28, 29, 30; step 29 is infinite and left out:
+        // mean of 4.0 - 2.7 and 4.0 - 2.9 (as the f32 values the rows hold).
+        let (l28, l30) = ((4.0f32 - 0.1 * 27.0) as f64, (4.0f32 - 0.1 * 29.0) as f64);
+        assert_eq!(row.final_train_loss, Some(((l28 + l30) / 2.0) as f32));
+        assert!((row.final_train_loss.unwrap() - 1.2).abs() < 1e-6);
+        // Speeds: 10 and 1020 ..= 1300 (30 values); sorted, index 15 is 1000 + 10 * 16.
+        assert_eq!(row.tokens_per_s, Some(1160.0));
+    }
+
+    #[test]
+    fn compare_row_edge_cases() {
+        // Fewer than ten steps: the last step alone; no validation at all.
+        let rows: Vec<MetricsRow> = (1..=3)
+            .map(|s| step_row(s, s as f32, 100.0 * s as f64))
+            .collect();
+        let row = CompareRow::of(Precision::Fp32, &rows);
+        assert_eq!(row.final_train_loss, Some(3.0));
+        assert_eq!((row.final_val_loss, row.best_val_loss), (None, None));
+        assert_eq!(row.tokens_per_s, Some(200.0), "median of three");
+        // Every loss of the tail non-finite: no training loss; NaN speeds are not counted.
+        let mut rows = rows;
+        rows[2].train_loss = Some(f32::NAN);
+        rows[2].tokens_per_s = Some(f64::NAN);
+        let row = CompareRow::of(Precision::Fp32, &rows);
+        assert_eq!(row.final_train_loss, None);
+        assert_eq!(row.tokens_per_s, Some(200.0), "upper median of 100 and 200");
+        assert_eq!(row.steps, 3);
+        // No rows at all.
+        let row = CompareRow::of(Precision::Fp32, &[]);
+        assert_eq!(
+            (row.steps, row.final_train_loss, row.tokens_per_s),
+            (0, None, None)
+        );
+    }
+
+    fn compare_row(
+        precision: Precision,
+        val: Option<f32>,
+        train: Option<f32>,
+        speed: Option<f64>,
+    ) -> CompareRow {
+        CompareRow {
+            precision,
+            steps: 30,
+            final_val_loss: val,
+            best_val_loss: val.map(|v| v - 0.25),
+            final_train_loss: train,
+            tokens_per_s: speed,
+        }
+    }
+
+    #[test]
+    fn summary_cells_gaps_and_speed_ratio_against_the_first_row() {
+        let rows = [
+            compare_row(Precision::Fp32, Some(3.5), Some(3.25), Some(2000.0)),
+            compare_row(Precision::Fp8Amax, Some(3.75), Some(3.0), Some(1500.4)),
+            compare_row(Precision::Fp8Cscale, None, Some(4.5), None),
+        ];
+        let cells = summary_cells(&rows);
+        let expect = |cells: [&str; 9]| cells.map(String::from);
+        assert_eq!(
+            cells,
+            vec![
+                expect(["fp32", "30", "3.5", "3.25", "3.25", "0", "0", "2000", "1.000"]),
+                // val gap 3.75 - 3.5, train gap 3.0 - 3.25, 1500.4 / 2000 = 0.7502.
+                expect(["fp8-amax", "30", "3.75", "3.5", "3", "0.25", "-0.25", "1500", "0.750"]),
+                expect(["fp8-cscale", "30", "", "", "4.5", "", "1.25", "", ""]),
+            ]
+        );
+        // A baseline without a speed gives no ratios; one without a loss, no gaps.
+        let rows = [
+            compare_row(Precision::Fp32, None, None, None),
+            compare_row(Precision::Fp8Amax, Some(3.75), Some(3.0), Some(1500.0)),
+        ];
+        let cells = summary_cells(&rows);
+        assert_eq!(&cells[1][5..], ["", "", "1500", ""].map(String::from));
+        assert!(summary_cells(&[]).is_empty());
+    }
+}

@@ -107,7 +107,12 @@ fn dump_on<B: Fp8Kernels>(
     ];
     let shapes = crate::model::names::param_shapes(&model);
     for ((name, shape), grad) in shapes.into_iter().zip(out.grads) {
-        if let Some(values) = grad {
+        if let Some(grad) = grad {
+            let values = grad
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32");
             tensors.push(NamedTensor {
                 name,
                 shape,

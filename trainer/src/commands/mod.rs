@@ -2,6 +2,7 @@
 //! dispatches one parsed command and returns what to print. `main.rs` parses, calls [`run`] and
 //! turns its result into output and an exit code; nothing else.
 
+pub mod bench;
 pub mod compare;
 pub mod dump_step;
 pub mod eval;
@@ -18,9 +19,9 @@ use fp8_backend::{Fp8Policy, Precision};
 use crate::error::Error;
 use crate::train::Progress;
 
-/// The CPU backend the inspection commands run on: the FP8 decorator over ndarray (with FP8
-/// off, bit-identical to plain ndarray).
-pub type CpuBackend = fp8_backend::Fp8<burn::backend::NdArray<f32>>;
+/// The CPU backend the inspection commands run on: the FP8 decorator over flex (with FP8 off,
+/// bit-identical to plain flex).
+pub type CpuBackend = fp8_backend::Fp8<burn::backend::Flex>;
 
 /// `fp8-trainer`.
 #[derive(Parser)]
@@ -49,6 +50,9 @@ pub enum Command {
     Logits(logits::LogitsArgs),
     /// Continue a prompt (greedy with --temperature 0, else top-k / temperature sampling).
     Generate(generate::GenerateArgs),
+    /// Time training steps of a job per device and precision (and the PyTorch peer with
+    /// --peer): tokens/s, GEMM share, peak memory, ratios.
+    Bench(bench::BenchArgs),
 }
 
 /// How a command ended, when it did not fail.
@@ -94,6 +98,7 @@ pub fn run(
         }
         Command::Logits(args) => logits::run_logits(&args).map(|()| Done::default()),
         Command::Generate(args) => generate::run_generate(&args).map(Done::printing),
+        Command::Bench(args) => bench::run_bench(&args).map(Done::printing),
     }
 }
 

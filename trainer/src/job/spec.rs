@@ -72,7 +72,8 @@ pub struct JobConfig {
     /// come from `model.init_seed`.)
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Where the job runs: `cpu` (default); `wgpu` / `cuda` need the cargo features of the same name.
+    /// Where the job runs: `cpu` (default, Burn's flex backend), `ndarray` (the CPU on Burn's
+    /// ndarray backend); `wgpu` / `cuda` need the cargo features of the same name.
     #[serde(default)]
     pub device: Device,
     /// Parent of the run directory.
@@ -161,9 +162,11 @@ pub enum ScheduleKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
-    /// ndarray on the CPU.
+    /// The CPU, on Burn's flex backend (the fastest CPU backend measured here: see bench/).
     #[default]
     Cpu,
+    /// The CPU, on Burn's ndarray backend.
+    Ndarray,
     /// wgpu (Vulkan/Metal/DX12); needs `--features wgpu`.
     Wgpu,
     /// CUDA; needs `--features cuda`.
@@ -175,6 +178,7 @@ impl Device {
     pub fn name(self) -> &'static str {
         match self {
             Self::Cpu => "cpu",
+            Self::Ndarray => "ndarray",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
         }
@@ -183,7 +187,7 @@ impl Device {
     /// Whether this build has the device's backend (the cargo feature of its name).
     pub fn available(self) -> bool {
         match self {
-            Self::Cpu => true,
+            Self::Cpu | Self::Ndarray => true,
             Self::Wgpu => cfg!(feature = "wgpu"),
             Self::Cuda => cfg!(feature = "cuda"),
         }
@@ -195,12 +199,13 @@ impl std::str::FromStr for Device {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "cpu" => Ok(Self::Cpu),
+            "ndarray" => Ok(Self::Ndarray),
             "wgpu" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
             other => Err(fp8_backend::UnknownName {
                 what: "device",
                 got: other.to_string(),
-                expected: "cpu, wgpu, cuda",
+                expected: "cpu, ndarray, wgpu, cuda",
             }),
         }
     }

@@ -5,7 +5,8 @@
 //! checkpoint tensors are used without transposing. An FP8 projection carries its
 //! [`Fp8Site`] (its Hugging Face module name and the model's FP8 context) and calls
 //! [`fp8_linear`]; a projection the layer filter excludes (or any projection with FP8 off)
-//! computes `x @ W + b` itself, which in f32 gives the same bits as Burn's default `linear`.
+//! computes `x @ W + b` itself, as one 2-D product over all rows, which in f32 gives the same
+//! bits as an FP8 site whose policy is off.
 
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
@@ -53,7 +54,17 @@ impl<B: Fp8LinearOps> Projection<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.fp8 {
             Some(site) => fp8_linear(x, self.weight.val(), Some(self.bias.val()), site),
-            None => x.matmul(self.weight.val().unsqueeze()) + self.bias.val().unsqueeze(),
+            None => {
+                // One 2-D product over all rows, as `fp8_backend::kernel::linear` computes it
+                // (so a site with FP8 off gives these bits).
+                let mut dims = x.dims();
+                let d_in = dims[D - 1];
+                let rows = x.shape().num_elements() / d_in.max(1);
+                let y =
+                    x.reshape([rows, d_in]).matmul(self.weight.val()) + self.bias.val().unsqueeze();
+                dims[D - 1] = y.dims()[1];
+                y.reshape(dims)
+            }
         }
     }
 }

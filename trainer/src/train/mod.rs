@@ -35,8 +35,9 @@ use crate::job::assemble::{
 pub use crate::job::assemble::{TrainBackend, INNER_DEVICE};
 use crate::job::{JobConfig, NonFinitePolicy};
 use crate::model::loss::mean_loss;
+use crate::model::names::param_shapes;
 use crate::model::Gpt2;
-use optimizer::{AdamW, AdamWStep};
+use optimizer::{AdamW, AdamWKernel, AdamWStep};
 use resume::{latest_checkpoint, load_training_state, save_training_checkpoint, TrainerState};
 use run_dir::{Fp8StatsRow, MetricsRow, RunDir};
 use step::StepGrads;
@@ -90,7 +91,7 @@ pub fn run_training(
 }
 
 /// The training loop, on `device` of the inner backend `B`.
-fn run_on<B: Fp8Kernels>(
+fn run_on<B: Fp8Kernels + AdamWKernel>(
     opts: &TrainOptions,
     progress: &mut dyn Progress,
     device: B::Device,
@@ -107,14 +108,15 @@ fn run_on<B: Fp8Kernels>(
         // 2. forward/backward with gradient accumulation
         let started = Instant::now();
         let mut out = run.forward_backward();
-        // 3. non-finite check; 4. clip; 5. AdamW step
-        let grad_norm = step::global_norm(&out.grads);
+        // 3. non-finite check; 4. clip and 5. AdamW step (the clipping factor is folded into
+        // the update)
+        let grad_norm = out.global_norm();
         match (run.non_finite_reason(&out, grad_norm), run.job.non_finite) {
             (Some(reason), NonFinitePolicy::Stop) => return Err(run.stop(reason)),
             (Some(reason), NonFinitePolicy::Skip) => run.skip(&reason),
             (None, _) => {
-                step::clip(&mut out.grads, grad_norm, run.job.grad_clip);
-                run.optimizer_step(&out.grads, lr);
+                let grads = std::mem::take(&mut out.grads);
+                run.optimizer_step(grads, step::clip_factor(grad_norm, run.job.grad_clip), lr);
             }
         }
         let step_time = started.elapsed().as_secs_f64();
@@ -130,11 +132,13 @@ fn run_on<B: Fp8Kernels>(
 }
 
 /// Everything a running job holds.
-struct Run<'a, B: Fp8Kernels> {
+struct Run<'a, B: Fp8Kernels + AdamWKernel> {
     job: &'a JobConfig,
     device: B::Device,
-    model: Gpt2<TrainBackend<B>>,
-    optimizer: AdamW,
+    /// Always `Some` between phases (taken while AdamW updates the parameters in place).
+    model: Option<Gpt2<TrainBackend<B>>>,
+    /// Moments on the device of the model (the inner backend of its autodiff backend).
+    optimizer: AdamW<fp8_backend::Fp8<B>>,
     loader: DataLoader,
     validation: Option<DataLoader>,
     /// Step, tokens, skipped steps: what a checkpoint restores.
@@ -149,7 +153,7 @@ struct Run<'a, B: Fp8Kernels> {
     inject_at: Option<(u64, f32)>,
 }
 
-impl<'a, B: Fp8Kernels> Run<'a, B> {
+impl<'a, B: Fp8Kernels + AdamWKernel> Run<'a, B> {
     /// Assembles the job (or restores it from its newest checkpoint with `--resume`), opens the
     /// run directory and says what will run.
     fn open(opts: &'a TrainOptions, device: B::Device) -> Result<Self, Error> {
@@ -166,13 +170,13 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
             }
             None => build_model::<B>(job, &opts.config_path, vocab, &device)?,
         };
-        let mut optimizer = AdamW::new(step::host_params(&model));
+        let mut optimizer = AdamW::new(param_shapes(&model), &device);
         let mut loader = (data.dataset.train_loader(job.batch_size)).map_err(data.err())?;
         let validation = (data.dataset.validation_loader(job.batch_size)).map_err(data.err())?;
         let total_steps = total_steps(job, &loader);
         let state = match &resume_from {
             Some((_, dir)) => {
-                let state = load_training_state(dir, &mut optimizer)?;
+                let state = load_training_state(dir, &mut optimizer, &device)?;
                 loader.restore(&state.loader).map_err(data.err())?;
                 state
             }
@@ -209,7 +213,7 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
         Ok(Self {
             job,
             device,
-            model,
+            model: Some(model),
             optimizer,
             loader,
             validation,
@@ -244,11 +248,15 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
 
     /// The step's micro-batches (the backend RNG reseeded first, so a resumed step draws the
     /// same dropout masks); counts the step.
-    fn forward_backward(&mut self) -> StepGrads {
+    fn forward_backward(&mut self) -> StepGrads<fp8_backend::Fp8<B>> {
         let step = self.state.step + 1;
         TrainBackend::<B>::seed(&self.device, self.job.seed.wrapping_add(self.state.step));
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is in place between phases");
         let out = step::forward_backward(
-            &self.model,
+            model,
             &mut self.loader,
             self.job.grad_accum,
             self.job.precision.samples_stats_at(step),
@@ -263,7 +271,11 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
     }
 
     /// Why this step cannot be used, naming the layer where one is known.
-    fn non_finite_reason(&self, out: &StepGrads, grad_norm: f64) -> Option<String> {
+    fn non_finite_reason(
+        &self,
+        out: &StepGrads<fp8_backend::Fp8<B>>,
+        grad_norm: f64,
+    ) -> Option<String> {
         let mut reasons = Vec::new();
         if !out.loss.is_finite() {
             reasons.push(format!("non-finite loss ({})", out.loss));
@@ -275,12 +287,10 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
             ));
         }
         if !grad_norm.is_finite() {
-            let params = self.optimizer.params.iter().zip(&out.grads);
-            let name = params
-                .filter(|(_, g)| g.as_ref().is_some_and(|g| g.iter().any(|x| !x.is_finite())))
-                .map(|(p, _)| p.name.as_str())
-                .next()
-                .unwrap_or("?");
+            let first = out
+                .first_non_finite()
+                .map(|i| self.optimizer.slots[i].name.as_str());
+            let name = first.unwrap_or("?");
             reasons.push(format!("non-finite gradient (first in `{name}`)"));
         }
         (!reasons.is_empty()).then(|| reasons.join("; "))
@@ -305,8 +315,13 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
         );
     }
 
-    /// One AdamW update; the model takes the new master weights.
-    fn optimizer_step(&mut self, grads: &[Option<Vec<f32>>], lr: f64) {
+    /// One AdamW update of the model's parameters, gradients scaled by `grad_scale` first.
+    fn optimizer_step(
+        &mut self,
+        grads: Vec<Option<burn::Tensor<fp8_backend::Fp8<B>, 1>>>,
+        grad_scale: f32,
+        lr: f64,
+    ) {
         let o = &self.job.optimizer;
         let hyper = AdamWStep {
             lr: lr as f32,
@@ -315,8 +330,19 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
             eps: o.eps as f32,
             weight_decay: o.weight_decay as f32,
         };
-        self.optimizer.step(grads, hyper);
-        self.model = step::load_params(self.model.clone(), &self.optimizer, &self.device);
+        let coefficients = self.optimizer.begin_step(hyper, grad_scale);
+        let model = self
+            .model
+            .take()
+            .expect("the model is in place between phases");
+        let model = step::apply_adamw(model, &mut self.optimizer, grads, &coefficients);
+        self.model = Some(model);
+    }
+
+    fn model(&self) -> &Gpt2<TrainBackend<B>> {
+        self.model
+            .as_ref()
+            .expect("the model is in place between phases")
     }
 
     /// `fp8_stats.csv` rows of a sampled step: one per (layer, role), in the order of the casts.
@@ -341,7 +367,7 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
             n => n,
         };
         let batches = validation.eval_pass().take(limit);
-        let pass = mean_loss(&self.model.valid(), batches, &self.device)?;
+        let pass = mean_loss(&self.model().valid(), batches, &self.device)?;
         Some(pass.loss as f32)
     }
 
@@ -356,7 +382,7 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
     /// and the end), and redraws the plot after an evaluation.
     fn log_step(
         &mut self,
-        out: &StepGrads,
+        out: &StepGrads<fp8_backend::Fp8<B>>,
         lr: f64,
         grad_norm: f64,
         step_time: f64,
@@ -445,7 +471,7 @@ impl<'a, B: Fp8Kernels> Run<'a, B> {
         let checkpoints = self.dir.root.join("checkpoints");
         let dir = save_training_checkpoint(
             &checkpoints,
-            &self.model,
+            self.model(),
             &self.optimizer,
             &state,
             self.job.keep_checkpoints,

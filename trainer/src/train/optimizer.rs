@@ -1,27 +1,24 @@
-//! AdamW on f32 master weights held on the host, with the update of PyTorch's `torch.optim.AdamW`
-//! (`_single_tensor_adamw`): decoupled weight decay, bias-corrected moments, eps outside the sqrt.
+//! AdamW with the update of PyTorch's `torch.optim.AdamW` (decoupled weight decay,
+//! bias-corrected moments, eps outside the sqrt), its state on the device of the model.
 //!
-//! Keeping master weights and moments as plain `Vec<f32>` makes the optimizer state trivially
-//! exact to save and restore (a resumed run is bit-identical) and independent of the device.
+//! The model's f32 parameters are the master weights; the moments are one flat tensor per
+//! parameter beside them. Each step reads nothing back: the gradient-clipping factor is folded
+//! into the update, and the CPU backends run the whole update as one fused pass over
+//! parameter, gradient and moments, in place ([`AdamWKernel`]); other backends use tensor ops
+//! with the same arithmetic. Host copies are made only for checkpoints.
 
 use std::path::Path;
 
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::ndarray::{NdArray, NdArrayTensor};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use fp8_backend::{Fp8, Fp8Kernels};
+use rayon::prelude::*;
+
 use crate::checkpoint::save::{write_safetensors, NamedTensor};
 use crate::error::Error;
-
-/// One parameter: HF name, shape, master value and AdamW moments.
-#[derive(Clone, Debug)]
-pub struct ParamState {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub value: Vec<f32>,
-    /// First moment (`exp_avg`).
-    pub m: Vec<f32>,
-    /// Second moment (`exp_avg_sq`).
-    pub v: Vec<f32>,
-    /// Weight decay applies (matrices), or not (biases, layer-norm parameters).
-    pub decay: bool,
-}
 
 /// Hyper-parameters of one update.
 #[derive(Clone, Copy, Debug)]
@@ -33,66 +30,293 @@ pub struct AdamWStep {
     pub weight_decay: f32,
 }
 
-/// The optimizer: every parameter's master value and moments, and the update count.
+/// The constants of one update of one parameter, computed once per step on the host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Coefficients {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    pub bc2_sqrt: f32,
+    /// `1 - lr * weight_decay` for decayed parameters, 1 for the others.
+    pub decay: f32,
+    /// The gradient is multiplied by this first (global-norm clipping; 1 when not clipped).
+    pub grad_scale: f32,
+}
+
+impl Coefficients {
+    /// The update of one element: `(value, m, v)` from the gradient `g`.
+    #[inline(always)]
+    fn apply(&self, value: f32, m: f32, v: f32, g: f32) -> (f32, f32, f32) {
+        let g = if self.grad_scale == 1.0 {
+            g
+        } else {
+            g * self.grad_scale
+        };
+        let m = self.beta1 * m + (1.0 - self.beta1) * g;
+        let v = self.beta2 * v + (1.0 - self.beta2) * g * g;
+        let denom = v.sqrt() / self.bc2_sqrt + self.eps;
+        (value * self.decay - self.step_size * m / denom, m, v)
+    }
+}
+
+/// Backends that run the AdamW update of a flattened parameter. The default uses tensor ops
+/// (each a pass over memory); the CPU backends override it with one fused in-place pass.
+pub trait AdamWKernel: Backend {
+    /// `(param, m, v)` after one update with `grad`; all four are 1-D of the same length.
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        c: &Coefficients,
+    ) -> [FloatTensor<Self>; 3] {
+        tensor_op_update::<Self>(param, grad, m, v, c)
+    }
+}
+
+/// The update with tensor ops: the same operations in the same order as
+/// `Coefficients::apply`, one pass over memory each.
+fn tensor_op_update<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    m: FloatTensor<B>,
+    v: FloatTensor<B>,
+    c: &Coefficients,
+) -> [FloatTensor<B>; 3] {
+    let t = |p| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(p));
+    let (param, grad, m, v) = (t(param), t(grad), t(m), t(v));
+    let g = if c.grad_scale == 1.0 {
+        grad
+    } else {
+        grad.mul_scalar(c.grad_scale)
+    };
+    let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
+    let v = v.mul_scalar(c.beta2) + g.clone().mul_scalar(1.0 - c.beta2) * g;
+    let denom = v.clone().sqrt().div_scalar(c.bc2_sqrt).add_scalar(c.eps);
+    let param = param.mul_scalar(c.decay) - m.clone().mul_scalar(c.step_size) / denom;
+    [param, m, v].map(|t| t.into_primitive().tensor())
+}
+
+/// Elements per rayon task of the fused update.
+const CHUNK: usize = 1 << 14;
+
+/// The fused update over host slices (in place).
+fn update_slices(value: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &Coefficients) {
+    value
+        .par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(((value, m), v), g)| {
+            for i in 0..value.len() {
+                (value[i], m[i], v[i]) = c.apply(value[i], m[i], v[i], g[i]);
+            }
+        });
+}
+
+impl AdamWKernel for Flex {
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        c: &Coefficients,
+    ) -> [FloatTensor<Self>; 3] {
+        if [&param, &grad, &m, &v]
+            .iter()
+            .any(|t| t.dtype() != DType::F32)
+        {
+            return tensor_op_update::<Self>(param, grad, m, v, c);
+        }
+        // Updated in place when the tensor owns exactly its elements (the usual case: nothing
+        // else holds a parameter or its moments between steps); copied first otherwise.
+        let exclusive = |t: FlexTensor| {
+            let exact =
+                t.layout().start_offset() == 0 && t.bytes().len() == t.layout().num_elements() * 4;
+            match t.is_unique() && t.is_contiguous() && exact {
+                true => t,
+                false => FlexTensor::from_data(t.into_data()),
+            }
+        };
+        let (mut param, mut m, mut v) = (exclusive(param), exclusive(m), exclusive(v));
+        let grad = match grad.is_contiguous() {
+            true => grad,
+            false => grad.to_contiguous(),
+        };
+        update_slices(
+            param.storage_mut::<f32>(),
+            m.storage_mut::<f32>(),
+            v.storage_mut::<f32>(),
+            grad.as_slice::<f32>().expect("contiguous f32"),
+            c,
+        );
+        [param, m, v]
+    }
+}
+
+impl AdamWKernel for NdArray<f32> {
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        c: &Coefficients,
+    ) -> [FloatTensor<Self>; 3] {
+        let (
+            NdArrayTensor::F32(param),
+            NdArrayTensor::F32(grad),
+            NdArrayTensor::F32(m),
+            NdArrayTensor::F32(v),
+        ) = (param, grad, m, v)
+        else {
+            unreachable!("NdArray<f32> holds f32 floats")
+        };
+        let standard = |a: ndarray::ArcArray<f32, ndarray::IxDyn>| match a.is_standard_layout() {
+            true => a,
+            false => a.as_standard_layout().into_owned().into_shared(),
+        };
+        let (mut param, mut m, mut v) = (
+            standard(param.into_owned()),
+            standard(m.into_owned()),
+            standard(v.into_owned()),
+        );
+        let grad = standard(grad.into_owned());
+        update_slices(
+            param.as_slice_mut().expect("standard layout"),
+            m.as_slice_mut().expect("standard layout"),
+            v.as_slice_mut().expect("standard layout"),
+            grad.as_slice().expect("standard layout"),
+            c,
+        );
+        [param, m, v].map(NdArrayTensor::from)
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl AdamWKernel for burn::backend::Wgpu {}
+#[cfg(feature = "cuda")]
+impl AdamWKernel for burn::backend::Cuda {}
+
+/// The decorator shares its inner backend's tensors, hence its kernel.
+impl<B: AdamWKernel + Fp8Kernels> AdamWKernel for Fp8<B> {
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        c: &Coefficients,
+    ) -> [FloatTensor<Self>; 3] {
+        B::adamw_update(param, grad, m, v, c)
+    }
+}
+
+/// The moments of one parameter.
 #[derive(Clone, Debug)]
-pub struct AdamW {
-    pub params: Vec<ParamState>,
+pub struct Slot<B: Backend> {
+    /// Hugging Face name of the parameter.
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Weight decay applies (matrices), or not (biases, layer-norm parameters).
+    pub decay: bool,
+    /// First moment (`exp_avg`), flattened.
+    pub m: Tensor<B, 1>,
+    /// Second moment (`exp_avg_sq`), flattened.
+    pub v: Tensor<B, 1>,
+}
+
+/// The optimizer: the moments of every parameter (in module order) and the update count.
+#[derive(Clone, Debug)]
+pub struct AdamW<B: Backend> {
+    pub slots: Vec<Slot<B>>,
     /// Updates applied so far (bias correction uses `t + 1` for the next one).
     pub t: u64,
 }
 
-impl AdamW {
-    /// Starts from the model's current values; matrices (rank >= 2) decay, vectors do not
+impl<B: AdamWKernel> AdamW<B> {
+    /// Zero moments for parameters `(name, shape)`; matrices (rank >= 2) decay, vectors do not
     /// (nanoGPT's `configure_optimizers`: biases and layer norms are 1-D).
-    pub fn new(values: Vec<(String, Vec<usize>, Vec<f32>)>) -> Self {
-        let params = values
+    pub fn new(params: Vec<(String, Vec<usize>)>, device: &B::Device) -> Self {
+        let slots = params
             .into_iter()
-            .map(|(name, shape, value)| ParamState {
-                decay: shape.len() >= 2,
-                m: vec![0.0; value.len()],
-                v: vec![0.0; value.len()],
-                name,
-                shape,
-                value,
+            .map(|(name, shape)| {
+                let n = shape.iter().product::<usize>();
+                Slot {
+                    decay: shape.len() >= 2,
+                    m: Tensor::zeros([n], device),
+                    v: Tensor::zeros([n], device),
+                    name,
+                    shape,
+                }
             })
             .collect();
-        Self { params, t: 0 }
+        Self { slots, t: 0 }
     }
 
-    /// Applies one update with `grads` (same order as `params`; `None` leaves a parameter as is).
-    pub fn step(&mut self, grads: &[Option<Vec<f32>>], h: AdamWStep) {
+    /// Counts the next update and returns its coefficients for decayed and undecayed
+    /// parameters (the bias corrections use the new count).
+    pub fn begin_step(&mut self, h: AdamWStep, grad_scale: f32) -> [Coefficients; 2] {
         self.t += 1;
         let t = self.t as i32;
-        let bc1 = 1.0 - h.beta1.powi(t);
-        let bc2_sqrt = (1.0 - h.beta2.powi(t)).sqrt();
-        let step_size = h.lr / bc1;
-        for (p, g) in self.params.iter_mut().zip(grads) {
-            let Some(g) = g else { continue };
-            let decay = if p.decay {
-                1.0 - h.lr * h.weight_decay
-            } else {
-                1.0
-            };
-            for i in 0..p.value.len() {
-                let gi = g[i];
-                p.m[i] = h.beta1 * p.m[i] + (1.0 - h.beta1) * gi;
-                p.v[i] = h.beta2 * p.v[i] + (1.0 - h.beta2) * gi * gi;
-                let denom = p.v[i].sqrt() / bc2_sqrt + h.eps;
-                p.value[i] = p.value[i] * decay - step_size * p.m[i] / denom;
-            }
-        }
+        let base = Coefficients {
+            beta1: h.beta1,
+            beta2: h.beta2,
+            eps: h.eps,
+            step_size: h.lr / (1.0 - h.beta1.powi(t)),
+            bc2_sqrt: (1.0 - h.beta2.powi(t)).sqrt(),
+            decay: 1.0,
+            grad_scale,
+        };
+        let decayed = Coefficients {
+            decay: 1.0 - h.lr * h.weight_decay,
+            ..base
+        };
+        [decayed, base]
     }
 
-    /// Writes the moments as `{name}.exp_avg` / `{name}.exp_avg_sq` (safetensors).
+    /// Updates parameter `index` (flattened) with `grad` under the step's `coefficients`
+    /// (from [`AdamW::begin_step`]); returns the new value.
+    pub fn update(
+        &mut self,
+        index: usize,
+        param: Tensor<B, 1>,
+        grad: Tensor<B, 1>,
+        coefficients: &[Coefficients; 2],
+    ) -> Tensor<B, 1> {
+        let slot = &mut self.slots[index];
+        let c = &coefficients[usize::from(!slot.decay)];
+        let (m, v) = (slot.m.clone(), slot.v.clone());
+        // The slot's handles are replaced below; dropping them first leaves the moments unshared.
+        slot.m = Tensor::empty([0], &m.device());
+        slot.v = Tensor::empty([0], &v.device());
+        let prim = |t: Tensor<B, 1>| t.into_primitive().tensor();
+        let [param, m, v] = B::adamw_update(prim(param), prim(grad), prim(m), prim(v), c);
+        let t = |p| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(p));
+        slot.m = t(m);
+        slot.v = t(v);
+        t(param)
+    }
+
+    /// Writes the moments as `{name}.exp_avg` / `{name}.exp_avg_sq` (safetensors, the
+    /// parameters' shapes).
     pub fn save_moments(&self, path: &Path) -> std::io::Result<()> {
+        let host = |t: &Tensor<B, 1>| -> Vec<f32> {
+            t.clone()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32")
+        };
         let tensors: Vec<NamedTensor> = self
-            .params
+            .slots
             .iter()
-            .flat_map(|p| {
-                [("exp_avg", &p.m), ("exp_avg_sq", &p.v)].map(|(tag, values)| NamedTensor {
-                    name: format!("{}.{tag}", p.name),
-                    shape: p.shape.clone(),
-                    values: values.clone(),
+            .flat_map(|s| {
+                [("exp_avg", &s.m), ("exp_avg_sq", &s.v)].map(|(tag, moment)| NamedTensor {
+                    name: format!("{}.{tag}", s.name),
+                    shape: s.shape.clone(),
+                    values: host(moment),
                 })
             })
             .collect();
@@ -100,32 +324,34 @@ impl AdamW {
     }
 
     /// Reads moments written by [`AdamW::save_moments`]; every parameter must be present.
-    pub fn load_moments(&mut self, path: &Path) -> Result<(), Error> {
+    pub fn load_moments(&mut self, path: &Path, device: &B::Device) -> Result<(), Error> {
         let bad = |message: String| Error::BadFile {
             path: path.to_path_buf(),
             message: format!("bad optimizer state: {message}"),
         };
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
         let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-        for p in &mut self.params {
-            for (tag, target) in [("exp_avg", &mut p.m), ("exp_avg_sq", &mut p.v)] {
-                let name = format!("{}.{tag}", p.name);
+        for s in &mut self.slots {
+            for (tag, target) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+                let name = format!("{}.{tag}", s.name);
                 let view = file
                     .tensor(&name)
                     .map_err(|_| bad(format!("tensor `{name}` is missing")))?;
-                if view.shape() != p.shape.as_slice() || view.dtype() != safetensors::Dtype::F32 {
+                if view.shape() != s.shape.as_slice() || view.dtype() != safetensors::Dtype::F32 {
                     return Err(bad(format!(
                         "tensor `{name}` is {:?} {:?}, expected F32 {:?}",
                         view.dtype(),
                         view.shape(),
-                        p.shape
+                        s.shape
                     )));
                 }
-                *target = view
+                let values: Vec<f32> = view
                     .data()
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
+                let n = values.len();
+                *target = Tensor::from_data(TensorData::new(values, [n]), device);
             }
         }
         Ok(())
@@ -136,35 +362,81 @@ impl AdamW {
 mod tests {
     use super::*;
 
-    /// One step from zero moments moves every weight by about lr against its gradient's sign
-    /// (Adam's first step is sign(g) * lr, up to eps).
+    /// The fused CPU passes and the tensor-op default compute the same bits.
     #[test]
-    fn first_step_is_lr_times_sign() {
-        let mut opt = AdamW::new(vec![("w".into(), vec![1, 2], vec![1.0, -1.0])]);
-        let h = AdamWStep {
-            lr: 0.1,
+    fn fused_kernels_equal_the_tensor_op_update() {
+        let n = 3 * CHUNK + 17;
+        let values = |seed: u32, scale: f32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+                .map(|x| x * scale)
+                .collect()
+        };
+        let c = Coefficients {
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
-            weight_decay: 0.0,
+            step_size: 1e-3 / 0.19,
+            bc2_sqrt: (1.0f32 - 0.95f32.powi(2)).sqrt(),
+            decay: 1.0 - 1e-4,
+            grad_scale: 0.37,
         };
-        opt.step(&[Some(vec![0.5, -2.0])], h);
-        assert!((opt.params[0].value[0] - 0.9).abs() < 1e-6);
-        assert!((opt.params[0].value[1] + 0.9).abs() < 1e-6);
-        let decayed = {
-            let mut o = AdamW::new(vec![("w".into(), vec![1, 1], vec![1.0])]);
-            o.step(
-                &[Some(vec![0.0])],
-                AdamWStep {
-                    weight_decay: 0.5,
-                    ..h
-                },
-            );
-            o.params[0].value[0]
+        let inputs = [
+            values(1, 1.0),
+            values(2, 0.01),
+            values(3, 1e-3),
+            values(4, 1e-5),
+        ];
+        let v_nonneg: Vec<f32> = inputs[3].iter().map(|x| x.abs()).collect();
+        fn run<B: AdamWKernel>(inputs: &[Vec<f32>], v: &[f32], c: &Coefficients) -> Vec<Vec<u32>> {
+            let d = Default::default();
+            let t = |x: &[f32]| {
+                Tensor::<B, 1>::from_data(TensorData::new(x.to_vec(), [x.len()]), &d)
+                    .into_primitive()
+                    .tensor()
+            };
+            let out = B::adamw_update(t(&inputs[0]), t(&inputs[1]), t(&inputs[2]), t(v), c);
+            out.map(|p| {
+                Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(p))
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .to_vec()
+        }
+        let flex = run::<Flex>(&inputs, &v_nonneg, &c);
+        let ndarray = run::<NdArray<f32>>(&inputs, &v_nonneg, &c);
+        let d = Default::default();
+        let t = |x: &[f32]| {
+            Tensor::<Flex, 1>::from_data(TensorData::new(x.to_vec(), [x.len()]), &d)
+                .into_primitive()
+                .tensor()
         };
-        assert!(
-            (decayed - 0.95).abs() < 1e-6,
-            "decoupled decay: 1 * (1 - 0.1 * 0.5)"
+        let generic = tensor_op_update::<Flex>(
+            t(&inputs[0]),
+            t(&inputs[1]),
+            t(&inputs[2]),
+            t(&v_nonneg),
+            &c,
+        )
+        .map(|p| {
+            Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(p))
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<u32>>()
+        });
+        assert_eq!(flex, ndarray, "flex and ndarray fused passes");
+        assert_eq!(flex, generic.to_vec(), "fused pass and tensor ops");
+        // The update did something.
+        assert_ne!(
+            flex[0],
+            inputs[0].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         );
     }
 }

@@ -16,8 +16,8 @@ use burn::tensor::backend::Backend;
 use datasets::LoaderState;
 use serde::{Deserialize, Serialize};
 
-use super::optimizer::AdamW;
-use crate::checkpoint::write_checkpoint_files;
+use super::optimizer::{AdamW, AdamWKernel};
+use crate::checkpoint::{model_tensors, write_checkpoint_tensors};
 use crate::error::Error;
 use crate::model::Gpt2;
 
@@ -108,17 +108,17 @@ pub fn remove_stale_temporaries(checkpoints: &Path) -> Result<(), Error> {
 }
 
 /// Writes `checkpoints/step-N` atomically and keeps the newest `keep`.
-pub fn save_training_checkpoint<B: Backend>(
+pub fn save_training_checkpoint<B: Backend, O: AdamWKernel>(
     checkpoints: &Path,
     model: &Gpt2<B>,
-    optimizer: &AdamW,
+    optimizer: &AdamW<O>,
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf, Error> {
-    if let Some(p) = optimizer
-        .params
+    let tensors = model_tensors(model);
+    if let Some(p) = tensors
         .iter()
-        .find(|p| p.value.iter().any(|v| !v.is_finite()))
+        .find(|t| t.values.iter().any(|v| !v.is_finite()))
     {
         return Err(Error::NonFiniteCheckpoint {
             step: state.step,
@@ -130,7 +130,7 @@ pub fn save_training_checkpoint<B: Backend>(
     let step = state.step;
     let staging = checkpoints.join(format!(".step-{step}.tmp"));
     fs::create_dir(&staging).map_err(Error::io(&staging))?;
-    write_checkpoint_files(model, &staging)?;
+    write_checkpoint_tensors(model.config(), &tensors, &staging)?;
 
     if std::env::var(FAIL_CHECKPOINT_ENV)
         .ok()
@@ -162,8 +162,12 @@ pub fn save_training_checkpoint<B: Backend>(
     Ok(target)
 }
 
-/// Reads `trainer_state/` of a checkpoint into `optimizer` and returns the state.
-pub fn load_training_state(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState, Error> {
+/// Reads `trainer_state/` of a checkpoint into `optimizer` (on `device`) and returns the state.
+pub fn load_training_state<O: AdamWKernel>(
+    dir: &Path,
+    optimizer: &mut AdamW<O>,
+    device: &O::Device,
+) -> Result<TrainerState, Error> {
     let state_path = dir.join(TRAINER_STATE_DIR).join("state.json");
     let text = fs::read_to_string(&state_path).map_err(Error::io(&state_path))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
@@ -171,7 +175,7 @@ pub fn load_training_state(dir: &Path, optimizer: &mut AdamW) -> Result<TrainerS
         message: format!("bad training state: {e}"),
     })?;
     let moments = dir.join(TRAINER_STATE_DIR).join("optimizer.safetensors");
-    optimizer.load_moments(&moments)?;
+    optimizer.load_moments(&moments, device)?;
     optimizer.t = state.adam_t;
     Ok(state)
 }

@@ -1,16 +1,17 @@
-//! One optimizer step's forward/backward with gradient accumulation, the gradient norm and
-//! clipping, and the model's parameters from the optimizer. Gradients are summed over
-//! micro-batches on the device and come back to the host (f32, by HF name) once per step, where
-//! they are checked for non-finite values, clipped and handed to AdamW.
+//! One optimizer step's forward/backward with gradient accumulation, and the AdamW update of
+//! the model's parameters. Everything stays on the device: gradients are summed over
+//! micro-batches there, and a step reads back one small tensor (the loss and each gradient's
+//! sum of squares, for the non-finite check and global-norm clipping).
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::Tensor;
 use datasets::DataLoader;
 use fp8_backend::{Fp8LinearOps, Fp8Report};
 
-use super::optimizer::AdamW;
+use super::optimizer::{AdamW, AdamWKernel, Coefficients};
 use crate::model::loss::batch_loss;
-use crate::model::names::{param_grad_tensors, replace_params};
+use crate::model::names::param_grad_tensors;
 use crate::model::Gpt2;
 
 /// Test-only: at this step (1-based), the loss is multiplied by NaN before the backward pass,
@@ -26,19 +27,35 @@ pub fn injection_from_env() -> Option<(u64, f32)> {
 }
 
 /// What the forward/backward passes of one step produced.
-pub struct StepGrads {
+pub struct StepGrads<B: Backend> {
     /// Mean loss over the micro-batches.
     pub loss: f32,
-    /// Summed gradients of every parameter (scaled by 1/grad_accum), in module order.
-    pub grads: Vec<Option<Vec<f32>>>,
+    /// Summed gradients of every parameter (scaled by 1/grad_accum), flattened, in module
+    /// order; `None` for a parameter that took no part in the loss.
+    pub grads: Vec<Option<Tensor<B, 1>>>,
+    /// Each gradient's sum of squares (f32 on the device; 0 for `None`).
+    pub sum_squares: Vec<f64>,
     /// Input tokens consumed.
     pub tokens: u64,
-    /// What the FP8 decorator saw.
+    /// What the FP8 layers saw.
     pub report: Fp8Report,
+}
+
+impl<B: Backend> StepGrads<B> {
+    /// Global L2 norm of the gradients.
+    pub fn global_norm(&self) -> f64 {
+        self.sum_squares.iter().sum::<f64>().sqrt()
+    }
+
+    /// The first parameter (module order) whose gradient is not finite.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        self.sum_squares.iter().position(|s| !s.is_finite())
+    }
 }
 
 /// Forward and backward of `grad_accum` micro-batches. With `sample_stats`, the FP8 casts of
 /// the first micro-batch are recorded (a layer's figures barely move between micro-batches).
+/// `poison` multiplies the loss (test-only non-finite injection).
 pub fn forward_backward<B: AutodiffBackend + Fp8LinearOps>(
     model: &Gpt2<B>,
     loader: &mut DataLoader,
@@ -46,14 +63,13 @@ pub fn forward_backward<B: AutodiffBackend + Fp8LinearOps>(
     sample_stats: bool,
     poison: Option<f32>,
     device: &B::Device,
-) -> StepGrads {
+) -> StepGrads<B::InnerBackend> {
     let fp8 = model.fp8();
     // Whatever an evaluation pass left (its non-finite events) is not this step's.
     fp8.take_report();
-    // Summed on the device: one copy to the host per step, not per micro-batch. (On the CPU the
-    // f32 additions are the same, in the same order, as summing on the host.)
     let mut sum: Vec<Option<Tensor<B::InnerBackend, 1>>> = Vec::new();
-    let (mut loss_sum, mut tokens) = (0.0f64, 0u64);
+    let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
+    let mut tokens = 0u64;
     for micro in 0..grad_accum {
         fp8.set_stats(sample_stats && micro == 0);
         let batch = loader.next_batch();
@@ -62,9 +78,14 @@ pub fn forward_backward<B: AutodiffBackend + Fp8LinearOps>(
         if let Some(factor) = poison {
             loss = loss.mul_scalar(factor);
         }
-        loss_sum += loss.clone().into_scalar().elem::<f64>();
+        let value = loss.clone().inner();
+        loss_sum = Some(match loss_sum {
+            Some(s) => s + value,
+            None => value,
+        });
         let grads = loss.div_scalar(grad_accum as f32).backward();
         let micro = param_grad_tensors(model, &grads);
+        drop(grads);
         if sum.is_empty() {
             sum = micro.into_iter().map(|(_, g)| g).collect();
         } else {
@@ -77,77 +98,99 @@ pub fn forward_backward<B: AutodiffBackend + Fp8LinearOps>(
         }
     }
     fp8.set_stats(false);
-    let sum = sum
-        .into_iter()
-        .map(|g| g.map(|g| to_vec(g.into_data())))
-        .collect();
+    let (loss_sum, sum_squares) = read_with_sum_squares(loss_sum.expect("a micro-batch"), &sum);
     StepGrads {
-        loss: (loss_sum / grad_accum as f64) as f32,
+        loss: (f64::from(loss_sum) / grad_accum as f64) as f32,
         grads: sum,
+        sum_squares,
         tokens,
         report: fp8.take_report(),
     }
 }
 
-/// Global L2 norm of the gradients (f64 accumulation).
-pub fn global_norm(grads: &[Option<Vec<f32>>]) -> f64 {
-    grads
+/// Reads `value` (one element) and each gradient's sum of squares in one transfer; a missing
+/// gradient counts 0.
+pub fn read_with_sum_squares<B: Backend>(
+    value: Tensor<B, 1>,
+    grads: &[Option<Tensor<B, 1>>],
+) -> (f32, Vec<f64>) {
+    let mut parts = vec![value];
+    parts.extend(
+        grads
+            .iter()
+            .flatten()
+            .map(|g| (g.clone() * g.clone()).sum()),
+    );
+    let read: Vec<f32> = Tensor::cat(parts, 0)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32");
+    let mut squares = read[1..].iter();
+    let sum_squares = grads
         .iter()
-        .flatten()
-        .flat_map(|g| g.iter())
-        .map(|&x| (x as f64) * (x as f64))
-        .sum::<f64>()
-        .sqrt()
+        .map(|g| match g {
+            Some(_) => f64::from(*squares.next().expect("one per gradient")),
+            None => 0.0,
+        })
+        .collect();
+    (read[0], sum_squares)
 }
 
-/// Scales gradients so their global norm is at most `max_norm` (PyTorch's
-/// `clip_grad_norm_`: factor max_norm / (norm + 1e-6), applied only when below 1).
-pub fn clip(grads: &mut [Option<Vec<f32>>], norm: f64, max_norm: f64) {
+/// The factor that scales gradients of global norm `norm` to at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`: max_norm / (norm + 1e-6), applied only when below 1; 0 turns it off).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f32 {
     if max_norm <= 0.0 {
-        return;
+        return 1.0;
     }
     let factor = max_norm / (norm + 1e-6);
     if factor < 1.0 {
-        let f = factor as f32;
-        grads
-            .iter_mut()
-            .flatten()
-            .for_each(|g| g.iter_mut().for_each(|x| *x *= f));
+        factor as f32
+    } else {
+        1.0
     }
 }
 
-/// The model with the optimizer's master values as its parameters.
-pub fn load_params<B: Backend>(model: Gpt2<B>, optimizer: &AdamW, device: &B::Device) -> Gpt2<B> {
-    let index: std::collections::HashMap<&str, usize> = optimizer
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.name.as_str(), i))
-        .collect();
-    replace_params(
-        model,
-        |name, shape| {
-            let p = &optimizer.params[*index.get(name).ok_or(())?];
-            Ok::<_, ()>(TensorData::new(p.value.clone(), shape.to_vec()))
-        },
-        device,
-    )
-    .expect("the optimizer holds every parameter of the model")
-}
-
-/// (name, shape, values) of every parameter, in module order.
-pub fn host_params<B: Backend>(model: &Gpt2<B>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    crate::model::names::param_values(model)
-        .into_iter()
-        .map(|(name, data)| {
-            let shape = data.shape.to_vec();
-            (name, shape, to_vec(data))
-        })
-        .collect()
-}
-
-fn to_vec(data: TensorData) -> Vec<f32> {
-    data.convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted to f32")
+/// One AdamW update of every parameter with a gradient, in place on the device; the model's
+/// parameters keep their ids (and stay the f32 master weights).
+pub fn apply_adamw<B: AutodiffBackend>(
+    model: Gpt2<B>,
+    optimizer: &mut AdamW<B::InnerBackend>,
+    grads: Vec<Option<Tensor<B::InnerBackend, 1>>>,
+    coefficients: &[Coefficients; 2],
+) -> Gpt2<B>
+where
+    B::InnerBackend: AdamWKernel,
+{
+    struct Update<'a, B: AutodiffBackend> {
+        optimizer: &'a mut AdamW<B::InnerBackend>,
+        grads: std::vec::IntoIter<Option<Tensor<B::InnerBackend, 1>>>,
+        index: usize,
+        coefficients: &'a [Coefficients; 2],
+    }
+    impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B>
+    where
+        B::InnerBackend: AdamWKernel,
+    {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let index = self.index;
+            self.index += 1;
+            let Some(grad) = self.grads.next().flatten() else {
+                return param;
+            };
+            param.map(|value| {
+                let dims: [usize; D] = value.dims();
+                let flat = value.inner().reshape([dims.iter().product::<usize>()]);
+                let updated = self.optimizer.update(index, flat, grad, self.coefficients);
+                Tensor::from_inner(updated.reshape(dims)).require_grad()
+            })
+        }
+    }
+    let mut update = Update::<B> {
+        optimizer,
+        grads: grads.into_iter(),
+        index: 0,
+        coefficients,
+    };
+    model.map(&mut update)
 }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use trainer::checkpoint::{write_safetensors, NamedTensor, WeightFiles};
 
+pub mod jobs;
+
 /// The repository root, from the `CARGO_MANIFEST_DIR` that `cargo test` sets when it runs the
 /// test (not the one compiled in: a shared target directory can hold a binary built from a
 /// clone at another path, which cargo reuses without rebuilding).
@@ -48,4 +50,14 @@ pub fn edited_fixture(name: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> P
     edit(&mut tensors);
     write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
     dir
+}
+
+/// The `__metadata__` of a safetensors file (its header: an 8-byte little-endian length, then
+/// JSON); empty when the file has none.
+pub fn safetensors_metadata(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len])
+        .unwrap_or_else(|e| panic!("{}: header: {e}", path.display()));
+    serde_json::from_value(header["__metadata__"].clone()).unwrap_or_default()
 }

@@ -1,0 +1,408 @@
+//! `fp8-trainer bench --config FILE`: times training steps of a job, per device and precision,
+//! and optionally the PyTorch peer (`bench/peers/torch_gpt2.py`) on the same shapes and
+//! threads, side by side in one run.
+//!
+//! Each (device, precision) runs in a child process of its own (`--single`), so its peak
+//! memory is its own. A step is what the training loop does: forward/backward of every
+//! micro-batch, the one read of loss and gradient norms, and the AdamW update; `--warmup`
+//! steps run first, untimed. No checkpoints, evaluations or run directory.
+//!
+//! Measured per configuration: the median step time and tokens/s over the timed steps, the
+//! share of step time spent in GEMMs (CPU devices only: see `fp8_backend::profile`), and the
+//! peak resident memory of the process (`VmHWM`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use fp8_backend::{Fp8Kernels, Precision};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::job::assemble::{build_model, check_device, open_data, TrainBackend};
+use crate::job::{load_job_config, Device, JobConfig};
+use crate::model::names::param_shapes;
+use crate::train::optimizer::{AdamW, AdamWKernel, AdamWStep};
+use crate::train::step::{apply_adamw, clip_factor, forward_backward};
+
+/// Arguments of `bench`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Job config (JSON): model, data, batch size, grad_accum, optimizer.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Config overrides: key.sub=value.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Timed steps per configuration.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps before them.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Precisions to time (the first is the baseline of the overhead ratio).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,fp8-amax")]
+    pub precisions: Vec<Precision>,
+    /// Devices to time (default: the job's).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<Device>,
+    /// Also time the PyTorch peer with this Python (needs torch and torchao): eager f32 and
+    /// torchao float8 emulation on the CPU, same shapes and threads.
+    #[arg(long, value_name = "PYTHON")]
+    pub peer: Option<PathBuf>,
+    /// Also write every result as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run one configuration in this process and print its result as a JSON line (what the
+    /// parent spawns).
+    #[arg(long, hide = true)]
+    pub single: bool,
+}
+
+/// The figures of one configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// `fp8-trainer` or the peer's mode name.
+    pub program: String,
+    pub device: String,
+    pub precision: String,
+    pub threads: usize,
+    pub params: usize,
+    pub tokens_per_step: usize,
+    pub steps: usize,
+    pub step_time_median_s: f64,
+    pub tokens_per_s: f64,
+    /// Median share of a step spent in GEMMs (CPU devices; the peer's is an estimate).
+    pub gemm_share: Option<f64>,
+    pub peak_rss_mb: f64,
+    pub loss_first: f32,
+    pub loss_last: f32,
+}
+
+/// Runs `bench`; returns the table to print.
+pub fn run_bench(args: &BenchArgs) -> Result<String, Error> {
+    let job = load_job_config(&args.config, &args.overrides)?;
+    if args.single {
+        let result = bench_single(args, job)?;
+        return Ok(serde_json::to_string(&result).expect("serialises"));
+    }
+    let devices = match args.devices.as_slice() {
+        [] => vec![job.device],
+        d => d.to_vec(),
+    };
+    let mut results = Vec::new();
+    for device in &devices {
+        for precision in &args.precisions {
+            results.push(spawn_single(args, *device, *precision)?);
+        }
+    }
+    if let Some(python) = &args.peer {
+        results.extend(run_peer(python, args, &job)?);
+    }
+    if let Some(out) = &args.out {
+        let text = serde_json::to_string_pretty(&results).expect("serialises") + "\n";
+        datasets::atomic::write_atomic(out, text.as_bytes()).map_err(Error::io(out))?;
+    }
+    Ok(table(&job, args, &results))
+}
+
+/// One configuration in a child process.
+fn spawn_single(
+    args: &BenchArgs,
+    device: Device,
+    precision: Precision,
+) -> Result<BenchResult, Error> {
+    let exe = std::env::current_exe().map_err(Error::io("fp8-trainer"))?;
+    let mut command = Command::new(&exe);
+    command.arg("bench").arg("--config").arg(&args.config);
+    for o in &args.overrides {
+        command.arg("--set").arg(o);
+    }
+    command
+        .args([
+            "--steps",
+            &args.steps.to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+        ])
+        .args([
+            "--precisions",
+            precision.as_str(),
+            "--devices",
+            device.name(),
+            "--single",
+        ]);
+    log::info!("bench: {} {precision} ...", device.name());
+    let out = command.output().map_err(Error::io(&exe))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match (out.status.success(), line) {
+        (true, Some(line)) => Ok(serde_json::from_str(line).expect("our own JSON")),
+        _ => Err(Error::Io {
+            path: exe,
+            source: std::io::Error::other(format!(
+                "bench of {} {precision} failed ({}): {}",
+                device.name(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }),
+    }
+}
+
+fn bench_single(args: &BenchArgs, mut job: JobConfig) -> Result<BenchResult, Error> {
+    let (Some(&precision), [device]) = (args.precisions.first(), args.devices.as_slice()) else {
+        return Err(Error::Argument {
+            flag: "--single",
+            message: "needs one --precisions and one --devices".into(),
+        });
+    };
+    job.precision.mode = precision;
+    job.precision.stats_every = 0;
+    job.device = *device;
+    check_device(&job, &args.config)?;
+    on_device!(job.device, bench_on(args, &job))
+}
+
+/// The timed loop on `device` of the inner backend `B`.
+fn bench_on<B: Fp8Kernels + AdamWKernel>(
+    args: &BenchArgs,
+    job: &JobConfig,
+    device: B::Device,
+) -> Result<BenchResult, Error> {
+    let data = open_data(job, &args.config)?;
+    let mut model = build_model::<B>(job, &args.config, data.tokenizer.vocab_size(), &device)?;
+    let mut optimizer = AdamW::<fp8_backend::Fp8<B>>::new(param_shapes(&model), &device);
+    let mut loader = data
+        .dataset
+        .train_loader(job.batch_size)
+        .map_err(data.err())?;
+    let o = &job.optimizer;
+    let hyper = AdamWStep {
+        lr: o.lr as f32,
+        beta1: o.betas.0 as f32,
+        beta2: o.betas.1 as f32,
+        eps: o.eps as f32,
+        weight_decay: o.weight_decay as f32,
+    };
+    let on_cpu = matches!(job.device, Device::Cpu | Device::Ndarray);
+    let (mut times, mut gemm_shares, mut losses) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.warmup + args.steps {
+        let timed = i >= args.warmup;
+        fp8_backend::profile::set_enabled(timed && on_cpu);
+        fp8_backend::profile::take();
+        let start = Instant::now();
+        let out = forward_backward(&model, &mut loader, job.grad_accum, false, None, &device);
+        let scale = clip_factor(out.global_norm(), job.grad_clip);
+        let coefficients = optimizer.begin_step(hyper, scale);
+        model = apply_adamw(model, &mut optimizer, out.grads, &coefficients);
+        TrainBackend::<B>::sync(&device).map_err(|e| Error::Io {
+            path: PathBuf::from(job.device.name()),
+            source: std::io::Error::other(format!("{e:?}")),
+        })?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let (gemm, _) = fp8_backend::profile::take();
+        losses.push(out.loss);
+        log::info!(
+            "bench {} {}: step {i}{}: loss {:.4}, {:.3} s",
+            job.device.name(),
+            job.precision.mode,
+            if timed { "" } else { " (warmup)" },
+            out.loss,
+            elapsed
+        );
+        if timed {
+            times.push(elapsed);
+            gemm_shares.push(gemm.as_secs_f64() / elapsed);
+        }
+    }
+    fp8_backend::profile::set_enabled(false);
+    let tokens_per_step = job.batch_size * job.grad_accum * job.data.seq_len;
+    let median_time = median(&times);
+    Ok(BenchResult {
+        program: "fp8-trainer".into(),
+        device: job.device.name().into(),
+        precision: job.precision.mode.to_string(),
+        threads: rayon::current_num_threads(),
+        params: model.config().num_params(),
+        tokens_per_step,
+        steps: args.steps,
+        step_time_median_s: median_time,
+        tokens_per_s: tokens_per_step as f64 / median_time,
+        gemm_share: on_cpu.then(|| median(&gemm_shares)),
+        peak_rss_mb: peak_rss_mb(),
+        loss_first: losses.first().copied().unwrap_or(f32::NAN),
+        loss_last: losses.last().copied().unwrap_or(f32::NAN),
+    })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Peak resident memory of this process in MiB (`VmHWM` of /proc/self/status; NaN elsewhere).
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kib.map_or(f64::NAN, |k| k / 1024.0)
+}
+
+/// The peer on the job's shapes, same thread count; its JSON results, as ours.
+fn run_peer(python: &Path, args: &BenchArgs, job: &JobConfig) -> Result<Vec<BenchResult>, Error> {
+    let config = crate::job::assemble::model_config(job, &args.config)?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peers/torch_gpt2.py");
+    let script = match script.is_file() {
+        true => script,
+        false => PathBuf::from("bench/peers/torch_gpt2.py"),
+    };
+    let out = std::env::temp_dir().join(format!("fp8-bench-peer-{}.json", std::process::id()));
+    let threads = rayon::current_num_threads();
+    let batch = job.batch_size * job.grad_accum;
+    let shapes = [
+        ("--vocab", config.vocab_size),
+        ("--n-layer", config.n_layer),
+        ("--n-embd", config.n_embd),
+        ("--n-head", config.n_head),
+        ("--n-inner", config.inner_dim()),
+        ("--n-positions", config.n_positions),
+        ("--seq", job.data.seq_len),
+        ("--batch", batch),
+        ("--steps", args.steps),
+        ("--warmup", args.warmup),
+        ("--threads", threads),
+    ];
+    let mut command = Command::new(python);
+    command.arg(&script);
+    for (flag, value) in shapes {
+        command.arg(flag).arg(value.to_string());
+    }
+    command
+        .args([
+            "--device",
+            "cpu",
+            "--modes",
+            "eager-f32,torchao-float8-emulate",
+            "--out",
+        ])
+        .arg(&out);
+    log::info!("bench: the PyTorch peer ({}) ...", script.display());
+    let status = command.status().map_err(Error::io(python))?;
+    let text = std::fs::read_to_string(&out).map_err(|e| Error::Io {
+        path: out.clone(),
+        source: std::io::Error::other(format!("the peer ({status}) wrote no results: {e}")),
+    })?;
+    let _ = std::fs::remove_file(&out);
+    let peer: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: out,
+        message: e.to_string(),
+    })?;
+    Ok(peer
+        .iter()
+        .filter(|r| r.get("error").is_none())
+        .map(|r| BenchResult {
+            program: format!("torch {}", r["mode"].as_str().unwrap_or("?")),
+            device: "cpu".into(),
+            precision: match r["mode"].as_str() {
+                Some("eager-f32") => "fp32".into(),
+                _ => "float8-emulate".into(),
+            },
+            threads: r["threads"].as_u64().unwrap_or(0) as usize,
+            params: r["params"].as_u64().unwrap_or(0) as usize,
+            tokens_per_step: batch * job.data.seq_len,
+            steps: args.steps,
+            step_time_median_s: r["step_time_median_s"].as_f64().unwrap_or(f64::NAN),
+            tokens_per_s: r["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            gemm_share: r["gemm_share_estimate"].as_f64(),
+            peak_rss_mb: r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            loss_first: r["loss_first"].as_f64().unwrap_or(f64::NAN) as f32,
+            loss_last: r["loss_last"].as_f64().unwrap_or(f64::NAN) as f32,
+        })
+        .collect())
+}
+
+/// The results side by side, with the ratios the issue tracks.
+fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
+    let mut out = format!(
+        "bench {}: {} tokens per step ({} x {} x {}), {} timed steps after {} warmup, {} threads\n",
+        job.name,
+        job.batch_size * job.grad_accum * job.data.seq_len,
+        job.batch_size,
+        job.grad_accum,
+        job.data.seq_len,
+        args.steps,
+        args.warmup,
+        rayon::current_num_threads()
+    );
+    out += &format!(
+        "{:<34}{:>10}{:>11}{:>11}{:>10}{:>20}\n",
+        "program / device / precision",
+        "step s",
+        "tokens/s",
+        "GEMM share",
+        "peak MB",
+        "loss first -> last"
+    );
+    for r in results {
+        let share = r
+            .gemm_share
+            .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s));
+        out += &format!(
+            "{:<34}{:>10.3}{:>11.1}{:>11}{:>10.0}{:>11.4} -> {:.4}\n",
+            format!("{} / {} / {}", r.program, r.device, r.precision),
+            r.step_time_median_s,
+            r.tokens_per_s,
+            share,
+            r.peak_rss_mb,
+            r.loss_first,
+            r.loss_last
+        );
+    }
+    let find = |program: &str, device: &str, precision: &str| {
+        results
+            .iter()
+            .find(|r| r.program == program && r.device == device && r.precision == precision)
+    };
+    let mut ratios = Vec::new();
+    for r in results
+        .iter()
+        .filter(|r| r.program == "fp8-trainer" && r.precision == "fp8-amax")
+    {
+        if let Some(f32) = find("fp8-trainer", &r.device, "fp32") {
+            ratios.push(format!(
+                "FP8 overhead on {}: fp8-amax / fp32 step time {:.3}",
+                r.device,
+                r.step_time_median_s / f32.step_time_median_s
+            ));
+        }
+    }
+    let peer_f32 = find("torch eager-f32", "cpu", "fp32");
+    let peer_fp8 = find("torch torchao-float8-emulate", "cpu", "float8-emulate");
+    for r in results.iter().filter(|r| r.program == "fp8-trainer") {
+        let peer = match r.precision.as_str() {
+            "fp32" => peer_f32,
+            "fp8-amax" => peer_fp8,
+            _ => None,
+        };
+        if let Some(p) = peer {
+            ratios.push(format!(
+                "{} {} vs {}: tokens/s {:.2}x, peak memory {:.2}x",
+                r.device,
+                r.precision,
+                p.program,
+                r.tokens_per_s / p.tokens_per_s,
+                r.peak_rss_mb / p.peak_rss_mb
+            ));
+        }
+    }
+    out + &ratios.join("\n")
+}

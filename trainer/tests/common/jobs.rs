@@ -1,0 +1,100 @@
+//! Training jobs for the integration tests: a tiny byte-level GPT job on the shipped sonnets,
+//! running `fp8-trainer train`, and reading its run directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+/// Metrics columns that must be bit-identical between a resumed and an uninterrupted run
+/// (everything except tokens_per_s and elapsed_s, which are timings).
+pub const EXACT_COLUMNS: usize = 6;
+
+/// A fresh, empty directory under the system temp dir, named by this process and `name`.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fp8-trainer-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The shipped sonnets (plain text, 95,650 bytes).
+pub fn sonnets() -> String {
+    super::repo_root()
+        .join("datasets/data/shakespeare_milton/shakespeare_sonnets.txt")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A tiny job writing into `dir/runs/<name>`.
+pub fn tiny_job(dir: &Path, name: &str) -> Value {
+    json!({
+        "name": name,
+        "out_dir": dir.join("runs"),
+        "model": {"preset": "tiny", "init_seed": 7, "vocab_size": 257, "n_positions": 32,
+                  "n_embd": 32, "n_layer": 2, "n_head": 2, "n_inner": 64},
+        "tokenizer": "bytes",
+        "data": {"train": sonnets(), "validation": {"fraction": 0.1}, "seq_len": 32,
+                 "shuffle": true, "seed": 3, "cache_dir": dir.join("cache")},
+        "precision": {"mode": "fp8-amax", "stats_every": 3},
+        "optimizer": {"lr": 0.003},
+        "schedule": {"warmup_steps": 2},
+        "batch_size": 4, "steps": 12, "eval_every": 4, "eval_batches": 2,
+        "checkpoint_every": 4, "keep_checkpoints": 2, "log_every": 1
+    })
+}
+
+/// Writes `config` to `dir/file`; returns its path.
+pub fn write_config(dir: &Path, file: &str, config: &Value) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    path
+}
+
+/// `fp8-trainer train --config config EXTRA...` with `env` set; its output.
+pub fn train(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .arg("train")
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// The standard error of a finished command.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// metrics.csv of `run` without its header, split into cells.
+pub fn metrics(run: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+/// The columns of `rows` that are not timings.
+pub fn exact(rows: &[Vec<String>]) -> Vec<Vec<String>> {
+    rows.iter().map(|r| r[..EXACT_COLUMNS].to_vec()).collect()
+}
+
+/// Asserts that a command succeeded, showing its stderr otherwise.
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "train failed ({:?}): {}",
+        o.status,
+        stderr(o)
+    );
+}
+
+/// |a - b| / |b| of two numbers written in CSV cells.
+pub fn rel(a: &str, b: &str) -> f64 {
+    let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+    (a - b).abs() / b.abs().max(1e-12)
+}
