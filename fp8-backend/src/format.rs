@@ -267,6 +267,29 @@ mod tests {
         let err = "float8_e3m4".parse::<Fp8Format>().unwrap_err();
         assert!(err.to_string().contains("float8_e3m4"), "{err}");
         assert!("IPU".parse::<Fp8Family>().is_err());
-        assert_eq!("ocp".parse::<Fp8Family>(), Ok(Fp8Family::Ocp));
+        for family in [Fp8Family::Graphcore, Fp8Family::Ocp] {
+            assert_eq!(family.name().parse::<Fp8Family>(), Ok(family));
+        }
+    }
+
+    #[test]
+    fn names_are_the_config_and_csv_spellings() {
+        // `precision.family` values and the `fp8_stats.csv` role column (docs/design.md); Display
+        // writes the same names.
+        let families = [(Fp8Family::Graphcore, "graphcore"), (Fp8Family::Ocp, "ocp")];
+        for (family, name) in families {
+            assert_eq!((family.name(), family.to_string().as_str()), (name, name));
+        }
+        let roles = [
+            (Role::Weight, "weight"),
+            (Role::Activation, "activation"),
+            (Role::Gradient, "gradient"),
+        ];
+        for (role, name) in roles {
+            assert_eq!((role.name(), role.to_string().as_str()), (name, name));
+        }
+        for f in Fp8Format::ALL {
+            assert_eq!(f.to_string(), f.name());
+        }
     }
 }

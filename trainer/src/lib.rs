@@ -41,6 +41,7 @@ macro_rules! on_device {
 pub mod checkpoint;
 pub mod commands;
 pub mod error;
+pub mod host;
 pub mod job;
 pub mod logging;
 pub mod model;

@@ -9,7 +9,8 @@ use burn::backend::{Flex, NdArray};
 use burn::tensor::{Tensor, TensorData};
 use fp8_backend::Fp8;
 use serde_json::Value;
-use trainer::train::optimizer::{AdamW, AdamWKernel, AdamWStep};
+use trainer::host::HostTensors;
+use trainer::train::optimizer::{AdamW, AdamWStep};
 use trainer::train::step::{clip_factor, read_with_sum_squares};
 
 /// Must equal `FIXTURE_VERSION` in gen_adamw.py.
@@ -48,16 +49,16 @@ fn six_steps_match_torch_adamw_with_clipping() {
     six_steps::<Fp8<NdArray<f32>>>();
 }
 
-fn tensor<B: AdamWKernel>(values: Vec<f32>) -> Tensor<B, 1> {
+fn tensor<B: HostTensors>(values: Vec<f32>) -> Tensor<B, 1> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n]), &Default::default())
 }
 
-fn host<B: AdamWKernel>(t: &Tensor<B, 1>) -> Vec<f32> {
+fn host<B: HostTensors>(t: &Tensor<B, 1>) -> Vec<f32> {
     t.clone().into_data().to_vec::<f32>().unwrap()
 }
 
-fn six_steps<B: AdamWKernel>() {
+fn six_steps<B: HostTensors>() {
     let path = common::repo_root().join("tests/fixtures/adamw_reference.json");
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(

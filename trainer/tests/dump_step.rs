@@ -67,7 +67,7 @@ const FRACTION_ELEMENTS_TOL: f64 = 2.0;
 
 /// The job config of a one-step dump on the fixture (B=2, T=64) with `precision` as its
 /// precision section, in `dir`.
-fn fixture_job(dir: &Path, precision: &Value) -> PathBuf {
+fn fixture_job(dir: &Path, precision: &Value, device: &str) -> PathBuf {
     let fixture = common::fixture_dir();
     let sonnets =
         common::repo_root().join("datasets/data/shakespeare_milton/shakespeare_sonnets.txt");
@@ -77,7 +77,7 @@ fn fixture_job(dir: &Path, precision: &Value) -> PathBuf {
         "tokenizer": "bytes",
         "data": {"train": sonnets, "seq_len": 64, "cache_dir": dir.join("cache")},
         "precision": precision,
-        "batch_size": 2, "steps": 1
+        "batch_size": 2, "steps": 1, "device": device
     });
     let path = dir.join("job.json");
     std::fs::write(&path, config.to_string()).unwrap();
@@ -87,8 +87,13 @@ fn fixture_job(dir: &Path, precision: &Value) -> PathBuf {
 /// Runs `dump-step` on the fixture's batch with `precision` (its own folder `tag`: the tests run
 /// in parallel); returns the dumped file and, with `stats`, the `--fp8-stats` CSV.
 fn dump_step(tag: &str, precision: &Value, stats: bool) -> (PathBuf, PathBuf) {
+    dump_step_on("cpu", tag, precision, stats)
+}
+
+/// [`dump_step`] on `device`.
+fn dump_step_on(device: &str, tag: &str, precision: &Value, stats: bool) -> (PathBuf, PathBuf) {
     let dir = common::scratch_dir(&format!("dump-step-{tag}"));
-    let config = fixture_job(&dir, precision);
+    let config = fixture_job(&dir, precision, device);
     let (out, csv) = (dir.join("step.safetensors"), dir.join("fp8_stats.csv"));
     let mut command = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"));
     command
@@ -190,9 +195,22 @@ fn dump_step_matches_the_reference_gradients_in_fp32() {
 /// within FP8_REL_TOL (the tensors in `flipped` within FP8_FLIP_REL_TOL), and the reference
 /// really is that FP8 variant: our fp32 step is at least ten times farther from it.
 fn assert_fp8_parity(tag: &str, precision: Value, reference: &str, flipped: &[&str]) {
+    assert_fp8_parity_on("cpu", tag, precision, reference, flipped, FP8_REL_TOL);
+}
+
+/// [`assert_fp8_parity`] on `device`, within `tol` outside the flipped tensors.
+fn assert_fp8_parity_on(
+    device: &str,
+    tag: &str,
+    precision: Value,
+    reference: &str,
+    flipped: &[&str],
+    tol: f32,
+) {
     assert_fixture_version(reference);
-    let (fp32_out, _) = dump_step(&format!("{tag}-fp32"), &json!({"mode": "fp32"}), false);
-    let (fp8_out, _) = dump_step(tag, &precision, false);
+    let fp32 = json!({"mode": "fp32"});
+    let (fp32_out, _) = dump_step_on(device, &format!("{tag}-fp32"), &fp32, false);
+    let (fp8_out, _) = dump_step_on(device, tag, &precision, false);
     let fp32 = compare(&fp32_out, reference);
     let fp8 = compare(&fp8_out, reference);
     let unflipped = fp8.iter().filter(|(n, _)| !flipped.contains(&n.as_str()));
@@ -202,7 +220,7 @@ fn assert_fp8_parity(tag: &str, precision: Value, reference: &str, flipped: &[&s
         let tol = if flipped.contains(&name.as_str()) {
             FP8_FLIP_REL_TOL
         } else {
-            FP8_REL_TOL
+            tol
         };
         assert!(
             *rel < tol,
@@ -214,6 +232,34 @@ fn assert_fp8_parity(tag: &str, precision: Value, reference: &str, flipped: &[&s
              reference (or our run) is not FP8"
         );
     }
+}
+
+/// The same on burn-ndarray, the other supported CPU backend.
+#[test]
+fn dump_step_on_ndarray_matches_the_independent_fp8_amax_reference() {
+    assert_fp8_parity_on(
+        "ndarray",
+        "amax-ndarray",
+        json!({"mode": "fp8-amax"}),
+        "reference_fp8_amax.safetensors",
+        &[],
+        FP8_REL_TOL,
+    );
+}
+
+/// On CUDA (`scripts/device-check`): a GPU's f32 sums can put an element on the other side of
+/// an FP8 rounding midpoint (FP8_FLIP_REL_TOL's reason), in any tensor.
+#[cfg(feature = "cuda")]
+#[test]
+fn dump_step_on_cuda_matches_the_independent_fp8_amax_reference() {
+    assert_fp8_parity_on(
+        "cuda",
+        "amax-cuda",
+        json!({"mode": "fp8-amax"}),
+        "reference_fp8_amax.safetensors",
+        &[],
+        FP8_FLIP_REL_TOL,
+    );
 }
 
 /// FP8-AMAX, Graphcore formats, every projection.

@@ -43,16 +43,15 @@ const SUMMARY_GAP_TOL: f64 = 1e-6;
 /// those hundredths.
 const TRAINED_MARGIN_NATS: f64 = 0.3;
 
-/// wgpu vs CPU, fp32, same initial weights and batch: the initial validation loss and the first
-/// step's training loss differ only by f32 reassociation in matmuls and reductions (and the
-/// driver's exp/log). Measured on lavapipe: 1.6e-7 relative; 1e-4 leaves room for GPU drivers.
-#[cfg(feature = "wgpu")]
+/// Another device (or CPU backend) vs the default CPU one, fp32, same initial weights and batch:
+/// the initial validation loss and the first step's training loss differ only by f32
+/// reassociation in matmuls and reductions (and the driver's exp/log). Measured on lavapipe:
+/// 1.6e-7 relative; 1e-4 leaves room for GPU drivers.
 const DEVICE_F32_REL_TOL: f64 = 1e-4;
 
 /// The same with FP8-AMAX: an element whose f32 value differs in the last bits can round to the
 /// neighbouring FP8 value (a 1/8 relative step for E4M3), so a few elements per tensor may move.
 /// Measured on lavapipe: 1.4e-7 relative (no element moved); 1e-2 allows some that do.
-#[cfg(feature = "wgpu")]
 const DEVICE_FP8_REL_TOL: f64 = 1e-2;
 
 #[test]
@@ -649,14 +648,32 @@ fn compare_runs_each_precision_and_summarises_the_gap() {
     );
 }
 
-/// A few training steps on wgpu (Mesa's lavapipe in CI) against the same job on the CPU: same
-/// initial weights (a preset is initialised on the CPU), so the first losses agree to f32
-/// tolerance and the weights' FP8 statistics of step 1 are identical; the run writes a
-/// checkpoint that the CPU `eval` reads.
+/// A few training steps on burn-ndarray, the other supported CPU backend, against the default.
+#[test]
+fn a_few_steps_on_ndarray_match_the_default_cpu_backend() {
+    few_steps_match_the_cpu("ndarray");
+}
+
+/// The same on wgpu (Mesa's lavapipe in CI).
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_few_steps_on_wgpu_match_the_cpu() {
-    let dir = scratch("wgpu");
+    few_steps_match_the_cpu("wgpu");
+}
+
+/// The same on CUDA (`scripts/device-check` runs it on a machine with an NVIDIA GPU).
+#[cfg(feature = "cuda")]
+#[test]
+fn a_few_steps_on_cuda_match_the_cpu() {
+    few_steps_match_the_cpu("cuda");
+}
+
+/// A few training steps on `device` against the same job on the default CPU backend: same
+/// initial weights (a preset is initialised on the CPU), so the first losses agree to f32
+/// tolerance and the weights' FP8 statistics of step 1 are identical; the run writes a
+/// checkpoint that the CPU `eval` reads.
+fn few_steps_match_the_cpu(device: &str) {
+    let dir = scratch(device);
     for (precision, tol) in [
         ("fp32", DEVICE_F32_REL_TOL),
         ("fp8-amax", DEVICE_FP8_REL_TOL),
@@ -674,10 +691,10 @@ fn a_few_steps_on_wgpu_match_the_cpu() {
             assert_ok(&out);
             dir.join("runs").join(name)
         };
-        let (cpu, gpu) = (run("cpu"), run("wgpu"));
+        let (cpu, gpu) = (run("cpu"), run(device));
         let log = std::fs::read_to_string(gpu.join("log.txt")).unwrap();
         assert!(
-            log.contains(&format!("precision {precision} on wgpu")),
+            log.contains(&format!("precision {precision} on {device}")),
             "{log}"
         );
         let (mc, mg) = (metrics(&cpu), metrics(&gpu));
@@ -686,12 +703,12 @@ fn a_few_steps_on_wgpu_match_the_cpu() {
         for (row, col) in [(0, 3), (1, 2)] {
             let r = rel(&mg[row][col], &mc[row][col]);
             println!(
-                "{precision}: row {row} col {col}: wgpu {} cpu {} (rel {r:.2e})",
+                "{precision}: row {row} col {col}: {device} {} cpu {} (rel {r:.2e})",
                 mg[row][col], mc[row][col]
             );
             assert!(
                 r < tol,
-                "{precision}: wgpu {} vs cpu {} (rel {r:e})",
+                "{precision}: {device} {} vs cpu {} (rel {r:e})",
                 mg[row][col],
                 mc[row][col]
             );
@@ -716,18 +733,18 @@ fn a_few_steps_on_wgpu_match_the_cpu() {
             assert_eq!(wc.len(), 8, "4 projections x 2 blocks: {wc:?}");
             assert_eq!(wg, wc, "device statistics equal the CPU's");
         }
-        // The device's checkpoint is an ordinary one: the CPU evaluates it, and `eval` on wgpu
-        // agrees with the CPU's.
-        let eval = |device: &str| {
-            let r = eval_json(&dir, &gpu.join("checkpoints/step-3"), precision, device);
+        // The device's checkpoint is an ordinary one: the CPU evaluates it, and `eval` on the
+        // device agrees with the CPU's.
+        let eval = |on: &str| {
+            let r = eval_json(&dir, &gpu.join("checkpoints/step-3"), precision, on);
             r["loss"].as_f64().unwrap().to_string()
         };
-        let (on_cpu, on_gpu) = (eval("cpu"), eval("wgpu"));
+        let (on_cpu, on_gpu) = (eval("cpu"), eval(device));
         let r = rel(&on_gpu, &on_cpu);
-        println!("{precision}: eval wgpu {on_gpu} cpu {on_cpu} (rel {r:.2e})");
+        println!("{precision}: eval {device} {on_gpu} cpu {on_cpu} (rel {r:.2e})");
         assert!(
             r < tol,
-            "{precision} eval: wgpu {on_gpu} vs cpu {on_cpu} (rel {r:e})"
+            "{precision} eval: {device} {on_gpu} vs cpu {on_cpu} (rel {r:e})"
         );
     }
 }

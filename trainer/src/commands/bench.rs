@@ -20,10 +20,11 @@ use fp8_backend::{Fp8Kernels, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::host::HostTensors;
 use crate::job::assemble::{build_model, check_device, open_data, TrainBackend};
 use crate::job::{load_job_config, Device, JobConfig};
 use crate::model::names::param_shapes;
-use crate::train::optimizer::{AdamW, AdamWKernel, AdamWStep};
+use crate::train::optimizer::{AdamW, AdamWStep};
 use crate::train::step::{apply_adamw, clip_factor, forward_backward};
 
 /// Arguments of `bench`.
@@ -166,7 +167,7 @@ fn bench_single(args: &BenchArgs, mut job: JobConfig) -> Result<BenchResult, Err
 }
 
 /// The timed loop on `device` of the inner backend `B`.
-fn bench_on<B: Fp8Kernels + AdamWKernel>(
+fn bench_on<B: Fp8Kernels + HostTensors>(
     args: &BenchArgs,
     job: &JobConfig,
     device: B::Device,

@@ -47,7 +47,7 @@ pub fn run_dump_step(args: &DumpStepArgs) -> Result<f32, Error> {
     on_device!(job.device, dump_on(args, &job))
 }
 
-fn dump_on<B: Fp8Kernels>(
+fn dump_on<B: Fp8Kernels + crate::host::HostTensors>(
     args: &DumpStepArgs,
     job: &JobConfig,
     device: B::Device,

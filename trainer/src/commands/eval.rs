@@ -148,7 +148,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, Error> {
 }
 
 /// The evaluation itself, on `device` of the backend `B`.
-fn eval_on<B: Fp8Kernels>(
+fn eval_on<B: Fp8Kernels + crate::host::HostTensors>(
     args: &EvalArgs,
     job: &JobConfig,
     data: &JobData,

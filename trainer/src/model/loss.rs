@@ -1,13 +1,15 @@
 //! Losses and evaluation passes over data batches: the one loss loop that `train` (validation),
 //! `eval` and `dump-step` share.
 
+use std::sync::Arc;
+
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData, TensorPrimitive};
 use datasets::Batch;
-use fp8_backend::Fp8LinearOps;
 
-use super::{cross_entropy, Gpt2};
+use super::cross_entropy::Targets;
+use super::{cross_entropy, Gpt2, ModelBackend};
 
 /// Inputs `[B, T]`, targets `[B, T]` and the loss mask `[B, T]` (if any) of a batch.
 pub type BatchTensors<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Option<Tensor<B, 2>>);
@@ -26,23 +28,35 @@ pub fn batch_tensors<B: Backend>(batch: &Batch, device: &B::Device) -> BatchTens
     (ints(&batch.inputs), ints(&batch.targets), mask)
 }
 
-/// Mean next-token cross-entropy of a batch; with a loss mask, the mean over masked-in tokens.
-pub fn batch_loss<B: Fp8LinearOps>(
+/// Mean next-token cross-entropy of a batch; with a loss mask, the mean over masked-in tokens
+/// (the fused op where the backend has it, else composed from Burn's ops).
+pub fn batch_loss<B: ModelBackend>(
     model: &Gpt2<B>,
     batch: &Batch,
     device: &B::Device,
 ) -> Tensor<B, 1> {
     let (inputs, targets, mask) = batch_tensors::<B>(batch, device);
     let logits = model.forward(inputs);
+    let [b, t, v] = logits.dims();
+    let weight = batch.loss_mask.as_ref().map(|m| m.iter().sum::<f32>());
+    let fused = Arc::new(Targets {
+        tokens: batch.targets.clone(),
+        weights: batch.loss_mask.clone(),
+        divisor: weight.map_or((b * t) as f32, |w| w.max(1.0)),
+    });
+    let flat = logits.reshape([b * t, v]).into_primitive().tensor();
+    let logits = match B::fused_cross_entropy(flat, &fused) {
+        Ok(loss) => return Tensor::from_primitive(TensorPrimitive::Float(loss)),
+        Err(flat) => {
+            Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(flat)).reshape([b, t, v])
+        }
+    };
     match mask {
         None => cross_entropy(logits, targets),
-        Some(mask) => {
-            let weight = batch.num_loss_tokens() as f32;
-            (token_log_probs(logits, targets) * mask)
-                .sum()
-                .neg()
-                .div_scalar(weight.max(1.0))
-        }
+        Some(mask) => (token_log_probs(logits, targets) * mask)
+            .sum()
+            .neg()
+            .div_scalar(weight.unwrap_or(1.0).max(1.0)),
     }
 }
 
@@ -64,7 +78,7 @@ pub struct PassLoss {
 }
 
 /// Mean loss over `batches`, each batch weighted by its loss tokens; `None` when they hold none.
-pub fn mean_loss<B: Fp8LinearOps>(
+pub fn mean_loss<B: ModelBackend>(
     model: &Gpt2<B>,
     batches: impl Iterator<Item = Batch>,
     device: &B::Device,
@@ -85,7 +99,7 @@ pub fn mean_loss<B: Fp8LinearOps>(
 }
 
 /// Log-likelihood of each row's masked-in tokens (classification: a label word's score).
-pub fn row_scores<B: Fp8LinearOps>(model: &Gpt2<B>, batch: &Batch, device: &B::Device) -> Vec<f32> {
+pub fn row_scores<B: ModelBackend>(model: &Gpt2<B>, batch: &Batch, device: &B::Device) -> Vec<f32> {
     let (inputs, targets, mask) = batch_tensors::<B>(batch, device);
     let logp = token_log_probs(model.forward(inputs), targets);
     let logp = match mask {

@@ -28,6 +28,7 @@ use fp8_backend::{Fp8Kernels, Fp8Report};
 
 use crate::checkpoint::load_checkpoint;
 use crate::error::Error;
+use crate::host::HostTensors;
 use crate::job::assemble::{
     build_model, check_device, check_model_fits, model_config_of_checkpoint, model_options,
     open_data, total_steps,
@@ -37,7 +38,7 @@ use crate::job::{JobConfig, NonFinitePolicy};
 use crate::model::loss::mean_loss;
 use crate::model::names::param_shapes;
 use crate::model::Gpt2;
-use optimizer::{AdamW, AdamWKernel, AdamWStep};
+use optimizer::{AdamW, AdamWStep};
 use resume::{latest_checkpoint, load_training_state, save_training_checkpoint, TrainerState};
 use run_dir::{Fp8StatsRow, MetricsRow, RunDir};
 use step::StepGrads;
@@ -91,7 +92,7 @@ pub fn run_training(
 }
 
 /// The training loop, on `device` of the inner backend `B`.
-fn run_on<B: Fp8Kernels + AdamWKernel>(
+fn run_on<B: Fp8Kernels + HostTensors>(
     opts: &TrainOptions,
     progress: &mut dyn Progress,
     device: B::Device,
@@ -132,7 +133,7 @@ fn run_on<B: Fp8Kernels + AdamWKernel>(
 }
 
 /// Everything a running job holds.
-struct Run<'a, B: Fp8Kernels + AdamWKernel> {
+struct Run<'a, B: Fp8Kernels + HostTensors> {
     job: &'a JobConfig,
     device: B::Device,
     /// Always `Some` between phases (taken while AdamW updates the parameters in place).
@@ -153,7 +154,7 @@ struct Run<'a, B: Fp8Kernels + AdamWKernel> {
     inject_at: Option<(u64, f32)>,
 }
 
-impl<'a, B: Fp8Kernels + AdamWKernel> Run<'a, B> {
+impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
     /// Assembles the job (or restores it from its newest checkpoint with `--resume`), opens the
     /// run directory and says what will run.
     fn open(opts: &'a TrainOptions, device: B::Device) -> Result<Self, Error> {

@@ -4,21 +4,19 @@
 //! The model's f32 parameters are the master weights; the moments are one flat tensor per
 //! parameter beside them. Each step reads nothing back: the gradient-clipping factor is folded
 //! into the update, and the CPU backends run the whole update as one fused pass over
-//! parameter, gradient and moments, in place ([`AdamWKernel`]); other backends use tensor ops
+//! parameter, gradient and moments, in place ([`HostTensors`]); other backends use tensor ops
 //! with the same arithmetic. Host copies are made only for checkpoints.
 
 use std::path::Path;
 
-use burn::backend::flex::{Flex, FlexTensor};
-use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
-use fp8_backend::{Fp8, Fp8Kernels};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use crate::checkpoint::save::{write_safetensors, NamedTensor};
 use crate::error::Error;
+use crate::host::HostTensors;
 
 /// Hyper-parameters of one update.
 #[derive(Clone, Copy, Debug)]
@@ -62,18 +60,36 @@ impl Coefficients {
     }
 }
 
-/// Backends that run the AdamW update of a flattened parameter. The default uses tensor ops
-/// (each a pass over memory); the CPU backends override it with one fused in-place pass.
-pub trait AdamWKernel: Backend {
-    /// `(param, m, v)` after one update with `grad`; all four are 1-D of the same length.
-    fn adamw_update(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        c: &Coefficients,
-    ) -> [FloatTensor<Self>; 3] {
-        tensor_op_update::<Self>(param, grad, m, v, c)
+/// `(param, m, v)` after one update with `grad` (all 1-D, the same length): one fused pass in
+/// place on the CPU backends, tensor ops with the same arithmetic elsewhere.
+fn update_tensors<B: HostTensors>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    m: FloatTensor<B>,
+    v: FloatTensor<B>,
+    c: &Coefficients,
+) -> [FloatTensor<B>; 3] {
+    let exclusive = |t| B::host_exclusive(t);
+    match (
+        B::host_slice(&grad).is_some(),
+        exclusive(param),
+        exclusive(m),
+        exclusive(v),
+    ) {
+        (true, Ok(mut param), Ok(mut m), Ok(mut v)) => {
+            let grad = B::host_slice(&grad).expect("checked");
+            let (value, moment1, moment2) = (
+                B::host_mut(&mut param),
+                B::host_mut(&mut m),
+                B::host_mut(&mut v),
+            );
+            update_slices(value, moment1, moment2, grad, c);
+            [param, m, v]
+        }
+        (_, param, m, v) => {
+            let take = |r: Result<FloatTensor<B>, FloatTensor<B>>| r.unwrap_or_else(|t| t);
+            tensor_op_update::<B>(take(param), grad, take(m), take(v), c)
+        }
     }
 }
 
@@ -105,6 +121,7 @@ const CHUNK: usize = 1 << 14;
 
 /// The fused update over host slices (in place).
 fn update_slices(value: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &Coefficients) {
+    assert!(value.len() == g.len() && m.len() == g.len() && v.len() == g.len());
     value
         .par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK))
@@ -115,102 +132,6 @@ fn update_slices(value: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: 
                 (value[i], m[i], v[i]) = c.apply(value[i], m[i], v[i], g[i]);
             }
         });
-}
-
-impl AdamWKernel for Flex {
-    fn adamw_update(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        c: &Coefficients,
-    ) -> [FloatTensor<Self>; 3] {
-        if [&param, &grad, &m, &v]
-            .iter()
-            .any(|t| t.dtype() != DType::F32)
-        {
-            return tensor_op_update::<Self>(param, grad, m, v, c);
-        }
-        // Updated in place when the tensor owns exactly its elements (the usual case: nothing
-        // else holds a parameter or its moments between steps); copied first otherwise.
-        let exclusive = |t: FlexTensor| {
-            let exact =
-                t.layout().start_offset() == 0 && t.bytes().len() == t.layout().num_elements() * 4;
-            match t.is_unique() && t.is_contiguous() && exact {
-                true => t,
-                false => FlexTensor::from_data(t.into_data()),
-            }
-        };
-        let (mut param, mut m, mut v) = (exclusive(param), exclusive(m), exclusive(v));
-        let grad = match grad.is_contiguous() {
-            true => grad,
-            false => grad.to_contiguous(),
-        };
-        update_slices(
-            param.storage_mut::<f32>(),
-            m.storage_mut::<f32>(),
-            v.storage_mut::<f32>(),
-            grad.as_slice::<f32>().expect("contiguous f32"),
-            c,
-        );
-        [param, m, v]
-    }
-}
-
-impl AdamWKernel for NdArray<f32> {
-    fn adamw_update(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        c: &Coefficients,
-    ) -> [FloatTensor<Self>; 3] {
-        let (
-            NdArrayTensor::F32(param),
-            NdArrayTensor::F32(grad),
-            NdArrayTensor::F32(m),
-            NdArrayTensor::F32(v),
-        ) = (param, grad, m, v)
-        else {
-            unreachable!("NdArray<f32> holds f32 floats")
-        };
-        let standard = |a: ndarray::ArcArray<f32, ndarray::IxDyn>| match a.is_standard_layout() {
-            true => a,
-            false => a.as_standard_layout().into_owned().into_shared(),
-        };
-        let (mut param, mut m, mut v) = (
-            standard(param.into_owned()),
-            standard(m.into_owned()),
-            standard(v.into_owned()),
-        );
-        let grad = standard(grad.into_owned());
-        update_slices(
-            param.as_slice_mut().expect("standard layout"),
-            m.as_slice_mut().expect("standard layout"),
-            v.as_slice_mut().expect("standard layout"),
-            grad.as_slice().expect("standard layout"),
-            c,
-        );
-        [param, m, v].map(NdArrayTensor::from)
-    }
-}
-
-#[cfg(feature = "wgpu")]
-impl AdamWKernel for burn::backend::Wgpu {}
-#[cfg(feature = "cuda")]
-impl AdamWKernel for burn::backend::Cuda {}
-
-/// The decorator shares its inner backend's tensors, hence its kernel.
-impl<B: AdamWKernel + Fp8Kernels> AdamWKernel for Fp8<B> {
-    fn adamw_update(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        c: &Coefficients,
-    ) -> [FloatTensor<Self>; 3] {
-        B::adamw_update(param, grad, m, v, c)
-    }
 }
 
 /// The moments of one parameter.
@@ -235,7 +156,7 @@ pub struct AdamW<B: Backend> {
     pub t: u64,
 }
 
-impl<B: AdamWKernel> AdamW<B> {
+impl<B: HostTensors> AdamW<B> {
     /// Zero moments for parameters `(name, shape)`; matrices (rank >= 2) decay, vectors do not
     /// (nanoGPT's `configure_optimizers`: biases and layer norms are 1-D).
     pub fn new(params: Vec<(String, Vec<usize>)>, device: &B::Device) -> Self {
@@ -292,7 +213,7 @@ impl<B: AdamWKernel> AdamW<B> {
         slot.m = Tensor::empty([0], &m.device());
         slot.v = Tensor::empty([0], &v.device());
         let prim = |t: Tensor<B, 1>| t.into_primitive().tensor();
-        let [param, m, v] = B::adamw_update(prim(param), prim(grad), prim(m), prim(v), c);
+        let [param, m, v] = update_tensors::<B>(prim(param), prim(grad), prim(m), prim(v), c);
         let t = |p| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(p));
         slot.m = t(m);
         slot.v = t(v);
@@ -360,6 +281,8 @@ impl<B: AdamWKernel> AdamW<B> {
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::{Flex, NdArray};
+
     use super::*;
 
     /// The fused CPU passes and the tensor-op default compute the same bits.
@@ -388,14 +311,14 @@ mod tests {
             values(4, 1e-5),
         ];
         let v_nonneg: Vec<f32> = inputs[3].iter().map(|x| x.abs()).collect();
-        fn run<B: AdamWKernel>(inputs: &[Vec<f32>], v: &[f32], c: &Coefficients) -> Vec<Vec<u32>> {
+        fn run<B: HostTensors>(inputs: &[Vec<f32>], v: &[f32], c: &Coefficients) -> Vec<Vec<u32>> {
             let d = Default::default();
             let t = |x: &[f32]| {
                 Tensor::<B, 1>::from_data(TensorData::new(x.to_vec(), [x.len()]), &d)
                     .into_primitive()
                     .tensor()
             };
-            let out = B::adamw_update(t(&inputs[0]), t(&inputs[1]), t(&inputs[2]), t(v), c);
+            let out = update_tensors::<B>(t(&inputs[0]), t(&inputs[1]), t(&inputs[2]), t(v), c);
             out.map(|p| {
                 Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(p))
                     .into_data()

@@ -16,9 +16,10 @@ use burn::tensor::backend::Backend;
 use datasets::LoaderState;
 use serde::{Deserialize, Serialize};
 
-use super::optimizer::{AdamW, AdamWKernel};
+use super::optimizer::AdamW;
 use crate::checkpoint::{model_tensors, write_checkpoint_tensors};
 use crate::error::Error;
+use crate::host::HostTensors;
 use crate::model::Gpt2;
 
 /// The folder of training state inside a checkpoint.
@@ -108,7 +109,7 @@ pub fn remove_stale_temporaries(checkpoints: &Path) -> Result<(), Error> {
 }
 
 /// Writes `checkpoints/step-N` atomically and keeps the newest `keep`.
-pub fn save_training_checkpoint<B: Backend, O: AdamWKernel>(
+pub fn save_training_checkpoint<B: Backend, O: HostTensors>(
     checkpoints: &Path,
     model: &Gpt2<B>,
     optimizer: &AdamW<O>,
@@ -163,7 +164,7 @@ pub fn save_training_checkpoint<B: Backend, O: AdamWKernel>(
 }
 
 /// Reads `trainer_state/` of a checkpoint into `optimizer` (on `device`) and returns the state.
-pub fn load_training_state<O: AdamWKernel>(
+pub fn load_training_state<O: HostTensors>(
     dir: &Path,
     optimizer: &mut AdamW<O>,
     device: &O::Device,

@@ -7,9 +7,10 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use datasets::DataLoader;
-use fp8_backend::{Fp8LinearOps, Fp8Report};
+use fp8_backend::Fp8Report;
 
-use super::optimizer::{AdamW, AdamWKernel, Coefficients};
+use super::optimizer::{AdamW, Coefficients};
+use crate::host::HostTensors;
 use crate::model::loss::batch_loss;
 use crate::model::names::param_grad_tensors;
 use crate::model::Gpt2;
@@ -56,7 +57,7 @@ impl<B: Backend> StepGrads<B> {
 /// Forward and backward of `grad_accum` micro-batches. With `sample_stats`, the FP8 casts of
 /// the first micro-batch are recorded (a layer's figures barely move between micro-batches).
 /// `poison` multiplies the loss (test-only non-finite injection).
-pub fn forward_backward<B: AutodiffBackend + Fp8LinearOps>(
+pub fn forward_backward<B: AutodiffBackend + crate::model::ModelBackend>(
     model: &Gpt2<B>,
     loader: &mut DataLoader,
     grad_accum: usize,
@@ -160,7 +161,7 @@ pub fn apply_adamw<B: AutodiffBackend>(
     coefficients: &[Coefficients; 2],
 ) -> Gpt2<B>
 where
-    B::InnerBackend: AdamWKernel,
+    B::InnerBackend: HostTensors,
 {
     struct Update<'a, B: AutodiffBackend> {
         optimizer: &'a mut AdamW<B::InnerBackend>,
@@ -170,7 +171,7 @@ where
     }
     impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B>
     where
-        B::InnerBackend: AdamWKernel,
+        B::InnerBackend: HostTensors,
     {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             let index = self.index;
