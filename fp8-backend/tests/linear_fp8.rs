@@ -8,9 +8,12 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 use fp8_backend::{
-    amax_bias, quantize_scaled, take_report, with_policy, Fp8, Fp8Family, Fp8Format, Fp8Policy,
-    LayerId, LinearOp, Role, DEFAULT_GRADIENT_MARGIN,
+    amax_bias, take_report, with_policy, Fp8, Fp8Family, Fp8Format, Fp8Policy, LayerId, LinearOp,
+    Role, DEFAULT_GRADIENT_MARGIN,
 };
+
+mod common;
+use common::{amax, bits, q, values};
 
 /// The forward ordinal of an anonymous layer (every record here is from pass 0).
 fn ordinal(layer: &LayerId) -> u32 {
@@ -27,41 +30,8 @@ const IN: usize = 6;
 const OUT: usize = 4;
 const ROWS: usize = 3;
 
-/// Deterministic values spread over several binades, so that formats and biases matter.
-fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let h = (i as u32)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(seed.wrapping_mul(40_503));
-            let m = 1.0 + (h % 1000) as f32 / 1000.0;
-            let e = ((h >> 10) % 12) as i32 - 6;
-            let s = if (h >> 20) & 1 == 1 { -1.0 } else { 1.0 };
-            s * m * 2f32.powi(e) * scale
-        })
-        .collect()
-}
-
-/// Host-side AMAX fake quantization with the scalar reference.
-fn q(xs: &[f32], format: Fp8Format, margin: i32) -> Vec<f32> {
-    let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let bias = amax_bias(amax, format, margin).unwrap();
-    xs.iter()
-        .map(|&x| quantize_scaled(x, format, bias))
-        .collect()
-}
-
 fn plain(v: &[f32], shape: [usize; 2]) -> Tensor<Plain, 2> {
     Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
-}
-
-fn bits<const D: usize, B: burn::tensor::backend::Backend>(t: Tensor<B, D>) -> Vec<u32> {
-    t.into_data()
-        .to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
 }
 
 struct Setup {

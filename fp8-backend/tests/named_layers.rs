@@ -7,9 +7,12 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
 use fp8_backend::{
-    amax_bias, fp8_linear, quantize_scaled, Fp8, Fp8Context, Fp8Family, Fp8Format, Fp8Policy,
-    LayerId, LinearOp, Role, DEFAULT_GRADIENT_MARGIN,
+    amax_bias, fp8_linear, Fp8, Fp8Context, Fp8Family, Fp8Format, Fp8Policy, LayerId, LinearOp,
+    Role, DEFAULT_GRADIENT_MARGIN,
 };
+
+mod common;
+use common::{amax, bits, q, values};
 
 type Ad = Autodiff<Fp8<NdArray>>;
 type Inf = Fp8<NdArray>;
@@ -20,42 +23,6 @@ const OUT: usize = 4;
 /// The input is [BATCH, ROWS, IN]: the weight gradient sums over both leading dimensions.
 const BATCH: usize = 2;
 const ROWS: usize = 3;
-
-/// Deterministic values spread over several binades, so that formats and biases matter.
-fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let h = (i as u32)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(seed.wrapping_mul(40_503));
-            let m = 1.0 + (h % 1000) as f32 / 1000.0;
-            let e = ((h >> 10) % 12) as i32 - 6;
-            let s = if (h >> 20) & 1 == 1 { -1.0 } else { 1.0 };
-            s * m * 2f32.powi(e) * scale
-        })
-        .collect()
-}
-
-fn amax(xs: &[f32]) -> f32 {
-    xs.iter().fold(0f32, |m, x| m.max(x.abs()))
-}
-
-/// Host-side AMAX fake quantization with the scalar reference.
-fn q(xs: &[f32], format: Fp8Format, margin: i32) -> Vec<f32> {
-    let bias = amax_bias(amax(xs), format, margin).unwrap();
-    xs.iter()
-        .map(|&x| quantize_scaled(x, format, bias))
-        .collect()
-}
-
-fn bits<const D: usize, B: burn::tensor::backend::Backend>(t: Tensor<B, D>) -> Vec<u32> {
-    t.into_data()
-        .to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
-}
 
 fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
     v: &[f32],

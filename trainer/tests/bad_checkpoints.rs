@@ -179,18 +179,9 @@ fn not_safetensors() {
 
 #[test]
 fn missing_config_field() {
-    let dir = common::scratch_dir("config-field");
-    std::fs::copy(
-        common::fixture_dir().join("model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture_dir().join("config.json")).unwrap(),
-    )
-    .unwrap();
-    config.as_object_mut().unwrap().remove("n_head");
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let dir = common::fixture_with_config("config-field", |config| {
+        config.as_object_mut().unwrap().remove("n_head");
+    });
     let error = load_err(&dir);
     assert!(
         matches!(

@@ -248,18 +248,9 @@ fn greedy_generate_stops_at_the_eos_token() {
     // The second new token, so that the stop cuts a longer continuation short.
     let eos = full[1];
     let stop_at = full.iter().position(|&t| t == eos).unwrap();
-    let dir = common::scratch_dir("cli-eos");
-    std::fs::copy(
-        common::fixture_dir().join("model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture_dir().join("config.json")).unwrap(),
-    )
-    .unwrap();
-    config["eos_token_id"] = serde_json::json!(eos);
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let dir = common::fixture_with_config("cli-eos", |config| {
+        config["eos_token_id"] = serde_json::json!(eos)
+    });
 
     let new = greedy(dir.to_str().unwrap(), "1,2,3", N);
     assert_eq!(new, full[..=stop_at], "stops after eos {eos}");

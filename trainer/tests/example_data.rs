@@ -306,13 +306,7 @@ fn masked_accumulation_2x2_equals_one_batch_of_4() {
     let run_with = |name: &str, batch: usize, accum: usize| {
         let mut c = tiny_job(&dir, name);
         c["data"] = json!({"train": data, "seq_len": 32, "cache_dir": dir.join("cache")});
-        c["precision"] = json!({"mode": "fp32"});
-        c["batch_size"] = json!(batch);
-        c["grad_accum"] = json!(accum);
-        c["steps"] = json!(3);
-        let path = write_config(&dir, &format!("{name}.json"), &c);
-        assert_ok(&train(&path, &[], &[]));
-        metrics(&dir.join("runs").join(name))
+        train_fp32_steps(&dir, name, c, batch, accum)
     };
     let accumulated = run_with("accum", 2, 2);
     let single = run_with("single", 4, 1);

@@ -260,13 +260,7 @@ fn accumulating_4_batches_of_2_equals_one_batch_of_8() {
     let run_with = |name: &str, batch: usize, accum: usize| {
         let mut c = tiny_job(&dir, name);
         c["data"]["shuffle"] = json!(false);
-        c["precision"] = json!({"mode": "fp32"});
-        c["batch_size"] = json!(batch);
-        c["grad_accum"] = json!(accum);
-        c["steps"] = json!(3);
-        let path = write_config(&dir, &format!("{name}.json"), &c);
-        assert_ok(&train(&path, &[], &[]));
-        metrics(&dir.join("runs").join(name))
+        train_fp32_steps(&dir, name, c, batch, accum)
     };
     let accumulated = run_with("accum", 2, 4);
     let single = run_with("single", 8, 1);

@@ -6,11 +6,10 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
-use burn::tensor::{backend::Backend, Bool, Tensor};
-use fp8_backend::Fp8LinearOps;
+use burn::tensor::{backend::Backend, Bool, Tensor, TensorPrimitive};
 
 use super::projection::Projection;
-use super::Gpt2Config;
+use super::{Gpt2Config, ModelBackend};
 
 /// `attn` of a block.
 #[derive(Module, Debug)]
@@ -52,13 +51,29 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-impl<B: Fp8LinearOps> Attention<B> {
+impl<B: ModelBackend> Attention<B> {
     /// `[B, T, n_embd] -> [B, T, n_embd]`; position t attends to positions 0..=t.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, t, c] = x.dims();
-        let (nh, hd) = (self.n_head, c / self.n_head);
-
         let qkv = self.c_attn.forward(x); // (B, T, 3C)
+        let y = self.attend(qkv); // (B, T, C)
+        self.resid_dropout.forward(self.c_proj.forward(y))
+    }
+
+    /// The heads' attention outputs side by side, from `qkv`: one fused op where the backend
+    /// has it (and no dropout on the probabilities is due), else composed from Burn's ops.
+    fn attend(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, c3] = qkv.dims();
+        let (c, nh) = (c3 / 3, self.n_head);
+        let hd = c / nh;
+        let qkv = if self.attn_dropout.prob == 0.0 || !B::ad_enabled(&qkv.device()) {
+            let qkv = qkv.into_primitive().tensor();
+            match B::fused_causal_attention(qkv, nh, self.score_divisor) {
+                Ok(y) => return Tensor::from_primitive(TensorPrimitive::Float(y)),
+                Err(qkv) => Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(qkv)),
+            }
+        } else {
+            qkv
+        };
         let heads = |i: usize| {
             qkv.clone()
                 .narrow(2, i * c, c)
@@ -67,17 +82,27 @@ impl<B: Fp8LinearOps> Attention<B> {
         };
         let (q, k, v) = (heads(0), heads(1), heads(2));
 
-        let scores = q.matmul(k.swap_dims(2, 3)) / self.score_divisor; // (B, nh, T, T)
-                                                                       // True strictly above the diagonal: key positions after the query. HF fills them with
-                                                                       // finfo(float32).min before the softmax, so they get probability exactly 0.
+        let scores = q.matmul(k.swap_dims(2, 3)); // (B, nh, T, T)
+        let att = self.attn_dropout.forward(self.causal_softmax(scores));
+
+        let y = att.matmul(v); // (B, nh, T, hs)
+        y.swap_dims(1, 2).reshape([b, t, c]) // re-assemble heads side by side
+    }
+
+    /// `softmax(scores / score_divisor)` with the future masked (the fused op where the backend
+    /// has it).
+    fn causal_softmax(&self, scores: Tensor<B, 4>) -> Tensor<B, 4> {
+        let scores =
+            match B::fused_causal_softmax(scores.into_primitive().tensor(), self.score_divisor) {
+                Ok(att) => return Tensor::from_primitive(TensorPrimitive::Float(att)),
+                Err(scores) => Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(scores)),
+            };
+        let [b, nh, t, _] = scores.dims();
+        // True strictly above the diagonal: key positions after the query. HF fills them with
+        // finfo(float32).min before the softmax, so they get probability exactly 0.
         let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device())
             .unsqueeze::<4>()
             .expand([b, nh, t, t]);
-        let att = softmax(scores.mask_fill(future, f32::MIN), 3);
-        let att = self.attn_dropout.forward(att);
-
-        let y = att.matmul(v); // (B, nh, T, hs)
-        let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble heads side by side
-        self.resid_dropout.forward(self.c_proj.forward(y))
+        softmax((scores / self.score_divisor).mask_fill(future, f32::MIN), 3)
     }
 }

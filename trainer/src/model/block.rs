@@ -2,13 +2,12 @@
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
-use fp8_backend::Fp8LinearOps;
 
 use super::attention::Attention;
 use super::layer_norm::LayerNorm;
 use super::mlp::Mlp;
 use super::projection::{Projection, PROJECTIONS};
-use super::Gpt2Config;
+use super::{Gpt2Config, ModelBackend};
 
 /// `h.N`
 #[derive(Module, Debug)]
@@ -55,7 +54,7 @@ impl<B: Backend> Block<B> {
     }
 }
 
-impl<B: Fp8LinearOps> Block<B> {
+impl<B: ModelBackend> Block<B> {
     /// `[B, T, n_embd] -> [B, T, n_embd]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x));

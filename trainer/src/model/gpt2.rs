@@ -7,12 +7,12 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, Int, Tensor};
-use fp8_backend::{Fp8Context, Fp8LinearOps, Fp8Policy, LayerFilterError};
+use fp8_backend::{Fp8Context, Fp8Policy, LayerFilterError};
 
 use super::block::Block;
 use super::layer_norm::LayerNorm;
 use super::projection::{projection_names, PROJECTION_NAMES_HINT};
-use super::Gpt2Config;
+use super::{Gpt2Config, ModelBackend};
 
 /// Choices that are ours, not the checkpoint's: applied when a model is built or loaded.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,7 +149,7 @@ impl<B: Backend> Gpt2<B> {
     }
 }
 
-impl<B: Fp8LinearOps> Gpt2<B> {
+impl<B: ModelBackend> Gpt2<B> {
     /// Logits `[B, T, vocab_size]` for tokens `[B, T]` (T <= n_positions).
     ///
     /// # Panics
@@ -179,7 +179,7 @@ impl<B: Fp8LinearOps> Gpt2<B> {
     }
 }
 
-impl<B: Fp8LinearOps> Gpt2Model<B> {
+impl<B: ModelBackend> Gpt2Model<B> {
     /// Final hidden states `[B, T, n_embd]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>, n_positions: usize) -> Tensor<B, 3> {
         let [_, t] = tokens.dims();

@@ -3,11 +3,10 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::{gelu, gelu_approximate};
-use burn::tensor::{backend::Backend, Tensor};
-use fp8_backend::Fp8LinearOps;
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
 use super::projection::Projection;
-use super::{Activation, Gpt2Config};
+use super::{Activation, Gpt2Config, ModelBackend};
 
 /// `mlp` of a block.
 #[derive(Module, Debug)]
@@ -35,13 +34,16 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-impl<B: Fp8LinearOps> Mlp<B> {
+impl<B: ModelBackend> Mlp<B> {
     /// `[B, T, n_embd] -> [B, T, n_embd]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.c_fc.forward(x); // (B, T, n_inner)
         let h = match self.activation {
             // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), HF `NewGELUActivation`.
-            Activation::GeluNew => gelu_approximate(h),
+            Activation::GeluNew => match B::fused_gelu_tanh(h.into_primitive().tensor()) {
+                Ok(y) => Tensor::from_primitive(TensorPrimitive::Float(y)),
+                Err(h) => gelu_approximate(Tensor::from_primitive(TensorPrimitive::Float(h))),
+            },
             Activation::Gelu => gelu(h),
         };
         self.dropout.forward(self.c_proj.forward(h))

@@ -5,9 +5,8 @@
 //! backend and short outputs, which is what this tool is for.
 
 use burn::tensor::{Int, Tensor, TensorData};
-use fp8_backend::Fp8LinearOps;
 
-use crate::model::Gpt2;
+use crate::model::{Gpt2, ModelBackend};
 
 /// How to pick each next token.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,7 +41,7 @@ impl Default for SamplingOptions {
 
 /// Appends up to `max_new_tokens` tokens to `prompt` (which must be non-empty and within the
 /// vocabulary); returns only the new ones.
-pub fn generate<B: Fp8LinearOps>(
+pub fn generate<B: ModelBackend>(
     model: &Gpt2<B>,
     prompt: &[u32],
     options: &SamplingOptions,

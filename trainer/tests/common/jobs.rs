@@ -44,6 +44,24 @@ pub fn tiny_job(dir: &Path, name: &str) -> Value {
     })
 }
 
+/// Trains `job` (a [`tiny_job`] named `name`) in fp32 for 3 steps of `batch` x `accum`
+/// sequences; its `metrics.csv` rows.
+pub fn train_fp32_steps(
+    dir: &Path,
+    name: &str,
+    mut job: Value,
+    batch: usize,
+    accum: usize,
+) -> Vec<Vec<String>> {
+    job["precision"] = json!({"mode": "fp32"});
+    job["batch_size"] = json!(batch);
+    job["grad_accum"] = json!(accum);
+    job["steps"] = json!(3);
+    let path = write_config(dir, &format!("{name}.json"), &job);
+    assert_ok(&train(&path, &[], &[]));
+    metrics(&dir.join("runs").join(name))
+}
+
 /// Writes `config` to `dir/file`; returns its path.
 pub fn write_config(dir: &Path, file: &str, config: &Value) -> PathBuf {
     let path = dir.join(file);

@@ -52,6 +52,23 @@ pub fn edited_fixture(name: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> P
     dir
 }
 
+/// A copy of the fixture checkpoint whose `config.json` went through `edit`, in
+/// `scratch_dir(name)`.
+pub fn fixture_with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = scratch_dir(name);
+    std::fs::copy(
+        fixture_dir().join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("config.json")).unwrap())
+            .unwrap();
+    edit(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
 /// The `__metadata__` of a safetensors file (its header: an 8-byte little-endian length, then
 /// JSON); empty when the file has none.
 pub fn safetensors_metadata(path: &Path) -> std::collections::BTreeMap<String, String> {

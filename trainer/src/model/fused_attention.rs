@@ -1,0 +1,451 @@
+//! Causal self-attention from the `c_attn` output as one op with its own backward:
+//! `qkv [B, T, 3C] -> y [B, T, C]`, `y_h = softmax(mask(Q_h K_h^T / divisor)) V_h` per head.
+//!
+//! Composed from Burn's ops, attention splits `qkv` with three `narrow`s, copies each into
+//! `[B, heads, T, head_dim]`, runs two batched matmuls around a division, a `mask_fill` and a
+//! softmax over `[B, heads, T, T]`, and copies the heads back side by side; its backward
+//! zero-pads each head gradient to the full `[B, T, 3C]` (the `narrow` backward) and adds the
+//! three. Here every (batch, head) pair is one task that reads its Q, K and V in place from
+//! `qkv` (strided GEMMs), keeps its `T x T` scores in a scratch buffer, and writes its slice of
+//! `y`; the backward recomputes the probabilities from the saved row log-sum-exps (as flash
+//! attention does: no `T x T` tensor is kept between forward and backward) and writes each
+//! head's dQ, dK, dV straight into its columns of one `[B, T, 3C]` gradient.
+//!
+//! The arithmetic is `GPT2Attention`'s eager path: scores divided by `divisor`, future keys at
+//! probability exactly 0, f32 throughout. GEMMs are `gemm`'s (the crate burn-flex uses), one
+//! thread per task, the tasks spread over rayon's threads.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorMetadata;
+use fp8_backend::{Fp8, Fp8Kernels};
+use rayon::prelude::*;
+
+use crate::host::{from_host, HostTensors};
+
+/// The shape of one attention call.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    batch: usize,
+    t: usize,
+    heads: usize,
+    head_dim: usize,
+    divisor: f32,
+}
+
+impl Dims {
+    fn of<B: burn::tensor::backend::Backend>(
+        qkv: &FloatTensor<B>,
+        heads: usize,
+        divisor: f64,
+    ) -> Self {
+        let shape = qkv.shape();
+        assert_eq!(shape.num_dims(), 3, "attention takes qkv [B, T, 3C]");
+        let three_c = shape[2];
+        assert!(
+            heads > 0 && three_c % (3 * heads) == 0,
+            "qkv width {three_c} is not 3 x heads ({heads}) x head_dim"
+        );
+        Self {
+            batch: shape[0],
+            t: shape[1],
+            heads,
+            head_dim: three_c / (3 * heads),
+            divisor: divisor as f32,
+        }
+    }
+
+    /// C, the model width.
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every task writes only its own (batch, head) columns; see the callers.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, each given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    // SAFETY: the caller passes pointers and strides that stay inside live buffers.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `S = Q K^T` for head `h` of batch row `b` into `s` (`T x T`).
+fn scores(qkv: &[f32], d: &Dims, b: usize, h: usize, s: &mut [f32]) {
+    let (t, hd, c3) = (d.t, d.head_dim, 3 * d.width());
+    let q = &qkv[b * t * c3 + h * hd..];
+    let k = &q[d.width()..];
+    assert!(q.len() >= (t - 1) * c3 + hd && k.len() >= (t - 1) * c3 + hd && s.len() == t * t);
+    // SAFETY: Q and K rows are `t` rows of stride 3C inside `qkv` (checked above); `s` is T x T.
+    unsafe {
+        gemm(
+            (t, t, hd),
+            s.as_mut_ptr(),
+            (t, 1),
+            q.as_ptr(),
+            (c3, 1),
+            k.as_ptr(),
+            (1, c3),
+        )
+    };
+}
+
+/// Forward: `y [B, T, C]` and each (batch, head, query) row's log-sum-exp of its scaled scores.
+fn forward(qkv: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
+    let (t, hd, c) = (d.t, d.head_dim, d.width());
+    let mut y = vec![0f32; d.batch * t * c];
+    let mut lse = vec![0f32; d.batch * d.heads * t];
+    let out = Shared(y.as_mut_ptr());
+    lse.par_chunks_mut(t).enumerate().for_each_init(
+        || vec![0f32; t * t],
+        |p, (task, lse)| {
+            let (b, h) = (task / d.heads, task % d.heads);
+            scores(qkv, d, b, h, p);
+            for (i, (row, lse)) in p.chunks_mut(t).zip(lse.iter_mut()).enumerate() {
+                let visible = &mut row[..=i];
+                let mut max = f32::NEG_INFINITY;
+                for s in visible.iter_mut() {
+                    *s /= d.divisor;
+                    max = max.max(*s);
+                }
+                let mut sum = 0f32;
+                for s in visible.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                visible.iter_mut().for_each(|s| *s /= sum);
+                row[i + 1..].fill(0.0);
+                *lse = max + sum.ln();
+            }
+            let v = &qkv[b * t * 3 * c + 2 * c + h * hd..];
+            let out = out;
+            // SAFETY: this task alone writes columns h*hd..(h+1)*hd of batch row b of `y`.
+            unsafe {
+                gemm(
+                    (t, hd, t),
+                    out.0.add(b * t * c + h * hd),
+                    (c, 1),
+                    p.as_ptr(),
+                    (t, 1),
+                    v.as_ptr(),
+                    (3 * c, 1),
+                )
+            };
+        },
+    );
+    (y, lse)
+}
+
+/// Backward: `d qkv [B, T, 3C]` from `dy [B, T, C]`.
+fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
+    let (t, hd, c) = (d.t, d.head_dim, d.width());
+    let c3 = 3 * c;
+    let mut dqkv = vec![0f32; d.batch * t * c3];
+    let out = Shared(dqkv.as_mut_ptr());
+    lse.par_chunks(t).enumerate().for_each_init(
+        || (vec![0f32; t * t], vec![0f32; t * t]),
+        |(p, dp), (task, lse)| {
+            let (b, h) = (task / d.heads, task % d.heads);
+            let base = b * t * c3 + h * hd;
+            let (q, k, v) = (&qkv[base..], &qkv[base + c..], &qkv[base + 2 * c..]);
+            let dy = &dy[b * t * c + h * hd..];
+            // P, recomputed from the saved log-sum-exps.
+            scores(qkv, d, b, h, p);
+            for (i, row) in p.chunks_mut(t).enumerate() {
+                for s in row[..=i].iter_mut() {
+                    *s = (*s / d.divisor - lse[i]).exp();
+                }
+                row[i + 1..].fill(0.0);
+            }
+            let out = out;
+            // SAFETY: this task alone writes the Q, K and V columns of head h in batch row b of
+            // `dqkv`; every read stays inside `qkv`, `dy` and the T x T scratch buffers.
+            unsafe {
+                // dV = P^T dY
+                gemm(
+                    (t, hd, t),
+                    out.0.add(base + 2 * c),
+                    (c3, 1),
+                    p.as_ptr(),
+                    (1, t),
+                    dy.as_ptr(),
+                    (c, 1),
+                );
+                // dP = dY V^T
+                gemm(
+                    (t, t, hd),
+                    dp.as_mut_ptr(),
+                    (t, 1),
+                    dy.as_ptr(),
+                    (c, 1),
+                    v.as_ptr(),
+                    (1, c3),
+                );
+            }
+            // dS = P (dP - rowsum(P dP)) / divisor, 0 above the diagonal.
+            for (i, (dp, p)) in dp.chunks_mut(t).zip(p.chunks(t)).enumerate() {
+                let dot: f32 = dp[..=i].iter().zip(p).map(|(g, p)| g * p).sum();
+                for (g, &p) in dp[..=i].iter_mut().zip(p) {
+                    *g = p * (*g - dot) / d.divisor;
+                }
+                dp[i + 1..].fill(0.0);
+            }
+            // SAFETY: as above.
+            unsafe {
+                // dQ = dS K
+                gemm(
+                    (t, hd, t),
+                    out.0.add(base),
+                    (c3, 1),
+                    dp.as_ptr(),
+                    (t, 1),
+                    k.as_ptr(),
+                    (c3, 1),
+                );
+                // dK = dS^T Q
+                gemm(
+                    (t, hd, t),
+                    out.0.add(base + c),
+                    (c3, 1),
+                    dp.as_ptr(),
+                    (1, t),
+                    q.as_ptr(),
+                    (c3, 1),
+                );
+            }
+        },
+    );
+    dqkv
+}
+
+/// Backends that run causal self-attention as one op; `Err(qkv)` hands the input back to a
+/// caller that must compose it from Burn's ops.
+pub trait FusedAttention: burn::tensor::backend::Backend {
+    /// `qkv [B, T, 3C]` (Q, K, V side by side, each `heads` heads wide) to `y [B, T, C]`.
+    fn fused_causal_attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        divisor: f64,
+    ) -> Result<FloatTensor<Self>, FloatTensor<Self>>;
+}
+
+impl<B: HostTensors + Fp8Kernels> FusedAttention for Fp8<B> {
+    fn fused_causal_attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        divisor: f64,
+    ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
+        let d = Dims::of::<B>(&qkv, heads, divisor);
+        let Some(values) = B::host_slice(&qkv) else {
+            return Err(qkv);
+        };
+        let (y, _) = forward(values, &d);
+        let shape = vec![d.batch, d.t, d.width()];
+        Ok(from_host::<B>(y, shape, &B::float_device(&qkv)))
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 1> for AttentionBackward {
+    /// `qkv`, the row log-sum-exps, the shape.
+    type State = (FloatTensor<B>, Vec<f32>, Dims);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let upstream = grads.consume::<Fp8<B>>(&ops.node);
+        let Some(node) = node else { return };
+        let (qkv, lse, d) = ops.state;
+        let dy = B::host_exclusive(upstream).expect("a host tensor");
+        let dqkv = backward(
+            B::host_slice(&qkv).expect("a host tensor"),
+            &lse,
+            B::host_slice(&dy).expect("an exclusive host tensor"),
+            &d,
+        );
+        let shape = vec![d.batch, d.t, 3 * d.width()];
+        let device = B::float_device(&qkv);
+        grads.register::<Fp8<B>>(node.id, from_host::<B>(dqkv, shape, &device));
+    }
+}
+
+impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedAttention for Autodiff<Fp8<B>, C> {
+    fn fused_causal_attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        divisor: f64,
+    ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
+        let d = Dims::of::<B>(&qkv.primitive, heads, divisor);
+        let Some(values) = B::host_slice(&qkv.primitive) else {
+            return Err(qkv);
+        };
+        let (y, lse) = forward(values, &d);
+        let shape = vec![d.batch, d.t, d.width()];
+        let y = from_host::<B>(y, shape, &B::float_device(&qkv.primitive));
+        Ok(
+            match AttentionBackward
+                .prepare::<C>([qkv.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((qkv.primitive, lse, d), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, Flex, NdArray};
+    use burn::tensor::activation::softmax;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{Bool, Tensor, TensorData, TensorPrimitive};
+
+    use super::*;
+
+    /// Fused against composed, both f32 with different summation orders (measured here: at
+    /// most 3e-7 relative to the largest element); a transposed operand, a wrong head offset,
+    /// an unmasked future key or a missing softmax term moves them by 1e-2 or more.
+    const FUSED_REL_TOL: f32 = 1e-5;
+
+    type Ad<B> = Autodiff<Fp8<B>>;
+
+    fn rel(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    /// `model::attention`'s composed path.
+    fn composed<B: Backend>(qkv: Tensor<B, 3>, nh: usize, divisor: f64) -> Tensor<B, 3> {
+        let [b, t, c3] = qkv.dims();
+        let (c, hd) = (c3 / 3, c3 / 3 / nh);
+        let heads = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * c, c)
+                .reshape([b, t, nh, hd])
+                .swap_dims(1, 2)
+        };
+        let (q, k, v) = (heads(0), heads(1), heads(2));
+        let scores = q.matmul(k.swap_dims(2, 3)) / divisor;
+        let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device())
+            .unsqueeze::<4>()
+            .expand([b, nh, t, t]);
+        let att = softmax(scores.mask_fill(future, f32::MIN), 3);
+        att.matmul(v).swap_dims(1, 2).reshape([b, t, c])
+    }
+
+    #[test]
+    fn fused_attention_equals_the_composed_one() {
+        case::<Flex>();
+        case::<NdArray<f32>>();
+    }
+
+    fn case<B: HostTensors + Fp8Kernels>() {
+        let (b, t, nh, hd, divisor) = (2, 9, 3, 5, 2.2);
+        let c3 = 3 * nh * hd;
+        let device = Default::default();
+        let qkv = || {
+            Tensor::<Ad<B>, 3>::from_data(
+                TensorData::new(values(b * t * c3, 1), [b, t, c3]),
+                &device,
+            )
+            .require_grad()
+        };
+        let weights = Tensor::<Ad<B>, 3>::from_data(
+            TensorData::new(values(b * t * nh * hd, 2), [b, t, nh * hd]),
+            &device,
+        );
+        let (x, z) = (qkv(), qkv());
+        let fused = Tensor::<Ad<B>, 3>::from_primitive(TensorPrimitive::Float(
+            Ad::<B>::fused_causal_attention(x.clone().into_primitive().tensor(), nh, divisor)
+                .expect("a host backend"),
+        ));
+        let reference = composed(z.clone(), nh, divisor);
+        let gx = x
+            .grad(&(fused.clone() * weights.clone()).sum().backward())
+            .unwrap();
+        let gz = z
+            .grad(&(reference.clone() * weights).sum().backward())
+            .unwrap();
+        let (fy, ry) = (host(fused), host(reference));
+        let (fg, rg) = (host(gx), host(gz));
+        println!(
+            "attention: y rel {:e}, d qkv rel {:e}",
+            rel(&fy, &ry),
+            rel(&fg, &rg)
+        );
+        assert!(
+            rel(&fy, &ry) < FUSED_REL_TOL,
+            "y differs by {:e}",
+            rel(&fy, &ry)
+        );
+        assert!(
+            rel(&fg, &rg) < FUSED_REL_TOL,
+            "d qkv differs by {:e}",
+            rel(&fg, &rg)
+        );
+        // Evaluation (no autodiff) gives the same output.
+        let plain = Tensor::<Fp8<B>, 3>::from_data(
+            TensorData::new(values(b * t * c3, 1), [b, t, c3]),
+            &device,
+        );
+        let y = Fp8::<B>::fused_causal_attention(plain.into_primitive().tensor(), nh, divisor)
+            .expect("a host backend");
+        let y = host(Tensor::<Fp8<B>, 3>::from_primitive(TensorPrimitive::Float(
+            y,
+        )));
+        assert!(rel(&y, &ry) < FUSED_REL_TOL, "inference differs");
+    }
+}
