@@ -13,7 +13,7 @@ use fp8_backend::{
 };
 
 mod common;
-use common::{amax, bits, q, values};
+use common::{bits, q, values};
 
 /// The forward ordinal of an anonymous layer (every record here is from pass 0).
 fn ordinal(layer: &LayerId) -> u32 {

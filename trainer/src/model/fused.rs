@@ -418,7 +418,7 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedOps for Autodiff<F
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use burn::backend::{Autodiff, Flex, NdArray};
     use burn::tensor::activation::{gelu_approximate, softmax};
     use burn::tensor::{Bool, Tensor, TensorData, TensorPrimitive};
@@ -431,9 +431,10 @@ mod tests {
     /// 1e-3 or more.
     const FUSED_REL_TOL: f32 = 1e-5;
 
-    type Ad<B> = Autodiff<Fp8<B>>;
+    pub(crate) type Ad<B> = Autodiff<Fp8<B>>;
 
-    fn rel(a: &[f32], b: &[f32]) -> f32 {
+    /// max |a - b| relative to max |b|.
+    pub(crate) fn rel(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
         a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
@@ -453,7 +454,7 @@ mod tests {
             .collect()
     }
 
-    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         t.into_data().to_vec::<f32>().unwrap()
     }
 

@@ -337,7 +337,7 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedAttention for Auto
 
 #[cfg(test)]
 mod tests {
-    use burn::backend::{Autodiff, Flex, NdArray};
+    use burn::backend::{Flex, NdArray};
     use burn::tensor::activation::softmax;
     use burn::tensor::backend::Backend;
     use burn::tensor::{Bool, Tensor, TensorData, TensorPrimitive};
@@ -349,22 +349,12 @@ mod tests {
     /// an unmasked future key or a missing softmax term moves them by 1e-2 or more.
     const FUSED_REL_TOL: f32 = 1e-5;
 
-    type Ad<B> = Autodiff<Fp8<B>>;
-
-    fn rel(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
+    use crate::model::fused::tests::{host, rel, Ad};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
             .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 250.0 - 2.0)
             .collect()
-    }
-
-    fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-        t.into_data().to_vec::<f32>().unwrap()
     }
 
     /// `model::attention`'s composed path.
