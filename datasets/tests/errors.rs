@@ -299,8 +299,19 @@ fn a_fraction_that_leaves_a_split_empty() {
     );
     cfg.validation = Validation::Fraction(0.5);
     let err = open(&cfg);
-    assert!(matches!(err, DataError::TooShort { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            DataError::SplitEmpty {
+                count: 1,
+                what: "examples",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_names(&err, "one.jsonl", None);
+    assert!(!err.to_string().contains("window"), "{err}");
 }
 
 /// A quote opened and never closed would make the csv reader swallow every following row into
