@@ -515,8 +515,7 @@ fn generate_with_top_k_0_or_a_bad_temperature_exits_2() {
             "1,2",
             "--max-new-tokens",
             "3",
-            flag,
-            value,
+            &format!("{flag}={value}"), // `--temperature=-1`: not read as a flag
         ]);
         assert_exit(&format!("{flag} {value}"), &out, 2, &[flag]);
     }
