@@ -452,6 +452,44 @@ fn a_second_ctrl_c_stops_at_once() {
     assert!(!run.join("checkpoints/step-1").exists(), "{err}");
 }
 
+/// Ctrl-C during a step that is due for an evaluation: the evaluation stops at once and is not
+/// recorded, the checkpoint marks it pending, and the resumed run does it first, so metrics.csv
+/// equals that of the uninterrupted run.
+#[test]
+fn ctrl_c_before_a_due_evaluation_resumes_to_the_same_metrics() {
+    let dir = scratch("ctrl-c-due-eval");
+    let mut config = slow_job(&dir, "due");
+    config["batch_size"] = json!(8); // one step: about a second or more on a CPU
+    config["steps"] = json!(2);
+    config["eval_every"] = json!(1);
+    config["eval_batches"] = json!(1);
+    config["checkpoint_every"] = json!(100);
+    let mut reference = config.clone();
+    reference["name"] = json!("reference");
+    assert_ok(&train(
+        &write_config(&dir, "reference.json", &reference),
+        &[],
+        &[],
+    ));
+    let expected = metrics(&dir.join("runs/reference"));
+    let path = write_config(&dir, "due.json", &config);
+    let run = dir.join("runs/due");
+    let mut child = spawn_train(&path, &[]);
+    wait_for_log_line(&run, "step 0: val loss");
+    std::thread::sleep(Duration::from_millis(300)); // inside step 1, which is due
+    signal(&child, libc::SIGINT);
+    let (status, _) = wait_at_most(&mut child, Duration::from_secs(60)).expect("stops");
+    let err = child_stderr(&mut child);
+    assert_eq!(status.code(), Some(130), "{err}");
+    let rows = metrics(&run);
+    assert_eq!(rows.len(), 2, "row 0 and step 1: {rows:?}");
+    assert_eq!(rows[1][3], "", "the interrupted evaluation is not recorded");
+    let state = read(&run.join("checkpoints/step-1/trainer_state/state.json"));
+    assert!(state.contains("\"eval_pending\": true"), "{state}");
+    assert_ok(&train(&path, &["--resume"], &[]));
+    assert_eq!(exact(&metrics(&run)), exact(&expected), "resumed exactly");
+}
+
 // ---- 6. the model shape on --resume, checkpoint + shape overrides ----------------------------
 
 #[test]
