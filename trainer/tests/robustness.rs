@@ -15,14 +15,15 @@ use datasets::{
     ByteTokenizer, CsvConfig, DataConfig, DataFormat, Dataset, TokenizerSpec, Validation,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestRng, TestRunner};
 use serde_json::{json, Map, Value};
 use trainer::checkpoint::WeightFiles;
+use trainer::job::assemble::model_config;
 use trainer::job::load_job_config;
 use trainer::{Error, Gpt2Config};
 
 /// Cases per property (proptest's default is 256).
-const CASES: u32 = 400;
+const CASES: u32 = 1000;
 
 /// A scratch folder for one test binary run.
 fn scratch(name: &str) -> PathBuf {
@@ -38,11 +39,14 @@ fn check<S: Strategy>(
     S::Value: std::fmt::Debug,
 {
     let tried = AtomicU64::new(0);
-    let mut runner = TestRunner::new(Config {
+    // A fixed seed: the same inputs on every run (house style: deterministic tests).
+    let config = Config {
         cases: CASES,
         failure_persistence: None,
         ..Config::default()
-    });
+    };
+    let rng = TestRng::deterministic_rng(config.rng_algorithm);
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let result = runner.run(&strategy, |input| {
         tried.fetch_add(1, Ordering::Relaxed);
         property(input)
@@ -301,7 +305,12 @@ fn job_configs() {
     check("job config", strategy, |bytes| {
         std::fs::write(&path, &bytes).unwrap();
         match load_job_config(&path, &[]) {
-            Ok(_) => Ok(()),
+            // The model section as the job would assemble it (preset, overrides, sizes),
+            // without allocating the model.
+            Ok(job) => match model_config(&job, &path) {
+                Ok(_) => Ok(()),
+                Err(e) => refused_naming(&e, "job.json"),
+            },
             Err(e) => refused_naming(&Error::from(e), "job.json"),
         }
     });
