@@ -121,6 +121,10 @@ impl AtomicFile {
                 dir: dir.to_path_buf(),
                 source,
             })?;
+        // Held until the temporary is renamed or deleted: [`remove_stale_temporaries`] leaves
+        // a temporary alone while its writer lives (the kernel drops the lock with the process).
+        // A file system without locks only loses that protection.
+        let _ = tmp.as_file().try_lock();
         Ok(AtomicFile {
             path: path.to_path_buf(),
             out: Some(BufWriter::with_capacity(capacity, tmp)),
@@ -142,7 +146,14 @@ impl AtomicFile {
     }
 
     /// Flushes and syncs the temporary, renames it over the path, and syncs the folder.
-    pub fn commit(mut self) -> io::Result<()> {
+    pub fn commit(self) -> io::Result<()> {
+        self.commit_keep_open().map(drop)
+    }
+
+    /// Like [`AtomicFile::commit`], and returns the file, open for writing at its end: a file
+    /// that is appended to afterwards is never opened again by its path (which could by then
+    /// be a symbolic link to somewhere else).
+    pub fn commit_keep_open(mut self) -> io::Result<std::fs::File> {
         let tmp_path = self.temp_path().to_path_buf();
         let out = self.out.take().expect("AtomicFile committed twice");
         let path = &self.path;
@@ -156,17 +167,24 @@ impl AtomicFile {
             tmp: tmp_path.clone(),
             source,
         })?;
-        tmp.persist(path).map_err(|e| AtomicWriteError::Rename {
+        let file = tmp.persist(path).map_err(|e| AtomicWriteError::Rename {
             tmp: tmp_path,
             path: path.clone(),
             source: e.error,
         })?;
+        let _ = file.unlock();
+        let mut file = file;
+        file.seek(SeekFrom::End(0))
+            .map_err(|source| AtomicWriteError::Write {
+                tmp: path.clone(),
+                source,
+            })?;
         let dir = parent_dir(path);
         sync_dir(dir).map_err(|source| AtomicWriteError::SyncDir {
             dir: dir.to_path_buf(),
             source,
         })?;
-        Ok(())
+        Ok(file)
     }
 }
 
@@ -199,6 +217,44 @@ impl Drop for AtomicFile {
             let _ = tmp.close();
         }
     }
+}
+
+/// Whether `name` is the name of an [`AtomicFile`]'s temporary (`.NAME.XXXXXX.tmp`).
+pub fn is_temporary_name(name: &str) -> bool {
+    name.len() > ".x.tmp".len() && name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Deletes the temporaries that writers killed or failed mid-write left in `dir` (files named
+/// `.NAME.XXXXXX.tmp`), except those a live writer still holds; returns how many it deleted.
+/// A missing folder has none. Symbolic links and folders are left alone.
+pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_file || !is_temporary_name(&name.to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        // A writer holds its temporary locked: one that can be locked is abandoned.
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+    }
+    Ok(removed)
 }
 
 /// The folder `path` is in (`.` for a bare file name).
@@ -349,6 +405,35 @@ mod tests {
         let err = write_atomic(Path::new("/"), b"x").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().starts_with("/: "), "{err}");
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.tok");
+        std::fs::write(dir.path().join(".cache.tok.abc123.tmp"), "killed").unwrap();
+        std::fs::write(dir.path().join(".hidden"), "not a temporary").unwrap();
+        let mut live = AtomicFile::create(&path).unwrap();
+        live.write_all(b"still writing").unwrap();
+        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
+        assert_eq!(names(dir.path()).len(), 2, "{:?}", names(dir.path()));
+        live.commit().unwrap();
+        assert_eq!(names(dir.path()), [".hidden", "cache.tok"]);
+        assert_eq!(
+            remove_stale_temporaries(&dir.path().join("absent")).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_file_kept_open_on_commit_appends_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        let mut f = AtomicFile::create(&path).unwrap();
+        f.write_all(b"header\n").unwrap();
+        let mut file = f.commit_keep_open().unwrap();
+        file.write_all(b"row\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "header\nrow\n");
     }
 
     #[cfg(unix)]

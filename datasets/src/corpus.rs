@@ -65,6 +65,16 @@ pub(crate) fn build_or_open(
         options: serde_json::to_string(&options).expect("options serialize"),
     };
     let path = cache_path(spec.cache_dir, files, &key);
+    // Temporaries of caches whose writer was killed or failed (those still being written by
+    // another process are locked, and kept).
+    match crate::atomic::remove_stale_temporaries(spec.cache_dir) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "{}: removed {n} temporary file(s) of interrupted cache writes",
+            spec.cache_dir.display()
+        ),
+        Err(e) => log::warn!("cannot clean up the token cache folder: {e}"),
+    }
     if path.exists() {
         match TokenCache::open(&path, &key) {
             Ok(cache) => {

@@ -242,12 +242,16 @@ fn split_fraction(
     seed: u64,
     origin: &std::path::Path,
 ) -> Result<(SplitData, SplitData), DataError> {
-    let too_few = |what: &str, n: usize| DataError::TooShort {
+    let too_few = |what: &'static str, n: usize| DataError::SplitEmpty {
         path: origin.to_path_buf(),
-        what: format!("the data to split ({what})"),
-        tokens: n as u64,
-        needed: 2,
-        why: format!("validation fraction {fraction} leaves one split empty"),
+        what,
+        count: n as u64,
+        fraction,
+        empty: if ((n as f64) * fraction).round() as usize == 0 {
+            "validation"
+        } else {
+            "training"
+        },
     };
     if kind == DataKind::LanguageModel {
         let tokens = cache.tokens();

@@ -94,6 +94,19 @@ pub enum DataError {
         needed: u64,
         why: String,
     },
+    #[error(
+        "{path}: a validation fraction of {fraction} of its {count} {what} leaves the {empty} \
+         split empty; use more data or another fraction"
+    )]
+    SplitEmpty {
+        path: PathBuf,
+        /// `tokens` or `examples`.
+        what: &'static str,
+        count: u64,
+        fraction: f64,
+        /// `training` or `validation`.
+        empty: &'static str,
+    },
     #[error("{path}:{line}: invalid UTF-8 at byte offset {offset}; re-save the file as UTF-8")]
     InvalidUtf8 {
         path: PathBuf,
@@ -172,6 +185,12 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// True when the data or the data config is at fault (exit code 2); false when the system
+    /// failed us (the token cache cannot be written: a full disk, a read-only folder).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, DataError::CacheWrite { .. })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {

@@ -299,6 +299,57 @@ fn a_fraction_that_leaves_a_split_empty() {
     );
     cfg.validation = Validation::Fraction(0.5);
     let err = open(&cfg);
-    assert!(matches!(err, DataError::TooShort { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            DataError::SplitEmpty {
+                count: 1,
+                what: "examples",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_names(&err, "one.jsonl", None);
+    assert!(!err.to_string().contains("window"), "{err}");
+}
+
+/// A quote opened and never closed would make the csv reader swallow every following row into
+/// one field (issue 12): refused, naming the line where the quote opened.
+#[test]
+fn csv_unterminated_quote_names_the_line_it_opened() {
+    let s = Scratch::new();
+    let mut cfg = s.config(
+        s.write(
+            "open.csv",
+            "sentence,label\ngood,1\n\"never closed,0\nmore,1\n\"rows\",0\n",
+        ),
+        4,
+    );
+    cfg.csv = Some(csv_cfg("{sentence}", &[("0", " no"), ("1", " yes")]));
+    // Read as it is, rows 3-5 would be one example with the sentence `never closed,0\nmore,1\nrows"`.
+    let err = open(&cfg);
+    assert!(matches!(err, DataError::Csv { line: 3, .. }), "{err:?}");
+    assert_names(&err, "open.csv", Some(3));
+    assert!(err.to_string().contains("quote"), "{err}");
+    // Never closed at all, up to the end of the file.
+    cfg.train = s
+        .write(
+            "eof.csv",
+            "sentence,label\ngood,1\nok,0\n\"open to the end,1\n",
+        )
+        .into();
+    let err = open(&cfg);
+    assert!(matches!(err, DataError::Csv { line: 4, .. }), "{err:?}");
+    assert!(err.to_string().contains("never closed"), "{err}");
+
+    // Quotes that are closed, doubled inside a field, or inside an unquoted field are fine.
+    cfg.train = s
+        .write(
+            "fine.csv",
+            "sentence,label\n\"a, \"\"quoted\"\" one\",1\n5\" screen,0\n\"two\nlines\",1\n",
+        )
+        .into();
+    let ds = Dataset::open(&cfg, &ByteTokenizer).expect("well-formed quotes");
+    let _ = ds;
 }

@@ -269,3 +269,18 @@ fn fast_gpt2_encoder_equals_tiktoken_rs() {
         );
     }
 }
+
+/// A tokenizer.json that breaks off inside its `decoder` section made the tokenizers crate
+/// panic (`expect("Helper")`; found by trainer/tests/robustness.rs): a parse error naming the
+/// file instead.
+#[test]
+fn a_truncated_tokenizer_json_is_a_parse_error_not_a_panic() {
+    let s = common::Scratch::new();
+    let path = s.write(
+        "tokenizer.json",
+        r#"{"version": "1.0", "decoder": {"type": "ByteLevel", "add_prefix_space": tr"#,
+    );
+    let err = load_tokenizer(&TokenizerSpec::File(path)).expect_err("truncated");
+    assert!(matches!(err, TokenizerError::Parse { .. }), "{err:?}");
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}

@@ -23,6 +23,19 @@ pub enum Error {
         file: PathBuf,
         source: datasets::DataError,
     },
+    /// Data named by a command-line flag (`eval --data`); the error names the file itself.
+    #[error("{flag}: {source}")]
+    DataArgument {
+        flag: &'static str,
+        source: datasets::DataError,
+    },
+    /// Another job holds the run directory (its `.lock`).
+    #[error(
+        "{dir}: another job is running in this run directory ({holder}); wait for it to \
+         finish, stop it, or give this job another `name`",
+        holder = holder(.pid)
+    )]
+    RunDirInUse { dir: PathBuf, pid: Option<u32> },
     /// The tokenizer a job config (`file`) or a command-line flag names.
     #[error("{origin}: {source}")]
     Tokenizer {
@@ -58,9 +71,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         use datasets::TokenizerError as T;
         let bad_input = match self {
+            Self::Data { source, .. } | Self::DataArgument { source, .. } => source.is_bad_input(),
             Self::Config(_)
             | Self::Field { .. }
-            | Self::Data { .. }
+            | Self::RunDirInUse { .. }
             | Self::Argument { .. }
             | Self::BadFile { .. }
             | Self::DeviceUnavailable(_) => true,
@@ -94,5 +108,13 @@ impl Error {
             field: field.to_string(),
             message: message.into(),
         }
+    }
+}
+
+/// The holder of a run directory's lock, for its message.
+fn holder(pid: &Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("PID {pid}"),
+        None => "PID unknown: it has not written it yet".into(),
     }
 }

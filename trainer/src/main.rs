@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use trainer::commands::{run, Cli};
+use trainer::commands::{run, Cli, Command};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -55,11 +55,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut progress = cli_progress::TermProgress::new();
     trainer::logging::init(progress.terminal_sink());
-    // Ctrl-C: long-running commands save a checkpoint after the current step and return.
+    // Ctrl-C, SIGTERM (job schedulers) and SIGHUP: training saves a checkpoint of the last
+    // completed step and returns (exit 130); a second one ends the process at once. The other
+    // commands have nothing to save and keep the default (the process ends).
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
-        log::warn!("cannot install the Ctrl-C handler: {e}");
+    if matches!(cli.command, Command::Train(_) | Command::Compare(_)) {
+        let flag = stop.clone();
+        let handler = move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                eprintln!(
+                    "\nsecond interrupt: stopping at once; the step in progress is not saved \
+                     (the run's last complete checkpoint is kept: continue with --resume)"
+                );
+                std::process::exit(130);
+            }
+        };
+        if let Err(e) = ctrlc::set_handler(handler) {
+            log::warn!("cannot install the Ctrl-C handler: {e}");
+        }
     }
     match run(cli.command, stop, &mut progress) {
         Ok(done) => {

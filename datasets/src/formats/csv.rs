@@ -38,6 +38,9 @@ pub(crate) fn tokenize_file(
 ) -> Result<u64, DataError> {
     super::check_file_utf8(path)?;
     let d = dialect(cfg, format);
+    if d.quoting {
+        check_quotes(path, d.delimiter)?;
+    }
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(d.delimiter)
@@ -130,4 +133,82 @@ pub(crate) fn tokenize_file(
         rows += 1;
     }
     Ok(rows)
+}
+
+/// Refuses quoted fields that the csv reader would silently run on into the following rows:
+/// a quote never closed (the rest of the file becomes one field), or one closed and followed
+/// by more text (a stray quote that "closes" a field opened rows earlier). RFC 4180: a quoted
+/// field ends at its closing quote, right before a delimiter, a line break or the end; `""`
+/// inside is one quote; a quote inside an unquoted field is an ordinary character.
+fn check_quotes(path: &Path, delimiter: u8) -> Result<(), DataError> {
+    use std::io::Read;
+    #[derive(PartialEq)]
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        /// A quote inside a quoted field: closing, or the first of `""`.
+        QuoteInQuoted,
+    }
+    let bad = |line: u64, message: String| DataError::Csv {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut block = vec![0u8; super::READ_BLOCK];
+    let (mut state, mut line, mut opened_at) = (State::FieldStart, 1u64, 0u64);
+    loop {
+        let n = file.read(&mut block).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        for &b in &block[..n] {
+            state = match state {
+                State::FieldStart if b == b'"' => {
+                    opened_at = line;
+                    State::Quoted
+                }
+                State::FieldStart | State::Unquoted
+                    if b == delimiter || b == b'\n' || b == b'\r' =>
+                {
+                    State::FieldStart
+                }
+                State::FieldStart | State::Unquoted => State::Unquoted,
+                State::Quoted if b == b'"' => State::QuoteInQuoted,
+                State::Quoted => State::Quoted,
+                State::QuoteInQuoted if b == b'"' => State::Quoted,
+                State::QuoteInQuoted if b == delimiter || b == b'\n' || b == b'\r' => {
+                    State::FieldStart
+                }
+                State::QuoteInQuoted => {
+                    let shown = if b.is_ascii_graphic() || b == b' ' {
+                        format!("`{}`", b as char)
+                    } else {
+                        format!("byte 0x{b:02x}")
+                    };
+                    return Err(bad(
+                        opened_at,
+                        format!(
+                            "the quoted field opened on this line closes on line {line} and is \
+                             followed by {shown}: a quote is missing or stray, which would merge \
+                             rows (double a quote inside a quoted field: \"\")"
+                        ),
+                    ));
+                }
+            };
+            if b == b'\n' {
+                line += 1;
+            }
+        }
+    }
+    if state == State::Quoted {
+        return Err(bad(
+            opened_at,
+            "the quoted field opened on this line is never closed: every row after it would \
+             become part of it (close the quote, or set `csv.quoting` to false)"
+                .to_string(),
+        ));
+    }
+    Ok(())
 }

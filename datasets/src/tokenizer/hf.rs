@@ -49,7 +49,24 @@ impl HfTokenizer {
     /// spellings (`<|endoftext|>`, `<|end_of_text|>`, `</s>`, `<eos>`).
     pub fn from_json_file(path: &Path, eos: Option<String>) -> Result<Self, TokenizerError> {
         let bytes = read(path)?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| parse_err(path, e))?;
+        // The tokenizers crate panics (`expect("Helper")` in its decoder reader) on JSON that
+        // breaks off inside some sections: check the syntax first, for an error with a line.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| parse_err(path, format!("not valid JSON: {e}")))?;
+        // And should it panic on valid JSON, that is still a file it cannot read, not a crash.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                parse_err(
+                    path,
+                    format!("the tokenizers library cannot read it ({why})"),
+                )
+            })?;
+        let inner = parsed.map_err(|e| parse_err(path, e))?;
         let id = format!("hf-json:{:016x}", Fnv64::new().write(&bytes).finish());
         Self::finish(inner, id, path, eos)
     }

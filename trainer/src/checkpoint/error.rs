@@ -76,6 +76,16 @@ pub enum CheckpointError {
          tie_word_embeddings = true (set it to false to load a separate head)"
     )]
     UntiedHead { path: PathBuf },
+    #[error(
+        "{path}: tensor `{tensor}` holds a non-finite value ({value} at element {index}); the \
+         checkpoint is corrupt or diverged (use an earlier one)"
+    )]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+        value: f32,
+    },
     #[error("cannot write checkpoint {path}: {source}")]
     Write {
         path: PathBuf,

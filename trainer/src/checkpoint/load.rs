@@ -89,7 +89,17 @@ pub fn load_weights<B: Backend>(
     replace_params(
         model,
         |model_name, shape| {
-            let values = weights.read_f32(&sources[model_name])?;
+            let file_name = &sources[model_name];
+            let values = weights.read_f32(file_name)?;
+            // NaN or inf weights would only show up later as NaN logits or losses.
+            if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(CheckpointError::NonFinite {
+                    path: weights.path_of(file_name).to_path_buf(),
+                    tensor: file_name.clone(),
+                    index,
+                    value,
+                });
+            }
             Ok(TensorData::new(values, shape.to_vec()))
         },
         device,

@@ -217,20 +217,107 @@ fn describe(path: &Path, bytes: &[u8], error: SafeTensorError) -> CheckpointErro
             return truncated;
         }
     }
+    // The crate's offset and shape errors do not say which tensor: find it.
+    if let Some(reason) = find_bad_entry(bytes) {
+        return CheckpointError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+    }
+    use SafeTensorError as E;
     let reason = match error {
-        SafeTensorError::HeaderTooSmall => "shorter than the 8-byte header length".to_string(),
-        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength => {
+        E::HeaderTooSmall => "shorter than the 8-byte header length".to_string(),
+        E::HeaderTooLarge | E::InvalidHeaderLength => {
             "the first 8 bytes are not a plausible header length".to_string()
         }
-        SafeTensorError::MetadataIncompleteBuffer => {
+        E::MetadataIncompleteBuffer => {
             "the data section is longer than the header declares".to_string()
         }
-        other => format!("{other:?}"),
+        E::InvalidHeader(e) => format!("the header is not UTF-8 text ({e})"),
+        E::InvalidHeaderStart => "the header does not start with `{` (not a JSON object)".into(),
+        E::InvalidHeaderDeserialization(e) | E::JsonError(e) => {
+            format!("the header is not the JSON a safetensors file holds: {e}")
+        }
+        E::TensorNotFound(name) => format!("no tensor `{name}`"),
+        E::TensorInvalidInfo => "a tensor's shape, dtype and data offsets do not agree".to_string(),
+        E::InvalidOffset(name) => {
+            format!("tensor `{name}`: its data offsets overlap another tensor's or leave a gap")
+        }
+        E::IoError(e) => format!("cannot read it: {e}"),
+        E::InvalidTensorView(dtype, shape, n) => {
+            format!("a tensor of dtype {dtype:?} and shape {shape:?} cannot span {n} bytes")
+        }
+        E::ValidationOverflow => "a tensor's shape or byte size overflows".to_string(),
+        E::MisalignedSlice => "a tensor of sub-byte elements does not end on a byte".to_string(),
+        #[allow(unreachable_patterns)]
+        other => other.to_string(),
     };
     CheckpointError::NotSafetensors {
         path: path.to_path_buf(),
         reason,
     }
+}
+
+/// Reads the header and finds the first tensor (in data order) whose dtype, shape and data
+/// offsets disagree, described in words; `None` when every entry is consistent (or the header
+/// itself does not parse).
+fn find_bad_entry(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = 8usize.checked_add(usize::try_from(n).ok()?)?;
+    let header: Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let mut entries: Vec<(&String, &Value)> = header
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .collect();
+    let start_of = |info: &Value| info["data_offsets"][0].as_u64().unwrap_or(0);
+    entries.sort_by_key(|(_, info)| start_of(info));
+    let mut previous_end = 0u64;
+    for (name, info) in entries {
+        let dtype = info["dtype"].as_str().unwrap_or("");
+        let size: u64 = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
+            // Sub-byte, complex or unknown types: the crate's own message says enough.
+            _ => return None,
+        };
+        let Some(shape) = info["shape"]
+            .as_array()
+            .and_then(|s| s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+        else {
+            return Some(format!("tensor `{name}`: `shape` is not a list of sizes"));
+        };
+        let offsets = info["data_offsets"].as_array();
+        let (Some(start), Some(stop)) = (
+            offsets.and_then(|o| o.first()).and_then(Value::as_u64),
+            offsets.and_then(|o| o.get(1)).and_then(Value::as_u64),
+        ) else {
+            return Some(format!(
+                "tensor `{name}`: `data_offsets` is not [start, end]"
+            ));
+        };
+        let needed = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
+        let Some(needed) = needed else {
+            return Some(format!("tensor `{name}`: shape {shape:?} overflows"));
+        };
+        if stop < start || stop - start != needed {
+            return Some(format!(
+                "tensor `{name}`: shape {shape:?} of {dtype} needs {needed} bytes, but its \
+                 data_offsets [{start}, {stop}] span {}",
+                stop.saturating_sub(start)
+            ));
+        }
+        if start != previous_end {
+            return Some(format!(
+                "tensor `{name}`: its data starts at byte {start} of the data section, where \
+                 the previous tensor ended at {previous_end} (overlap or gap)"
+            ));
+        }
+        previous_end = stop;
+    }
+    None
 }
 
 /// Reads the header (already known to parse) and finds a tensor that ends past the file's end.

@@ -61,6 +61,20 @@ fn dump_on<B: Fp8Kernels + crate::host::HostTensors>(
             .map_err(data.err())?,
         Some(path) => {
             let tokens = read_tokens(path)?;
+            let vocab_size = model.config().vocab_size;
+            if let Some((i, bad)) = tokens
+                .iter()
+                .enumerate()
+                .find(|(_, t)| **t as usize >= vocab_size)
+            {
+                return Err(Error::BadFile {
+                    path: path.clone(),
+                    message: format!(
+                        "token {bad} (at index {i}) is outside the model's vocabulary \
+                         (vocab_size = {vocab_size})"
+                    ),
+                });
+            }
             let needed = job.batch_size * job.data.seq_len + 1;
             if tokens.len() < needed {
                 return Err(Error::BadFile {
@@ -138,7 +152,14 @@ fn read_tokens(path: &Path) -> Result<Vec<u32>, Error> {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    // An input file the user names: missing, unreadable or not text is bad input (exit 2).
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read the token list: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        bad(format!(
+            "not UTF-8 text (invalid byte at offset {at}); expected a JSON list of token ids"
+        ))
+    })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let list = value.get("tokens").unwrap_or(&value);
     serde_json::from_value(list.clone())

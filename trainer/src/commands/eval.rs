@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::checkpoint::load_checkpoint;
 use crate::error::Error;
 use crate::job::assemble::{
-    check_device, check_model_fits, model_config_of_checkpoint, open_data, JobData,
+    check_device, check_model_fits, model_config_of_checkpoint, open_data_from, DataOrigin, JobData,
 };
 use crate::job::{load_job_config, Device, JobConfig, ModelSource};
 use crate::model::loss::{mean_loss, row_scores};
@@ -125,9 +125,25 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, Error> {
     if let Some(p) = args.precision {
         job.precision.mode = p;
     }
-    let data = open_data(&job, &config_path)?;
+    let from_flags = args.config.is_none();
+    let origin = match from_flags {
+        true => DataOrigin::Flags,
+        false => DataOrigin::Config(config_path.clone()),
+    };
+    let data = open_data_from(&job, origin)?;
     let vocab = data.tokenizer.vocab_size();
-    check_model_fits(&job, &config_path, &model_config, vocab)?;
+    check_model_fits(&job, &config_path, &model_config, vocab).map_err(|e| match e {
+        // With --data there is no job config: name the flag the setting came from.
+        Error::Field { field, message, .. } if from_flags => Error::Argument {
+            flag: match field.as_str() {
+                "data.seq_len" => "--seq-len",
+                "model.vocab_size" => "--tokenizer",
+                _ => "--precision",
+            },
+            message,
+        },
+        other => other,
+    })?;
     match args.device {
         Some(device) if !device.available() => {
             let message = Error::DeviceUnavailable(device).to_string();

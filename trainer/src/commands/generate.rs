@@ -62,6 +62,21 @@ impl GenerateArgs {
 
 /// Runs `generate`; returns what to print: prompt and continuation as text, or the new token ids.
 pub fn run_generate(args: &GenerateArgs) -> Result<String, Error> {
+    if args.top_k == 0 {
+        return Err(Error::Argument {
+            flag: "--top-k",
+            message: "must be at least 1 (1 is greedy)".into(),
+        });
+    }
+    if !args.temperature.is_finite() || args.temperature < 0.0 {
+        return Err(Error::Argument {
+            flag: "--temperature",
+            message: format!(
+                "is {}, expected a finite number >= 0 (0 is greedy)",
+                args.temperature
+            ),
+        });
+    }
     let device = Default::default();
     let options = ModelOptions {
         fp8: policy_of(args.precision),

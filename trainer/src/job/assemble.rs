@@ -36,23 +36,53 @@ pub fn check_device(job: &JobConfig, config: &Path) -> Result<(), Error> {
 pub struct JobData {
     pub tokenizer: Box<dyn Tokenizer>,
     pub dataset: Dataset,
-    config: PathBuf,
+    origin: DataOrigin,
+}
+
+/// Where a job's data section came from, for error messages.
+#[derive(Clone, Debug)]
+pub enum DataOrigin {
+    /// The `data` field of this job config.
+    Config(PathBuf),
+    /// Command-line flags (`eval --data`, `--tokenizer`).
+    Flags,
+}
+
+impl DataOrigin {
+    fn error(&self, source: datasets::DataError) -> Error {
+        match self {
+            Self::Config(file) => Error::Data {
+                file: file.clone(),
+                source,
+            },
+            Self::Flags => Error::DataArgument {
+                flag: "--data",
+                source,
+            },
+        }
+    }
 }
 
 impl JobData {
-    /// Maps a data error to one naming the config's `data` field.
+    /// Maps a data error to one naming the config's `data` field (or the `--data` flag).
     pub fn err(&self) -> impl Fn(datasets::DataError) -> Error + '_ {
-        |source| Error::Data {
-            file: self.config.clone(),
-            source,
-        }
+        |source| self.origin.error(source)
     }
 }
 
 /// Loads the tokenizer (config, else the checkpoint's own, else GPT-2) and opens the data.
 pub fn open_data(job: &JobConfig, config: &Path) -> Result<JobData, Error> {
+    open_data_from(job, DataOrigin::Config(config.to_path_buf()))
+}
+
+/// [`open_data`] for data that `origin` names.
+pub fn open_data_from(job: &JobConfig, origin: DataOrigin) -> Result<JobData, Error> {
+    let tok_origin = match &origin {
+        DataOrigin::Config(config) => format!("{}: field `tokenizer`", config.display()),
+        DataOrigin::Flags => "--tokenizer".to_string(),
+    };
     let tok_err = |source| Error::Tokenizer {
-        origin: format!("{}: field `tokenizer`", config.display()),
+        origin: tok_origin.clone(),
         source,
     };
     let tokenizer = match (&job.tokenizer, &job.model.checkpoint) {
@@ -63,14 +93,11 @@ pub fn open_data(job: &JobConfig, config: &Path) -> Result<JobData, Error> {
         },
         (None, None) => load_tokenizer(&TokenizerSpec::Gpt2).map_err(tok_err)?,
     };
-    let dataset = Dataset::open(&job.data, tokenizer.as_ref()).map_err(|source| Error::Data {
-        file: config.to_path_buf(),
-        source,
-    })?;
+    let dataset = Dataset::open(&job.data, tokenizer.as_ref()).map_err(|e| origin.error(e))?;
     Ok(JobData {
         tokenizer,
         dataset,
-        config: config.to_path_buf(),
+        origin,
     })
 }
 
@@ -112,9 +139,134 @@ fn preset_config(job: &JobConfig, config: &Path, name: &str) -> Result<Gpt2Confi
         c.bos_token_id = None;
         c.eos_token_id = None;
     }
-    c.validate(config)
-        .map_err(|e| Error::field(config, "model", e.to_string()))?;
+    c.validate(config).map_err(|e| match e {
+        // The field is the job's `model.<field>`, and the file is the job config (named once).
+        crate::model::ConfigError::BadField { field, message, .. } => {
+            Error::field(config, &format!("model.{field}"), message)
+        }
+        other => Error::field(config, "model", other.to_string()),
+    })?;
+    check_model_size(&c, config)?;
     Ok(c)
+}
+
+/// Refuses a model whose weights alone (f32) exceed this machine's memory, naming the field
+/// that makes it so large: allocating it would abort the process instead.
+fn check_model_size(c: &Gpt2Config, config: &Path) -> Result<(), Error> {
+    // In f64: an estimate, and sizes near usize::MAX must not overflow.
+    let (embd, inner) = (c.n_embd as f64, c.inner_dim() as f64);
+    let block = 4.0 * embd * embd + 2.0 * embd * inner + 9.0 * embd + inner;
+    let parts = [
+        ("model.vocab_size", c.vocab_size as f64 * embd),
+        ("model.n_positions", c.n_positions as f64 * embd),
+        ("model.n_layer", c.n_layer as f64 * block),
+    ];
+    let params: f64 = parts.iter().map(|p| p.1).sum::<f64>() + 2.0 * embd;
+    let bytes = params * 4.0;
+    let limit = physical_memory().unwrap_or(isize::MAX as u64) as f64;
+    if bytes <= limit {
+        return Ok(());
+    }
+    let (field, _) = parts
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("three parts");
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    Err(Error::field(
+        config,
+        field,
+        format!(
+            "the model would have {params:.3e} parameters, {:.1} GiB as f32 before gradients \
+             and optimizer state, more than this machine's {:.1} GiB of memory",
+            gib(bytes),
+            gib(limit)
+        ),
+    ))
+}
+
+/// Total physical memory (Linux: `MemTotal` of /proc/meminfo), if known.
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// On `--resume`: the job's model must have the shape of the run's checkpoint (`dir`), since
+/// resuming continues that model; names every field that differs.
+pub fn check_same_shape(
+    job: &JobConfig,
+    config: &Path,
+    checkpoint: &Gpt2Config,
+    dir: &Path,
+) -> Result<(), Error> {
+    let wanted = model_config(job, config)?;
+    let fields: [(&str, String, String); 7] = [
+        (
+            "vocab_size",
+            wanted.vocab_size.to_string(),
+            checkpoint.vocab_size.to_string(),
+        ),
+        (
+            "n_positions",
+            wanted.n_positions.to_string(),
+            checkpoint.n_positions.to_string(),
+        ),
+        (
+            "n_embd",
+            wanted.n_embd.to_string(),
+            checkpoint.n_embd.to_string(),
+        ),
+        (
+            "n_layer",
+            wanted.n_layer.to_string(),
+            checkpoint.n_layer.to_string(),
+        ),
+        (
+            "n_head",
+            wanted.n_head.to_string(),
+            checkpoint.n_head.to_string(),
+        ),
+        (
+            "n_inner",
+            wanted.inner_dim().to_string(),
+            checkpoint.inner_dim().to_string(),
+        ),
+        (
+            "activation_function",
+            format!("{:?}", wanted.activation_function),
+            format!("{:?}", checkpoint.activation_function),
+        ),
+    ];
+    let prefix = if job.model.checkpoint.is_some() {
+        "model.checkpoint's "
+    } else {
+        "model."
+    };
+    let changed: Vec<String> = fields
+        .iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("`{prefix}{name}` is {a}, the run's checkpoint has {b}"))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let field = if job.model.checkpoint.is_some() {
+        "model.checkpoint".to_string()
+    } else {
+        let first = fields.iter().find(|(_, a, b)| a != b).expect("one differs");
+        format!("model.{}", first.0)
+    };
+    Err(Error::field(
+        config,
+        &field,
+        format!(
+            "{} ({}): --resume continues the run's model, whose shape cannot change; restore \
+             the setting, or start a new run (--overwrite, or another `name`)",
+            changed.join("; "),
+            dir.display()
+        ),
+    ))
 }
 
 /// Checks that the data fits the model (vocabulary, context length) and that every pattern of
@@ -143,6 +295,15 @@ pub fn check_model_fits(
         let names = projection_names(model.n_layer);
         (job.precision.layers.check(&names, PROJECTION_NAMES_HINT))
             .map_err(|e| Error::field(config, "precision.layers", e.to_string()))?;
+        if !names.iter().any(|n| job.precision.layers.matches(n)) {
+            let message = format!(
+                "{:?} makes no projection FP8 under mode `{}`; name some layers (`[\"*\"]` is \
+                 every one), or set `precision.mode` to `fp32`",
+                job.precision.layers.patterns(),
+                job.precision.mode
+            );
+            return Err(Error::field(config, "precision.layers", message));
+        }
     }
     Ok(())
 }

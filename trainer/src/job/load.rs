@@ -55,6 +55,15 @@ pub fn load_job_config(path: &Path, overrides: &[String]) -> Result<JobConfig, J
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
+    if !value.is_object() {
+        // serde would read an array as the struct's fields in order and blame `[0]`.
+        let kind = datasets::json_type_name(&value);
+        return Err(JobConfigError::field(
+            path,
+            "(top level)",
+            format!("is {kind}, expected a JSON object of job settings ({{\"name\": ..., \"model\": ..., \"data\": ...}})"),
+        ));
+    }
     for arg in overrides {
         apply_override(&mut value, arg)?;
     }
@@ -159,6 +168,30 @@ fn validate(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
             );
         }
     }
+    if c.model.checkpoint.is_some() {
+        let m = &c.model;
+        let overrides: Vec<&str> = [
+            ("model.vocab_size", m.vocab_size.is_some()),
+            ("model.n_positions", m.n_positions.is_some()),
+            ("model.n_embd", m.n_embd.is_some()),
+            ("model.n_layer", m.n_layer.is_some()),
+            ("model.n_head", m.n_head.is_some()),
+            ("model.n_inner", m.n_inner.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
+        if let Some(first) = overrides.first() {
+            return err(
+                first,
+                &format!(
+                    "{} change a preset's shape, but with `model.checkpoint` the shape is the \
+                     checkpoint's config.json; remove them (or use `model.preset`)",
+                    overrides.join(", ")
+                ),
+            );
+        }
+    }
     if !(0.0..1.0).contains(&c.model.dropout) {
         return err("model.dropout", "must be in [0, 1)");
     }
@@ -183,6 +216,18 @@ fn validate(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
     }
     if !(c.optimizer.lr > 0.0) {
         return err("optimizer.lr", "must be positive");
+    }
+    if !c.optimizer.eps.is_finite() || c.optimizer.eps <= 0.0 {
+        return err(
+            "optimizer.eps",
+            "must be positive and finite (AdamW divides by sqrt(v) + eps)",
+        );
+    }
+    if !c.optimizer.weight_decay.is_finite() || c.optimizer.weight_decay < 0.0 {
+        return err(
+            "optimizer.weight_decay",
+            "must be >= 0 and finite (0 turns it off)",
+        );
     }
     let (b1, b2) = c.optimizer.betas;
     if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {

@@ -130,7 +130,7 @@ impl Gpt2Config {
 
     /// Width of the MLP hidden layer (`n_inner`, or `4 * n_embd` when it is null).
     pub fn inner_dim(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
+        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
     }
 
     /// Width of one attention head.

@@ -50,7 +50,9 @@ pub fn generate<B: ModelBackend>(
     let n_positions = model.config().n_positions;
     let mut rng = SplitMix64(options.seed);
     let mut tokens: Vec<u32> = prompt.to_vec();
-    let mut new = Vec::with_capacity(options.max_new_tokens);
+    // Not `with_capacity(max_new_tokens)`: a huge request (the loop stops at the stop token)
+    // would abort on the allocation before producing anything.
+    let mut new = Vec::new();
     for _ in 0..options.max_new_tokens {
         let context = &tokens[tokens.len().saturating_sub(n_positions)..];
         let ids: Vec<i64> = context.iter().map(|&t| t as i64).collect();
@@ -95,6 +97,7 @@ pub fn sample_next(
         return argmax();
     }
     let threshold = match top_k {
+        Some(0) => return argmax(),
         Some(k) if k < logits.len() => {
             let mut sorted = logits.to_vec();
             sorted.sort_by(|a, b| b.total_cmp(a));

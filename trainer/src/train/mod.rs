@@ -9,6 +9,7 @@
 //! saved as f32, the data position and step are restored, and the backend RNG (dropout) is
 //! reseeded with `seed + step` before every step.
 
+pub mod lock;
 pub mod optimizer;
 pub mod plot;
 pub mod resume;
@@ -16,6 +17,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod step;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,14 +32,15 @@ use crate::checkpoint::load_checkpoint;
 use crate::error::Error;
 use crate::host::HostTensors;
 use crate::job::assemble::{
-    build_model, check_device, check_model_fits, model_config_of_checkpoint, model_options,
-    open_data, total_steps,
+    build_model, check_device, check_model_fits, check_same_shape, model_config_of_checkpoint,
+    model_options, open_data, total_steps,
 };
 pub use crate::job::assemble::{TrainBackend, INNER_DEVICE};
 use crate::job::{JobConfig, NonFinitePolicy};
 use crate::model::loss::mean_loss;
 use crate::model::names::param_shapes;
 use crate::model::Gpt2;
+use lock::RunLock;
 use optimizer::{AdamW, AdamWStep};
 use resume::{latest_checkpoint, load_training_state, save_training_checkpoint, TrainerState};
 use run_dir::{Fp8StatsRow, MetricsRow, RunDir};
@@ -98,7 +101,9 @@ fn run_on<B: Fp8Kernels + HostTensors>(
     device: B::Device,
 ) -> Result<TrainOutcome, Error> {
     let mut run = Run::<B>::open(opts, device)?;
-    run.evaluate_before_training()?;
+    if !run.evaluate_before_training()? {
+        return run.interrupt();
+    }
     progress.start(run.state.step, run.total_steps);
     while run.state.step < run.total_steps {
         if opts.stop.load(Ordering::SeqCst) {
@@ -152,6 +157,10 @@ struct Run<'a, B: Fp8Kernels + HostTensors> {
     last_checkpoint: Option<u64>,
     /// Test-only non-finite injection (see [`step::INJECT_NAN_ENV`]).
     inject_at: Option<(u64, f32)>,
+    /// Set by the signal handler: evaluations stop between batches.
+    stop: &'a AtomicBool,
+    /// This job's hold on the run directory, for as long as the run lives.
+    _lock: RunLock,
 }
 
 impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
@@ -160,12 +169,21 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
     fn open(opts: &'a TrainOptions, device: B::Device) -> Result<Self, Error> {
         let job = &opts.job;
         let root = job.out_dir.join(&job.name);
+        // A job running in this folder refuses this one before anything else is looked at.
+        // (A folder that does not exist yet is locked once the job is built, below.)
+        let early_lock = if root.is_dir() {
+            Some(RunLock::acquire(&root)?)
+        } else {
+            None
+        };
         let data = open_data(job, &opts.config_path)?;
         let vocab = data.tokenizer.vocab_size();
-        let resume_from = resume_point(&root.join("checkpoints"), opts)?;
+        let checkpoints = root.join("checkpoints");
+        let resume_from = resume_point(&checkpoints, opts)?;
         let model = match &resume_from {
             Some((_, dir)) => {
                 let config = model_config_of_checkpoint(dir)?;
+                check_same_shape(job, &opts.config_path, &config, dir)?;
                 check_model_fits(job, &opts.config_path, &config, vocab)?;
                 load_checkpoint::<TrainBackend<B>>(dir, &model_options(job), &device)?
             }
@@ -183,6 +201,19 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             }
             None => TrainerState::start(job.seed, loader.state()),
         };
+
+        // The job is built and its first step can run: only now may the run directory change.
+        let lock = match early_lock {
+            Some(lock) => lock,
+            None => {
+                std::fs::create_dir_all(&root).map_err(Error::io(&root))?;
+                RunLock::acquire(&root)?
+            }
+        };
+        if opts.overwrite && resume_from.is_none() && checkpoints.exists() {
+            std::fs::remove_dir_all(&checkpoints).map_err(Error::io(&checkpoints))?;
+        }
+        run_dir::remove_stale_temporaries(&root)?;
         let dir = RunDir::open(&root, resume_from.as_ref().map(|(step, _)| *step))?;
         let changed = run_dir::write_resolved_config(&root, job)?;
 
@@ -225,21 +256,51 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             started: Instant::now(),
             last_checkpoint: resume_from.map(|(step, _)| step),
             inject_at: step::injection_from_env(),
+            stop: &opts.stop,
+            _lock: lock,
         })
     }
 
-    /// A fresh run's step 0: the validation loss of the initial model.
-    fn evaluate_before_training(&mut self) -> Result<(), Error> {
+    /// A fresh run's step 0: the validation loss of the initial model. A run resumed from a
+    /// checkpoint written while its step's evaluation was interrupted does that evaluation now,
+    /// so its metrics read as if it had never stopped. False when interrupted.
+    fn evaluate_before_training(&mut self) -> Result<bool, Error> {
+        if self.state.eval_pending {
+            let val_loss = self.evaluate();
+            if self.stopping() {
+                return Ok(false);
+            }
+            self.state.eval_pending = false;
+            let Some(val_loss) = val_loss else {
+                return Ok(true);
+            };
+            let step = self.state.step;
+            self.dir.set_val_loss(step, val_loss)?;
+            log::info!(
+                "step {step}: val loss {} (the evaluation interrupted before)",
+                fmt_loss(Some(val_loss))
+            );
+            self.draw_plot()?;
+            return Ok(true);
+        }
         if self.state.step > 0 || self.validation.is_none() {
-            return Ok(());
+            return Ok(true);
         }
         let val_loss = self.evaluate();
+        if self.stopping() {
+            return Ok(false);
+        }
         self.dir.metrics_row(MetricsRow {
             val_loss,
             ..MetricsRow::default()
         })?;
         log::info!("step 0: val loss {}", fmt_loss(val_loss));
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether Ctrl-C, SIGTERM or SIGHUP asked the job to stop.
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     fn learning_rate(&self) -> f64 {
@@ -360,23 +421,41 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         self.dir.fp8_rows(&rows)
     }
 
-    /// The validation loss over `eval_batches` batches (statistics off).
+    /// The validation loss over `eval_batches` batches (statistics off). `None` without
+    /// validation data, or when a stop request cut the pass short (checked between batches,
+    /// so Ctrl-C is honoured within one batch); a partial pass is not a validation loss.
     fn evaluate(&self) -> Option<f32> {
         let validation = self.validation.as_ref()?;
         let limit = match self.job.eval_batches {
             0 => usize::MAX,
             n => n,
         };
-        let batches = validation.eval_pass().take(limit);
-        let pass = mean_loss(&self.model().valid(), batches, &self.device)?;
-        Some(pass.loss as f32)
+        let cut = Cell::new(false);
+        let batches = validation.eval_pass().take(limit).take_while(|_| {
+            cut.set(self.stopping());
+            !cut.get()
+        });
+        let pass = mean_loss(&self.model().valid(), batches, &self.device);
+        if cut.get() {
+            log::info!("evaluation interrupted; its partial result is not recorded");
+            return None;
+        }
+        Some(pass?.loss as f32)
     }
 
-    fn evaluate_if_due(&self) -> Option<f32> {
+    /// The validation loss when an evaluation is due at this step. An evaluation cut short by
+    /// a stop request is marked pending: the checkpoint saved on the way out records it, and
+    /// the resumed run does it first.
+    fn evaluate_if_due(&mut self) -> Option<f32> {
         let every = self.job.eval_every;
         let due = self.state.step == self.total_steps
             || (every > 0 && self.state.step.is_multiple_of(every));
-        due.then(|| self.evaluate()).flatten()
+        if !due || self.validation.is_none() {
+            return None;
+        }
+        let val_loss = self.evaluate();
+        self.state.eval_pending = val_loss.is_none() && self.stopping();
+        val_loss
     }
 
     /// Appends the step's metrics row, logs a line every `log_every` steps (and at evaluations
@@ -500,7 +579,8 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
     }
 }
 
-/// The checkpoint to resume from (with `--resume`), after checking the run directory.
+/// The checkpoint to resume from (with `--resume`), after checking the run directory. Deletes
+/// nothing: with `--overwrite`, the old checkpoints go only once the new job is built.
 fn resume_point(ckpt_root: &Path, opts: &TrainOptions) -> Result<Option<(u64, PathBuf)>, Error> {
     let latest = latest_checkpoint(ckpt_root);
     let refuse = |message: String| Error::BadFile {
@@ -508,20 +588,16 @@ fn resume_point(ckpt_root: &Path, opts: &TrainOptions) -> Result<Option<(u64, Pa
         message,
     };
     if opts.resume {
-        resume::remove_stale_temporaries(ckpt_root)?;
         return latest
             .map(Some)
             .ok_or_else(|| refuse("no complete checkpoint to resume from (--resume)".into()));
     }
-    if latest.is_some() {
-        if !opts.overwrite {
-            return Err(refuse(
-                "holds checkpoints already: pass --resume to continue the run, or --overwrite \
-                 to start over (deletes them)"
-                    .into(),
-            ));
-        }
-        std::fs::remove_dir_all(ckpt_root).map_err(Error::io(ckpt_root))?;
+    if latest.is_some() && !opts.overwrite {
+        return Err(refuse(
+            "holds checkpoints already: pass --resume to continue the run, or --overwrite \
+             to start over (deletes them)"
+                .into(),
+        ));
     }
     Ok(None)
 }

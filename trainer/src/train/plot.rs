@@ -36,7 +36,12 @@ pub fn curves_of(rows: &[MetricsRow], prefix: &str) -> Vec<(String, Vec<(f64, f6
     ]
 }
 
-/// Draws `curves` into `dir/loss.png` and `dir/loss.svg`.
+/// Size of the plots in pixels.
+const SIZE: (u32, u32) = (1000, 600);
+
+/// Draws `curves` into `dir/loss.png` and `dir/loss.svg`. Both are drawn in memory and written
+/// atomically (`datasets::atomic`), like every file of a run: a crash never leaves half a plot,
+/// and a symbolic link planted at either name is replaced, not followed.
 pub fn draw_loss(dir: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(), Error> {
     REGISTER.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
@@ -45,13 +50,33 @@ pub fn draw_loss(dir: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(), Er
         dir: dir.to_path_buf(),
         message: e.to_string(),
     };
-    let png = dir.join("loss.png");
-    let root = BitMapBackend::new(&png, (1000, 600)).into_drawing_area();
-    (draw(&root, title, curves).and_then(|_| root.present())).map_err(|e| failed(&e))?;
-    drop(root);
-    let svg = dir.join("loss.svg");
-    let root = SVGBackend::new(&svg, (1000, 600)).into_drawing_area();
-    (draw(&root, title, curves).and_then(|_| root.present())).map_err(|e| failed(&e))
+    let mut rgb = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+        (draw(&root, title, curves).and_then(|_| root.present())).map_err(|e| failed(&e))?;
+    }
+    let png = encode_png(&rgb).map_err(|e| failed(&e))?;
+    let path = dir.join("loss.png");
+    datasets::atomic::write_atomic(&path, &png).map_err(Error::io(&path))?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        (draw(&root, title, curves).and_then(|_| root.present())).map_err(|e| failed(&e))?;
+    }
+    let path = dir.join("loss.svg");
+    datasets::atomic::write_atomic(&path, svg.as_bytes()).map_err(Error::io(&path))
+}
+
+/// An 8-bit RGB image of [`SIZE`] as PNG bytes.
+fn encode_png(rgb: &[u8]) -> Result<Vec<u8>, png::EncodingError> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, SIZE.0, SIZE.1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
+    Ok(bytes)
 }
 
 const COLORS: [RGBColor; 6] = [

@@ -46,6 +46,10 @@ pub struct TrainerState {
     /// The job seed; the backend RNG is reseeded with `seed + step` before every step, so
     /// restoring the step restores the RNG.
     pub seed: u64,
+    /// The evaluation due at this step was interrupted (Ctrl-C): the resumed run does it first
+    /// and fills in the step's `val_loss`. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eval_pending: bool,
 }
 
 impl TrainerState {
@@ -59,6 +63,7 @@ impl TrainerState {
             elapsed_s: 0.0,
             loader,
             seed,
+            eval_pending: false,
         }
     }
 }

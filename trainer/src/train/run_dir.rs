@@ -5,11 +5,13 @@
 //! logged steps after its last checkpoint), so the files read as if the run had never stopped.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use datasets::atomic::write_atomic;
+use datasets::atomic::{write_atomic, AtomicFile};
 use serde::Deserialize;
 
+use super::lock::open_no_follow;
 use crate::error::Error;
 use crate::logging::{tee_to, TeeGuard};
 
@@ -149,13 +151,14 @@ impl RunDir {
             stats.iter().map(Fp8StatsRow::cells),
         )?;
         let log_path = root.join("log.txt");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(resume_step.is_some())
-            .write(true)
-            .truncate(resume_step.is_none())
-            .open(&log_path)
-            .map_err(Error::io(&log_path))?;
+        let log = match resume_step {
+            // Appended to: never through a symbolic link planted in its place.
+            Some(_) => open_no_follow(&log_path, OpenOptions::new().create(true).append(true))?,
+            // A fresh, empty file replaces whatever is there (a link is replaced, not followed).
+            None => AtomicFile::create(&log_path)
+                .and_then(AtomicFile::commit_keep_open)
+                .map_err(Error::io(&log_path))?,
+        };
         Ok(Self {
             root: root.to_path_buf(),
             metrics,
@@ -170,6 +173,21 @@ impl RunDir {
         let path = self.root.join("metrics.csv");
         append(&mut self.metrics, &[row.cells()], &path)?;
         self.rows.push(row);
+        Ok(())
+    }
+
+    /// Fills in the validation loss of the row of `step` (an evaluation done after a resume),
+    /// rewriting `metrics.csv`.
+    pub fn set_val_loss(&mut self, step: u64, val_loss: f32) -> Result<(), Error> {
+        if let Some(row) = self.rows.iter_mut().rev().find(|r| r.step == step) {
+            row.val_loss = Some(val_loss);
+        }
+        let path = self.root.join("metrics.csv");
+        self.metrics = rewrite(
+            &path,
+            &METRICS_HEADER,
+            self.rows.iter().map(MetricsRow::cells),
+        )?;
         Ok(())
     }
 
@@ -223,12 +241,25 @@ fn rewrite<const N: usize>(
         path: path.to_path_buf(),
         source: e.into_error(),
     })?;
-    write_atomic(path, &bytes).map_err(Error::io(path))?;
-    let file = OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(Error::io(path))?;
+    // Kept open from the atomic write: appended to without opening the path again.
+    let mut out = AtomicFile::create(path).map_err(Error::io(path))?;
+    out.write_all(&bytes).map_err(Error::io(path))?;
+    let file = out.commit_keep_open().map_err(Error::io(path))?;
     Ok(csv::Writer::from_writer(file))
+}
+
+/// Removes what writers killed or failed mid-write left in the run directory `root`: atomic
+/// writes' temporaries (`.NAME.XXXXXX.tmp`) in it, and unfinished or retired checkpoint folders
+/// (`checkpoints/.step-N.tmp`, `.step-N.old`). Called with the run's lock held.
+pub fn remove_stale_temporaries(root: &Path) -> Result<(), Error> {
+    let removed = datasets::atomic::remove_stale_temporaries(root).map_err(Error::io(root))?;
+    if removed > 0 {
+        log::info!(
+            "{}: removed {removed} temporary file(s) of interrupted writes",
+            root.display()
+        );
+    }
+    super::resume::remove_stale_temporaries(&root.join("checkpoints"))
 }
 
 /// The rows of a CSV file written by this module (none when the file does not exist).
