@@ -42,7 +42,7 @@ pub use loader::{DataLoader, LoaderState};
 pub use spec::{CsvConfig, DataConfig, DataFormat, JsonlConfig, Paths, Validation};
 pub use stream::TokenStream;
 pub use tokenizer::{
-    load_tokenizer, tokenizer_from_checkpoint_dir, ByteTokenizer, Gpt2Tokenizer, HfTokenizer,
-    Tokenizer, TokenizerSpec,
+    load_tokenizer, tokenizer_from_checkpoint_dir, ByteTokenizer, CheckpointFile, Gpt2Tokenizer,
+    HfTokenizer, Tokenizer, TokenizerSpec, NATIVE_KEY, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
 pub use windows::{LmWindows, WindowOrder};

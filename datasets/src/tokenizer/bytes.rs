@@ -1,5 +1,10 @@
 //! Byte-level tokenizer for tiny from-scratch models: one id per UTF-8 byte, plus end-of-text.
 
+// `decode` writes end-of-text as GPT-2 writes its own: `EOT_TEXT`.
+use super::export::{
+    byte_chars, byte_level_bpe_json, gpt2_style_config, CheckpointFile, EOT_TEXT,
+    TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
+};
 use super::{utf8_string, Tokenizer};
 use crate::error::TokenizerError;
 
@@ -9,8 +14,6 @@ pub struct ByteTokenizer;
 
 /// The end-of-text id of [`ByteTokenizer`].
 pub const BYTES_EOT: u32 = 256;
-/// Text written for [`BYTES_EOT`] by `decode`, as GPT-2 writes its own end-of-text.
-const EOT_TEXT: &str = "<|endoftext|>";
 
 impl Tokenizer for ByteTokenizer {
     fn id(&self) -> String {
@@ -43,5 +46,25 @@ impl Tokenizer for ByteTokenizer {
     }
     fn newline_chunking_safe(&self) -> bool {
         true
+    }
+    /// A byte-level BPE with the 256 bytes as its vocabulary (in byte order) and no merges, no
+    /// pre-tokenizer regex: Hugging Face's tokenizers then give one id per byte, as here.
+    fn checkpoint_files(
+        &self,
+        model_max_length: usize,
+    ) -> Result<Vec<CheckpointFile>, TokenizerError> {
+        let table = byte_chars();
+        let vocab: Vec<String> = table.iter().map(|c| c.to_string()).collect();
+        let json = byte_level_bpe_json(&vocab, &[], BYTES_EOT, false);
+        let config = gpt2_style_config(
+            "PreTrainedTokenizerFast",
+            EOT_TEXT,
+            model_max_length,
+            Some(&self.id()),
+        );
+        Ok(vec![
+            CheckpointFile::json(TOKENIZER_FILE, &json),
+            CheckpointFile::json(TOKENIZER_CONFIG_FILE, &config),
+        ])
     }
 }

@@ -13,6 +13,10 @@ use regex::Regex;
 use rustc_hash::FxHashMap;
 use tiktoken_rs::CoreBPE;
 
+use super::export::{
+    byte_chars, byte_level, byte_level_bpe_json, gpt2_style_config, merges_from_ranks,
+    CheckpointFile, EOT_TEXT, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
+};
 use super::{utf8_string, Tokenizer};
 use crate::error::TokenizerError;
 
@@ -154,5 +158,40 @@ impl Tokenizer for Gpt2Tokenizer {
     }
     fn newline_chunking_safe(&self) -> bool {
         true
+    }
+    /// GPT-2's `tokenizer.json` as Hugging Face ships it: the vocabulary in byte-level
+    /// characters and the 50000 merges, recovered from the ranks (rank order is merge order).
+    fn checkpoint_files(
+        &self,
+        model_max_length: usize,
+    ) -> Result<Vec<CheckpointFile>, TokenizerError> {
+        let tokens: Vec<Vec<u8>> = (0..GPT2_EOT)
+            .map(|id| self.bpe.decode_bytes(&[id]).unwrap_or_default())
+            .collect();
+        let ranks = &self.fast.ranks;
+        let merges =
+            merges_from_ranks(&tokens, |piece| ranks.get(piece).copied()).ok_or_else(|| {
+                TokenizerError::Backend {
+                    id: self.id(),
+                    message: "the embedded r50k_base ranks do not form a merge list".into(),
+                }
+            })?;
+        let table = byte_chars();
+        let vocab: Vec<String> = tokens.iter().map(|t| byte_level(t, &table)).collect();
+        let merges: Vec<(String, String)> = merges
+            .iter()
+            .map(|(a, b)| (byte_level(a, &table), byte_level(b, &table)))
+            .collect();
+        let json = byte_level_bpe_json(&vocab, &merges, GPT2_EOT, true);
+        let config = gpt2_style_config(
+            "GPT2Tokenizer",
+            EOT_TEXT,
+            model_max_length,
+            Some(&self.id()),
+        );
+        Ok(vec![
+            CheckpointFile::json(TOKENIZER_FILE, &json),
+            CheckpointFile::json(TOKENIZER_CONFIG_FILE, &config),
+        ])
     }
 }

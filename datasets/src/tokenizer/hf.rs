@@ -8,6 +8,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 
+use super::export::{gpt2_style_config, CheckpointFile, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 use super::Tokenizer;
 use crate::error::TokenizerError;
 use crate::hash::Fnv64;
@@ -18,6 +19,11 @@ const EOT_CANDIDATES: [&str; 4] = ["<|endoftext|>", "<|end_of_text|>", "</s>", "
 /// A tokenizer from Hugging Face files.
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
+    /// `tokenizer.json` as loaded (or, from vocab + merges, as built), before this crate's
+    /// encoding settings: what a checkpoint gets back.
+    original: Vec<u8>,
+    /// The `tokenizer_config.json` it came with, as read.
+    config: Option<Vec<u8>>,
     id: String,
     vocab_size: usize,
     eot: u32,
@@ -68,7 +74,7 @@ impl HfTokenizer {
             })?;
         let inner = parsed.map_err(|e| parse_err(path, e))?;
         let id = format!("hf-json:{:016x}", Fnv64::new().write(&bytes).finish());
-        Self::finish(inner, id, path, eos)
+        Self::finish(inner, bytes, id, path, eos)
     }
 
     /// Builds a GPT-2-style byte-level BPE from `vocab.json` + `merges.txt`.
@@ -86,11 +92,19 @@ impl HfTokenizer {
         inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let id = format!("hf-bpe:{:016x}", hash.finish());
-        Self::finish(inner, id, vocab, eos)
+        let original = inner.to_string(false).map_err(|e| parse_err(vocab, e))?;
+        Self::finish(inner, original.into_bytes(), id, vocab, eos)
+    }
+
+    /// The `tokenizer_config.json` (as read) to write beside `tokenizer.json` in checkpoints.
+    pub fn with_config(mut self, config: Option<Vec<u8>>) -> Self {
+        self.config = config;
+        self
     }
 
     fn finish(
         mut inner: tokenizers::Tokenizer,
+        original: Vec<u8>,
         id: String,
         path: &Path,
         eos: Option<String>,
@@ -121,6 +135,8 @@ impl HfTokenizer {
             );
         Ok(HfTokenizer {
             inner,
+            original,
+            config: None,
             id,
             vocab_size,
             eot,
@@ -172,23 +188,53 @@ impl Tokenizer for HfTokenizer {
     fn newline_chunking_safe(&self) -> bool {
         self.chunking_safe
     }
+    /// `tokenizer.json` as loaded, and the `tokenizer_config.json` it came with (else one in
+    /// GPT-2's layout naming its end-of-text token).
+    fn checkpoint_files(
+        &self,
+        model_max_length: usize,
+    ) -> Result<Vec<CheckpointFile>, TokenizerError> {
+        let config = match &self.config {
+            Some(bytes) => CheckpointFile {
+                name: TOKENIZER_CONFIG_FILE.into(),
+                contents: bytes.clone(),
+            },
+            None => {
+                let eos = self.inner.id_to_token(self.eot).unwrap_or_default();
+                let value =
+                    gpt2_style_config("PreTrainedTokenizerFast", &eos, model_max_length, None);
+                CheckpointFile::json(TOKENIZER_CONFIG_FILE, &value)
+            }
+        };
+        let json = CheckpointFile {
+            name: TOKENIZER_FILE.into(),
+            contents: self.original.clone(),
+        };
+        Ok(vec![json, config])
+    }
 }
 
-/// `eos_token` from `tokenizer_config.json` in `dir`, if the file exists and names one
-/// (as a string or as `{"content": ...}`).
-pub(super) fn eos_from_tokenizer_config(dir: &Path) -> Result<Option<String>, TokenizerError> {
-    let path = dir.join("tokenizer_config.json");
+/// `tokenizer_config.json` in `dir`, parsed and as read, if the file exists.
+pub(super) fn read_tokenizer_config(
+    dir: &Path,
+) -> Result<Option<(serde_json::Value, Vec<u8>)>, TokenizerError> {
+    let path = dir.join(TOKENIZER_CONFIG_FILE);
     if !path.is_file() {
         return Ok(None);
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&read(&path)?).map_err(|e| parse_err(&path, e))?;
-    Ok(match value.get("eos_token") {
+    let bytes = read(&path)?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| parse_err(&path, e))?;
+    Ok(Some((value, bytes)))
+}
+
+/// The `eos_token` a `tokenizer_config.json` names (as a string or as `{"content": ...}`).
+pub(super) fn eos_of(config: &serde_json::Value) -> Option<String> {
+    match config.get("eos_token") {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(v) => v
             .get("content")
             .and_then(|c| c.as_str())
             .map(str::to_string),
         None => None,
-    })
+    }
 }

@@ -2,6 +2,7 @@
 //! any Hugging Face `tokenizer.json` (or `vocab.json` + `merges.txt`), and bytes.
 
 mod bytes;
+mod export;
 mod gpt2;
 mod hf;
 
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use self::bytes::ByteTokenizer;
+pub use self::export::{CheckpointFile, NATIVE_KEY, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 pub use self::gpt2::Gpt2Tokenizer;
 pub use self::hf::HfTokenizer;
 use crate::error::TokenizerError;
@@ -41,6 +43,19 @@ pub trait Tokenizer: Send + Sync {
     /// piece of its own and no pattern looks across it.
     fn newline_chunking_safe(&self) -> bool {
         false
+    }
+
+    /// The files that load this tokenizer again from a checkpoint folder, for
+    /// [`tokenizer_from_checkpoint_dir`] and for Hugging Face's `AutoTokenizer`
+    /// (`tokenizer.json`, `tokenizer_config.json`); `model_max_length` is the model's context.
+    fn checkpoint_files(
+        &self,
+        _model_max_length: usize,
+    ) -> Result<Vec<CheckpointFile>, TokenizerError> {
+        Err(TokenizerError::Backend {
+            id: self.id(),
+            message: "this tokenizer cannot write its files into a checkpoint".into(),
+        })
     }
 }
 
@@ -124,16 +139,35 @@ pub fn load_tokenizer(spec: &TokenizerSpec) -> Result<Box<dyn Tokenizer>, Tokeni
 pub fn tokenizer_from_checkpoint_dir(
     dir: &Path,
 ) -> Result<Option<Box<dyn Tokenizer>>, TokenizerError> {
-    let eos = hf::eos_from_tokenizer_config(dir)?;
-    let json = dir.join("tokenizer.json");
+    let config = hf::read_tokenizer_config(dir)?;
+    match config.as_ref().and_then(|(value, _)| value.get(NATIVE_KEY)) {
+        Some(serde_json::Value::String(s)) if s == "gpt2-r50k" => {
+            return Ok(Some(Box::new(Gpt2Tokenizer::new()?)))
+        }
+        Some(serde_json::Value::String(s)) if s == "bytes" => {
+            return Ok(Some(Box::new(ByteTokenizer)))
+        }
+        Some(other) => {
+            return Err(TokenizerError::Parse {
+                path: dir.join(TOKENIZER_CONFIG_FILE),
+                message: format!(
+                    "`{NATIVE_KEY}` is {other}; this build knows \"gpt2-r50k\" and \"bytes\""
+                ),
+            })
+        }
+        None => {}
+    }
+    let eos = config.as_ref().and_then(|(value, _)| hf::eos_of(value));
+    let raw_config = config.map(|(_, bytes)| bytes);
+    let json = dir.join(TOKENIZER_FILE);
     if json.is_file() {
-        return Ok(Some(Box::new(HfTokenizer::from_json_file(&json, eos)?)));
+        let tokenizer = HfTokenizer::from_json_file(&json, eos)?;
+        return Ok(Some(Box::new(tokenizer.with_config(raw_config))));
     }
     let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
     if vocab.is_file() && merges.is_file() {
-        return Ok(Some(Box::new(HfTokenizer::from_vocab_merges(
-            &vocab, &merges, eos,
-        )?)));
+        let tokenizer = HfTokenizer::from_vocab_merges(&vocab, &merges, eos)?;
+        return Ok(Some(Box::new(tokenizer.with_config(raw_config))));
     }
     Ok(None)
 }

@@ -195,7 +195,7 @@ pub fn run_compare(
         let options = TrainOptions {
             job,
             config_path: args.config.clone(),
-            resume: false,
+            resume: None,
             overwrite: args.overwrite,
             stop: stop.clone(),
         };

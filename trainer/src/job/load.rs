@@ -211,6 +211,40 @@ fn validate(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
     if c.keep_checkpoints == 0 {
         return err("keep_checkpoints", "must be at least 1");
     }
+    if let Some(stop) = &c.early_stopping {
+        if stop.patience == 0 {
+            return err("early_stopping.patience", "must be at least 1");
+        }
+        if !stop.min_delta.is_finite() || stop.min_delta < 0.0 {
+            return err("early_stopping.min_delta", "must be >= 0 and finite");
+        }
+    }
+    if c.model.optimizer_state == crate::job::InitOptimizer::FromCheckpoint {
+        let state = c
+            .model
+            .checkpoint
+            .as_ref()
+            .map(|dir| dir.join("trainer_state").join("optimizer.safetensors"));
+        match state {
+            None => {
+                return err(
+                    "model.optimizer_state",
+                    "`from_checkpoint` needs `model.checkpoint`",
+                )
+            }
+            Some(file) if !file.is_file() => {
+                return err(
+                    "model.optimizer_state",
+                    &format!(
+                        "`from_checkpoint`: {} does not exist (only checkpoints written by \
+                         fp8-trainer carry AdamW's state; use `fresh`)",
+                        file.display()
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
+    }
     if c.log_every == 0 {
         return err("log_every", "must be at least 1");
     }

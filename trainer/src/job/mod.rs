@@ -8,5 +8,6 @@ pub mod spec;
 
 pub use load::{load_job_config, JobConfigError};
 pub use spec::{
-    Device, JobConfig, ModelSource, NonFinitePolicy, OptimizerConfig, ScheduleConfig, ScheduleKind,
+    Device, EarlyStopping, InitOptimizer, JobConfig, ModelSource, NonFinitePolicy, OptimizerConfig,
+    ScheduleConfig, ScheduleKind,
 };

@@ -64,6 +64,15 @@ pub struct JobConfig {
     /// Checkpoints kept in `checkpoints/` (the oldest are deleted; at least 1).
     #[serde(default = "default_keep_checkpoints")]
     pub keep_checkpoints: usize,
+    /// Also keep `checkpoints/best/`: the checkpoint of the evaluation with the lowest
+    /// validation loss so far, written when an evaluation improves on it (needs validation
+    /// data). Not counted in `keep_checkpoints`.
+    #[serde(default)]
+    pub keep_best_checkpoint: bool,
+    /// Stop the job when the validation loss has not improved for this many evaluations in a
+    /// row (needs validation data); the last step gets a checkpoint, as at the end of a run.
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStopping>,
     /// Write a log line (log.txt, plain progress output) every this many steps.
     #[serde(default = "one_u64")]
     pub log_every: u64,
@@ -118,6 +127,38 @@ pub struct ModelSource {
     /// Dropout at HF's three places (0 = none, deterministic).
     #[serde(default)]
     pub dropout: f64,
+    /// With `checkpoint`: whether AdamW's state comes from it too (`fresh` (default) or
+    /// `from_checkpoint`). FP8 needs no state: FP8-AMAX and FP8-CSCALE choose every scale at
+    /// every step from the tensor itself.
+    #[serde(default)]
+    pub optimizer_state: InitOptimizer,
+}
+
+/// When an evaluation counts as no improvement, and how many in a row stop the job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// Evaluations in a row without improvement that stop the job (at least 1).
+    pub patience: u32,
+    /// An evaluation improves when its validation loss is below the best so far by more than
+    /// this (default 0: any decrease).
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+/// What a job started from `model.checkpoint` takes over from that checkpoint besides the
+/// weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitOptimizer {
+    /// AdamW starts from zero moments and step 0 (a new fine-tune; what `transformers`'
+    /// Trainer does with `from_pretrained`).
+    #[default]
+    Fresh,
+    /// AdamW's moments and step count come from the checkpoint's `trainer_state/` (one of
+    /// ours), as if the optimizer had carried on; the new run's step, data position and
+    /// schedule still start at 0.
+    FromCheckpoint,
 }
 
 /// AdamW (Loshchilov & Hutter) with decoupled weight decay.

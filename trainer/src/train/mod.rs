@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use datasets::DataLoader;
+use datasets::{CheckpointFile, DataLoader};
 use fp8_backend::{Fp8Kernels, Fp8Report};
 
 use crate::checkpoint::load_checkpoint;
@@ -36,13 +36,19 @@ use crate::job::assemble::{
     model_options, open_data, total_steps,
 };
 pub use crate::job::assemble::{TrainBackend, INNER_DEVICE};
-use crate::job::{JobConfig, NonFinitePolicy};
+
+/// `generation_config.json` of a checkpoint.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+use crate::job::{InitOptimizer, JobConfig, NonFinitePolicy};
 use crate::model::loss::mean_loss;
 use crate::model::names::param_shapes;
 use crate::model::Gpt2;
 use lock::RunLock;
 use optimizer::{AdamW, AdamWStep};
-use resume::{latest_checkpoint, load_training_state, save_training_checkpoint, TrainerState};
+use resume::{
+    is_training_checkpoint, latest_checkpoint, list_checkpoints, load_training_state,
+    save_best_checkpoint, save_training_checkpoint, TrainerState, TRAINER_STATE_DIR,
+};
 use run_dir::{Fp8StatsRow, MetricsRow, RunDir};
 use step::StepGrads;
 
@@ -66,18 +72,27 @@ pub struct TrainOptions {
     pub job: JobConfig,
     /// The config file (for error messages).
     pub config_path: PathBuf,
-    /// Continue from the newest checkpoint of the run.
-    pub resume: bool,
+    /// Continue the run from a checkpoint (`None`: start it).
+    pub resume: Option<ResumeFrom>,
     /// Start over even if the run directory holds checkpoints (they are deleted).
     pub overwrite: bool,
     /// Set by the Ctrl-C handler: save a checkpoint after the current step and return.
     pub stop: Arc<AtomicBool>,
 }
 
+/// Which checkpoint `--resume` continues from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// The newest complete one in the run's `checkpoints/`.
+    Latest,
+    /// This folder, one of the run's own (`checkpoints/step-N` or `checkpoints/best`).
+    Checkpoint(PathBuf),
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainOutcome {
-    /// All steps done.
+    /// All steps done (or early stopping ended the run at `step`).
     Finished { step: u64, run_dir: PathBuf },
     /// Stopped by Ctrl-C after a checkpoint.
     Interrupted { step: u64, run_dir: PathBuf },
@@ -105,7 +120,7 @@ fn run_on<B: Fp8Kernels + HostTensors>(
         return run.interrupt();
     }
     progress.start(run.state.step, run.total_steps);
-    while run.state.step < run.total_steps {
+    while run.state.step < run.total_steps && !run.state.stopped_early {
         if opts.stop.load(Ordering::SeqCst) {
             return run.interrupt();
         }
@@ -131,8 +146,12 @@ fn run_on<B: Fp8Kernels + HostTensors>(
         let val_loss = run.evaluate_if_due();
         let row = run.log_step(&out, lr, grad_norm, step_time, val_loss)?;
         progress.step(&row);
-        // 7. checkpoint
+        // 7. checkpoint (the best one after an improving evaluation); stop early
+        run.track_best(val_loss)?;
         run.checkpoint_if_due()?;
+        if run.state.stopped_early {
+            break;
+        }
     }
     run.finish()
 }
@@ -155,6 +174,9 @@ struct Run<'a, B: Fp8Kernels + HostTensors> {
     earlier_elapsed: f64,
     started: Instant,
     last_checkpoint: Option<u64>,
+    /// What every checkpoint holds besides the model and the training state: the tokenizer's
+    /// files and `generation_config.json`, so the folder is self-contained.
+    checkpoint_files: Vec<CheckpointFile>,
     /// Test-only non-finite injection (see [`step::INJECT_NAN_ENV`]).
     inject_at: Option<(u64, f32)>,
     /// Set by the signal handler: evaluations stop between batches.
@@ -180,6 +202,16 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         let vocab = data.tokenizer.vocab_size();
         let checkpoints = root.join("checkpoints");
         let resume_from = resume_point(&checkpoints, opts)?;
+        // Checkpoints after the one resumed from (`--resume DIR --overwrite`): removed once the
+        // job is built, like `--overwrite` removes them all.
+        let newer: Vec<PathBuf> = match &resume_from {
+            Some((step, _)) => list_checkpoints(&checkpoints)
+                .into_iter()
+                .filter(|(s, _)| s > step)
+                .map(|(_, dir)| dir)
+                .collect(),
+            None => Vec::new(),
+        };
         let model = match &resume_from {
             Some((_, dir)) => {
                 let config = model_config_of_checkpoint(dir)?;
@@ -193,14 +225,43 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         let mut loader = (data.dataset.train_loader(job.batch_size)).map_err(data.err())?;
         let validation = (data.dataset.validation_loader(job.batch_size)).map_err(data.err())?;
         let total_steps = total_steps(job, &loader);
-        let state = match &resume_from {
-            Some((_, dir)) => {
+        if validation.is_none() {
+            let needs = [
+                ("keep_best_checkpoint", job.keep_best_checkpoint),
+                ("early_stopping", job.early_stopping.is_some()),
+            ];
+            if let Some((field, _)) = needs.iter().find(|(_, on)| *on) {
+                return Err(Error::field(
+                    &opts.config_path,
+                    field,
+                    "needs validation data (set `data.validation`)".to_string(),
+                ));
+            }
+        }
+        let state = match (&resume_from, &job.model.checkpoint) {
+            (Some((_, dir)), _) => {
                 let state = load_training_state(dir, &mut optimizer, &device)?;
                 loader.restore(&state.loader).map_err(data.err())?;
                 state
             }
-            None => TrainerState::start(job.seed, loader.state()),
+            (None, Some(dir)) if job.model.optimizer_state == InitOptimizer::FromCheckpoint => {
+                // AdamW carries on; step, data position and schedule start over.
+                let earlier = load_training_state(dir, &mut optimizer, &device)?;
+                log::info!(
+                    "AdamW's moments and step count ({}) from {}",
+                    earlier.adam_t,
+                    dir.display()
+                );
+                // (`load_training_state` set the optimizer's step count; checkpoints record it.)
+                TrainerState::start(job.seed, loader.state())
+            }
+            (None, _) => TrainerState::start(job.seed, loader.state()),
         };
+        let checkpoint_files = self_contained_files(data.tokenizer.as_ref(), model.config())
+            .map_err(|source| Error::Tokenizer {
+                origin: format!("{}: field `tokenizer`", opts.config_path.display()),
+                source,
+            })?;
 
         // The job is built and its first step can run: only now may the run directory change.
         let lock = match early_lock {
@@ -212,6 +273,13 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         };
         if opts.overwrite && resume_from.is_none() && checkpoints.exists() {
             std::fs::remove_dir_all(&checkpoints).map_err(Error::io(&checkpoints))?;
+        }
+        for dir in &newer {
+            log::info!(
+                "removing {} (newer than the checkpoint resumed from)",
+                dir.display()
+            );
+            std::fs::remove_dir_all(dir).map_err(Error::io(dir))?;
         }
         run_dir::remove_stale_temporaries(&root)?;
         let dir = RunDir::open(&root, resume_from.as_ref().map(|(step, _)| *step))?;
@@ -255,6 +323,7 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             total_steps,
             started: Instant::now(),
             last_checkpoint: resume_from.map(|(step, _)| step),
+            checkpoint_files,
             inject_at: step::injection_from_env(),
             stop: &opts.stop,
             _lock: lock,
@@ -500,10 +569,65 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         Ok(row)
     }
 
+    /// After an evaluation: a new best validation loss is remembered (and written to
+    /// `checkpoints/best` with `keep_best_checkpoint`); with early stopping, `patience`
+    /// evaluations in a row without one end the run.
+    fn track_best(&mut self, val_loss: Option<f32>) -> Result<(), Error> {
+        let Some(val_loss) = val_loss else {
+            return Ok(());
+        };
+        if !self.job.keep_best_checkpoint && self.job.early_stopping.is_none() {
+            return Ok(());
+        }
+        let min_delta = self
+            .job
+            .early_stopping
+            .as_ref()
+            .map_or(0.0, |e| e.min_delta);
+        let improved = match self.state.best_val_loss {
+            None => true,
+            Some(best) => (val_loss as f64) < best as f64 - min_delta,
+        };
+        let step = self.state.step;
+        if improved {
+            self.state.best_val_loss = Some(val_loss);
+            self.state.evals_since_best = 0;
+            if self.job.keep_best_checkpoint {
+                let dir = save_best_checkpoint(
+                    &self.dir.root.join("checkpoints"),
+                    self.model(),
+                    &self.optimizer,
+                    &self.state_to_save(),
+                    &self.checkpoint_files,
+                )?;
+                log::info!(
+                    "step {step}: best val loss so far ({}): {}",
+                    fmt_loss(Some(val_loss)),
+                    dir.display()
+                );
+            }
+            return Ok(());
+        }
+        self.state.evals_since_best += 1;
+        if let Some(stop) = &self.job.early_stopping {
+            if self.state.evals_since_best >= stop.patience && step < self.total_steps {
+                log::info!(
+                    "step {step}: early stopping: no improvement on the best val loss {} for {} \
+                     evaluations",
+                    fmt_loss(self.state.best_val_loss),
+                    stop.patience
+                );
+                self.state.stopped_early = true;
+            }
+        }
+        Ok(())
+    }
+
     fn checkpoint_if_due(&mut self) -> Result<(), Error> {
         let every = self.job.checkpoint_every;
         let step = self.state.step;
-        if step == self.total_steps || (every > 0 && step.is_multiple_of(every)) {
+        let last = step == self.total_steps || self.state.stopped_early;
+        if last || (every > 0 && step.is_multiple_of(every)) {
             let dir = self.save()?;
             log::info!("step {step}: checkpoint {}", dir.display());
         }
@@ -526,6 +650,13 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
 
     fn finish(self) -> Result<TrainOutcome, Error> {
         self.draw_plot()?;
+        if self.state.stopped_early {
+            log::info!(
+                "stopped early at step {} of {} (early_stopping)",
+                self.state.step,
+                self.total_steps
+            );
+        }
         log::info!(
             "done: {} steps ({} skipped), {:.1} s; run directory {}",
             self.state.step,
@@ -542,22 +673,27 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
     /// Writes the checkpoint of the current step: the model, AdamW, the data position and the
     /// wall time so far.
     fn save(&mut self) -> Result<PathBuf, Error> {
-        let state = TrainerState {
-            loader: self.loader.state(),
-            adam_t: self.optimizer.t,
-            elapsed_s: self.elapsed(),
-            ..self.state.clone()
-        };
         let checkpoints = self.dir.root.join("checkpoints");
         let dir = save_training_checkpoint(
             &checkpoints,
             self.model(),
             &self.optimizer,
-            &state,
+            &self.state_to_save(),
+            &self.checkpoint_files,
             self.job.keep_checkpoints,
         )?;
         self.last_checkpoint = Some(self.state.step);
         Ok(dir)
+    }
+
+    /// The training state as a checkpoint of this step records it.
+    fn state_to_save(&self) -> TrainerState {
+        TrainerState {
+            loader: self.loader.state(),
+            adam_t: self.optimizer.t,
+            elapsed_s: self.elapsed(),
+            ..self.state.clone()
+        }
     }
 
     fn draw_plot(&self) -> Result<(), Error> {
@@ -583,23 +719,98 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
 /// nothing: with `--overwrite`, the old checkpoints go only once the new job is built.
 fn resume_point(ckpt_root: &Path, opts: &TrainOptions) -> Result<Option<(u64, PathBuf)>, Error> {
     let latest = latest_checkpoint(ckpt_root);
-    let refuse = |message: String| Error::BadFile {
-        path: ckpt_root.to_path_buf(),
+    let refuse = |path: &Path, message: String| Error::BadFile {
+        path: path.to_path_buf(),
         message,
     };
-    if opts.resume {
-        return latest
-            .map(Some)
-            .ok_or_else(|| refuse("no complete checkpoint to resume from (--resume)".into()));
-    }
-    if latest.is_some() && !opts.overwrite {
-        return Err(refuse(
+    match &opts.resume {
+        Some(ResumeFrom::Latest) => latest.map(Some).ok_or_else(|| {
+            refuse(
+                ckpt_root,
+                "no complete checkpoint to resume from (--resume)".into(),
+            )
+        }),
+        Some(ResumeFrom::Checkpoint(dir)) => {
+            let point = own_checkpoint(ckpt_root, dir)?;
+            let newer: Vec<String> = list_checkpoints(ckpt_root)
+                .into_iter()
+                .filter(|(s, _)| *s > point.0)
+                .map(|(s, _)| format!("step-{s}"))
+                .collect();
+            if !newer.is_empty() && !opts.overwrite {
+                return Err(refuse(
+                    ckpt_root,
+                    format!(
+                        "holds checkpoints after step {} ({}): the resumed run would replace \
+                         them; pass --overwrite as well to delete them",
+                        point.0,
+                        newer.join(", ")
+                    ),
+                ));
+            }
+            Ok(Some(point))
+        }
+        None if latest.is_some() && !opts.overwrite => Err(refuse(
+            ckpt_root,
             "holds checkpoints already: pass --resume to continue the run, or --overwrite \
              to start over (deletes them)"
                 .into(),
-        ));
+        )),
+        None => Ok(None),
     }
-    Ok(None)
+}
+
+/// `dir` as a checkpoint of the run whose checkpoints are in `ckpt_root`, with its step.
+fn own_checkpoint(ckpt_root: &Path, dir: &Path) -> Result<(u64, PathBuf), Error> {
+    let bad = |message: String| Error::BadFile {
+        path: dir.to_path_buf(),
+        message,
+    };
+    if !is_training_checkpoint(dir) {
+        return Err(bad(format!(
+            "is not a training checkpoint (no {TRAINER_STATE_DIR}/state.json) to resume from \
+             (--resume)"
+        )));
+    }
+    let canonical = |p: &Path| p.canonicalize().map_err(Error::io(p));
+    let parent = dir.parent().map(canonical).transpose()?;
+    if parent.as_deref() != Some(canonical(ckpt_root)?.as_path()) {
+        return Err(bad(format!(
+            "is not a checkpoint of this run (its checkpoints are in {}): --resume continues a \
+             run; to start a new run from another run's checkpoint, set `model.checkpoint` to \
+             it (and `model.optimizer_state` to `from_checkpoint` to keep AdamW's state)",
+            ckpt_root.display()
+        )));
+    }
+    let state_path = dir.join(TRAINER_STATE_DIR).join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(Error::io(&state_path))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: state_path.clone(),
+        message: format!("bad training state: {e}"),
+    })?;
+    Ok((state.step, dir.to_path_buf()))
+}
+
+/// The tokenizer's files and `generation_config.json` (end-of-text as bos and eos, as GPT-2's
+/// own), written into every checkpoint.
+fn self_contained_files(
+    tokenizer: &dyn datasets::Tokenizer,
+    config: &crate::model::Gpt2Config,
+) -> Result<Vec<CheckpointFile>, datasets::TokenizerError> {
+    let mut files = tokenizer.checkpoint_files(config.n_positions)?;
+    let eot = tokenizer.eot_token();
+    let generation = serde_json::json!({
+        "_from_model_config": false,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+    });
+    let mut contents = serde_json::to_vec_pretty(&generation).expect("JSON serialises");
+    contents.push(b'\n');
+    files.push(CheckpointFile {
+        name: GENERATION_CONFIG_FILE.into(),
+        contents,
+    });
+    Ok(files)
 }
 
 fn fmt_loss(loss: Option<f32>) -> String {

@@ -1,5 +1,6 @@
-//! Training checkpoints: `checkpoints/step-N/` holds the model as a Hugging Face checkpoint
-//! (config.json + model.safetensors) and `trainer_state/` (state.json: step, tokens, data
+//! Training checkpoints: `checkpoints/step-N/` (and `checkpoints/best/`) hold the model as a
+//! self-contained Hugging Face checkpoint (config.json, model.safetensors, generation_config.json,
+//! tokenizer.json, tokenizer_config.json) and `trainer_state/` (state.json: step, tokens, data
 //! position, RNG rule; optimizer.safetensors: AdamW moments).
 //!
 //! A checkpoint is written into `checkpoints/.step-N.tmp/` and renamed when complete, so a crash
@@ -13,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use datasets::LoaderState;
+use datasets::{CheckpointFile, LoaderState};
 use serde::{Deserialize, Serialize};
 
 use super::optimizer::AdamW;
@@ -24,6 +25,8 @@ use crate::model::Gpt2;
 
 /// The folder of training state inside a checkpoint.
 pub const TRAINER_STATE_DIR: &str = "trainer_state";
+/// `checkpoints/best`: the checkpoint of the best evaluation (`keep_best_checkpoint`).
+pub const BEST_DIR: &str = "best";
 /// Environment variable of the test-only fault injection (see the module docs).
 pub const FAIL_CHECKPOINT_ENV: &str = "FP8_TRAINER_FAIL_CHECKPOINT_AT";
 
@@ -50,6 +53,20 @@ pub struct TrainerState {
     /// and fills in the step's `val_loss`. Absent when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eval_pending: bool,
+    /// The lowest validation loss of the run so far, tracked when the job keeps a best
+    /// checkpoint or stops early. Absent before the first evaluation, and when not tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_loss: Option<f32>,
+    /// Evaluations in a row since the best one (early stopping). Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evals_since_best: u32,
+    /// Early stopping ended the run at this step: a resumed run has nothing left to do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_early: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TrainerState {
@@ -64,6 +81,9 @@ impl TrainerState {
             loader,
             seed,
             eval_pending: false,
+            best_val_loss: None,
+            evals_since_best: 0,
+            stopped_early: false,
         }
     }
 }
@@ -99,27 +119,63 @@ pub fn latest_checkpoint(checkpoints: &Path) -> Option<(u64, PathBuf)> {
     list_checkpoints(checkpoints).pop()
 }
 
-/// Removes leftovers of interrupted writes (`.step-N.tmp`, `.step-N.old`).
+/// Whether `dir` is a complete training checkpoint (one `--resume` can continue from).
+pub fn is_training_checkpoint(dir: &Path) -> bool {
+    dir.join(TRAINER_STATE_DIR).join("state.json").is_file()
+}
+
+/// Removes leftovers of interrupted writes (`.step-N.tmp`, `.step-N.old`, `.best.tmp`, ...).
 pub fn remove_stale_temporaries(checkpoints: &Path) -> Result<(), Error> {
     let Ok(entries) = fs::read_dir(checkpoints) else {
         return Ok(());
     };
     for e in entries.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with(".step-") {
+        if name.starts_with(".step-") || name.starts_with(&format!(".{BEST_DIR}.")) {
             fs::remove_dir_all(e.path()).map_err(Error::io(e.path()))?;
         }
     }
     Ok(())
 }
 
-/// Writes `checkpoints/step-N` atomically and keeps the newest `keep`.
+/// Writes `checkpoints/step-N` atomically (the model, `extra` files such as the tokenizer's,
+/// the training state) and keeps the newest `keep`.
 pub fn save_training_checkpoint<B: Backend, O: HostTensors>(
     checkpoints: &Path,
     model: &Gpt2<B>,
     optimizer: &AdamW<O>,
     state: &TrainerState,
+    extra: &[CheckpointFile],
     keep: usize,
+) -> Result<PathBuf, Error> {
+    let name = format!("step-{}", state.step);
+    let target = write_training_checkpoint(checkpoints, &name, model, optimizer, state, extra)?;
+    let all = list_checkpoints(checkpoints);
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+        fs::remove_dir_all(old).map_err(Error::io(old))?;
+    }
+    Ok(target)
+}
+
+/// Writes `checkpoints/best` atomically, replacing the one there.
+pub fn save_best_checkpoint<B: Backend, O: HostTensors>(
+    checkpoints: &Path,
+    model: &Gpt2<B>,
+    optimizer: &AdamW<O>,
+    state: &TrainerState,
+    extra: &[CheckpointFile],
+) -> Result<PathBuf, Error> {
+    write_training_checkpoint(checkpoints, BEST_DIR, model, optimizer, state, extra)
+}
+
+/// Writes `checkpoints/{name}` through `.{name}.tmp`, renamed into place when complete.
+fn write_training_checkpoint<B: Backend, O: HostTensors>(
+    checkpoints: &Path,
+    name: &str,
+    model: &Gpt2<B>,
+    optimizer: &AdamW<O>,
+    state: &TrainerState,
+    extra: &[CheckpointFile],
 ) -> Result<PathBuf, Error> {
     let tensors = model_tensors(model);
     if let Some(p) = tensors
@@ -134,9 +190,13 @@ pub fn save_training_checkpoint<B: Backend, O: HostTensors>(
     remove_stale_temporaries(checkpoints)?;
     fs::create_dir_all(checkpoints).map_err(Error::io(checkpoints))?;
     let step = state.step;
-    let staging = checkpoints.join(format!(".step-{step}.tmp"));
+    let staging = checkpoints.join(format!(".{name}.tmp"));
     fs::create_dir(&staging).map_err(Error::io(&staging))?;
     write_checkpoint_tensors(model.config(), &tensors, &staging)?;
+    for file in extra {
+        let path = staging.join(&file.name);
+        datasets::atomic::write_atomic(&path, &file.contents).map_err(Error::io(&path))?;
+    }
 
     if std::env::var(FAIL_CHECKPOINT_ENV)
         .ok()
@@ -157,14 +217,9 @@ pub fn save_training_checkpoint<B: Backend, O: HostTensors>(
     let text = serde_json::to_string_pretty(state).expect("state serialises");
     datasets::atomic::write_atomic(&state_path, text.as_bytes()).map_err(Error::io(&state_path))?;
 
-    let target = checkpoint_dir(checkpoints, step);
-    let retired = checkpoints.join(format!(".step-{step}.old"));
+    let target = checkpoints.join(name);
+    let retired = checkpoints.join(format!(".{name}.old"));
     datasets::atomic::replace_dir(&staging, &target, &retired).map_err(Error::io(&target))?;
-
-    let all = list_checkpoints(checkpoints);
-    for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
-        fs::remove_dir_all(old).map_err(Error::io(old))?;
-    }
     Ok(target)
 }
 

@@ -1,5 +1,6 @@
-//! The run directory (docs/design.md, "Run directory"): `config.json`, `metrics.csv`,
-//! `fp8_stats.csv`, `log.txt`, `loss.png` / `loss.svg`, `checkpoints/`.
+//! The run directory (docs/design.md, "Run directory"): `config.json`, `metrics.csv` and the
+//! same rows as `metrics.jsonl`, `fp8_stats.csv`, `log.txt`, `loss.png` / `loss.svg`,
+//! `checkpoints/`.
 //!
 //! On resume, the CSV files keep only rows up to the checkpoint's step (a killed run may have
 //! logged steps after its last checkpoint), so the files read as if the run had never stopped.
@@ -37,6 +38,10 @@ pub const FP8_STATS_HEADER: [&str; 7] = [
     "saturated_frac",
 ];
 
+/// `metrics.jsonl`: one JSON object per `metrics.csv` row, every column named, for tools that
+/// tail a running job.
+pub const METRICS_JSONL: &str = "metrics.jsonl";
+
 /// One row of `metrics.csv`; `None` is an empty cell (not measured at that step).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct MetricsRow {
@@ -67,6 +72,22 @@ impl MetricsRow {
             cell(self.tokens_per_s.map(|t| format!("{t:.1}"))),
             format!("{:.3}", self.elapsed_s),
         ]
+    }
+
+    /// The row as a `metrics.jsonl` line: the CSV cells as JSON numbers under their column
+    /// names, an empty cell (not measured) or a non-finite one (JSON has no NaN) as `null`.
+    pub fn json_line(&self) -> String {
+        let object: serde_json::Map<String, serde_json::Value> = METRICS_HEADER
+            .iter()
+            .zip(self.cells())
+            .map(|(name, cell)| {
+                let value = serde_json::from_str::<serde_json::Number>(&cell)
+                    .map(serde_json::Value::Number)
+                    .unwrap_or(serde_json::Value::Null);
+                (name.to_string(), value)
+            })
+            .collect();
+        serde_json::Value::Object(object).to_string() + "\n"
     }
 }
 
@@ -115,6 +136,7 @@ impl Fp8StatsRow {
 pub struct RunDir {
     pub root: PathBuf,
     metrics: csv::Writer<File>,
+    metrics_jsonl: File,
     fp8_stats: csv::Writer<File>,
     _log: TeeGuard,
     /// Every metrics row of the run (for the plot).
@@ -145,6 +167,7 @@ impl RunDir {
             &METRICS_HEADER,
             rows.iter().map(MetricsRow::cells),
         )?;
+        let metrics_jsonl = rewrite_jsonl(&root.join(METRICS_JSONL), &rows)?;
         let fp8_stats = rewrite(
             &stats_path,
             &FP8_STATS_HEADER,
@@ -162,6 +185,7 @@ impl RunDir {
         Ok(Self {
             root: root.to_path_buf(),
             metrics,
+            metrics_jsonl,
             fp8_stats,
             _log: tee_to(log),
             rows,
@@ -172,6 +196,8 @@ impl RunDir {
     pub fn metrics_row(&mut self, row: MetricsRow) -> Result<(), Error> {
         let path = self.root.join("metrics.csv");
         append(&mut self.metrics, &[row.cells()], &path)?;
+        let path = self.root.join(METRICS_JSONL);
+        (self.metrics_jsonl.write_all(row.json_line().as_bytes())).map_err(Error::io(&path))?;
         self.rows.push(row);
         Ok(())
     }
@@ -188,6 +214,7 @@ impl RunDir {
             &METRICS_HEADER,
             self.rows.iter().map(MetricsRow::cells),
         )?;
+        self.metrics_jsonl = rewrite_jsonl(&self.root.join(METRICS_JSONL), &self.rows)?;
         Ok(())
     }
 
@@ -246,6 +273,16 @@ fn rewrite<const N: usize>(
     out.write_all(&bytes).map_err(Error::io(path))?;
     let file = out.commit_keep_open().map_err(Error::io(path))?;
     Ok(csv::Writer::from_writer(file))
+}
+
+/// Replaces `path` (atomically) with `rows` as JSON lines, and opens it for appending.
+fn rewrite_jsonl(path: &Path, rows: &[MetricsRow]) -> Result<File, Error> {
+    let mut out = AtomicFile::create(path).map_err(Error::io(path))?;
+    for row in rows {
+        out.write_all(row.json_line().as_bytes())
+            .map_err(Error::io(path))?;
+    }
+    out.commit_keep_open().map_err(Error::io(path))
 }
 
 /// Removes what writers killed or failed mid-write left in the run directory `root`: atomic
