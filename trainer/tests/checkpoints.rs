@@ -275,7 +275,7 @@ fn the_best_checkpoint_is_the_lowest_validation_loss() {
             .fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
     let best = run.join("checkpoints/best");
     assert_eq!(state(&best)["step"], best_step, "{losses:?}");
-    let recorded = state(&best)["best_val_loss"].as_f64().unwrap();
+    let recorded = state(&best)["best_score"].as_f64().unwrap();
     assert!(
         (recorded - best_loss).abs() <= 1e-6 * best_loss,
         "{recorded} vs {best_loss}"
@@ -343,4 +343,82 @@ fn early_stopping_ends_the_run_and_survives_a_resume() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Classification data (the shipped author lines): `val_accuracy` in metrics.csv at every
+/// evaluation equals what `eval` computes on that step's checkpoint with the same batches, and
+/// with `best_metric: val_accuracy` the best checkpoint is the evaluation of highest accuracy
+/// (the first of equals: only a strict improvement replaces it).
+#[test]
+fn val_accuracy_is_logged_and_ranks_the_best_checkpoint() {
+    let dir = scratch("accuracy");
+    let author = common::repo_root().join("datasets/data/author");
+    let mut config = job(&dir, "acc", 4);
+    config["model"] = json!({"checkpoint": common::fixture_dir()});
+    config["data"] = json!({
+        "train": author.join("train.tsv"),
+        "validation": {"paths": author.join("validation.tsv")},
+        "seq_len": 64, "cache_dir": dir.join("cache"),
+        "csv": {"template": "Line: {sentence}\nAuthor:",
+                "verbalizer": {"0": " Shakespeare", "1": " Milton"}}
+    });
+    config["eval_batches"] = json!(3);
+    config["keep_best_checkpoint"] = json!(true);
+    config["best_metric"] = json!("val_accuracy");
+    config["optimizer"] = json!({"lr": 0.01});
+    let path = write_config(&dir, "job.json", &config);
+    assert_ok(&train(&path, &[], &[]));
+    let run = dir.join("runs/acc");
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(
+        text.lines().next().unwrap().split(',').nth(8),
+        Some("val_accuracy")
+    );
+    let accuracies: Vec<(u64, f64)> = metrics(&run)
+        .iter()
+        .filter(|r| r[0] != "0")
+        .map(|r| (r[0].parse().unwrap(), r[8].parse().unwrap()))
+        .collect();
+    assert_eq!(accuracies.len(), 4, "{text}");
+    for (step, accuracy) in &accuracies {
+        let ckpt = run.join(format!("checkpoints/step-{step}"));
+        let out_file = dir.join(format!("eval-{step}.json"));
+        let out = fp8_trainer(&[
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--config",
+            path.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--max-batches",
+            "3",
+            "--out",
+            out_file.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let result = read_json(&out_file);
+        assert_eq!(result["examples"], 12);
+        assert_eq!(
+            result["accuracy"].as_f64(),
+            Some(*accuracy),
+            "step {step}: {result}"
+        );
+    }
+    let best = accuracies
+        .iter()
+        .copied()
+        .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+    let best_dir = run.join("checkpoints/best");
+    assert_eq!(state(&best_dir)["step"], best.0, "{accuracies:?}");
+    assert_eq!(state(&best_dir)["best_score"].as_f64(), Some(-best.1));
+
+    // val_accuracy on language-model data names the field.
+    let mut lm = job(&dir, "lm", 1);
+    lm["keep_best_checkpoint"] = json!(true);
+    lm["best_metric"] = json!("val_accuracy");
+    let path = write_config(&dir, "lm.json", &lm);
+    let out = train(&path, &[], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("best_metric"), "{}", stderr(&out));
 }

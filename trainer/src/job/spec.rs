@@ -69,6 +69,10 @@ pub struct JobConfig {
     /// data). Not counted in `keep_checkpoints`.
     #[serde(default)]
     pub keep_best_checkpoint: bool,
+    /// What "best" means for `keep_best_checkpoint` and `early_stopping`: `val_loss` (lower
+    /// is better; default) or `val_accuracy` (higher is better; classification data).
+    #[serde(default)]
+    pub best_metric: BestMetric,
     /// Stop the job when the validation loss has not improved for this many evaluations in a
     /// row (needs validation data); the last step gets a checkpoint, as at the end of a run.
     #[serde(default)]
@@ -134,14 +138,25 @@ pub struct ModelSource {
     pub optimizer_state: InitOptimizer,
 }
 
+/// The validation metric that ranks evaluations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    /// The validation loss, lower is better.
+    #[default]
+    ValLoss,
+    /// The validation accuracy (classification data), higher is better.
+    ValAccuracy,
+}
+
 /// When an evaluation counts as no improvement, and how many in a row stop the job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStopping {
     /// Evaluations in a row without improvement that stop the job (at least 1).
     pub patience: u32,
-    /// An evaluation improves when its validation loss is below the best so far by more than
-    /// this (default 0: any decrease).
+    /// An evaluation improves when it beats the best so far by more than this, in the units of
+    /// `best_metric` (default 0: any improvement).
     #[serde(default)]
     pub min_delta: f64,
 }

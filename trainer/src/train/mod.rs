@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use datasets::{CheckpointFile, DataLoader};
+use datasets::{CheckpointFile, ClassificationSet, DataLoader, SplitName};
 use fp8_backend::{Fp8Kernels, Fp8Report};
 
 use crate::checkpoint::load_checkpoint;
@@ -39,8 +39,8 @@ pub use crate::job::assemble::{TrainBackend, INNER_DEVICE};
 
 /// `generation_config.json` of a checkpoint.
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
-use crate::job::{InitOptimizer, JobConfig, NonFinitePolicy};
-use crate::model::loss::mean_loss;
+use crate::job::{BestMetric, InitOptimizer, JobConfig, NonFinitePolicy};
+use crate::model::loss::{mean_loss, row_scores};
 use crate::model::names::param_shapes;
 use crate::model::Gpt2;
 use lock::RunLock;
@@ -78,6 +78,24 @@ pub struct TrainOptions {
     pub overwrite: bool,
     /// Set by the Ctrl-C handler: save a checkpoint after the current step and return.
     pub stop: Arc<AtomicBool>,
+}
+
+/// One evaluation: validation loss, and accuracy on classification data.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Evaluation {
+    loss: f32,
+    accuracy: Option<f64>,
+}
+
+impl Evaluation {
+    /// `val loss 2.3456` (`| val accuracy 0.8125`).
+    fn describe(&self) -> String {
+        let mut text = format!("val loss {}", fmt_loss(Some(self.loss)));
+        if let Some(a) = self.accuracy {
+            text += &format!(" | val accuracy {a:.4}");
+        }
+        text
+    }
 }
 
 /// Which checkpoint `--resume` continues from.
@@ -143,11 +161,11 @@ fn run_on<B: Fp8Kernels + HostTensors>(
         let step_time = started.elapsed().as_secs_f64();
         // 6. evaluate and log
         run.record_fp8_stats(&out.report)?;
-        let val_loss = run.evaluate_if_due();
-        let row = run.log_step(&out, lr, grad_norm, step_time, val_loss)?;
+        let eval = run.evaluate_if_due();
+        let row = run.log_step(&out, lr, grad_norm, step_time, eval)?;
         progress.step(&row);
         // 7. checkpoint (the best one after an improving evaluation); stop early
-        run.track_best(val_loss)?;
+        run.track_best(eval)?;
         run.checkpoint_if_due()?;
         if run.state.stopped_early {
             break;
@@ -166,6 +184,8 @@ struct Run<'a, B: Fp8Kernels + HostTensors> {
     optimizer: AdamW<fp8_backend::Fp8<B>>,
     loader: DataLoader,
     validation: Option<DataLoader>,
+    /// Classification data: the validation examples scored for accuracy at evaluations.
+    classification: Option<ClassificationSet>,
     /// Step, tokens, skipped steps: what a checkpoint restores.
     state: TrainerState,
     dir: RunDir,
@@ -237,6 +257,18 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
                     "needs validation data (set `data.validation`)".to_string(),
                 ));
             }
+        }
+        let ranks = job.keep_best_checkpoint || job.early_stopping.is_some();
+        if ranks
+            && job.best_metric == BestMetric::ValAccuracy
+            && data.dataset.classification(SplitName::Validation).is_none()
+        {
+            return Err(Error::field(
+                &opts.config_path,
+                "best_metric",
+                "`val_accuracy` needs classification data (CSV rows with a label and \
+                 `data.csv.verbalizer`) with validation examples; use `val_loss`",
+            ));
         }
         let state = match (&resume_from, &job.model.checkpoint) {
             (Some((_, dir)), _) => {
@@ -317,6 +349,7 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             optimizer,
             loader,
             validation,
+            classification: data.dataset.classification(SplitName::Validation),
             earlier_elapsed: state.elapsed_s,
             state,
             dir,
@@ -335,19 +368,19 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
     /// so its metrics read as if it had never stopped. False when interrupted.
     fn evaluate_before_training(&mut self) -> Result<bool, Error> {
         if self.state.eval_pending {
-            let val_loss = self.evaluate();
+            let eval = self.evaluate();
             if self.stopping() {
                 return Ok(false);
             }
             self.state.eval_pending = false;
-            let Some(val_loss) = val_loss else {
+            let Some(eval) = eval else {
                 return Ok(true);
             };
             let step = self.state.step;
-            self.dir.set_val_loss(step, val_loss)?;
+            self.dir.set_val_loss(step, eval.loss, eval.accuracy)?;
             log::info!(
-                "step {step}: val loss {} (the evaluation interrupted before)",
-                fmt_loss(Some(val_loss))
+                "step {step}: {} (the evaluation interrupted before)",
+                eval.describe()
             );
             self.draw_plot()?;
             return Ok(true);
@@ -355,15 +388,17 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         if self.state.step > 0 || self.validation.is_none() {
             return Ok(true);
         }
-        let val_loss = self.evaluate();
+        let eval = self.evaluate();
         if self.stopping() {
             return Ok(false);
         }
         self.dir.metrics_row(MetricsRow {
-            val_loss,
+            val_loss: eval.map(|e| e.loss),
+            val_accuracy: eval.and_then(|e| e.accuracy),
             ..MetricsRow::default()
         })?;
-        log::info!("step 0: val loss {}", fmt_loss(val_loss));
+        let said = eval.map_or("val loss -".to_string(), |e| e.describe());
+        log::info!("step 0: {said}");
         Ok(true)
     }
 
@@ -490,41 +525,57 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         self.dir.fp8_rows(&rows)
     }
 
-    /// The validation loss over `eval_batches` batches (statistics off). `None` without
+    /// The validation loss over `eval_batches` batches (statistics off), and on
+    /// classification data the accuracy over as many batches of examples. `None` without
     /// validation data, or when a stop request cut the pass short (checked between batches,
-    /// so Ctrl-C is honoured within one batch); a partial pass is not a validation loss.
-    fn evaluate(&self) -> Option<f32> {
+    /// so Ctrl-C is honoured within one batch); a partial pass is not an evaluation.
+    fn evaluate(&self) -> Option<Evaluation> {
         let validation = self.validation.as_ref()?;
         let limit = match self.job.eval_batches {
             0 => usize::MAX,
             n => n,
         };
         let cut = Cell::new(false);
-        let batches = validation.eval_pass().take(limit).take_while(|_| {
+        let go_on = || {
             cut.set(self.stopping());
             !cut.get()
+        };
+        let model = self.model().valid();
+        let batches = validation.eval_pass().take(limit).take_while(|_| go_on());
+        let pass = mean_loss(&model, batches, &self.device);
+        let accuracy = self.classification.as_ref().map(|set| {
+            let (mut correct, mut examples) = (0, 0);
+            let batches = set.scoring_batches(self.job.batch_size, self.job.data.seq_len);
+            for batch in batches.take(limit).take_while(|_| go_on()) {
+                let scores = row_scores(&model, &batch.batch, &self.device);
+                correct += batch.num_correct(&scores);
+                examples += batch.gold.len();
+            }
+            correct as f64 / examples.max(1) as f64
         });
-        let pass = mean_loss(&self.model().valid(), batches, &self.device);
         if cut.get() {
             log::info!("evaluation interrupted; its partial result is not recorded");
             return None;
         }
-        Some(pass?.loss as f32)
+        Some(Evaluation {
+            loss: pass?.loss as f32,
+            accuracy,
+        })
     }
 
     /// The validation loss when an evaluation is due at this step. An evaluation cut short by
     /// a stop request is marked pending: the checkpoint saved on the way out records it, and
     /// the resumed run does it first.
-    fn evaluate_if_due(&mut self) -> Option<f32> {
+    fn evaluate_if_due(&mut self) -> Option<Evaluation> {
         let every = self.job.eval_every;
         let due = self.state.step == self.total_steps
             || (every > 0 && self.state.step.is_multiple_of(every));
         if !due || self.validation.is_none() {
             return None;
         }
-        let val_loss = self.evaluate();
-        self.state.eval_pending = val_loss.is_none() && self.stopping();
-        val_loss
+        let eval = self.evaluate();
+        self.state.eval_pending = eval.is_none() && self.stopping();
+        eval
     }
 
     /// Appends the step's metrics row, logs a line every `log_every` steps (and at evaluations
@@ -535,8 +586,9 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         lr: f64,
         grad_norm: f64,
         step_time: f64,
-        val_loss: Option<f32>,
+        eval: Option<Evaluation>,
     ) -> Result<MetricsRow, Error> {
+        let val_loss = eval.map(|e| e.loss);
         let row = MetricsRow {
             step: self.state.step,
             tokens: self.state.tokens,
@@ -546,6 +598,7 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             grad_norm: Some(grad_norm),
             tokens_per_s: Some(out.tokens as f64 / step_time.max(1e-9)),
             elapsed_s: self.elapsed(),
+            val_accuracy: eval.and_then(|e| e.accuracy),
         };
         self.dir.metrics_row(row.clone())?;
         let step = self.state.step;
@@ -558,8 +611,8 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
                 row.tokens_per_s.unwrap_or(0.0),
                 row.elapsed_s
             );
-            if let Some(v) = val_loss {
-                line += &format!(" | val loss {}", fmt_loss(Some(v)));
+            if let Some(e) = eval {
+                line += &format!(" | {}", e.describe());
             }
             log::info!("{line}");
         }
@@ -569,28 +622,40 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         Ok(row)
     }
 
-    /// After an evaluation: a new best validation loss is remembered (and written to
+    /// After an evaluation: a new best value of `best_metric` is remembered (and written to
     /// `checkpoints/best` with `keep_best_checkpoint`); with early stopping, `patience`
     /// evaluations in a row without one end the run.
-    fn track_best(&mut self, val_loss: Option<f32>) -> Result<(), Error> {
-        let Some(val_loss) = val_loss else {
+    fn track_best(&mut self, eval: Option<Evaluation>) -> Result<(), Error> {
+        let Some(eval) = eval else {
             return Ok(());
         };
         if !self.job.keep_best_checkpoint && self.job.early_stopping.is_none() {
             return Ok(());
         }
+        let metric = self.job.best_metric;
+        // Scores where lower is better: the loss, or minus the accuracy.
+        let Some(score) = (match metric {
+            BestMetric::ValLoss => Some(eval.loss as f64),
+            BestMetric::ValAccuracy => eval.accuracy.map(|a| -a),
+        }) else {
+            return Ok(());
+        };
         let min_delta = self
             .job
             .early_stopping
             .as_ref()
             .map_or(0.0, |e| e.min_delta);
-        let improved = match self.state.best_val_loss {
+        let improved = match self.state.best_score {
             None => true,
-            Some(best) => (val_loss as f64) < best as f64 - min_delta,
+            Some(best) => score < best - min_delta,
         };
         let step = self.state.step;
+        let shown = |score: f64| match metric {
+            BestMetric::ValLoss => format!("val loss {score:.4}"),
+            BestMetric::ValAccuracy => format!("val accuracy {:.4}", -score),
+        };
         if improved {
-            self.state.best_val_loss = Some(val_loss);
+            self.state.best_score = Some(score);
             self.state.evals_since_best = 0;
             if self.job.keep_best_checkpoint {
                 let dir = save_best_checkpoint(
@@ -601,8 +666,8 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
                     &self.checkpoint_files,
                 )?;
                 log::info!(
-                    "step {step}: best val loss so far ({}): {}",
-                    fmt_loss(Some(val_loss)),
+                    "step {step}: best {} so far: {}",
+                    shown(score),
                     dir.display()
                 );
             }
@@ -612,9 +677,9 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         if let Some(stop) = &self.job.early_stopping {
             if self.state.evals_since_best >= stop.patience && step < self.total_steps {
                 log::info!(
-                    "step {step}: early stopping: no improvement on the best val loss {} for {} \
+                    "step {step}: early stopping: no improvement on the best {} for {} \
                      evaluations",
-                    fmt_loss(self.state.best_val_loss),
+                    self.state.best_score.map_or("-".into(), shown),
                     stop.patience
                 );
                 self.state.stopped_early = true;

@@ -53,10 +53,11 @@ pub struct TrainerState {
     /// and fills in the step's `val_loss`. Absent when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eval_pending: bool,
-    /// The lowest validation loss of the run so far, tracked when the job keeps a best
+    /// The best value of the job's `best_metric` so far as a score where lower is better (the
+    /// validation loss, or minus the validation accuracy), tracked when the job keeps a best
     /// checkpoint or stops early. Absent before the first evaluation, and when not tracked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub best_val_loss: Option<f32>,
+    pub best_score: Option<f64>,
     /// Evaluations in a row since the best one (early stopping). Absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub evals_since_best: u32,
@@ -81,7 +82,7 @@ impl TrainerState {
             loader,
             seed,
             eval_pending: false,
-            best_val_loss: None,
+            best_score: None,
             evals_since_best: 0,
             stopped_early: false,
         }

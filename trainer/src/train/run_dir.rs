@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::logging::{tee_to, TeeGuard};
 
 /// Columns of `metrics.csv`.
-pub const METRICS_HEADER: [&str; 8] = [
+pub const METRICS_HEADER: [&str; 9] = [
     "step",
     "tokens",
     "train_loss",
@@ -26,6 +26,7 @@ pub const METRICS_HEADER: [&str; 8] = [
     "grad_norm",
     "tokens_per_s",
     "elapsed_s",
+    "val_accuracy",
 ];
 /// Columns of `fp8_stats.csv`.
 pub const FP8_STATS_HEADER: [&str; 7] = [
@@ -53,12 +54,16 @@ pub struct MetricsRow {
     pub grad_norm: Option<f64>,
     pub tokens_per_s: Option<f64>,
     pub elapsed_s: f64,
+    /// Classification data: the fraction of validation examples whose gold label word scores
+    /// highest. (Absent from files written before the column existed.)
+    #[serde(default)]
+    pub val_accuracy: Option<f64>,
 }
 
 impl MetricsRow {
     /// The cells as written: losses as f32 and lr / grad norm in the f32 the optimizer uses
     /// (shortest round-trip forms), tokens/s to 0.1, elapsed time to the millisecond.
-    fn cells(&self) -> [String; 8] {
+    fn cells(&self) -> [String; 9] {
         fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
             v.map(|v| v.to_string()).unwrap_or_default()
         }
@@ -71,6 +76,7 @@ impl MetricsRow {
             cell(self.grad_norm.map(|v| v as f32)),
             cell(self.tokens_per_s.map(|t| format!("{t:.1}"))),
             format!("{:.3}", self.elapsed_s),
+            cell(self.val_accuracy),
         ]
     }
 
@@ -202,11 +208,17 @@ impl RunDir {
         Ok(())
     }
 
-    /// Fills in the validation loss of the row of `step` (an evaluation done after a resume),
-    /// rewriting `metrics.csv`.
-    pub fn set_val_loss(&mut self, step: u64, val_loss: f32) -> Result<(), Error> {
+    /// Fills in the validation loss (and accuracy) of the row of `step` (an evaluation done
+    /// after a resume), rewriting `metrics.csv`.
+    pub fn set_val_loss(
+        &mut self,
+        step: u64,
+        val_loss: f32,
+        val_accuracy: Option<f64>,
+    ) -> Result<(), Error> {
         if let Some(row) = self.rows.iter_mut().rev().find(|r| r.step == step) {
             row.val_loss = Some(val_loss);
+            row.val_accuracy = val_accuracy;
         }
         let path = self.root.join("metrics.csv");
         self.metrics = rewrite(
