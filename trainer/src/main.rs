@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             log::warn!("cannot install the Ctrl-C handler: {e}");
         }
     }
-    match run(cli.command, stop, &mut progress) {
+    match run(cli.command, stop, &mut progress, &mut std::io::stdout()) {
         Ok(done) => {
             if let Some(output) = done.output.filter(|o| !o.is_empty()) {
                 println!("{output}");

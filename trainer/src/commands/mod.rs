@@ -48,7 +48,8 @@ pub enum Command {
     DumpStep(dump_step::DumpStepArgs),
     /// Write the logits of one sequence as JSON: {"logits": [[...vocab...] per position]}.
     Logits(logits::LogitsArgs),
-    /// Continue a prompt (greedy with --temperature 0, else top-k / temperature sampling).
+    /// Continue a prompt, streaming the text (greedy with --temperature 0, else temperature /
+    /// top-k / top-p sampling; --num-samples for several).
     Generate(generate::GenerateArgs),
     /// Time training steps of a job per device and precision (and the PyTorch peer with
     /// --peer): tokens/s, GEMM share, peak memory, ratios.
@@ -76,11 +77,13 @@ impl Done {
 }
 
 /// Runs one command. `stop` is set by the binary's Ctrl-C handler (long-running commands save
-/// a checkpoint and return); `progress` shows training steps.
+/// a checkpoint and return); `progress` shows training steps; `stdout` takes what a command
+/// writes as it goes (`generate` streams its text) instead of returning it in [`Done`].
 pub fn run(
     command: Command,
     stop: Arc<AtomicBool>,
     progress: &mut dyn Progress,
+    stdout: &mut dyn std::io::Write,
 ) -> Result<Done, Error> {
     match command {
         Command::Train(args) => train::run_train(&args, stop, progress),
@@ -97,7 +100,7 @@ pub fn run(
             Ok(Done::printing(format!("loss {loss}")))
         }
         Command::Logits(args) => logits::run_logits(&args).map(|()| Done::default()),
-        Command::Generate(args) => generate::run_generate(&args).map(Done::printing),
+        Command::Generate(args) => generate::run_generate(&args, stdout).map(|()| Done::default()),
         Command::Bench(args) => bench::run_bench(&args).map(Done::printing),
     }
 }

@@ -1,8 +1,11 @@
-//! Autoregressive generation: greedy, or temperature / top-k sampling with a seed
-//! (nanoGPT's `generate`: crop the context to `n_positions`, sample from the last position).
+//! Autoregressive generation: greedy, or temperature / top-k / top-p sampling with a seed
+//! (nanoGPT's `generate`: crop the context to `n_positions`, sample from the last position;
+//! top-p is Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration").
 //!
 //! Without a key/value cache each new token re-runs the whole context: fine for the CPU
 //! backend and short outputs, which is what this tool is for.
+
+use std::ops::ControlFlow;
 
 use burn::tensor::{Int, Tensor, TensorData};
 
@@ -17,6 +20,9 @@ pub struct SamplingOptions {
     pub temperature: f64,
     /// Sample only among the k most likely tokens (ties with the k-th kept); `None`: all.
     pub top_k: Option<usize>,
+    /// Nucleus sampling, after temperature and top-k: only the smallest set of most likely
+    /// tokens whose probability reaches this (in (0, 1]) is drawn from; `None` or 1: all.
+    pub top_p: Option<f64>,
     /// Seed of the sampler's random stream; the same seed gives the same text.
     pub seed: u64,
     /// Stop after emitting this token (e.g. end-of-text).
@@ -32,6 +38,7 @@ impl Default for SamplingOptions {
             max_new_tokens: 100,
             temperature: 0.8,
             top_k: Some(200),
+            top_p: None,
             seed: 1337,
             stop_token: None,
             vocab_limit: None,
@@ -46,6 +53,24 @@ pub fn generate<B: ModelBackend>(
     prompt: &[u32],
     options: &SamplingOptions,
     device: &B::Device,
+) -> Vec<u32> {
+    generate_with(
+        model,
+        prompt,
+        options,
+        device,
+        |_| ControlFlow::Continue(()),
+    )
+}
+
+/// [`generate`], calling `on_token` with each new token as soon as it is drawn (the stop token
+/// included); `on_token` returning `Break` ends the generation there (that token is kept).
+pub fn generate_with<B: ModelBackend>(
+    model: &Gpt2<B>,
+    prompt: &[u32],
+    options: &SamplingOptions,
+    device: &B::Device,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Vec<u32> {
     let n_positions = model.config().n_positions;
     let mut rng = SplitMix64(options.seed);
@@ -67,21 +92,28 @@ pub fn generate<B: ModelBackend>(
             .into_vec()
             .expect("converted to f32");
         logits.truncate(options.vocab_limit.unwrap_or(usize::MAX).max(1));
-        let next = sample_next(&logits, options.temperature, options.top_k, &mut rng);
+        let next = sample_next(
+            &logits,
+            options.temperature,
+            options.top_k,
+            options.top_p,
+            &mut rng,
+        );
         tokens.push(next);
         new.push(next);
-        if Some(next) == options.stop_token {
+        if on_token(next).is_break() || Some(next) == options.stop_token {
             break;
         }
     }
     new
 }
 
-/// Picks a token from one position's logits.
+/// Picks a token from one position's logits: temperature, then top-k, then top-p.
 pub fn sample_next(
     logits: &[f32],
     temperature: f64,
     top_k: Option<usize>,
+    top_p: Option<f64>,
     rng: &mut SplitMix64,
 ) -> u32 {
     let argmax = || {
@@ -106,7 +138,7 @@ pub fn sample_next(
         _ => f32::NEG_INFINITY,
     };
     let max = logits[argmax() as usize] as f64;
-    let weights: Vec<f64> = logits
+    let mut weights: Vec<f64> = logits
         .iter()
         .map(|&x| {
             if x >= threshold {
@@ -116,6 +148,10 @@ pub fn sample_next(
             }
         })
         .collect();
+    // p >= 1 keeps every token: skipped, so that the draws are exactly those without top-p.
+    if let Some(p) = top_p.filter(|&p| p < 1.0) {
+        keep_nucleus(&mut weights, p);
+    }
     let mut u = rng.next_f64() * weights.iter().sum::<f64>();
     for (i, w) in weights.iter().enumerate() {
         if u < *w {
@@ -124,6 +160,27 @@ pub fn sample_next(
         u -= w;
     }
     argmax() // only reached through rounding at the very end of the distribution
+}
+
+/// Zeroes every weight outside the nucleus: the smallest set of largest weights whose sum
+/// reaches `p` of the total (at least one weight, whatever `p`). Equal weights are taken in id
+/// order, so the set does not depend on the sort.
+fn keep_nucleus(weights: &mut [f64], p: f64) {
+    let target = p * weights.iter().sum::<f64>();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+    let mut mass = 0.0;
+    let mut kept = 0;
+    for &i in &order {
+        kept += 1;
+        mass += weights[i];
+        if mass >= target {
+            break;
+        }
+    }
+    for &i in &order[kept..] {
+        weights[i] = 0.0;
+    }
 }
 
 /// A small, fully specified random stream (Steele et al. 2014, "SplitMix64"), so that a seed
@@ -154,8 +211,11 @@ mod tests {
     #[test]
     fn greedy_is_argmax() {
         let mut rng = SplitMix64(0);
-        assert_eq!(sample_next(&[0.1, 3.0, 2.9], 0.0, None, &mut rng), 1);
-        assert_eq!(sample_next(&[0.1, 3.0, 2.9], 1.0, Some(1), &mut rng), 1);
+        assert_eq!(sample_next(&[0.1, 3.0, 2.9], 0.0, None, None, &mut rng), 1);
+        assert_eq!(
+            sample_next(&[0.1, 3.0, 2.9], 1.0, Some(1), None, &mut rng),
+            1
+        );
     }
 
     #[test]
@@ -163,7 +223,7 @@ mod tests {
         let logits = [5.0, 4.9, -1.0, 4.8, 0.0];
         let mut rng = SplitMix64(7);
         for _ in 0..500 {
-            assert!([0, 1].contains(&sample_next(&logits, 5.0, Some(2), &mut rng)));
+            assert!([0, 1].contains(&sample_next(&logits, 5.0, Some(2), None, &mut rng)));
         }
     }
 
@@ -173,16 +233,118 @@ mod tests {
         let logits = [0.0, 3f32.ln()];
         let mut rng = SplitMix64(42);
         let ones = (0..20_000)
-            .filter(|_| sample_next(&logits, 1.0, None, &mut rng) == 1)
+            .filter(|_| sample_next(&logits, 1.0, None, None, &mut rng) == 1)
             .count();
         assert!((ones as f64 / 20_000.0 - 0.75).abs() < 0.02, "{ones}");
         let draw = |seed| {
             let mut rng = SplitMix64(seed);
             (0..32)
-                .map(|_| sample_next(&logits, 1.0, None, &mut rng))
+                .map(|_| sample_next(&logits, 1.0, None, None, &mut rng))
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
+    }
+
+    /// p = softmax(LN_5_2_1) = [5, 2, 1] / 8: mass boundaries at 0.625 and 0.875.
+    const LN_5_2_1: [f32; 3] = [1.609_438, std::f32::consts::LN_2, 0.0];
+
+    /// The set of tokens drawn from `logits` (temperature 1, no top-k) with `top_p`, over 2000
+    /// draws of one seeded stream.
+    fn drawn(logits: &[f32], top_p: Option<f64>) -> Vec<u32> {
+        drawn_with(logits, 1.0, None, top_p)
+    }
+
+    fn drawn_with(
+        logits: &[f32],
+        temperature: f64,
+        top_k: Option<usize>,
+        top_p: Option<f64>,
+    ) -> Vec<u32> {
+        let mut rng = SplitMix64(11);
+        let mut seen: Vec<u32> = (0..2000)
+            .map(|_| sample_next(logits, temperature, top_k, top_p, &mut rng))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus_reaching_p() {
+        assert_eq!(
+            drawn(&LN_5_2_1, None),
+            [0, 1, 2],
+            "without top-p all are drawn"
+        );
+        assert_eq!(
+            drawn(&LN_5_2_1, Some(0.5)),
+            [0],
+            "0.625 >= 0.5: the top token only"
+        );
+        assert_eq!(drawn(&LN_5_2_1, Some(0.62)), [0]);
+        assert_eq!(
+            drawn(&LN_5_2_1, Some(0.63)),
+            [0, 1],
+            "just above 0.625: the next one"
+        );
+        assert_eq!(drawn(&LN_5_2_1, Some(0.87)), [0, 1]);
+        assert_eq!(
+            drawn(&LN_5_2_1, Some(0.88)),
+            [0, 1, 2],
+            "just above 0.875: all three"
+        );
+        // A tiny p still keeps one token.
+        assert_eq!(drawn(&LN_5_2_1, Some(1e-9)), [0]);
+    }
+
+    #[test]
+    fn top_p_over_many_seeds_draws_only_the_top_token() {
+        for seed in 0..1000 {
+            let mut rng = SplitMix64(seed);
+            assert_eq!(sample_next(&LN_5_2_1, 1.0, None, Some(0.5), &mut rng), 0);
+        }
+    }
+
+    #[test]
+    fn top_p_renormalises_within_the_nucleus() {
+        // Nucleus {0, 1} with weights 5 : 2.
+        let mut rng = SplitMix64(5);
+        let ones = (0..20_000)
+            .filter(|_| sample_next(&LN_5_2_1, 1.0, None, Some(0.7), &mut rng) == 1)
+            .count();
+        assert!((ones as f64 / 20_000.0 - 2.0 / 7.0).abs() < 0.02, "{ones}");
+    }
+
+    #[test]
+    fn top_p_breaks_ties_by_id() {
+        // Tokens 1 and 3 tie for the top (p = 0.42 each): either one reaches 0.3; id 1 wins.
+        let logits = [0.0, 1.0, 0.0, 1.0];
+        assert_eq!(drawn(&logits, Some(0.3)), [1]);
+        assert_eq!(drawn(&logits, Some(0.5)), [1, 3]);
+    }
+
+    #[test]
+    fn top_p_1_draws_exactly_what_no_top_p_draws() {
+        let logits = [0.3, -1.0, 2.0, 1.9, 0.0, 0.7];
+        for seed in 0..50 {
+            let draw = |top_p| {
+                let mut rng = SplitMix64(seed);
+                (0..64)
+                    .map(|_| sample_next(&logits, 0.9, Some(5), top_p, &mut rng))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(draw(Some(1.0)), draw(None), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn top_p_applies_after_top_k_and_temperature() {
+        // Top-k 2 leaves [5, 2] / 7: 5/7 = 0.71 reaches 0.7, so only token 0 (without top-k,
+        // 0.625 does not: tokens 0 and 1).
+        assert_eq!(drawn_with(&LN_5_2_1, 1.0, Some(2), Some(0.7)), [0]);
+        assert_eq!(drawn_with(&LN_5_2_1, 1.0, None, Some(0.7)), [0, 1]);
+        // A high temperature flattens [5, 2, 1] towards thirds: 0.5 then needs two tokens.
+        assert_eq!(drawn_with(&LN_5_2_1, 100.0, None, Some(0.5)), [0, 1]);
     }
 }
