@@ -172,6 +172,25 @@ impl Tokenizer for HfTokenizer {
     fn newline_chunking_safe(&self) -> bool {
         self.chunking_safe
     }
+    fn eot_text(&self) -> String {
+        self.inner
+            .id_to_token(self.eot)
+            .unwrap_or_else(|| "<|endoftext|>".into())
+    }
+    fn special_tokens(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        if !out.iter().any(|(_, id)| *id == self.eot) {
+            out.push((self.eot_text(), self.eot));
+        }
+        out.sort();
+        out
+    }
 }
 
 /// `eos_token` from `tokenizer_config.json` in `dir`, if the file exists and names one
