@@ -103,7 +103,11 @@ fn log_likelihoods(dir: &Path, seq: &[u32]) -> Vec<f64> {
         .collect()
 }
 
-/// A one-step fp32 job on the first 4 shipped conversations (shuffle off: the first batch),
+/// Conversations in the first batch: the first 8 shipped ones (shuffle off), two of them
+/// two-round (a later user turn inside the row carries no loss).
+const BATCH: usize = 8;
+
+/// A one-step fp32 job on the first BATCH shipped conversations (shuffle off: the first batch),
 /// from `checkpoint` with `chat` options.
 fn chat_job(dir: &Path, name: &str, checkpoint: &Path, chat: Value) -> Value {
     json!({
@@ -113,7 +117,7 @@ fn chat_job(dir: &Path, name: &str, checkpoint: &Path, chat: Value) -> Value {
         "data": {"train": shipped_chat(), "seq_len": SEQ_LEN, "cache_dir": dir.join("cache"),
                  "chat": chat},
         "precision": {"mode": "fp32"},
-        "batch_size": 4, "steps": 1
+        "batch_size": BATCH, "steps": 1
     })
 }
 
@@ -137,7 +141,7 @@ fn the_loss_is_the_mean_over_assistant_tokens_or_all_tokens() {
             .parse()
             .unwrap();
         let (mut sum, mut count) = (0.0f64, 0usize);
-        for (tokens, loss) in chatml_conversations(4, all) {
+        for (tokens, loss) in chatml_conversations(BATCH, all) {
             let (seq, loss) = row(&tokens, &loss);
             let logp = log_likelihoods(&dir, &seq);
             for (lp, &l) in logp.iter().zip(&loss[1..]) {
