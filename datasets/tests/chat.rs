@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::Scratch;
 use datasets::{
     ByteTokenizer, ChatLoss, ChatTemplateSource, DataConfig, DataError, DataKind, Dataset,
-    Gpt2Tokenizer, Tokenizer,
+    Gpt2Tokenizer, HfTokenizer, Tokenizer,
 };
 use serde_json::json;
 
@@ -155,6 +155,14 @@ fn gpt2_style_template_file_ends_each_turn_with_the_end_of_text_token() {
     want.extend(gpt2.encode("Bye."));
     want.push(50256);
     assert_eq!(learned, want);
+
+    // The same through the shipped tokenizer.json, whose special added token is found by its
+    // text (`Tokenizer::special_tokens`).
+    let hf =
+        HfTokenizer::from_json_file(&common::data_dir().join("gpt2/tokenizer.json"), None).unwrap();
+    assert_eq!(hf.eot_text(), "<|endoftext|>");
+    let (hf_seq, hf_learned) = first_row(&Dataset::open(&cfg, &hf).unwrap());
+    assert_eq!((hf_seq, hf_learned), (expected, want));
 }
 
 /// Longer than seq_len + 1: as a prompt/completion example is cut, the tokens before the first
