@@ -56,31 +56,39 @@ impl Batch {
         prompt: &[u32],
         completion: &[u32],
     ) -> bool {
+        let tokens: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+        self.set_masked_row(row, &tokens, prompt.len(), |k| k >= prompt.len())
+    }
+
+    /// Writes `tokens` into row `row`, the targets whose token `k` has `loss(k)` counting in
+    /// the loss. `tokens[..prompt]` is the prompt, the rest the completion, cut to fit as in
+    /// [`Batch::set_example_row`] (a conversation's prompt is what precedes its first loss
+    /// token). Returns whether anything was cut.
+    pub(crate) fn set_masked_row(
+        &mut self,
+        row: usize,
+        tokens: &[u32],
+        prompt: usize,
+        loss: impl Fn(usize) -> bool,
+    ) -> bool {
         let t = self.seq;
-        let full_completion = completion.len();
-        let completion = &completion[..full_completion.min(t)];
-        let keep_prompt = prompt.len().min(t + 1 - completion.len());
-        let truncated = keep_prompt < prompt.len() || completion.len() < full_completion;
-        let prompt = &prompt[prompt.len() - keep_prompt..];
-        let len = prompt.len() + completion.len(); // tokens in the row's sequence, <= t + 1
-        let at = |i: usize| {
-            if i < prompt.len() {
-                prompt[i]
-            } else {
-                completion[i - prompt.len()]
-            }
-        };
+        let full_completion = tokens.len() - prompt;
+        let completion = full_completion.min(t);
+        let keep_prompt = prompt.min(t + 1 - completion);
+        let truncated = keep_prompt < prompt || completion < full_completion;
+        // The row's sequence is tokens[first..first + len], len <= t + 1.
+        let (first, len) = (prompt - keep_prompt, keep_prompt + completion);
         let base = row * t;
-        let (loss, attn) = (
+        let (mask, attn) = (
             self.loss_mask.as_mut().expect("padded batch"),
             self.attention_mask.as_mut().expect("padded batch"),
         );
         for j in 0..len.saturating_sub(1) {
-            self.inputs[base + j] = at(j);
-            self.targets[base + j] = at(j + 1);
+            self.inputs[base + j] = tokens[first + j];
+            self.targets[base + j] = tokens[first + j + 1];
             attn[base + j] = true;
-            // Target j is sequence token j+1: a completion token when j+1 >= prompt length.
-            loss[base + j] = if j + 1 >= prompt.len() { 1.0 } else { 0.0 };
+            // Target j is the sequence's token j+1.
+            mask[base + j] = if loss(first + j + 1) { 1.0 } else { 0.0 };
         }
         truncated
     }

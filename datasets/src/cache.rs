@@ -6,8 +6,10 @@
 //! 8   u64 byte offset of the header      16  u64 header length     24  u64 reserved (0)
 //! 32  tokens, u16 when the vocabulary fits in 16 bits, else u32
 //! ..  (8-aligned) example index: per example 4 x u64 = start, prompt_len, completion_len, label
+//! ..  loss mask (chat data only): one byte per token, 1 where the token carries the loss
 //! ..  header: JSON (`CacheHeader`): tokenizer id, vocabulary, sources' sizes and mtimes, options
 //! ```
+//! Version 2 added the loss mask (multi-turn conversations); a version-1 cache is rebuilt.
 //! The header is written last, so tokens stream straight to disk. A file is written with
 //! [`crate::atomic::AtomicFile`] (a temporary of its own, renamed into place), so a reader never
 //! sees half a cache and concurrent builds of one cache do not clobber each other. A cache whose
@@ -30,7 +32,7 @@ use crate::stream::TokenStream;
 
 const MAGIC: &[u8; 8] = b"FP8TOKC\x01";
 /// Bumped whenever the layout or the way a corpus is tokenized changes.
-pub const CACHE_VERSION: u32 = 1;
+pub const CACHE_VERSION: u32 = 2;
 const PREFIX_BYTES: u64 = 32;
 const INDEX_ENTRY_BYTES: u64 = 32;
 /// Label stored for examples without one (prompt/completion data).
@@ -109,10 +111,14 @@ pub struct CacheHeader {
     pub n_tokens: u64,
     pub n_examples: u64,
     pub index_offset: u64,
+    /// Byte offset of the per-token loss mask (`n_tokens` bytes), for chat data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_offset: Option<u64>,
 }
 
 /// One example in a cache: tokens `start..start+prompt_len` are the prompt, the next
-/// `completion_len` the completion.
+/// `completion_len` the completion. In a cache with a loss mask (a conversation) the prompt is
+/// the tokens before the first that carries the loss, and the mask says which of the rest do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExampleEntry {
     pub start: u64,
@@ -163,9 +169,13 @@ impl TokenCache {
         }
         let tokens_end = PREFIX_BYTES + header.n_tokens * header.token_bytes;
         let index_end = header.index_offset + header.n_examples * INDEX_ENTRY_BYTES;
+        let mask_fits = header.mask_offset.is_none_or(|at| {
+            at >= index_end && at.saturating_add(header.n_tokens) <= map.len() as u64
+        });
         if header.token_bytes != key.token_bytes()
             || header.index_offset < tokens_end
             || index_end > map.len() as u64
+            || !mask_fits
         {
             return Err(CacheError::BadSizes { path: path_buf() });
         }
@@ -185,6 +195,12 @@ impl TokenCache {
             h.token_bytes as usize,
             h.n_tokens as usize,
         )
+    }
+
+    /// The loss mask of tokens `range` (1: the token carries the loss), if the cache has one.
+    pub fn loss_mask(&self, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        let at = self.header.mask_offset? as usize;
+        Some(&self.map[at + range.start..at + range.end])
     }
 
     /// Number of examples (0 for language-model data).
@@ -235,6 +251,9 @@ pub(crate) struct CacheWriter {
     token_bytes: u64,
     n_tokens: u64,
     index: Vec<[u64; 4]>,
+    /// The loss mask so far, when examples carry one (chat data); kept in memory, one byte
+    /// per token, and written after the index.
+    mask: Option<Vec<u8>>,
     scratch: Vec<u8>,
 }
 
@@ -258,6 +277,7 @@ impl CacheWriter {
             token_bytes,
             n_tokens: 0,
             index: Vec::new(),
+            mask: None,
             scratch: Vec::new(),
         })
     }
@@ -309,6 +329,26 @@ impl CacheWriter {
         Ok(())
     }
 
+    /// Appends one example with a per-token loss mask (`mask[k]` is 1 where `tokens[k]`
+    /// carries the loss). Its prompt is the tokens before the first that does. A cache holds
+    /// masked examples only, or none (checked by the caller: one kind per cache).
+    pub(crate) fn push_masked_example(
+        &mut self,
+        tokens: &[u32],
+        mask: &[u8],
+    ) -> Result<(), DataError> {
+        debug_assert_eq!(tokens.len(), mask.len());
+        let start = self.n_tokens;
+        self.push_tokens(tokens)?;
+        let prompt = mask.iter().take_while(|&&m| m == 0).count() as u64;
+        let n = tokens.len() as u64;
+        self.index.push([start, prompt, n - prompt, NO_LABEL]);
+        let all = self.mask.get_or_insert_with(Vec::new);
+        all.resize(start as usize, 0); // tokens pushed without a mask carry no loss
+        all.extend_from_slice(mask);
+        Ok(())
+    }
+
     pub(crate) fn num_tokens(&self) -> u64 {
         self.n_tokens
     }
@@ -322,6 +362,7 @@ impl CacheWriter {
             token_bytes,
             n_tokens,
             index,
+            mask,
             ..
         } = self;
         let err = |e| DataError::CacheWrite {
@@ -330,15 +371,21 @@ impl CacheWriter {
         };
         let tokens_end = PREFIX_BYTES + n_tokens * token_bytes;
         let index_offset = tokens_end.div_ceil(8) * 8;
+        let index_end = index_offset + index.len() as u64 * INDEX_ENTRY_BYTES;
+        let mask = mask.map(|mut m| {
+            m.resize(n_tokens as usize, 0);
+            m
+        });
         let header = CacheHeader {
             key: key.clone(),
             token_bytes,
             n_tokens,
             n_examples: index.len() as u64,
             index_offset,
+            mask_offset: mask.as_ref().map(|_| index_end),
         };
         let json = serde_json::to_vec(&header).map_err(|e| err(std::io::Error::other(e)))?;
-        let header_offset = index_offset + index.len() as u64 * INDEX_ENTRY_BYTES;
+        let header_offset = index_end + mask.as_ref().map_or(0, |m| m.len() as u64);
         // On an error, `out` is dropped uncommitted, which deletes its temporary.
         let written = (|| -> std::io::Result<()> {
             out.write_all(&vec![0u8; (index_offset - tokens_end) as usize])?;
@@ -346,6 +393,9 @@ impl CacheWriter {
                 for w in entry {
                     out.write_all(&w.to_le_bytes())?;
                 }
+            }
+            if let Some(m) = &mask {
+                out.write_all(m)?;
             }
             out.write_all(&json)?;
             out.seek(SeekFrom::Start(8))?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cache::{CacheKey, CacheWriter, SourceStamp, TokenCache, CACHE_VERSION};
+use crate::chat::ChatTemplate;
 use crate::error::DataError;
 use crate::formats::{csv, jsonl, text};
 use crate::hash::Fnv64;
@@ -22,6 +23,9 @@ struct Options<'a> {
     jsonl: Option<&'a JsonlConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     csv: Option<&'a CsvConfig>,
+    /// Chat data: the template's hash and the loss option.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat: Option<String>,
 }
 
 /// What a corpus build needs besides the files.
@@ -31,6 +35,8 @@ pub(crate) struct BuildSpec<'a> {
     pub jsonl: &'a JsonlConfig,
     /// For classification data: the CSV options, parsed template and verbalizer.
     pub csv: Option<(&'a CsvConfig, &'a Template, &'a Verbalizer)>,
+    /// For chat data: the template.
+    pub chat: Option<&'a ChatTemplate>,
     pub cache_dir: &'a Path,
     pub chunk_bytes: usize,
 }
@@ -53,6 +59,7 @@ pub(crate) fn build_or_open(
         formats: files.iter().map(|f| f.format).collect(),
         jsonl: uses_jsonl.then_some(spec.jsonl),
         csv: spec.csv.map(|c| c.0),
+        chat: spec.chat.map(ChatTemplate::cache_options),
     };
     let tok = spec.tokenizer;
     let key = CacheKey {
@@ -127,9 +134,14 @@ fn build(
                 &mut out,
                 spec.chunk_bytes,
             )?),
-            (DataFormat::Jsonl, kind) => {
-                jsonl::tokenize_file(&f.path, spec.jsonl, kind, spec.tokenizer, &mut out)?
-            }
+            (DataFormat::Jsonl, kind) => jsonl::tokenize_file(
+                &f.path,
+                spec.jsonl,
+                kind,
+                spec.chat,
+                spec.tokenizer,
+                &mut out,
+            )?,
             (DataFormat::Csv | DataFormat::Tsv, _) => {
                 let (cfg, template, verbalizer) = spec.csv.ok_or_else(|| {
                     DataError::config(

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::chat::ChatTemplate;
 use crate::classification::ClassificationSet;
 use crate::corpus::{build_or_open, BuildSpec};
 use crate::error::DataError;
@@ -61,7 +62,17 @@ pub struct Dataset {
 impl Dataset {
     /// Resolves, tokenizes (or reuses the caches of) and splits the configured data.
     pub fn open(config: &DataConfig, tokenizer: &dyn Tokenizer) -> Result<Dataset, DataError> {
-        Self::open_with_chunk_bytes(config, tokenizer, CHUNK_BYTES)
+        Self::open_with_chunk_bytes(config, tokenizer, None, CHUNK_BYTES)
+    }
+
+    /// `open` for a model loaded from the checkpoint folder `checkpoint`, whose chat template
+    /// (`tokenizer_config.json`) conversations use by default.
+    pub fn open_with_checkpoint(
+        config: &DataConfig,
+        tokenizer: &dyn Tokenizer,
+        checkpoint: Option<&std::path::Path>,
+    ) -> Result<Dataset, DataError> {
+        Self::open_with_chunk_bytes(config, tokenizer, checkpoint, CHUNK_BYTES)
     }
 
     /// `open` with another chunk size for large text files (tests exercise the chunking).
@@ -69,6 +80,7 @@ impl Dataset {
     pub fn open_with_chunk_bytes(
         config: &DataConfig,
         tokenizer: &dyn Tokenizer,
+        checkpoint: Option<&std::path::Path>,
         chunk_bytes: usize,
     ) -> Result<Dataset, DataError> {
         config.validate()?;
@@ -90,11 +102,16 @@ impl Dataset {
             }
             _ => None,
         };
+        let chat = match kind {
+            DataKind::Chat => Some(ChatTemplate::resolve(&config.chat, checkpoint, tokenizer)?),
+            _ => None,
+        };
         let spec = BuildSpec {
             kind,
             tokenizer,
             jsonl: &config.jsonl,
             csv: csv.as_ref().map(|(c, t, v)| (*c, t, v)),
+            chat: chat.as_ref(),
             cache_dir: &config.cache_dir,
             chunk_bytes,
         };

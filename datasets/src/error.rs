@@ -125,6 +125,8 @@ pub enum DataError {
         line: u64,
         message: String,
     },
+    #[error("{origin}: {message}")]
+    ChatTemplate { origin: String, message: String },
     #[error("{path}: {kind} data cannot be mixed with {expected} data from {first}")]
     MixedKinds {
         path: PathBuf,

@@ -1,5 +1,6 @@
-//! Batches of prompt/completion examples: right-padded to `T`, with a loss mask on completion
-//! tokens and an attention mask on real tokens (see [`Batch`]). Examples are read in order or,
+//! Batches of prompt/completion examples and conversations: right-padded to `T`, with a loss
+//! mask on completion tokens (on the tokens a conversation's mask marks) and an attention mask
+//! on real tokens (see [`Batch`]). Examples are read in order or,
 //! shuffled, in a permutation per epoch fixed by the seed; the position is the count of
 //! examples taken, running on across epochs.
 
@@ -49,6 +50,20 @@ impl ExampleSet {
         tokens.extend_into(s..s + p, &mut prompt);
         tokens.extend_into(s + p..s + p + c, &mut completion);
         (prompt, completion, e.label.map(|l| l as usize))
+    }
+
+    /// Writes example `i` into row `row` of `out` (see [`Batch::set_masked_row`]); returns
+    /// whether it was cut to fit.
+    fn fill_row(&self, i: usize, out: &mut Batch, row: usize) -> bool {
+        let e = self.cache.example(self.indices[i] as usize);
+        let (s, p) = (e.start as usize, e.prompt_len as usize);
+        let n = p + e.completion_len as usize;
+        let mut tokens = Vec::with_capacity(n);
+        self.cache.tokens().extend_into(s..s + n, &mut tokens);
+        match self.cache.loss_mask(s..s + n) {
+            Some(mask) => out.set_masked_row(row, &tokens, p, |k| mask[k] != 0),
+            None => out.set_masked_row(row, &tokens, p, |k| k >= p),
+        }
     }
 }
 
@@ -145,13 +160,13 @@ impl ExampleBatches {
                     self.epoch_perm.as_ref().expect("set above").1[i] as usize
                 }
             };
-            let (prompt, completion, _) = self.set.get(k);
-            if out.set_example_row(row, &prompt, &completion) {
+            if self.set.fill_row(k, &mut out, row) {
                 self.truncated += 1;
                 if self.truncated == 1 {
                     log::warn!(
-                        "an example is longer than seq_len + 1 = {} tokens; its prompt is cut \
-                         from the left (further cuts are counted, not logged)",
+                        "an example is longer than seq_len + 1 = {} tokens; its prompt (the \
+                         tokens before the first that carries the loss) is cut from the left, \
+                         then its end from the right (further cuts are counted, not logged)",
                         self.seq + 1
                     );
                 }
@@ -169,8 +184,7 @@ impl ExampleBatches {
             for row in 0..self.batch {
                 let i = k * self.batch + row;
                 if i < self.set.len() {
-                    let (prompt, completion, _) = self.set.get(i);
-                    out.set_example_row(row, &prompt, &completion);
+                    self.set.fill_row(i, &mut out, row);
                 }
             }
             out

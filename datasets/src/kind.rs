@@ -11,6 +11,9 @@ pub enum DataKind {
     LanguageModel,
     /// Prompt + completion pairs; the loss is taken on the completion only.
     PromptCompletion,
+    /// Conversations rendered with a chat template; the loss is taken on assistant turns
+    /// (or on every token), as a per-token mask.
+    Chat,
     /// Classification rows turned into prompt + label word; scored by label likelihood.
     Classification,
 }
@@ -21,6 +24,7 @@ impl DataKind {
             DataKind::LanguageModel => "language-model text",
             DataKind::PromptCompletion => "prompt/completion",
             DataKind::Classification => "classification",
+            DataKind::Chat => "chat",
         }
     }
 }

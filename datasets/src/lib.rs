@@ -1,7 +1,7 @@
 //! Data for fp8-trainer: tokenizers, corpora in the formats fine-tuning jobs bring (plain text,
-//! JSONL text or prompt/completion, GLUE-style CSV/TSV classification), tokenized caches that are
-//! memory-mapped, and deterministic, resumable batching (llm.c-style language-model windows,
-//! padded prompt/completion batches with loss masks).
+//! JSONL text, prompt/completion or chat conversations, GLUE-style CSV/TSV classification),
+//! tokenized caches that are memory-mapped, and deterministic, resumable batching (llm.c-style
+//! language-model windows, padded example batches with loss masks).
 //!
 //! Plain Rust in and out (`Vec<u32>`, shapes `[B, T]`); the trainer turns batches into tensors.
 //! See `datasets/README.md` for the configuration and an example.
@@ -13,6 +13,7 @@
 pub mod atomic;
 pub mod batch;
 pub mod cache;
+pub mod chat;
 pub mod classification;
 mod corpus;
 pub mod dataset;
@@ -32,6 +33,7 @@ pub mod tokenizer;
 pub mod windows;
 
 pub use batch::Batch;
+pub use chat::ChatTemplate;
 pub use classification::{ClassificationExample, ClassificationSet, ScoringBatch};
 pub use dataset::{Dataset, SplitName};
 pub use error::{CacheError, DataError, TokenizerError};
@@ -39,7 +41,10 @@ pub use formats::text::encode_in_chunks;
 pub use json::json_type_name;
 pub use kind::DataKind;
 pub use loader::{DataLoader, LoaderState};
-pub use spec::{CsvConfig, DataConfig, DataFormat, JsonlConfig, Paths, Validation};
+pub use spec::{
+    ChatConfig, ChatLoss, ChatTemplateSource, CsvConfig, DataConfig, DataFormat, JsonlConfig,
+    Paths, Validation,
+};
 pub use stream::TokenStream;
 pub use tokenizer::{
     load_tokenizer, tokenizer_from_checkpoint_dir, ByteTokenizer, CheckpointFile, Gpt2Tokenizer,

@@ -44,9 +44,12 @@ pub struct DataConfig {
     /// Seed of the shuffle and of the fraction split of examples.
     #[serde(default)]
     pub seed: u64,
-    /// JSONL field names (defaults `text`, `prompt`, `completion`).
+    /// JSONL field names (defaults `text`, `prompt`, `completion`, `messages`).
     #[serde(default)]
     pub jsonl: JsonlConfig,
+    /// Conversations (`{"messages": [...]}` records): the chat template and where the loss goes.
+    #[serde(default, skip_serializing_if = "ChatConfig::is_default")]
+    pub chat: ChatConfig,
     /// Classification options; required for CSV/TSV files.
     #[serde(default)]
     pub csv: Option<CsvConfig>,
@@ -68,7 +71,8 @@ pub enum DataFormat {
     Auto,
     /// Plain UTF-8 text; each file is one document.
     Text,
-    /// One JSON object a line: `{"text": ...}` or `{"prompt": ..., "completion": ...}`.
+    /// One JSON object a line: `{"text": ...}`, `{"prompt": ..., "completion": ...}` or
+    /// `{"messages": [{"role": ..., "content": ...}, ...]}`.
     Jsonl,
     /// Comma-separated, double quotes honoured by default.
     Csv,
@@ -166,6 +170,8 @@ pub struct JsonlConfig {
     pub prompt_field: String,
     /// Field holding the completion (the loss is taken on it and on the end-of-text after it).
     pub completion_field: String,
+    /// Field holding a conversation: a list of `{"role", "content"}` messages (chat data).
+    pub messages_field: String,
 }
 
 impl Default for JsonlConfig {
@@ -174,8 +180,53 @@ impl Default for JsonlConfig {
             text_field: "text".into(),
             prompt_field: "prompt".into(),
             completion_field: "completion".into(),
+            messages_field: "messages".into(),
         }
     }
+}
+
+/// How conversations become training sequences (`datasets::chat`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatConfig {
+    /// The Jinja chat template: `"checkpoint"` (default: the `chat_template` of the model
+    /// checkpoint's `tokenizer_config.json`, or its `chat_template.jinja`), `"chatml"` (the
+    /// built-in `<|im_start|>role\ncontent<|im_end|>\n`), or `{"path": "file.jinja"}`.
+    pub template: ChatTemplateSource,
+    /// Which tokens carry the loss: `"assistant"` (default: the text each assistant message
+    /// adds, its closing tag included) or `"all"` (every token of the conversation).
+    pub loss: ChatLoss,
+}
+
+impl ChatConfig {
+    fn is_default(&self) -> bool {
+        *self == ChatConfig::default()
+    }
+}
+
+/// Where the chat template comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ChatTemplateSource {
+    /// `chat_template.jinja`, else the `chat_template` key of `tokenizer_config.json`, in the
+    /// job's `model.checkpoint` folder (where Hugging Face keeps them).
+    #[default]
+    Checkpoint,
+    /// ChatML, built in.
+    Chatml,
+    /// A Jinja file.
+    Path(PathBuf),
+}
+
+/// Which tokens of a conversation carry the loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatLoss {
+    /// The text each assistant message adds (not the header the generation prompt writes).
+    #[default]
+    Assistant,
+    /// Every token (the first one is no target).
+    All,
 }
 
 /// GLUE-style classification: each row becomes a prompt (the template filled with the row's
@@ -222,6 +273,7 @@ impl DataConfig {
             shuffle: false,
             seed: 0,
             jsonl: JsonlConfig::default(),
+            chat: ChatConfig::default(),
             csv: None,
             cache_dir: default_cache_dir(),
         }
@@ -237,6 +289,9 @@ impl DataConfig {
         self.train.0.iter_mut().for_each(fix);
         if let Validation::Paths(paths) = &mut self.validation {
             paths.0.iter_mut().for_each(fix);
+        }
+        if let ChatTemplateSource::Path(p) = &mut self.chat.template {
+            fix(p);
         }
         fix(&mut self.cache_dir);
     }
@@ -271,6 +326,7 @@ impl DataConfig {
             ("jsonl.text_field", &self.jsonl.text_field),
             ("jsonl.prompt_field", &self.jsonl.prompt_field),
             ("jsonl.completion_field", &self.jsonl.completion_field),
+            ("jsonl.messages_field", &self.jsonl.messages_field),
         ] {
             if name.is_empty() {
                 return Err(DataError::config(field, "must not be empty"));

@@ -15,7 +15,7 @@ fn shakespeare_milton_corpus_as_language_model_data() {
     cfg.seed = 1337;
     let gpt2 = Gpt2Tokenizer::new().unwrap();
     // Small chunks, so the chunked path is what builds the cache here.
-    let ds = Dataset::open_with_chunk_bytes(&cfg, &gpt2, 16 * 1024).unwrap();
+    let ds = Dataset::open_with_chunk_bytes(&cfg, &gpt2, None, 16 * 1024).unwrap();
     assert_eq!(ds.kind(), DataKind::LanguageModel);
 
     // The stream is the files, in name order, each encoded whole and followed by <|endoftext|>.

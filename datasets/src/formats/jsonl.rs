@@ -1,7 +1,9 @@
-//! JSONL: one JSON object a line, either `{"text": ...}` (a document) or
+//! JSONL: one JSON object a line, `{"text": ...}` (a document),
 //! `{"prompt": ..., "completion": ...}` (an example; the completion is followed by end-of-text
-//! and carries the loss). Other fields are ignored; blank lines are skipped. The first record
-//! decides which kind a file holds; a later record of the other kind is an error.
+//! and carries the loss) or `{"messages": [{"role": ..., "content": ...}, ...]}` (a
+//! conversation, rendered with a chat template, `crate::chat`). Other fields are ignored; blank
+//! lines are skipped. The first record decides which kind a file holds; a later record of
+//! another kind is an error, as is a record with the fields of two kinds.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,14 +13,20 @@ use serde_json::{Map, Value};
 
 use super::strip_bom;
 use crate::cache::CacheWriter;
+use crate::chat::{ChatTemplate, ROLES};
 use crate::error::DataError;
 use crate::json::json_type_name;
 use crate::kind::DataKind;
 use crate::spec::JsonlConfig;
 use crate::tokenizer::Tokenizer;
 
-/// A record's tokens: a document, or a prompt and its completion.
-type Tokenized = (Vec<u32>, Option<Vec<u32>>);
+/// A record's tokens.
+enum Tokenized {
+    Document(Vec<u32>),
+    Pair(Vec<u32>, Vec<u32>),
+    /// A conversation's tokens and loss mask.
+    Chat(Vec<u32>, Vec<u8>),
+}
 
 /// Records tokenized in parallel per round.
 const RECORDS_PER_ROUND: usize = 4096;
@@ -26,6 +34,8 @@ const RECORDS_PER_ROUND: usize = 4096;
 enum Record {
     Text(String),
     Pair(String, String),
+    /// The messages, each checked to be an object with a known `role` and string `content`.
+    Chat(Vec<Value>),
 }
 
 /// Iterates over the non-blank lines of a JSONL file as parsed records with line numbers.
@@ -111,6 +121,18 @@ impl<'a> Lines<'a> {
                 ))),
             }
         };
+        if let Some(messages) = object.get(&cfg.messages_field).filter(|v| !v.is_null()) {
+            let other = [&cfg.text_field, &cfg.prompt_field, &cfg.completion_field]
+                .into_iter()
+                .find(|f| object.get(f.as_str()).is_some_and(|v| !v.is_null()));
+            if let Some(other) = other {
+                return Err(self.bad(format!(
+                    "a record mixing kinds: it has `{}` (a conversation) and `{other}`; give                      each record the fields of one kind",
+                    cfg.messages_field
+                )));
+            }
+            return self.messages(messages).map(Record::Chat);
+        }
         if let Some(text) = string(&cfg.text_field)? {
             return Ok(Record::Text(text));
         }
@@ -138,10 +160,68 @@ impl<'a> Lines<'a> {
     }
 }
 
+impl Lines<'_> {
+    /// Checks a conversation: a non-empty list of `{"role", "content"}` objects.
+    fn messages(&self, messages: &Value) -> Result<Vec<Value>, DataError> {
+        let field = &self.cfg.messages_field;
+        let Value::Array(list) = messages else {
+            return Err(self.bad(format!(
+                "field `{field}` must be a list of messages, found {}",
+                json_type_name(messages)
+            )));
+        };
+        if list.is_empty() {
+            return Err(self.bad(format!(
+                "field `{field}` is empty: a conversation needs at least one message"
+            )));
+        }
+        for (k, m) in list.iter().enumerate() {
+            let Value::Object(m) = m else {
+                return Err(self.bad(format!(
+                    "{field}[{k}] must be an object with `role` and `content`, found {}",
+                    json_type_name(m)
+                )));
+            };
+            let role = match m.get("role") {
+                Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r,
+                Some(Value::String(r)) => {
+                    return Err(self.bad(format!(
+                        "{field}[{k}]: unknown role {r:?} (expected {})",
+                        ROLES.join(", ")
+                    )))
+                }
+                None => return Err(self.bad(format!("{field}[{k}] has no `role`"))),
+                Some(other) => {
+                    return Err(self.bad(format!(
+                        "{field}[{k}]: `role` must be a string, found {}",
+                        json_type_name(other)
+                    )))
+                }
+            };
+            match m.get("content") {
+                Some(Value::String(_)) => {}
+                None => {
+                    return Err(self.bad(format!(
+                        "{field}[{k}] (role {role}) has no `content`; give its text as a string"
+                    )))
+                }
+                Some(other) => {
+                    return Err(self.bad(format!(
+                        "{field}[{k}] (role {role}): `content` must be a string, found {}                          (lists of content parts are not supported)",
+                        json_type_name(other)
+                    )))
+                }
+            }
+        }
+        Ok(list.clone())
+    }
+}
+
 fn kind_of(r: &Record) -> DataKind {
     match r {
         Record::Text(_) => DataKind::LanguageModel,
         Record::Pair(..) => DataKind::PromptCompletion,
+        Record::Chat(_) => DataKind::Chat,
     }
 }
 
@@ -152,11 +232,13 @@ pub(crate) fn peek_kind(path: &Path, cfg: &JsonlConfig) -> Result<Option<DataKin
         .map(|(_, r)| kind_of(&r)))
 }
 
-/// Tokenizes every record of a file of `kind`. Returns the number of records.
+/// Tokenizes every record of a file of `kind` (conversations with `chat`). Returns the number
+/// of records.
 pub(crate) fn tokenize_file(
     path: &Path,
     cfg: &JsonlConfig,
     kind: DataKind,
+    chat: Option<&ChatTemplate>,
     tok: &dyn Tokenizer,
     out: &mut CacheWriter,
 ) -> Result<u64, DataError> {
@@ -188,30 +270,41 @@ pub(crate) fn tokenize_file(
         let tokenized: Vec<Result<Tokenized, DataError>> = round
             .par_iter()
             .map(|(line, r)| {
-                let enc = |s: &str| {
-                    tok.try_encode(s).map_err(|e| DataError::BadRecord {
-                        path: path.to_path_buf(),
-                        line: *line,
-                        message: e.to_string(),
-                    })
+                let bad = |message: String| DataError::BadRecord {
+                    path: path.to_path_buf(),
+                    line: *line,
+                    message,
                 };
+                let enc = |s: &str| tok.try_encode(s).map_err(|e| bad(e.to_string()));
                 Ok(match r {
-                    Record::Text(t) => (enc(t)?, None),
-                    Record::Pair(p, c) => (enc(p)?, Some(enc(c)?)),
+                    Record::Text(t) => Tokenized::Document(enc(t)?),
+                    Record::Pair(p, c) => Tokenized::Pair(enc(p)?, enc(c)?),
+                    Record::Chat(messages) => {
+                        let chat = chat.expect("chat data is opened with a template");
+                        let (tokens, mask) = chat.tokenize(messages, tok).map_err(bad)?;
+                        if !mask.contains(&1) {
+                            return Err(bad(format!(
+                                "the conversation has no token to learn: no assistant message                                  adds text under the chat template {} (set `data.chat.loss`                                  to \"all\" to learn every token)",
+                                chat.origin()
+                            )));
+                        }
+                        Tokenized::Chat(tokens, mask)
+                    }
                 })
             })
             .collect();
         for item in tokenized {
             match item? {
-                (doc, None) if doc.is_empty() => continue, // "" is no document
-                (mut doc, None) => {
+                Tokenized::Document(doc) if doc.is_empty() => continue, // "" is no document
+                Tokenized::Document(mut doc) => {
                     doc.push(eot);
                     out.push_tokens(&doc)?;
                 }
-                (prompt, Some(mut completion)) => {
+                Tokenized::Pair(prompt, mut completion) => {
                     completion.push(eot);
                     out.push_example(&prompt, &completion, None)?;
                 }
+                Tokenized::Chat(tokens, mask) => out.push_masked_example(&tokens, &mask)?,
             }
             records += 1;
         }

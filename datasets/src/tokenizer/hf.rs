@@ -212,6 +212,25 @@ impl Tokenizer for HfTokenizer {
         };
         Ok(vec![json, config])
     }
+    fn eot_text(&self) -> String {
+        self.inner
+            .id_to_token(self.eot)
+            .unwrap_or_else(|| "<|endoftext|>".into())
+    }
+    fn special_tokens(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        if !out.iter().any(|(_, id)| *id == self.eot) {
+            out.push((self.eot_text(), self.eot));
+        }
+        out.sort();
+        out
+    }
 }
 
 /// `tokenizer_config.json` in `dir`, parsed and as read, if the file exists.

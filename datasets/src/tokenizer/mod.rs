@@ -57,6 +57,17 @@ pub trait Tokenizer: Send + Sync {
             message: "this tokenizer cannot write its files into a checkpoint".into(),
         })
     }
+
+    /// The end-of-text token as text: what chat templates get as `eos_token` and `bos_token`.
+    fn eot_text(&self) -> String {
+        "<|endoftext|>".into()
+    }
+
+    /// Special tokens and their ids. In text a chat template renders, these strings become
+    /// their ids (as Hugging Face's `apply_chat_template` tokenizes); elsewhere they are text.
+    fn special_tokens(&self) -> Vec<(String, u32)> {
+        vec![(self.eot_text(), self.eot_token())]
+    }
 }
 
 impl fmt::Debug for dyn Tokenizer {

@@ -93,7 +93,10 @@ pub fn open_data_from(job: &JobConfig, origin: DataOrigin) -> Result<JobData, Er
         },
         (None, None) => load_tokenizer(&TokenizerSpec::Gpt2).map_err(tok_err)?,
     };
-    let dataset = Dataset::open(&job.data, tokenizer.as_ref()).map_err(|e| origin.error(e))?;
+    // Conversations take the checkpoint's chat template by default (tokenizer_config.json).
+    let checkpoint = job.model.checkpoint.as_deref();
+    let dataset = Dataset::open_with_checkpoint(&job.data, tokenizer.as_ref(), checkpoint)
+        .map_err(|e| origin.error(e))?;
     Ok(JobData {
         tokenizer,
         dataset,

@@ -1,0 +1,354 @@
+//! Chat data: conversations (`{"messages": [{"role": "user", "content": "..."}, ...]}`, the
+//! records TRL's SFT trainer reads) rendered to text with a Jinja chat template, as Hugging
+//! Face's `apply_chat_template` renders them: `trim_blocks` and `lstrip_blocks` on, the variables
+//! `messages`, `add_generation_prompt` (false for training), `bos_token`, `eos_token`, `tools` and
+//! `documents` (none), the function `raise_exception(message)`, Python's string and dict methods
+//! (`.strip()`, `.items()`, minijinja-contrib's `pycompat`); an undefined value is an error
+//! (minijinja's strict mode), not an empty string.
+//!
+//! Assistant spans: the conversation is rendered prefix by prefix, `messages[..i]` and then
+//! `messages[..=i]`; each rendering must begin with the one before ("prefix-stable"), and the
+//! text that message `i` adds is its span. An assistant message's span carries the loss, its
+//! closing tag or end-of-text included (so the model learns to stop), except the header that the
+//! generation prompt (`add_generation_prompt=true` after `messages[..i]`) writes, which inference
+//! supplies. Each span is tokenized on its own, so no token straddles two messages, as at
+//! inference, where the prompt is tokenized and the reply generated. With `loss: "all"` the
+//! conversation is rendered once and every token carries the loss.
+
+use std::path::Path;
+
+use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior, Value};
+
+use crate::error::DataError;
+use crate::hash::Fnv64;
+use crate::spec::{ChatConfig, ChatLoss, ChatTemplateSource};
+use crate::tokenizer::Tokenizer;
+
+/// The roles a message may have.
+pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+/// ChatML, as Hugging Face's docs and many instruction-tuned checkpoints (Qwen, OpenHermes)
+/// write it.
+pub const CHATML: &str =
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' \
+     + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ \
+     '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// The variables a template is given besides the built-in functions.
+const VARIABLES: [&str; 6] = [
+    "messages",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+    "tools",
+    "documents",
+];
+
+/// A compiled chat template and what rendering and tokenizing with it needs.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    /// Where the template came from; also its name in minijinja's messages (`(in NAME:LINE)`).
+    origin: String,
+    hash: u64,
+    bos: String,
+    eos: String,
+    loss: ChatLoss,
+    /// Special-token strings and ids, longest first (a longer one wins at the same place).
+    specials: Vec<(String, u32)>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChatTemplate({})", self.origin)
+    }
+}
+
+impl ChatTemplate {
+    /// The template `cfg` names: built in, a file, or the checkpoint folder's (`checkpoint`).
+    pub fn resolve(
+        cfg: &ChatConfig,
+        checkpoint: Option<&Path>,
+        tok: &dyn Tokenizer,
+    ) -> Result<ChatTemplate, DataError> {
+        let eot = tok.eot_text();
+        match &cfg.template {
+            ChatTemplateSource::Chatml => Self::new(
+                CHATML.into(),
+                "built-in chatml template".into(),
+                (eot.clone(), eot),
+                tok,
+                cfg.loss,
+            ),
+            ChatTemplateSource::Path(path) => {
+                let source = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+                Self::new(
+                    source,
+                    path.display().to_string(),
+                    (eot.clone(), eot),
+                    tok,
+                    cfg.loss,
+                )
+            }
+            ChatTemplateSource::Checkpoint => {
+                let Some(dir) = checkpoint else {
+                    return Err(DataError::config(
+                        "chat.template",
+                        "chat data needs a chat template, and the model has no checkpoint \
+                         folder (`model.checkpoint`) to take one from; set `data.chat.template` \
+                         to \"chatml\" or to {\"path\": \"template.jinja\"}",
+                    ));
+                };
+                let (source, origin, bos) = from_checkpoint(dir)?;
+                Self::new(
+                    source,
+                    origin,
+                    (bos.unwrap_or(eot.clone()), eot),
+                    tok,
+                    cfg.loss,
+                )
+            }
+        }
+    }
+
+    /// Compiles `source`; `origin` names it in errors. `(bos, eos)`: the token strings the
+    /// template is given.
+    pub fn new(
+        source: String,
+        origin: String,
+        (bos, eos): (String, String),
+        tok: &dyn Tokenizer,
+        loss: ChatLoss,
+    ) -> Result<ChatTemplate, DataError> {
+        let mut env = Environment::new();
+        // As transformers' `_compile_jinja_template`: trim_blocks, lstrip_blocks,
+        // raise_exception; strict undefined instead of its silent default.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> Result<Value, _> {
+            Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!("the template raised an exception: {message}"),
+            ))
+        });
+        let hash = Fnv64::new().write(source.as_bytes()).finish();
+        env.add_template_owned(origin.clone(), source)
+            .map_err(|e| DataError::ChatTemplate {
+                origin: origin.clone(),
+                message: format!("the chat template does not parse: {e}"),
+            })?;
+        let mut specials = tok.special_tokens();
+        specials.retain(|(s, _)| !s.is_empty());
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.cmp(b)));
+        Ok(ChatTemplate {
+            env,
+            origin,
+            hash,
+            bos,
+            eos,
+            loss,
+            specials,
+        })
+    }
+
+    /// Where the template came from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// What decides the tokens besides the tokenizer: the template's text (hashed) and `loss`.
+    pub(crate) fn cache_options(&self) -> String {
+        format!("template={:016x} loss={:?}", self.hash, self.loss)
+    }
+
+    /// `messages` rendered, as training (`add_generation_prompt` false) or inference sees them.
+    pub fn render(
+        &self,
+        messages: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        let template = self.env.get_template(&self.origin).expect("added in new");
+        let ctx = minijinja::context! {
+            messages => Value::from_serialize(messages),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos,
+            eos_token => &self.eos,
+            tools => Value::from(()),
+            documents => Value::from(()),
+        };
+        template.render(ctx).map_err(|e| {
+            let mut message = format!("chat template {}: {e}", self.origin);
+            if e.kind() == ErrorKind::UndefinedError {
+                let mut unknown: Vec<String> = template
+                    .undeclared_variables(false)
+                    .into_iter()
+                    .filter(|v| {
+                        !VARIABLES.contains(&v.as_str()) && !self.env.globals().any(|g| g.0 == v)
+                    })
+                    .collect();
+                unknown.sort();
+                if !unknown.is_empty() {
+                    message += &format!(
+                        "; it uses variables that are not set: {} (set are {})",
+                        unknown.join(", "),
+                        VARIABLES.join(", ")
+                    );
+                }
+            }
+            message
+        })
+    }
+
+    /// The rendered conversation cut into spans, each with whether it carries the loss; they
+    /// join to the rendering of the whole conversation.
+    pub fn spans(&self, messages: &[serde_json::Value]) -> Result<Vec<(String, bool)>, String> {
+        if self.loss == ChatLoss::All {
+            return Ok(vec![(self.render(messages, false)?, true)]);
+        }
+        let mut spans = Vec::with_capacity(messages.len() + 1);
+        let mut before = String::new(); // the rendering of messages[..i]
+        for i in 0..messages.len() {
+            let upto = self.render(&messages[..=i], false)?;
+            if !upto.starts_with(&before) {
+                return Err(self.not_prefix_stable(i, &before, &upto));
+            }
+            let added = &upto[before.len()..];
+            if messages[i]["role"] == "assistant" {
+                // The generation prompt is the header inference writes before a reply; when it
+                // is where this message begins, it is given, not learned. A template that
+                // fails on it (some index messages[0]) has no such header.
+                let header = match self.render(&messages[..i], true) {
+                    Ok(g) if g.starts_with(&before) && upto.starts_with(&g) => g.len(),
+                    _ => before.len(),
+                } - before.len();
+                spans.push((added[..header].to_string(), false));
+                spans.push((added[header..].to_string(), true));
+            } else {
+                spans.push((added.to_string(), false));
+            }
+            before = upto;
+        }
+        Ok(spans)
+    }
+
+    fn not_prefix_stable(&self, i: usize, before: &str, upto: &str) -> String {
+        let at = before
+            .char_indices()
+            .zip(upto.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(before.len().min(upto.len()), |((k, _), _)| k);
+        let snippet = |s: &str| s[at..].chars().take(30).collect::<String>();
+        format!(
+            "chat template {} is not prefix-stable: the conversation rendered up to \
+             messages[{i}] does not begin with its rendering up to messages[{}] (they part at \
+             byte {at}: {:?} vs {:?}), so the text each message adds cannot be found; use a \
+             template that renders each message without looking at the ones after it, or set \
+             `data.chat.loss` to \"all\"",
+            self.origin,
+            i.saturating_sub(1),
+            snippet(before),
+            snippet(upto),
+        )
+    }
+
+    /// The conversation's tokens and loss mask (1: the token carries the loss; the first token,
+    /// no target, never does).
+    pub fn tokenize(
+        &self,
+        messages: &[serde_json::Value],
+        tok: &dyn Tokenizer,
+    ) -> Result<(Vec<u32>, Vec<u8>), String> {
+        let (mut tokens, mut mask) = (Vec::new(), Vec::new());
+        for (text, loss) in self.spans(messages)? {
+            let ids = self.encode(&text, tok).map_err(|e| e.to_string())?;
+            mask.resize(mask.len() + ids.len(), u8::from(loss));
+            tokens.extend(ids);
+        }
+        if let Some(first) = mask.first_mut() {
+            *first = 0;
+        }
+        Ok((tokens, mask))
+    }
+
+    /// Encodes `text`, special-token strings as their ids.
+    fn encode(
+        &self,
+        mut text: &str,
+        tok: &dyn Tokenizer,
+    ) -> Result<Vec<u32>, crate::error::TokenizerError> {
+        let mut out = Vec::new();
+        while !text.is_empty() {
+            let next = self
+                .specials
+                .iter()
+                .filter_map(|(s, id)| text.find(s.as_str()).map(|at| (at, s.len(), *id)))
+                .min_by_key(|&(at, _, _)| at); // the longest at the same place: listed first
+            let Some((at, len, id)) = next else {
+                out.extend(tok.try_encode(text)?);
+                break;
+            };
+            out.extend(tok.try_encode(&text[..at])?);
+            out.push(id);
+            text = &text[at + len..];
+        }
+        Ok(out)
+    }
+}
+
+/// A checkpoint folder's template, its origin and the `bos_token` of its
+/// `tokenizer_config.json`: `chat_template.jinja` (newer transformers save it there), else the
+/// `chat_template` key of `tokenizer_config.json` (a string, or a list of `{name, template}`
+/// whose `default` is taken).
+fn from_checkpoint(dir: &Path) -> Result<(String, String, Option<String>), DataError> {
+    let config_path = dir.join("tokenizer_config.json");
+    let bad = |message: String| DataError::ChatTemplate {
+        origin: config_path.display().to_string(),
+        message,
+    };
+    let config: Option<serde_json::Value> = if config_path.is_file() {
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| DataError::io(&config_path, e))?;
+        Some(serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?)
+    } else {
+        None
+    };
+    let bos = config.as_ref().and_then(|c| match c.get("bos_token") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(v) => v.get("content")?.as_str().map(str::to_string),
+        None => None,
+    });
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        let source = std::fs::read_to_string(&jinja).map_err(|e| DataError::io(&jinja, e))?;
+        return Ok((source, jinja.display().to_string(), bos));
+    }
+    let origin = format!("{} key `chat_template`", config_path.display());
+    match config.as_ref().and_then(|c| c.get("chat_template")) {
+        Some(serde_json::Value::String(s)) => Ok((s.clone(), origin, bos)),
+        Some(serde_json::Value::Array(list)) => {
+            let default = list.iter().find(|t| t["name"] == "default");
+            match default.and_then(|t| t["template"].as_str()) {
+                Some(s) => Ok((s.to_string(), origin, bos)),
+                None => Err(bad(
+                    "`chat_template` is a list without a `default` template; set \
+                     `data.chat.template` to {\"path\": ...} with the one to use"
+                        .into(),
+                )),
+            }
+        }
+        Some(other) => Err(bad(format!(
+            "`chat_template` must be a string, found {}",
+            crate::json::json_type_name(other)
+        ))),
+        None => Err(DataError::config(
+            "chat.template",
+            format!(
+                "chat data needs a chat template, and the checkpoint folder {} has none (no \
+                 chat_template.jinja, no `chat_template` in tokenizer_config.json); set \
+                 `data.chat.template` to \"chatml\" or to {{\"path\": \"template.jinja\"}}",
+                dir.display()
+            ),
+        )),
+    }
+}
