@@ -49,6 +49,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// Where the template came from; also its name in minijinja's messages (`(in NAME:LINE)`).
     origin: String,
+    /// The template's text, written into the `tokenizer_config.json` of checkpoints.
+    source: String,
     hash: u64,
     bos: String,
     eos: String,
@@ -133,7 +135,7 @@ impl ChatTemplate {
             ))
         });
         let hash = Fnv64::new().write(source.as_bytes()).finish();
-        env.add_template_owned(origin.clone(), source)
+        env.add_template_owned(origin.clone(), source.clone())
             .map_err(|e| DataError::ChatTemplate {
                 origin: origin.clone(),
                 message: format!("the chat template does not parse: {e}"),
@@ -144,6 +146,7 @@ impl ChatTemplate {
         Ok(ChatTemplate {
             env,
             origin,
+            source,
             hash,
             bos,
             eos,
@@ -155,6 +158,11 @@ impl ChatTemplate {
     /// Where the template came from.
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// The template's text.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// What decides the tokens besides the tokenizer: the template's text (hashed) and `loss`.

@@ -57,6 +57,8 @@ pub struct Dataset {
     train: SplitData,
     validation: Option<SplitData>,
     verbalizer: Option<Verbalizer>,
+    /// Chat data: the chat template's text (checkpoints carry it in `tokenizer_config.json`).
+    chat_template: Option<String>,
 }
 
 impl Dataset {
@@ -156,7 +158,13 @@ impl Dataset {
             train,
             validation,
             verbalizer: csv.map(|c| c.2),
+            chat_template: chat.as_ref().map(|t| t.source().to_string()),
         })
+    }
+
+    /// Chat data: the text of the chat template its conversations were rendered with.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
     }
 
     /// What the data is for.

@@ -422,3 +422,41 @@ fn val_accuracy_is_logged_and_ranks_the_best_checkpoint() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("best_metric"), "{}", stderr(&out));
 }
+
+/// On chat data the checkpoint's `tokenizer_config.json` carries the job's chat template (where
+/// `transformers` looks for it), so a new fine-tune from that checkpoint renders with it by
+/// default (`chat.template: "checkpoint"`), with the same loss as naming the template.
+#[test]
+fn a_chat_checkpoint_carries_its_template() {
+    let dir = scratch("chat-template");
+    let chat_data = common::repo_root().join("datasets/data/chat_example");
+    let mut first = job(&dir, "chat-first", 1);
+    first["model"]["n_positions"] = json!(128);
+    first["data"] = json!({
+        "train": chat_data, "validation": {"fraction": 0.1}, "seq_len": 128,
+        "cache_dir": dir.join("cache"), "chat": {"template": "chatml"}
+    });
+    let path = write_config(&dir, "first.json", &first);
+    assert_ok(&train(&path, &[], &[]));
+    let ckpt = dir.join("runs/chat-first/checkpoints/step-1");
+    let tok_config = read_json(&ckpt.join("tokenizer_config.json"));
+    assert_eq!(tok_config["chat_template"], datasets::chat::CHATML);
+    assert_eq!(tok_config["fp8_trainer_tokenizer"], "bytes");
+
+    // The same second job with the template taken from the checkpoint and named: same rows.
+    let mut losses = Vec::new();
+    for (name, template) in [
+        ("from-ckpt", json!("checkpoint")),
+        ("named", json!("chatml")),
+    ] {
+        let mut next = job(&dir, name, 1);
+        next["model"] = json!({"checkpoint": ckpt});
+        next["tokenizer"] = Value::Null;
+        next["data"] = first["data"].clone();
+        next["data"]["chat"] = json!({"template": template});
+        let path = write_config(&dir, &format!("{name}.json"), &next);
+        assert_ok(&train(&path, &[], &[]));
+        losses.push(exact(&metrics(&dir.join("runs").join(name))));
+    }
+    assert_eq!(losses[0], losses[1]);
+}

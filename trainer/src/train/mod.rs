@@ -289,11 +289,15 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             }
             (None, _) => TrainerState::start(job.seed, loader.state()),
         };
-        let checkpoint_files = self_contained_files(data.tokenizer.as_ref(), model.config())
-            .map_err(|source| Error::Tokenizer {
-                origin: format!("{}: field `tokenizer`", opts.config_path.display()),
-                source,
-            })?;
+        let checkpoint_files = self_contained_files(
+            data.tokenizer.as_ref(),
+            data.dataset.chat_template(),
+            model.config(),
+        )
+        .map_err(|source| Error::Tokenizer {
+            origin: format!("{}: field `tokenizer`", opts.config_path.display()),
+            source,
+        })?;
 
         // The job is built and its first step can run: only now may the run directory change.
         let lock = match early_lock {
@@ -857,12 +861,37 @@ fn own_checkpoint(ckpt_root: &Path, dir: &Path) -> Result<(u64, PathBuf), Error>
 }
 
 /// The tokenizer's files and `generation_config.json` (end-of-text as bos and eos, as GPT-2's
-/// own), written into every checkpoint.
+/// own), written into every checkpoint. On chat data `tokenizer_config.json` gets the job's chat
+/// template as `chat_template` (where `transformers` and our `"checkpoint"` template look).
 fn self_contained_files(
     tokenizer: &dyn datasets::Tokenizer,
+    chat_template: Option<&str>,
     config: &crate::model::Gpt2Config,
 ) -> Result<Vec<CheckpointFile>, datasets::TokenizerError> {
     let mut files = tokenizer.checkpoint_files(config.n_positions)?;
+    if let Some(template) = chat_template {
+        let tok_config = files
+            .iter_mut()
+            .find(|f| f.name == datasets::TOKENIZER_CONFIG_FILE);
+        if let Some(file) = tok_config {
+            let mut value: serde_json::Value =
+                serde_json::from_slice(&file.contents).map_err(|e| {
+                    datasets::TokenizerError::Backend {
+                        id: tokenizer.id(),
+                        message: format!("its tokenizer_config.json does not parse: {e}"),
+                    }
+                })?;
+            let object = value.as_object_mut();
+            if let Some(object) =
+                object.filter(|o| o.get("chat_template") != Some(&template.into()))
+            {
+                object.insert("chat_template".into(), template.into());
+                let mut contents = serde_json::to_vec_pretty(&value).expect("JSON serialises");
+                contents.push(b'\n');
+                file.contents = contents;
+            }
+        }
+    }
     let eot = tokenizer.eot_token();
     let generation = serde_json::json!({
         "_from_model_config": false,
