@@ -21,13 +21,6 @@ const MASKED_LOSS_REL_TOL: f64 = 1e-5;
 /// rows are cut (the prompt from the left, then the end) as docs/design.md says.
 const SEQ_LEN: usize = 64;
 
-fn fp8_trainer(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn shipped_chat() -> std::path::PathBuf {
     common::repo_root().join("datasets/data/chat_example/train.jsonl")
 }
@@ -71,35 +64,11 @@ fn row(tokens: &[u32], loss: &[bool]) -> (Vec<u32>, Vec<bool>) {
 /// log p of each token of `seq` after the first under the fixture, from `logits` of `seq`
 /// without its last token (log-softmax in f64 over the whole vocabulary).
 fn log_likelihoods(dir: &Path, seq: &[u32]) -> Vec<f64> {
-    let list: Vec<String> = seq[..seq.len() - 1].iter().map(u32::to_string).collect();
-    let out = dir.join("logits.json");
-    let fixture = common::fixture_dir();
-    let run = fp8_trainer(&[
-        "logits",
-        "--checkpoint",
-        fixture.to_str().unwrap(),
-        "--tokens",
-        &list.join(","),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_ok(&run);
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let rows = json["logits"].as_array().unwrap();
+    let log_probs = fixture_log_probs(dir, &seq[..seq.len() - 1]);
     seq[1..]
         .iter()
-        .zip(rows)
-        .map(|(&target, row)| {
-            let row: Vec<f64> = row
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let log_sum = row.iter().map(|x| (x - max).exp()).sum::<f64>().ln() + max;
-            row[target as usize] - log_sum
-        })
+        .zip(log_probs)
+        .map(|(&target, row)| row[target as usize])
         .collect()
 }
 

@@ -6,17 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use common::jobs::*;
 use serde_json::{json, Value};
-
-fn fp8_trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::jobs::*;
 use serde_json::{json, Value};
@@ -32,13 +31,6 @@ const SCORE_GAP_MIN: f64 = 1e-3;
 /// gradient norm, 3 steps), as for language-model windows (train_jobs.rs ACCUM_REL_TOL).
 const ACCUM_REL_TOL: f64 = 1e-4;
 
-fn fp8_trainer(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// log p(token) under the fixture for each token of `continuation` after `prompt`, from
 /// `logits` of the one sequence `prompt ++ continuation[..len - 1]` (log-softmax in f64 over the
 /// whole 512-token vocabulary, as the model scores).
@@ -48,35 +40,11 @@ fn log_likelihoods(dir: &Path, prompt: &[u32], continuation: &[u32]) -> Vec<f64>
         .chain(&continuation[..continuation.len() - 1])
         .copied()
         .collect();
-    let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
-    let out = dir.join("logits.json");
-    let fixture = common::fixture_dir();
-    let run = fp8_trainer(&[
-        "logits",
-        "--checkpoint",
-        fixture.to_str().unwrap(),
-        "--tokens",
-        &list.join(","),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_ok(&run);
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let rows = json["logits"].as_array().unwrap();
+    let log_probs = fixture_log_probs(dir, &tokens);
     continuation
         .iter()
         .enumerate()
-        .map(|(k, &target)| {
-            let row: Vec<f64> = rows[prompt.len() - 1 + k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let log_sum = row.iter().map(|x| (x - max).exp()).sum::<f64>().ln() + max;
-            row[target as usize] - log_sum
-        })
+        .map(|(k, &target)| log_probs[prompt.len() - 1 + k][target as usize])
         .collect()
 }
 

@@ -10,14 +10,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::jobs::fp8_trainer;
 use trainer::commands::generate::SAMPLE_SEPARATOR;
-
-fn fp8_trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

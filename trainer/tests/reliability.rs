@@ -14,13 +14,6 @@ use std::time::{Duration, Instant};
 use common::jobs::*;
 use serde_json::{json, Value};
 
-fn fp8_trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn fixture() -> String {
     common::fixture_dir().to_str().unwrap().to_string()
 }

@@ -62,6 +62,49 @@ pub fn train_fp32_steps(
     metrics(&dir.join("runs").join(name))
 }
 
+/// `fp8-trainer ARGS`; its output.
+pub fn fp8_trainer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// log-softmax (in f64, over the whole vocabulary) of the fixture's logits at each position of
+/// `tokens`, from `fp8-trainer logits` (its output file written in `dir`).
+pub fn fixture_log_probs(dir: &Path, tokens: &[u32]) -> Vec<Vec<f64>> {
+    let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
+    let out = dir.join("logits.json");
+    let fixture = super::fixture_dir();
+    let run = fp8_trainer(&[
+        "logits",
+        "--checkpoint",
+        fixture.to_str().unwrap(),
+        "--tokens",
+        &list.join(","),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&run);
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    json["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let row: Vec<f64> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let log_sum = row.iter().map(|x| (x - max).exp()).sum::<f64>().ln() + max;
+            row.iter().map(|x| x - log_sum).collect()
+        })
+        .collect()
+}
+
 /// Writes `config` to `dir/file`; returns its path.
 pub fn write_config(dir: &Path, file: &str, config: &Value) -> PathBuf {
     let path = dir.join(file);
