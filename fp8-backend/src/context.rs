@@ -48,7 +48,15 @@ impl Drop for Fp8Guard {
 }
 
 /// Makes `policy` this thread's FP8 policy until the guard is dropped.
+///
+/// # Panics
+/// On `fp8-delayed`: its amax histories belong to layer names, which anonymous layers do not
+/// have (name them with [`crate::Fp8Site`]s and call [`crate::fp8_linear`]).
 pub fn install(policy: Fp8Policy) -> Fp8Guard {
+    assert!(
+        policy.mode != crate::Precision::Fp8Delayed,
+        "fp8-delayed needs named layers (Fp8Site): its amax histories are kept per layer name"
+    );
     let context = Context {
         policy,
         ..Context::default()

@@ -171,6 +171,9 @@ impl Fp8Family {
 }
 
 impl Role {
+    /// The three roles, in the order of a layer's casts in `fp8_stats.csv`.
+    pub const ALL: [Role; 3] = [Self::Weight, Self::Activation, Self::Gradient];
+
     /// The name used in `fp8_stats.csv`.
     pub fn name(self) -> &'static str {
         match self {

@@ -21,6 +21,7 @@
 pub mod autodiff;
 pub mod context;
 pub mod decorator;
+pub mod delayed;
 pub mod format;
 pub mod kernel;
 pub mod linear;
@@ -33,6 +34,7 @@ pub mod site;
 pub use autodiff::{fp8_linear, Fp8LinearOps};
 pub use context::{current_policy, install, take_report, with_policy, Fp8Guard};
 pub use decorator::Fp8;
+pub use delayed::{AmaxCompute, AmaxHistory};
 pub use format::{Fp8Family, Fp8Format, Role, UnknownName};
 pub use kernel::{Fp8Kernels, QuantOutput, QuantStats};
 pub use policy::{Fp8Policy, LayerFilter, LayerFilterError, Precision};
@@ -40,4 +42,4 @@ pub use report::{Fp8Report, LayerId, LinearOp, NonFiniteEvent, QuantRecord};
 pub use scaling::{
     amax_bias, quantize_scaled, BiasRule, NonFiniteAmax, DEFAULT_GRADIENT_MARGIN, MAX_BIAS,
 };
-pub use site::{Fp8Context, Fp8Site};
+pub use site::{Fp8Context, Fp8Site, FrozenHistories};

@@ -15,7 +15,8 @@
 //!   each operand is cast once per step. The forward keeps q_E4(X) (in place of X, so no extra
 //!   memory) and q_E4(W) (or W, to cast again: [`Fp8Policy::cache_weights`]) for the backward,
 //!   and dY is cast to E5 once for both backward GEMMs. A cast is deterministic (same tensor,
-//!   same amax, same bias), so this is bit-identical to casting per GEMM.
+//!   same amax, same bias), so this is bit-identical to casting per GEMM. Under `fp8-delayed`
+//!   each cast takes its bias from the tensor's amax history (`crate::delayed`).
 //! - anonymous `burn::nn::Linear` layers ([`forward`], [`x_backward`], [`weight_backward`], which
 //!   `Fp8<B>`'s `ModuleOps` calls under the thread-local policy): every GEMM casts its operands.
 //!
@@ -28,9 +29,10 @@ use burn::tensor::ops::FloatTensor;
 use crate::context::{self, current_policy, next_call};
 use crate::format::Role;
 use crate::kernel::{self, Fp8Kernels, QuantOutput};
-use crate::policy::Fp8Policy;
+use crate::policy::{Fp8Policy, Precision};
 use crate::profile::gemm;
 use crate::report::{CastOutcome, LayerId, LinearOp};
+use crate::scaling::BiasRule;
 use crate::site::Fp8Site;
 
 /// Casts one operand to the format of its role under `policy`. A tensor whose amax is not
@@ -52,6 +54,40 @@ fn cast<B: Fp8Kernels>(
 
 // ---- named layers ---------------------------------------------------------------------------
 
+/// Casts an operand of the named layer `site`; returns the bias applied, when the cast was made.
+/// Under `fp8-delayed` the bias comes from the tensor's amax history (or from its own amax when
+/// the history has none) and the cast's amax joins the history (`crate::delayed`).
+fn site_cast<B: Fp8Kernels>(
+    policy: &Fp8Policy,
+    site: &Fp8Site,
+    tensor: FloatTensor<B>,
+    role: Role,
+) -> (FloatTensor<B>, CastOutcome, Option<i32>) {
+    if policy.mode != Precision::Fp8Delayed {
+        let (tensor, outcome) = cast::<B>(policy, tensor, role);
+        return (tensor, outcome, None);
+    }
+    let (format, own_rule) = policy.rule_for(role).expect("fp8-delayed casts");
+    let context = site.context();
+    let rule = context
+        .delayed_bias(site.layer(), role, policy, format)
+        .map_or(own_rule, BiasRule::Constant);
+    // The amax is always wanted: it joins the history.
+    match B::fp8_quantize(tensor.clone(), format, rule, true) {
+        QuantOutput::Quantized(out, Some(stats)) if stats.amax.is_finite() => {
+            context.record_amax(site.layer(), role, stats.amax, policy.amax_history_len);
+            let outcome = CastOutcome::Quantized(policy.stats.then_some(stats));
+            (out, outcome, Some(stats.bias))
+        }
+        // A non-finite amax under a history's bias: passed on unchanged, as under FP8-AMAX.
+        QuantOutput::Quantized(_, stats) => {
+            let amax = stats.map_or(f32::NAN, |s| s.amax);
+            (tensor, CastOutcome::NonFinite(amax), None)
+        }
+        QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax), None),
+    }
+}
+
 /// What the forward of a named layer keeps for its backward.
 #[derive(Clone, Debug)]
 pub struct SavedLinear<B: Fp8Kernels> {
@@ -66,7 +102,8 @@ pub struct SavedLinear<B: Fp8Kernels> {
 #[derive(Clone, Debug)]
 enum Operand<B: Fp8Kernels> {
     Cast(FloatTensor<B>),
-    Raw(FloatTensor<B>),
+    /// To be cast again, with the forward's bias where it came from a history.
+    Raw(FloatTensor<B>, Option<i32>),
 }
 
 /// Forward of the named layer `site`: `q_E4(x) @ q_E4(W) + b`. `keep_x` / `keep_weight`: the
@@ -81,10 +118,10 @@ pub fn site_forward<B: Fp8Kernels>(
 ) -> (FloatTensor<B>, SavedLinear<B>) {
     let policy = site.context().policy();
     let layer = site.layer();
-    let (x, x_cast) = cast::<B>(&policy, x, Role::Activation);
+    let (x, x_cast, _) = site_cast::<B>(&policy, site, x, Role::Activation);
     let keep_raw_weight = keep_weight && !policy.cache_weights;
     let raw_weight = keep_raw_weight.then(|| weight.clone());
-    let (weight, w_cast) = cast::<B>(&policy, weight, Role::Weight);
+    let (weight, w_cast, w_bias) = site_cast::<B>(&policy, site, weight, Role::Weight);
     site.context().record(|report| {
         report.add(layer, LinearOp::Forward, Role::Activation, &x_cast);
         report.add(layer, LinearOp::Forward, Role::Weight, &w_cast);
@@ -93,7 +130,7 @@ pub fn site_forward<B: Fp8Kernels>(
         x: keep_x.then(|| x.clone()),
         weight: match (keep_weight, raw_weight) {
             (false, _) => None,
-            (true, Some(raw)) => Some(Operand::Raw(raw)),
+            (true, Some(raw)) => Some(Operand::Raw(raw, w_bias)),
             (true, None) => Some(Operand::Cast(weight.clone())),
         },
         policy,
@@ -109,7 +146,7 @@ pub fn site_backward<B: Fp8Kernels>(
     output_grad: FloatTensor<B>,
 ) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
     let policy = &saved.policy;
-    let (dy, dy_cast) = cast::<B>(policy, output_grad, Role::Gradient);
+    let (dy, dy_cast, _) = site_cast::<B>(policy, site, output_grad, Role::Gradient);
     let op = if saved.weight.is_some() {
         LinearOp::BackwardX
     } else {
@@ -121,7 +158,14 @@ pub fn site_backward<B: Fp8Kernels>(
         let w = match w {
             Operand::Cast(w) => w,
             // Cast again: the same tensor gives the same figures, already recorded.
-            Operand::Raw(w) => cast::<B>(policy, w, Role::Weight).0,
+            Operand::Raw(w, None) => cast::<B>(policy, w, Role::Weight).0,
+            // The forward's bias, from a history that has moved on since.
+            Operand::Raw(w, Some(bias)) => {
+                let (format, _) = policy.rule_for(Role::Weight).expect("FP8 is on");
+                match B::fp8_quantize(w, format, BiasRule::Constant(bias), false) {
+                    QuantOutput::Quantized(w, _) | QuantOutput::NonFinite(w, _) => w,
+                }
+            }
         };
         gemm(|| kernel::linear_x_backward::<B>(w, dy.clone()))
     });

@@ -13,10 +13,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::delayed::{AmaxCompute, DEFAULT_AMAX_HISTORY_LEN};
 use crate::format::{Fp8Family, Fp8Format, Role, UnknownName};
 use crate::scaling::{BiasRule, DEFAULT_GRADIENT_MARGIN, MAX_BIAS};
 
-/// How the linear layers compute: `fp32`, `fp8-amax` or `fp8-cscale`.
+/// Default `warn_underflow`: a quarter of a tensor's non-zero values lost to zero.
+pub const DEFAULT_WARN_UNDERFLOW: f64 = 0.25;
+/// Default `warn_saturation`: one value in a hundred clipped to the format's max.
+pub const DEFAULT_WARN_SATURATION: f64 = 0.01;
+
+/// How the linear layers compute: `fp32`, `fp8-amax`, `fp8-cscale` or `fp8-delayed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
@@ -27,6 +33,9 @@ pub enum Precision {
     Fp8Amax,
     /// FP8-CSCALE: one constant scaling bias for every weight, activation and gradient.
     Fp8Cscale,
+    /// Delayed scaling (Transformer Engine's recipe): each tensor's power-of-two scale from the
+    /// amax history of its earlier casts (`crate::delayed`).
+    Fp8Delayed,
 }
 
 impl Precision {
@@ -36,6 +45,7 @@ impl Precision {
             Self::Fp32 => "fp32",
             Self::Fp8Amax => "fp8-amax",
             Self::Fp8Cscale => "fp8-cscale",
+            Self::Fp8Delayed => "fp8-delayed",
         }
     }
 }
@@ -53,30 +63,35 @@ impl FromStr for Precision {
             "fp32" => Ok(Self::Fp32),
             "fp8-amax" => Ok(Self::Fp8Amax),
             "fp8-cscale" => Ok(Self::Fp8Cscale),
+            "fp8-delayed" => Ok(Self::Fp8Delayed),
             _ => Err(UnknownName {
                 what: "precision",
                 got: s.to_string(),
-                expected: "fp32, fp8-amax, fp8-cscale",
+                expected: "fp32, fp8-amax, fp8-cscale, fp8-delayed",
             }),
         }
     }
 }
 
 /// The `precision` section of a job config, and what the decorator works by.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Fp8Policy {
-    /// `fp32`, `fp8-amax` (default) or `fp8-cscale`.
+    /// `fp32`, `fp8-amax` (default), `fp8-cscale` or `fp8-delayed`.
     pub mode: Precision,
     /// FP8 formats: `graphcore` (E4M3/E5M2 "fnuz", the paper's) or `ocp` (Transformer Engine's).
     pub family: Fp8Family,
     /// FP8-CSCALE: the constant scaling bias of every tensor (-31 ..= 31).
     pub cscale_bias: i32,
-    /// FP8-AMAX margin for weights.
+    /// `fp8-delayed`: amaxes kept per tensor (Transformer Engine's default, 1024).
+    pub amax_history_len: usize,
+    /// `fp8-delayed`: `max` (default) or `most_recent` amax of the history.
+    pub amax_compute_algo: AmaxCompute,
+    /// FP8-AMAX (and `fp8-delayed`) margin for weights.
     pub weight_margin: i32,
-    /// FP8-AMAX margin for activations.
+    /// FP8-AMAX (and `fp8-delayed`) margin for activations.
     pub activation_margin: i32,
-    /// FP8-AMAX margin for gradients (paper: 3).
+    /// FP8-AMAX (and `fp8-delayed`) margin for gradients (paper: 3).
     pub gradient_margin: i32,
     /// Which linear layers are FP8, by name pattern (default `["*"]`: every layer the model
     /// offers; for GPT-2 the four projections of every block, never the embeddings or the head).
@@ -86,6 +101,12 @@ pub struct Fp8Policy {
     /// Keep the weight cast in the forward for the backward's dX (one FP8 copy of every FP8
     /// weight held per step) instead of casting the weight again (bit-identical either way).
     pub cache_weights: bool,
+    /// Log a warning when a sampled tensor flushes more than this fraction of its non-zero
+    /// values to zero (statistics steps only; 1 = never).
+    pub warn_underflow: f64,
+    /// Log a warning when a sampled tensor saturates more than this fraction of its values
+    /// (statistics steps only; 1 = never).
+    pub warn_saturation: f64,
     /// Record a [`crate::QuantRecord`] for every cast made under this policy (not a config field:
     /// the training loop turns it on for the steps that `stats_every` samples).
     #[serde(skip)]
@@ -99,12 +120,16 @@ impl Default for Fp8Policy {
             mode: Precision::Fp8Amax,
             family: Fp8Family::Graphcore,
             cscale_bias: 0,
+            amax_history_len: DEFAULT_AMAX_HISTORY_LEN,
+            amax_compute_algo: AmaxCompute::Max,
             weight_margin: 0,
             activation_margin: 0,
             gradient_margin: DEFAULT_GRADIENT_MARGIN,
             layers: LayerFilter::all(),
             stats_every: 0,
             cache_weights: true,
+            warn_underflow: DEFAULT_WARN_UNDERFLOW,
+            warn_saturation: DEFAULT_WARN_SATURATION,
             stats: false,
         }
     }
@@ -157,23 +182,40 @@ impl Fp8Policy {
         self.is_on() && self.stats_every > 0 && step.is_multiple_of(self.stats_every)
     }
 
-    /// The format and bias rule for a tensor of `role`; `None` when FP8 is off.
+    /// The format and bias rule for a tensor of `role`; `None` when FP8 is off. Under
+    /// `fp8-delayed` the rule is that of a tensor with no history yet (its own amax).
     pub fn rule_for(&self, role: Role) -> Option<(Fp8Format, BiasRule)> {
-        let margin = match role {
-            Role::Weight => self.weight_margin,
-            Role::Activation => self.activation_margin,
-            Role::Gradient => self.gradient_margin,
-        };
+        let margin = self.margin(role);
         let rule = match self.mode {
             Precision::Fp32 => return None,
-            Precision::Fp8Amax => BiasRule::Amax { margin },
+            Precision::Fp8Amax | Precision::Fp8Delayed => BiasRule::Amax { margin },
             Precision::Fp8Cscale => BiasRule::Constant(self.cscale_bias),
         };
         Some((self.family.format_for(role), rule))
     }
 
+    /// The margin of tensors of `role`.
+    pub fn margin(&self, role: Role) -> i32 {
+        match role {
+            Role::Weight => self.weight_margin,
+            Role::Activation => self.activation_margin,
+            Role::Gradient => self.gradient_margin,
+        }
+    }
+
     /// Checks what serde cannot: returns the offending field and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.amax_history_len == 0 {
+            return Err(("amax_history_len", "must be at least 1".to_string()));
+        }
+        for (field, v) in [
+            ("warn_underflow", self.warn_underflow),
+            ("warn_saturation", self.warn_saturation),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err((field, format!("{v} is not a fraction in 0 ..= 1")));
+            }
+        }
         if !(-MAX_BIAS..=MAX_BIAS).contains(&self.cscale_bias) {
             return Err((
                 "cscale_bias",

@@ -10,11 +10,13 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::delayed::{AmaxHistories, AmaxHistory};
+use crate::format::{Fp8Format, Role};
 use crate::policy::Fp8Policy;
 use crate::report::{Fp8Report, LayerId};
 
-/// The FP8 policy in force for a model's named layers, and what their casts recorded.
-/// Cloning shares it (an `Arc`).
+/// The FP8 policy in force for a model's named layers, what their casts recorded, and the amax
+/// histories of `fp8-delayed` (`crate::delayed`). Cloning shares it (an `Arc`).
 #[derive(Clone, Default)]
 pub struct Fp8Context {
     shared: Arc<Mutex<Shared>>,
@@ -24,6 +26,7 @@ pub struct Fp8Context {
 struct Shared {
     policy: Arc<Fp8Policy>,
     report: Fp8Report,
+    histories: AmaxHistories,
 }
 
 impl Fp8Context {
@@ -73,6 +76,63 @@ impl Fp8Context {
 
     pub(crate) fn record(&self, f: impl FnOnce(&mut Fp8Report)) {
         f(&mut self.lock().report)
+    }
+
+    /// The amax history of one tensor, oldest first.
+    pub fn amax_history(&self, layer: &LayerId, role: Role) -> Vec<f32> {
+        self.lock().histories.of(layer, role)
+    }
+
+    /// The bias `fp8-delayed` gives the next cast of a tensor: from its history, `None` when
+    /// the history holds no non-zero amax (the cast then scales from its own).
+    pub(crate) fn delayed_bias(
+        &self,
+        layer: &LayerId,
+        role: Role,
+        policy: &Fp8Policy,
+        format: Fp8Format,
+    ) -> Option<i32> {
+        let margin = policy.margin(role);
+        (self.lock().histories).bias(layer, role, policy.amax_compute_algo, format, margin)
+    }
+
+    /// Appends a cast's amax to its tensor's history (kept to `len`; not while frozen).
+    pub(crate) fn record_amax(&self, layer: &LayerId, role: Role, amax: f32, len: usize) {
+        self.lock().histories.record(layer, role, amax, len)
+    }
+
+    /// Every amax history, by layer name and role (what a checkpoint saves).
+    pub fn amax_histories(&self) -> Vec<AmaxHistory> {
+        self.lock().histories.export()
+    }
+
+    /// Replaces every amax history (what a resumed run restores).
+    pub fn restore_amax_histories(&self, histories: Vec<AmaxHistory>) {
+        self.lock().histories.restore(histories)
+    }
+
+    /// Until the guard is dropped, casts use the amax histories but add nothing to them (an
+    /// evaluation pass must not change what training does next).
+    pub fn freeze_amax_histories(&self) -> FrozenHistories {
+        let was = std::mem::replace(&mut self.lock().histories.frozen, true);
+        FrozenHistories {
+            context: self.clone(),
+            was,
+        }
+    }
+}
+
+/// Unfreezes the histories of a context when dropped (see
+/// [`Fp8Context::freeze_amax_histories`]).
+#[must_use = "the histories are unfrozen when the guard is dropped"]
+pub struct FrozenHistories {
+    context: Fp8Context,
+    was: bool,
+}
+
+impl Drop for FrozenHistories {
+    fn drop(&mut self) {
+        self.context.lock().histories.frozen = self.was;
     }
 }
 

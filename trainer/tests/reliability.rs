@@ -161,10 +161,12 @@ fn overwrite_with_a_bad_config_deletes_nothing() {
         read(&run.join("metrics.csv")),
         read(&run.join("config.json")),
     );
-    let typos: [(&str, &str); 3] = [
+    let typos: [(&str, &str); 5] = [
         ("data.seq_len=128", "data.seq_len"),
         ("model.n_head=3", "n_head"),
         ("precision.layers=[\"h.9.*\"]", "precision.layers"),
+        ("precision.amax_history_len=0", "precision.amax_history_len"),
+        ("precision.warn_underflow=2", "precision.warn_underflow"),
     ];
     for (set, field) in typos {
         let out = train(&path, &["--overwrite", "--set", set], &[]);

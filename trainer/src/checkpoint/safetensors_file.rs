@@ -182,10 +182,7 @@ impl WeightFiles {
             })?;
         let bytes = &self.files[entry.file].1[entry.range.clone()];
         Ok(match entry.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
+            Dtype::F32 => f32_from_le(bytes),
             Dtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -207,6 +204,14 @@ impl WeightFiles {
             }
         })
     }
+}
+
+/// Little-endian f32 values (a safetensors F32 tensor's bytes).
+pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Turns a `safetensors` parse error into one naming the file and, for a truncated file, the

@@ -19,6 +19,7 @@ use crate::job::assemble::{
 use crate::job::{load_job_config, Device, JobConfig, ModelSource};
 use crate::model::loss::{mean_loss, row_scores};
 use crate::model::ModelOptions;
+use crate::train::resume::inference_histories;
 
 /// The FP8 decorator over the device backend `B` (no autodiff).
 type EvalBackend<B> = fp8_backend::Fp8<B>;
@@ -175,6 +176,7 @@ fn eval_on<B: Fp8Kernels + crate::host::HostTensors>(
         fp8: job.precision.clone(),
     };
     let model = load_checkpoint::<EvalBackend<B>>(&args.checkpoint, &options, &device)?;
+    let _frozen = inference_histories(&args.checkpoint, &model)?;
     let limit = if args.max_batches == 0 {
         usize::MAX
     } else {

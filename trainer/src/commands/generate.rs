@@ -12,6 +12,7 @@ use crate::checkpoint::load_checkpoint;
 use crate::error::Error;
 use crate::model::sampling::{generate_with, SamplingOptions};
 use crate::model::{Gpt2, Gpt2Config, ModelOptions};
+use crate::train::resume::inference_histories;
 
 /// The line printed between two samples of `--num-samples` (nanoGPT's `sample.py` prints it).
 pub const SAMPLE_SEPARATOR: &str = "---------------";
@@ -133,6 +134,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
         ..ModelOptions::default()
     };
     let model = load_checkpoint::<CpuBackend>(&args.checkpoint, &options, &device)?;
+    let _frozen = inference_histories(&args.checkpoint, &model)?;
     let config = model.config();
     let mut out = Output::new(out);
     match (&args.tokens, &args.prompt) {

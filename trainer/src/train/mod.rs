@@ -16,6 +16,7 @@ pub mod resume;
 pub mod run_dir;
 pub mod schedule;
 pub mod step;
+pub mod telemetry;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use datasets::{CheckpointFile, ClassificationSet, DataLoader, SplitName};
-use fp8_backend::{Fp8Kernels, Fp8Report};
+use fp8_backend::{Fp8Kernels, Fp8Report, Precision};
 
 use crate::checkpoint::load_checkpoint;
 use crate::error::Error;
@@ -46,11 +47,13 @@ use crate::model::Gpt2;
 use lock::RunLock;
 use optimizer::{AdamW, AdamWStep};
 use resume::{
-    is_training_checkpoint, latest_checkpoint, list_checkpoints, load_training_state,
-    save_best_checkpoint, save_training_checkpoint, TrainerState, TRAINER_STATE_DIR,
+    is_training_checkpoint, latest_checkpoint, list_checkpoints, load_amax_histories,
+    load_training_state, save_best_checkpoint, save_training_checkpoint, TrainerState,
+    TRAINER_STATE_DIR,
 };
 use run_dir::{Fp8StatsRow, MetricsRow, RunDir};
 use step::StepGrads;
+use telemetry::Fp8Warnings;
 
 /// What the binary shows while a job runs (a progress bar, or nothing); log lines go through
 /// the `log` crate (see [`crate::logging`]).
@@ -197,6 +200,8 @@ struct Run<'a, B: Fp8Kernels + HostTensors> {
     /// What every checkpoint holds besides the model and the training state: the tokenizer's
     /// files and `generation_config.json`, so the folder is self-contained.
     checkpoint_files: Vec<CheckpointFile>,
+    /// Tensors over an FP8 underflow or saturation threshold (statistics steps).
+    fp8_warnings: Fp8Warnings,
     /// Test-only non-finite injection (see [`step::INJECT_NAN_ENV`]).
     inject_at: Option<(u64, f32)>,
     /// Set by the signal handler: evaluations stop between batches.
@@ -270,10 +275,14 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
                  `data.csv.verbalizer`) with validation examples; use `val_loss`",
             ));
         }
+        let delayed = job.precision.mode == Precision::Fp8Delayed;
         let state = match (&resume_from, &job.model.checkpoint) {
             (Some((_, dir)), _) => {
                 let state = load_training_state(dir, &mut optimizer, &device)?;
                 loader.restore(&state.loader).map_err(data.err())?;
+                if delayed {
+                    load_amax_histories(dir, &model)?;
+                }
                 state
             }
             (None, Some(dir)) if job.model.optimizer_state == InitOptimizer::FromCheckpoint => {
@@ -289,6 +298,14 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             }
             (None, _) => TrainerState::start(job.seed, loader.state()),
         };
+        if let (None, Some(dir), true) = (&resume_from, &job.model.checkpoint, delayed) {
+            // Another run's scales are stale for this one's data and learning rate
+            // (Transformer Engine's issue #982): a new job's histories start empty.
+            log::info!(
+                "fp8-delayed: amax histories start empty (none are taken from {})",
+                dir.display()
+            );
+        }
         let checkpoint_files = self_contained_files(
             data.tokenizer.as_ref(),
             data.dataset.chat_template(),
@@ -361,6 +378,7 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             started: Instant::now(),
             last_checkpoint: resume_from.map(|(step, _)| step),
             checkpoint_files,
+            fp8_warnings: Fp8Warnings::default(),
             inject_at: step::injection_from_env(),
             stop: &opts.stop,
             _lock: lock,
@@ -521,6 +539,8 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             return Ok(());
         }
         let step = self.state.step;
+        self.fp8_warnings
+            .check(step, &report.records, &self.job.precision);
         let rows: Vec<Fp8StatsRow> = report
             .records
             .iter()
@@ -544,6 +564,9 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             cut.set(self.stopping());
             !cut.get()
         };
+        // Evaluating must not move fp8-delayed's histories (training would then depend on
+        // `eval_every`): they are used as they stand.
+        let _frozen = self.model().fp8().freeze_amax_histories();
         let model = self.model().valid();
         let batches = validation.eval_pass().take(limit).take_while(|_| go_on());
         let pass = mean_loss(&model, batches, &self.device);

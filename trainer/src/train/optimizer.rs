@@ -14,6 +14,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
+use crate::checkpoint::f32_from_le;
 use crate::checkpoint::save::{write_safetensors, NamedTensor};
 use crate::error::Error;
 use crate::host::HostTensors;
@@ -266,11 +267,7 @@ impl<B: HostTensors> AdamW<B> {
                         s.shape
                     )));
                 }
-                let values: Vec<f32> = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let values = f32_from_le(view.data());
                 let n = values.len();
                 *target = Tensor::from_data(TensorData::new(values, [n]), device);
             }

@@ -1,7 +1,8 @@
 //! Training checkpoints: `checkpoints/step-N/` (and `checkpoints/best/`) hold the model as a
 //! self-contained Hugging Face checkpoint (config.json, model.safetensors, generation_config.json,
 //! tokenizer.json, tokenizer_config.json) and `trainer_state/` (state.json: step, tokens, data
-//! position, RNG rule; optimizer.safetensors: AdamW moments).
+//! position, RNG rule; optimizer.safetensors: AdamW moments; under `fp8-delayed`,
+//! fp8_amax_history.safetensors: every FP8 tensor's amax history).
 //!
 //! A checkpoint is written into `checkpoints/.step-N.tmp/` and renamed when complete, so a crash
 //! while writing never leaves a half checkpoint that [`latest_checkpoint`] would pick: it only
@@ -15,16 +16,22 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use datasets::{CheckpointFile, LoaderState};
+use fp8_backend::{AmaxHistory, FrozenHistories, Precision, Role};
 use serde::{Deserialize, Serialize};
 
 use super::optimizer::AdamW;
-use crate::checkpoint::{model_tensors, write_checkpoint_tensors};
+use crate::checkpoint::{
+    f32_from_le, model_tensors, write_checkpoint_tensors, write_safetensors, NamedTensor,
+};
 use crate::error::Error;
 use crate::host::HostTensors;
 use crate::model::Gpt2;
 
 /// The folder of training state inside a checkpoint.
 pub const TRAINER_STATE_DIR: &str = "trainer_state";
+/// `trainer_state/fp8_amax_history.safetensors`: one 1-D f32 tensor `{layer}.{role}` per FP8
+/// tensor with a history (`fp8-delayed`), its amaxes oldest first.
+pub const AMAX_HISTORY_FILE: &str = "fp8_amax_history.safetensors";
 /// `checkpoints/best`: the checkpoint of the best evaluation (`keep_best_checkpoint`).
 pub const BEST_DIR: &str = "best";
 /// Environment variable of the test-only fault injection (see the module docs).
@@ -214,6 +221,7 @@ fn write_training_checkpoint<B: Backend, O: HostTensors>(
     optimizer
         .save_moments(&moments)
         .map_err(Error::io(&moments))?;
+    save_amax_histories(&state_dir, model)?;
     let state_path = state_dir.join("state.json");
     let text = serde_json::to_string_pretty(state).expect("state serialises");
     datasets::atomic::write_atomic(&state_path, text.as_bytes()).map_err(Error::io(&state_path))?;
@@ -240,4 +248,85 @@ pub fn load_training_state<O: HostTensors>(
     optimizer.load_moments(&moments, device)?;
     optimizer.t = state.adam_t;
     Ok(state)
+}
+
+/// Writes the model's amax histories into `state_dir` (nothing when it has none: FP8-AMAX,
+/// CSCALE and fp32 keep no FP8 state).
+fn save_amax_histories<B: Backend>(state_dir: &Path, model: &Gpt2<B>) -> Result<(), Error> {
+    let histories = model.fp8().amax_histories();
+    if histories.is_empty() {
+        return Ok(());
+    }
+    let tensors: Vec<NamedTensor> = histories
+        .into_iter()
+        .map(|h| NamedTensor {
+            name: format!("{}.{}", h.layer, h.role.name()),
+            shape: vec![h.amaxes.len()],
+            values: h.amaxes,
+        })
+        .collect();
+    let path = state_dir.join(AMAX_HISTORY_FILE);
+    write_safetensors(&path, &tensors).map_err(Error::io(&path))
+}
+
+/// Restores the amax histories of a checkpoint into `model` (`--resume` under `fp8-delayed`).
+/// A checkpoint without them (written under another precision) leaves every history empty.
+/// Every history must belong to one of the model's FP8 layers.
+pub fn load_amax_histories<B: Backend>(dir: &Path, model: &Gpt2<B>) -> Result<(), Error> {
+    let path = dir.join(TRAINER_STATE_DIR).join(AMAX_HISTORY_FILE);
+    if !path.is_file() {
+        log::info!(
+            "{} has no FP8 amax histories: every tensor starts with an empty one",
+            dir.display()
+        );
+        model.fp8().restore_amax_histories(Vec::new());
+        return Ok(());
+    }
+    let bad = |message: String| Error::BadFile {
+        path: path.clone(),
+        message: format!("bad FP8 amax history: {message}"),
+    };
+    let bytes = fs::read(&path).map_err(Error::io(&path))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let layers = model.fp8_layers();
+    let mut histories = Vec::new();
+    for (name, view) in file.tensors() {
+        let (layer, role) = Role::ALL
+            .iter()
+            .find_map(|&role| Some((name.strip_suffix(&format!(".{role}"))?, role)))
+            .ok_or_else(|| bad(format!("tensor `{name}` is not named `{{layer}}.{{role}}`")))?;
+        if !layers.iter().any(|l| l == layer) {
+            return Err(bad(format!(
+                "tensor `{name}`: `{layer}` is not an FP8 layer of this job (`precision.layers`)"
+            )));
+        }
+        if view.dtype() != safetensors::Dtype::F32 || view.shape().len() != 1 {
+            return Err(bad(format!(
+                "tensor `{name}` is {:?} {:?}, expected a 1-D F32 tensor",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        histories.push(AmaxHistory {
+            layer: layer.to_string(),
+            role,
+            amaxes: f32_from_le(view.data()),
+        });
+    }
+    model.fp8().restore_amax_histories(histories);
+    Ok(())
+}
+
+/// For inference (`eval`, `generate`) under `fp8-delayed`: the scales the checkpoint's training
+/// had reached (when it has them), held still until the guard is dropped, so that every batch
+/// is scored under the same ones. `None` under other precisions.
+pub fn inference_histories<B: Backend>(
+    dir: &Path,
+    model: &Gpt2<B>,
+) -> Result<Option<FrozenHistories>, Error> {
+    if model.fp8().policy().mode != Precision::Fp8Delayed {
+        return Ok(None);
+    }
+    load_amax_histories(dir, model)?;
+    Ok(Some(model.fp8().freeze_amax_histories()))
 }
