@@ -40,7 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a fine-tuning job from a JSON config; writes runs/<name>/ (metrics, plots, checkpoints).
     Train(train::TrainArgs),
-    /// The loss-parity experiment: the job once per precision, all curves in one plot.
+    /// The loss-parity experiment and its sweeps: the job per precision, CSCALE bias and seed;
+    /// reuses finished runs; summary.csv, report.json / report.md, loss plots with the gap.
     Compare(compare::CompareArgs),
     /// Loss / perplexity (and accuracy on classification data) of a checkpoint.
     Eval(eval::EvalArgs),

@@ -1,11 +1,14 @@
 //! `loss.png` and `loss.svg`: training loss (every step) and validation loss (each evaluation)
-//! against the step. Text is drawn with the committed DejaVu Sans (`assets/`, Bitstream Vera
+//! against the step; for `compare`, every recipe's mean curves above and their difference to the
+//! baseline, with the band of the seeds, below. Text is drawn with the committed DejaVu Sans (`assets/`, Bitstream Vera
 //! licence), so no system font library is needed.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Once;
 
-use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use super::run_dir::MetricsRow;
@@ -43,6 +46,22 @@ const SIZE: (u32, u32) = (1000, 600);
 /// atomically (`datasets::atomic`), like every file of a run: a crash never leaves half a plot,
 /// and a symbolic link planted at either name is replaced, not followed.
 pub fn draw_loss(dir: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(), Error> {
+    render(dir, SIZE, &LossFigure { title, curves })
+}
+
+/// A figure drawn on any plotters backend (the PNG's bitmap, the SVG).
+trait Figure {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Draws `figure` of `size` into `dir/loss.png` and `dir/loss.svg`, each in memory, then
+/// written atomically.
+fn render(dir: &Path, size: (u32, u32), figure: &impl Figure) -> Result<(), Error> {
     REGISTER.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
@@ -50,27 +69,27 @@ pub fn draw_loss(dir: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(), Er
         dir: dir.to_path_buf(),
         message: e.to_string(),
     };
-    let mut rgb = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+    let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
-        (draw(&root, title, curves).and_then(|_| root.present())).map_err(|e| failed(&e))?;
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        (figure.draw(&root).and_then(|_| root.present())).map_err(|e| failed(&e))?;
     }
-    let png = encode_png(&rgb).map_err(|e| failed(&e))?;
+    let png = encode_png(&rgb, size).map_err(|e| failed(&e))?;
     let path = dir.join("loss.png");
     datasets::atomic::write_atomic(&path, &png).map_err(Error::io(&path))?;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        (draw(&root, title, curves).and_then(|_| root.present())).map_err(|e| failed(&e))?;
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        (figure.draw(&root).and_then(|_| root.present())).map_err(|e| failed(&e))?;
     }
     let path = dir.join("loss.svg");
     datasets::atomic::write_atomic(&path, svg.as_bytes()).map_err(Error::io(&path))
 }
 
-/// An 8-bit RGB image of [`SIZE`] as PNG bytes.
-fn encode_png(rgb: &[u8]) -> Result<Vec<u8>, png::EncodingError> {
+/// An 8-bit RGB image of `size` as PNG bytes.
+fn encode_png(rgb: &[u8], size: (u32, u32)) -> Result<Vec<u8>, png::EncodingError> {
     let mut bytes = Vec::new();
-    let mut encoder = png::Encoder::new(&mut bytes, SIZE.0, SIZE.1);
+    let mut encoder = png::Encoder::new(&mut bytes, size.0, size.1);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header()?;
@@ -79,61 +98,267 @@ fn encode_png(rgb: &[u8]) -> Result<Vec<u8>, png::EncodingError> {
     Ok(bytes)
 }
 
-const COLORS: [RGBColor; 6] = [
+/// matplotlib's `tab10`, cycled.
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
-fn draw<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    title: &str,
-    curves: &[Curve<'_>],
+/// A run's `loss.png`: every curve in one panel.
+struct LossFigure<'a> {
+    title: &'a str,
+    curves: &'a [Curve<'a>],
+}
+
+impl Figure for LossFigure<'_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let points = || self.curves.iter().flat_map(|c| c.points.iter());
+        let x_max = points().map(|p| p.0).fold(1.0f64, f64::max);
+        let (y_min, y_max) = bounds(points().map(|p| p.1));
+        let pad = ((y_max - y_min) * 0.05).max(1e-3);
+        let y = (y_min - pad)..(y_max + pad);
+        let mut chart = axes(root, Some(self.title), x_max, y, "loss (nats/token)", None)?;
+        for (i, curve) in self.curves.iter().enumerate() {
+            let style = ShapeStyle::from(&COLORS[i % COLORS.len()]).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(curve.points.iter().copied(), style))?
+                .label(curve.label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        }
+        legend(&mut chart)
+    }
+}
+
+/// A chart on `area` (with `caption` above it), steps 0 ..= `x_max` across and `y` up, with
+/// its axes drawn (`y_label` formats the y ticks; default: the value).
+fn axes<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: Option<&str>,
+    x_max: f64,
+    y: Range<f64>,
+    y_desc: &str,
+    y_label: Option<&dyn Fn(&f64) -> String>,
+) -> Result<Chart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB::ErrorType: 'static,
+{
+    let mut builder = ChartBuilder::on(area);
+    if let Some(caption) = caption {
+        builder.caption(caption, ("sans-serif", 24));
+    }
+    let mut chart = builder
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, y)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 15));
+    if let Some(format) = y_label {
+        mesh.y_label_formatter(format);
+    }
+    mesh.draw()?;
+    Ok(chart)
+}
+
+/// A chart of steps against losses.
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The lowest and highest of `values` ((0, 1) when there are none).
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if lo.is_finite() {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
+    }
+}
+
+/// The legend of the labelled series, top right.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE)?;
-    let all = curves.iter().flat_map(|c| c.points.iter());
-    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in all {
-        x_max = x_max.max(x);
-        y_min = y_min.min(y);
-        y_max = y_max.max(y);
-    }
-    if !y_min.is_finite() {
-        (y_min, y_max) = (0.0, 1.0);
-    }
-    let pad = ((y_max - y_min) * 0.05).max(1e-3);
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 24))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_desc("loss (nats/token)")
-        .label_style(("sans-serif", 15))
-        .draw()?;
-    for (i, curve) in curves.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let style = ShapeStyle::from(&color).stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(curve.points.iter().copied(), style))?
-            .label(curve.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
-        .draw()?;
-    Ok(())
+        .draw()
+}
+
+/// One recipe of a `compare` plot, over its seeds.
+pub struct RecipeCurves {
+    pub label: String,
+    /// (step, mean training loss).
+    pub train: Vec<(f64, f64)>,
+    /// (step, mean validation loss) at the evaluations.
+    pub val: Vec<(f64, f64)>,
+    /// (step, mean, min, max) over seeds of the validation loss minus the baseline run's of
+    /// the same seed; empty for the baseline.
+    pub gap: Vec<(f64, f64, f64, f64)>,
+}
+
+/// Size of the `compare` plot: the loss panel above, the gap panel below.
+const COMPARE_SIZE: (u32, u32) = (1000, 1000);
+/// Height of the loss panel.
+const LOSS_PANEL_HEIGHT: u32 = 580;
+
+/// The `compare` plot in `dir/loss.png` and `dir/loss.svg`: above, every recipe's mean
+/// validation loss (points at the evaluations; its training loss faint), on a log axis with
+/// `log_y`; below, each recipe's validation loss minus the baseline's (the first recipe), the
+/// band of its seeds shaded. Written atomically, as [`draw_loss`].
+pub fn draw_compare(
+    dir: &Path,
+    title: &str,
+    recipes: &[RecipeCurves],
+    log_y: bool,
+) -> Result<(), Error> {
+    let figure = CompareFigure {
+        title,
+        recipes,
+        log_y,
+    };
+    render(dir, COMPARE_SIZE, &figure)
+}
+
+struct CompareFigure<'a> {
+    title: &'a str,
+    recipes: &'a [RecipeCurves],
+    log_y: bool,
+}
+
+impl Figure for CompareFigure<'_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let (top, bottom) = root.split_vertically(LOSS_PANEL_HEIGHT);
+        let x_max = (self.recipes.iter())
+            .flat_map(|r| r.train.iter().chain(&r.val))
+            .map(|p| p.0)
+            .fold(1.0f64, f64::max);
+        self.loss_panel(&top, x_max)?;
+        self.gap_panel(&bottom, x_max)
+    }
+}
+
+impl CompareFigure<'_> {
+    /// Every recipe's mean validation curve, points at the evaluations, its training curve
+    /// faint. A log axis is drawn as ln(loss) on a linear one, ticks labelled with the loss
+    /// (plotters' own log axis puts no tick inside a range narrower than a decade).
+    fn loss_panel<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        x_max: f64,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB::ErrorType: 'static,
+    {
+        let scale = |points: &[(f64, f64)]| -> Vec<(f64, f64)> {
+            (points.iter())
+                .map(|&(x, y)| (x, if self.log_y { y.ln() } else { y }))
+                .filter(|p| p.1.is_finite())
+                .collect()
+        };
+        let curves: Vec<[Vec<(f64, f64)>; 2]> = (self.recipes.iter())
+            .map(|r| [scale(&r.train), scale(&r.val)])
+            .collect();
+        let (lo, hi) = bounds(curves.iter().flatten().flatten().map(|p| p.1));
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        let (y_desc, loss_of): (_, &dyn Fn(&f64) -> String) = if self.log_y {
+            ("loss (nats/token, log scale)", &|v| {
+                format!("{:.3}", v.exp())
+            })
+        } else {
+            ("loss (nats/token)", &|v| format!("{v:.3}"))
+        };
+        let y = (lo - pad)..(hi + pad);
+        let mut chart = axes(area, Some(self.title), x_max, y, y_desc, Some(loss_of))?;
+        for (i, (recipe, [train, val])) in self.recipes.iter().zip(&curves).enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let faint = ShapeStyle::from(&color.mix(0.3)).stroke_width(1);
+            chart.draw_series(LineSeries::new(train.iter().copied(), faint))?;
+            let style = ShapeStyle::from(&color).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(val.iter().copied(), style))?
+                .label(format!("{} validation (train faint)", recipe.label))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        legend(&mut chart)
+    }
+
+    fn gap_panel<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        x_max: f64,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB::ErrorType: 'static,
+    {
+        let base = self
+            .recipes
+            .first()
+            .map_or("baseline", |b| b.label.as_str());
+        let gaps = || self.recipes.iter().flat_map(|r| r.gap.iter());
+        let values = gaps().flat_map(|&(_, mean, lo, hi)| [mean, lo, hi]);
+        let (lo, hi) = bounds(values.chain([0.0]));
+        let pad = ((hi - lo) * 0.05).max(1e-4);
+        let y_desc = format!("val loss - {base} (nats)");
+        let mut chart = axes(area, None, x_max, (lo - pad)..(hi + pad), &y_desc, None)?;
+        let zero = ShapeStyle::from(&BLACK).stroke_width(1);
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (x_max, 0.0)], zero))?
+            .label(base.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], zero));
+        for (i, recipe) in self.recipes.iter().enumerate().skip(1) {
+            let color = COLORS[i % COLORS.len()];
+            if recipe.gap.iter().any(|&(_, _, lo, hi)| hi > lo) {
+                let upper = recipe.gap.iter().map(|&(x, _, _, hi)| (x, hi));
+                let lower = recipe.gap.iter().rev().map(|&(x, _, lo, _)| (x, lo));
+                let band = Polygon::new(
+                    upper.chain(lower).collect::<Vec<_>>(),
+                    color.mix(0.2).filled(),
+                );
+                chart.draw_series(std::iter::once(band))?;
+            }
+            let style = ShapeStyle::from(&color).stroke_width(2);
+            let means = || recipe.gap.iter().map(|&(x, mean, _, _)| (x, mean));
+            chart
+                .draw_series(LineSeries::new(means(), style))?
+                .label(format!(
+                    "{} - {base} (band: min..max over seeds)",
+                    recipe.label
+                ))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            chart.draw_series(means().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        legend(&mut chart)
+    }
 }
