@@ -26,7 +26,7 @@ fn load_err(dir: &Path) -> CheckpointError {
 fn cli_logits(dir: &Path) -> (i32, String) {
     let name = dir.file_name().unwrap().to_string_lossy();
     let out = common::scratch_dir(&format!("cli-out-{name}")).join("logits.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let output = Command::new(common::trainer_bin())
         .args(["logits", "--checkpoint"])
         .arg(dir)
         .args(["--tokens", "1,2,3", "--out"])

@@ -182,7 +182,7 @@ fn a_checkpoint_chat_template_is_the_default() {
 #[test]
 fn the_shipped_chat_config_trains() {
     let dir = scratch("chat-config");
-    let run = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let run = Command::new(common::trainer_bin())
         .current_dir(common::repo_root())
         .args(["train", "--config", "configs/chat.json", "--set", "steps=2"])
         .arg("--set")

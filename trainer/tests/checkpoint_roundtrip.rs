@@ -146,7 +146,7 @@ fn a_checkpoint_written_by_train_is_the_fixture_again() {
     });
     let config = dir.join("job.json");
     std::fs::write(&config, job.to_string()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let out = std::process::Command::new(common::trainer_bin())
         .args(["train", "--config"])
         .arg(&config)
         .output()

@@ -95,7 +95,7 @@ fn dump_step_on(device: &str, tag: &str, precision: &Value, stats: bool) -> (Pat
     let dir = common::scratch_dir(&format!("dump-step-{tag}"));
     let config = fixture_job(&dir, precision, device);
     let (out, csv) = (dir.join("step.safetensors"), dir.join("fp8_stats.csv"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"));
+    let mut command = Command::new(common::trainer_bin());
     command
         .args(["dump-step", "--config"])
         .arg(&config)

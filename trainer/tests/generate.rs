@@ -296,7 +296,7 @@ fn streamed_text_equals_decoding_the_ids_with_split_characters() {
 #[test]
 fn text_is_written_while_it_is_generated() {
     let model = constant_byte_model("gen-stream", &[(97, 1.0)]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let mut child = Command::new(common::trainer_bin())
         .args(["generate", "--checkpoint", &model, "--prompt", "Hello"])
         .args(["--tokenizer", "bytes", "--temperature", "0"])
         .args(["--max-new-tokens", "1000000000"])
@@ -343,7 +343,7 @@ fn text_is_written_while_it_is_generated() {
 #[test]
 fn closing_the_pipe_ends_generate_quietly() {
     let model = constant_byte_model("gen-pipe", &[(97, 1.0)]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let mut child = Command::new(common::trainer_bin())
         .args(["generate", "--checkpoint", &model, "--prompt", "Hello"])
         .args(["--tokenizer", "bytes", "--temperature", "0"])
         .args(["--max-new-tokens", "1000000000"])

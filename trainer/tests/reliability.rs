@@ -63,7 +63,7 @@ impl Drop for Job {
 
 /// Starts `train --config path EXTRA` in the background.
 fn spawn_train(path: &Path, extra: &[&str]) -> Job {
-    Job(Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    Job(Command::new(common::trainer_bin())
         .args(["train", "--config"])
         .arg(path)
         .args(extra)
@@ -281,7 +281,7 @@ fn a_failed_write_keeps_the_previous_output() {
     let dir = scratch("failed-write");
     let out_path = dir.join("logits.json");
     std::fs::write(&out_path, "previous").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"));
+    let mut cmd = Command::new(common::trainer_bin());
     cmd.args([
         "logits",
         "--checkpoint",
@@ -556,7 +556,7 @@ fn generate_with_top_k_0_or_a_bad_temperature_exits_2() {
 
 #[test]
 fn generate_with_a_huge_max_new_tokens_does_not_abort() {
-    let mut child = Job(Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let mut child = Job(Command::new(common::trainer_bin())
         .args(["generate", "--checkpoint", &fixture(), "--tokens", "1,2"])
         .args(["--max-new-tokens", "1000000000000", "--temperature", "0"])
         .stdout(Stdio::null())
@@ -589,7 +589,7 @@ fn a_preset_of_1e12_embeddings_or_positions_exits_2() {
 }
 
 fn dump_step(config: &Path, tokens: &Path, out: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    Command::new(common::trainer_bin())
         .args(["dump-step", "--config"])
         .arg(config)
         .arg("--tokens")
@@ -635,7 +635,7 @@ fn a_token_cache_that_cannot_be_written_exits_1() {
 
     // A full disk: the cache of the sonnets (about 190 KB) does not fit in 64 KB.
     let path = write_config(&dir, "full.json", &short_job(&dir, "full", 2, 2));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"));
+    let mut cmd = Command::new(common::trainer_bin());
     cmd.args(["train", "--config"]).arg(&path);
     let out = with_file_size_limit(&mut cmd, 64 * 1024).output().unwrap();
     assert_exit("disk full while caching", &out, 1, &["cache"]);

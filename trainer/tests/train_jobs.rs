@@ -109,7 +109,7 @@ fn reference_metrics(dir: &Path, config: &Value) -> Vec<Vec<String>> {
 /// Starts `train --config path` and returns once `run/log.txt` has the line of `step` (written
 /// after its `metrics.csv` row, so that row is there too).
 fn spawn_until_step(path: &Path, run: &Path, step: u64) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let child = Command::new(common::trainer_bin())
         .args(["train", "--config"])
         .arg(path)
         .stdout(std::process::Stdio::null())
@@ -287,7 +287,7 @@ fn accumulating_4_batches_of_2_equals_one_batch_of_8() {
 /// `device`, run in `dir` (its token cache goes to `dir/runs/.token-cache`); the JSON it wrote.
 fn eval_json(dir: &Path, checkpoint: &Path, precision: &str, device: &str) -> Value {
     let result = dir.join(format!("eval-{precision}-{device}.json"));
-    let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let out = Command::new(common::trainer_bin())
         .current_dir(dir)
         .args(["eval", "--checkpoint"])
         .arg(checkpoint)
@@ -464,7 +464,7 @@ fn fp8_stats_hold_one_set_of_filtered_layers_per_step() {
     // Step 1 against dump-step of the same job (same initial weights, same first batch).
     let dump = dir.join("dump");
     std::fs::create_dir_all(&dump).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let out = Command::new(common::trainer_bin())
         .args(["dump-step", "--config"])
         .arg(&path)
         .arg("--out")
@@ -555,7 +555,7 @@ fn compare_runs_each_precision_and_summarises_the_gap() {
     config["eval_every"] = json!(10);
     config["checkpoint_every"] = json!(0);
     let path = write_config(&dir, "parity.json", &config);
-    let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    let out = Command::new(common::trainer_bin())
         .args(["compare", "--config"])
         .arg(&path)
         .args(["--precisions", "fp32,fp8-amax"])
@@ -787,7 +787,7 @@ fn shipped_configs_run_from_the_repository_root() {
             args.push("--set".into());
             args.push(s);
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+        let out = Command::new(common::trainer_bin())
             .current_dir(&root)
             .args(&args)
             .output()

@@ -64,7 +64,7 @@ pub fn train_fp32_steps(
 
 /// `fp8-trainer ARGS`; its output.
 pub fn fp8_trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    Command::new(super::trainer_bin())
         .args(args)
         .output()
         .unwrap()
@@ -114,7 +114,7 @@ pub fn write_config(dir: &Path, file: &str, config: &Value) -> PathBuf {
 
 /// `fp8-trainer train --config config EXTRA...` with `env` set; its output.
 pub fn train(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fp8-trainer"))
+    Command::new(super::trainer_bin())
         .arg("train")
         .arg("--config")
         .arg(config)

@@ -15,6 +15,15 @@ pub fn repo_root() -> PathBuf {
     Path::new(&manifest).join("..")
 }
 
+/// The `fp8-trainer` binary under test: Cargo's own build of it, or `FP8_TRAINER_BIN` where the
+/// test binary runs on another machine than the one that built it (`scripts/device-check`
+/// carries prebuilt binaries to a GPU machine without a Rust toolchain).
+pub fn trainer_bin() -> PathBuf {
+    std::env::var_os("FP8_TRAINER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fp8-trainer")))
+}
+
 /// `tests/fixtures/gpt2-tiny`, made by `tests/fixtures/gen_gpt2.py`.
 pub fn fixture_dir() -> PathBuf {
     repo_root().join("tests/fixtures/gpt2-tiny")
