@@ -367,9 +367,29 @@ def run_single(mode):
     )
     if cuda:
         result["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        # what fp8-trainer bench reads for its own process too: memory held, pool included
+        result["nvidia_smi_used_mb"] = nvidia_smi_process_mb()
     if mode == "eager-f32":
         result.update(gemm_share(step, a.device))
     return result
+
+
+def nvidia_smi_process_mb():
+    """GPU memory of this process according to nvidia-smi (MiB), or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        pid, _, mb = line.partition(",")
+        if pid.strip() == str(os.getpid()):
+            try:
+                return float(mb)
+            except ValueError:
+                return None
+    return None
 
 
 def peak_rss_mb():

@@ -77,6 +77,10 @@ pub struct BenchResult {
     /// Median share of a step spent in GEMMs (CPU devices; the peer's is an estimate).
     pub gemm_share: Option<f64>,
     pub peak_rss_mb: f64,
+    /// GPU memory the process holds after its timed steps, as `nvidia-smi` reports it (CUDA
+    /// devices; the pool of Burn's allocator or PyTorch's caching allocator included).
+    #[serde(default)]
+    pub gpu_mem_mb: Option<f64>,
     pub loss_first: f32,
     pub loss_last: f32,
 }
@@ -99,7 +103,11 @@ pub fn run_bench(args: &BenchArgs) -> Result<String, Error> {
         }
     }
     if let Some(python) = &args.peer {
-        results.extend(run_peer(python, args, &job)?);
+        let mut peer_devices: Vec<&str> = devices.iter().filter_map(|d| peer_device(*d)).collect();
+        peer_devices.dedup();
+        for peer_device in peer_devices {
+            results.extend(run_peer(python, args, &job, peer_device)?);
+        }
     }
     if let Some(out) = &args.out {
         let text = serde_json::to_string_pretty(&results).expect("serialises") + "\n";
@@ -233,6 +241,9 @@ fn bench_on<B: Fp8Kernels + HostTensors>(
         tokens_per_s: tokens_per_step as f64 / median_time,
         gemm_share: on_cpu.then(|| median(&gemm_shares)),
         peak_rss_mb: peak_rss_mb(),
+        gpu_mem_mb: matches!(job.device, Device::Cuda)
+            .then(nvidia_smi_process_mb)
+            .flatten(),
         loss_first: losses.first().copied().unwrap_or(f32::NAN),
         loss_last: losses.last().copied().unwrap_or(f32::NAN),
     })
@@ -258,8 +269,52 @@ fn peak_rss_mb() -> f64 {
     kib.map_or(f64::NAN, |k| k / 1024.0)
 }
 
-/// The peer on the job's shapes, same thread count; its JSON results, as ours.
-fn run_peer(python: &Path, args: &BenchArgs, job: &JobConfig) -> Result<Vec<BenchResult>, Error> {
+/// GPU memory used by this process according to `nvidia-smi` (MiB), if it answers.
+fn nvidia_smi_process_mb() -> Option<f64> {
+    let out = Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let pid = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let (p, mb) = line.split_once(',')?;
+            (p.trim() == pid).then(|| mb.trim().parse().ok()).flatten()
+        })
+}
+
+/// The peer's device for one of ours: torch on the CPU for the CPU backends, torch CUDA for
+/// cuda; none for wgpu (the peer has no such device).
+fn peer_device(device: Device) -> Option<&'static str> {
+    match device {
+        Device::Cpu | Device::Ndarray => Some("cpu"),
+        Device::Cuda => Some("cuda"),
+        Device::Wgpu => None,
+    }
+}
+
+/// The peer's name for our precision (its mode and precision labels) on a device.
+fn peer_counterpart(device: &str, precision: &str) -> Option<&'static str> {
+    match (device, precision) {
+        (_, "fp32") => Some("torch eager-f32"),
+        ("cpu", "fp8-amax") => Some("torch torchao-float8-emulate"),
+        ("cuda", "fp8-amax") => Some("torch torchao-float8"),
+        _ => None,
+    }
+}
+
+/// The peer on the job's shapes and `device` (`cpu` with the same thread count, or `cuda`);
+/// its JSON results, as ours.
+fn run_peer(
+    python: &Path,
+    args: &BenchArgs,
+    job: &JobConfig,
+    device: &str,
+) -> Result<Vec<BenchResult>, Error> {
     let config = crate::job::assemble::model_config(job, &args.config)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peers/torch_gpt2.py");
     let script = match script.is_file() {
@@ -287,16 +342,17 @@ fn run_peer(python: &Path, args: &BenchArgs, job: &JobConfig) -> Result<Vec<Benc
     for (flag, value) in shapes {
         command.arg(flag).arg(value.to_string());
     }
+    let modes = match device {
+        "cuda" => "eager-f32,bf16-autocast,torchao-float8",
+        _ => "eager-f32,torchao-float8-emulate",
+    };
     command
-        .args([
-            "--device",
-            "cpu",
-            "--modes",
-            "eager-f32,torchao-float8-emulate",
-            "--out",
-        ])
+        .args(["--device", device, "--modes", modes, "--out"])
         .arg(&out);
-    log::info!("bench: the PyTorch peer ({}) ...", script.display());
+    log::info!(
+        "bench: the PyTorch peer on {device} ({}) ...",
+        script.display()
+    );
     let status = command.status().map_err(Error::io(python))?;
     let text = std::fs::read_to_string(&out).map_err(|e| Error::Io {
         path: out.clone(),
@@ -312,9 +368,11 @@ fn run_peer(python: &Path, args: &BenchArgs, job: &JobConfig) -> Result<Vec<Benc
         .filter(|r| r.get("error").is_none())
         .map(|r| BenchResult {
             program: format!("torch {}", r["mode"].as_str().unwrap_or("?")),
-            device: "cpu".into(),
+            device: device.into(),
             precision: match r["mode"].as_str() {
                 Some("eager-f32") => "fp32".into(),
+                Some("bf16-autocast") => "bf16".into(),
+                Some("torchao-float8") => "float8".into(),
                 _ => "float8-emulate".into(),
             },
             threads: r["threads"].as_u64().unwrap_or(0) as usize,
@@ -325,6 +383,7 @@ fn run_peer(python: &Path, args: &BenchArgs, job: &JobConfig) -> Result<Vec<Benc
             tokens_per_s: r["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
             gemm_share: r["gemm_share_estimate"].as_f64(),
             peak_rss_mb: r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            gpu_mem_mb: r["nvidia_smi_used_mb"].as_f64(),
             loss_first: r["loss_first"].as_f64().unwrap_or(f64::NAN) as f32,
             loss_last: r["loss_last"].as_f64().unwrap_or(f64::NAN) as f32,
         })
@@ -344,21 +403,32 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
         args.warmup,
         rayon::current_num_threads()
     );
+    let gpu = results.iter().any(|r| r.gpu_mem_mb.is_some());
     out += &format!(
-        "{:<34}{:>10}{:>11}{:>11}{:>10}{:>20}\n",
+        "{:<40}{:>10}{:>11}{:>11}{:>10}{}{:>20}\n",
         "program / device / precision",
         "step s",
         "tokens/s",
         "GEMM share",
         "peak MB",
+        if gpu {
+            format!("{:>10}", "GPU MB")
+        } else {
+            String::new()
+        },
         "loss first -> last"
     );
     for r in results {
         let share = r
             .gemm_share
             .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s));
+        let gpu_mb = match (gpu, r.gpu_mem_mb) {
+            (false, _) => String::new(),
+            (true, Some(mb)) => format!("{mb:>10.0}"),
+            (true, None) => format!("{:>10}", "-"),
+        };
         out += &format!(
-            "{:<34}{:>10.3}{:>11.1}{:>11}{:>10.0}{:>11.4} -> {:.4}\n",
+            "{:<40}{:>10.3}{:>11.1}{:>11}{:>10.0}{gpu_mb}{:>11.4} -> {:.4}\n",
             format!("{} / {} / {}", r.program, r.device, r.precision),
             r.step_time_median_s,
             r.tokens_per_s,
@@ -386,22 +456,27 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
             ));
         }
     }
-    let peer_f32 = find("torch eager-f32", "cpu", "fp32");
-    let peer_fp8 = find("torch torchao-float8-emulate", "cpu", "float8-emulate");
     for r in results.iter().filter(|r| r.program == "fp8-trainer") {
-        let peer = match r.precision.as_str() {
-            "fp32" => peer_f32,
-            "fp8-amax" => peer_fp8,
-            _ => None,
+        let Some(peer_device) = r.device.parse::<Device>().ok().and_then(peer_device) else {
+            continue;
         };
+        let peer = peer_counterpart(peer_device, &r.precision).and_then(|program| {
+            results
+                .iter()
+                .find(|p| p.program == program && p.device == peer_device)
+        });
         if let Some(p) = peer {
+            let memory = match (r.gpu_mem_mb, p.gpu_mem_mb) {
+                (Some(ours), Some(theirs)) => format!("GPU memory {:.2}x", ours / theirs),
+                _ => format!("peak memory {:.2}x", r.peak_rss_mb / p.peak_rss_mb),
+            };
             ratios.push(format!(
-                "{} {} vs {}: tokens/s {:.2}x, peak memory {:.2}x",
+                "{} {} vs {} ({}): tokens/s {:.2}x, {memory}",
                 r.device,
                 r.precision,
                 p.program,
+                p.device,
                 r.tokens_per_s / p.tokens_per_s,
-                r.peak_rss_mb / p.peak_rss_mb
             ));
         }
     }
