@@ -1,10 +1,10 @@
-//! The wgpu device kernel against the ndarray CPU kernel: the same outputs bit for bit and the
-//! same statistics, on random tensors, non-finite tensors, a tensor larger than one launch's
-//! units (multi-workgroup reductions) and a transposed view. Runs on any Vulkan device; CI uses
-//! Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`).
-#![cfg(feature = "wgpu")]
+//! The cubecl device kernel against the ndarray CPU kernel: the same outputs bit for bit and
+//! the same statistics, on random tensors, non-finite tensors, a tensor larger than one launch's
+//! units (multi-workgroup reductions) and a transposed view. On wgpu (any Vulkan device; CI uses
+//! Mesa's lavapipe, `apt-get install mesa-vulkan-drivers`) and on CUDA (`scripts/device-check`).
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
-use burn::backend::{NdArray, Wgpu};
+use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Shape, TensorData};
@@ -84,20 +84,27 @@ fn assert_same_values(what: &str, got: &[f32], want: &[f32]) {
 
 /// Statistics are equal, not close: both kernels count exactly and divide the same way.
 fn assert_same_stats(what: &str, got: Option<QuantStats>, want: Option<QuantStats>) {
-    let (got, want) = (got.expect("wgpu stats"), want.expect("ndarray stats"));
+    let (got, want) = (got.expect("device stats"), want.expect("ndarray stats"));
     assert!(
         same(got.amax, want.amax)
             && got.bias == want.bias
             && got.underflow_frac == want.underflow_frac
             && got.saturated_frac == want.saturated_frac
             && got.numel == want.numel,
-        "{what}: wgpu {got:?} ndarray {want:?}"
+        "{what}: device {got:?} ndarray {want:?}"
     );
 }
 
 /// Runs both backends on `values` and checks equal outputs (and statistics when asked for).
-fn compare(what: &str, values: &[f32], shape: Vec<usize>, f: Fp8Format, rule: BiasRule, st: bool) {
-    let gpu = run::<Wgpu>(upload::<Wgpu>(values, shape.clone()), f, rule, st);
+fn compare<G: Fp8Kernels>(
+    what: &str,
+    values: &[f32],
+    shape: Vec<usize>,
+    f: Fp8Format,
+    rule: BiasRule,
+    st: bool,
+) {
+    let gpu = run::<G>(upload::<G>(values, shape.clone()), f, rule, st);
     let cpu = run::<NdArray>(upload::<NdArray>(values, shape), f, rule, st);
     let what = format!("{what} {f} {rule:?} stats={st}");
     match (gpu, cpu) {
@@ -110,7 +117,7 @@ fn compare(what: &str, values: &[f32], shape: Vec<usize>, f: Fp8Format, rule: Bi
             }
         }
         (g, c) => panic!(
-            "{what}: outcomes differ: wgpu {:?} ndarray {:?}",
+            "{what}: outcomes differ: device {:?} ndarray {:?}",
             g.map(|r| r.1),
             c.map(|r| r.1)
         ),
@@ -124,8 +131,7 @@ const RULES: [BiasRule; 4] = [
     BiasRule::Constant(12),
 ];
 
-#[test]
-fn random_tensors_match_ndarray_with_and_without_stats() {
+fn random_tensors_match_ndarray_with_and_without_stats<G: Fp8Kernels>() {
     let mut rng = Rng(0x5eed_0001);
     // Narrow and wide dynamic ranges: the wide one underflows and (with a constant bias)
     // saturates, so every statistic is exercised.
@@ -134,15 +140,14 @@ fn random_tensors_match_ndarray_with_and_without_stats() {
         for f in Fp8Format::ALL {
             for rule in RULES {
                 for stats in [false, true] {
-                    compare(&format!("n={n}"), &values, vec![n], f, rule, stats);
+                    compare::<G>(&format!("n={n}"), &values, vec![n], f, rule, stats);
                 }
             }
         }
     }
 }
 
-#[test]
-fn non_finite_amax_is_reported_with_stats_and_passed_through_without() {
+fn non_finite_amax_is_reported_with_stats_and_passed_through_without<G: Fp8Kernels>() {
     let mut rng = Rng(0x5eed_0002);
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut values = rng.tensor(3000, 8);
@@ -151,8 +156,7 @@ fn non_finite_amax_is_reported_with_stats_and_passed_through_without() {
         let f = Fp8Format::E4M3Fnuz;
 
         // With statistics: reported, and the tensor comes back unchanged.
-        let Err((amax, back)) =
-            run::<Wgpu>(upload::<Wgpu>(&values, vec![3000]), f, amax_rule, true)
+        let Err((amax, back)) = run::<G>(upload::<G>(&values, vec![3000]), f, amax_rule, true)
         else {
             panic!("{bad}: expected NonFinite with statistics on");
         };
@@ -160,14 +164,14 @@ fn non_finite_amax_is_reported_with_stats_and_passed_through_without() {
         assert_same_values(&format!("{bad} returned input"), &back, &values);
 
         // Without: no round trip, so the kernel writes the input unchanged (documented).
-        let Ok((out, None)) = run::<Wgpu>(upload::<Wgpu>(&values, vec![3000]), f, amax_rule, false)
+        let Ok((out, None)) = run::<G>(upload::<G>(&values, vec![3000]), f, amax_rule, false)
         else {
             panic!("{bad}: expected Quantized without statistics");
         };
         assert_same_values(&format!("{bad} pass-through"), &out, &values);
 
         // A constant bias needs no amax: cast as usual, the statistics show the amax.
-        compare(
+        compare::<G>(
             &format!("{bad}"),
             &values,
             vec![3000],
@@ -175,7 +179,7 @@ fn non_finite_amax_is_reported_with_stats_and_passed_through_without() {
             BiasRule::Constant(2),
             true,
         );
-        compare(
+        compare::<G>(
             &format!("{bad}"),
             &values,
             vec![3000],
@@ -186,15 +190,14 @@ fn non_finite_amax_is_reported_with_stats_and_passed_through_without() {
     }
 }
 
-#[test]
-fn tensor_beyond_one_launch_reduces_across_workgroups() {
+fn tensor_beyond_one_launch_reduces_across_workgroups<G: Fp8Kernels>() {
     // 1 << 20 units cover the first 1,048,576 elements; the largest element sits in the grid-
     // stride tail, the zeros and underflows are spread everywhere.
     let n = (1 << 20) + 4321;
     let mut values = Rng(0x5eed_0003).tensor(n, 10);
     values[n - 1] = -3000.0;
-    let (out, stats) = run::<Wgpu>(
-        upload::<Wgpu>(&values, vec![n]),
+    let (out, stats) = run::<G>(
+        upload::<G>(&values, vec![n]),
         Fp8Format::E5M2Fnuz,
         BiasRule::Amax { margin: 3 },
         true,
@@ -205,18 +208,17 @@ fn tensor_beyond_one_launch_reduces_across_workgroups() {
     assert_eq!(stats.bias, 1); // floor(log2(57344 / 3000)) = 4, minus the margin 3
     assert_eq!(out.len(), n);
     for rule in [BiasRule::Amax { margin: 3 }, BiasRule::Constant(20)] {
-        compare("large", &values, vec![n], Fp8Format::E5M2Fnuz, rule, true);
+        compare::<G>("large", &values, vec![n], Fp8Format::E5M2Fnuz, rule, true);
     }
 }
 
-#[test]
-fn transposed_input_is_read_in_logical_order() {
+fn transposed_input_is_read_in_logical_order<G: Fp8Kernels>() {
     let values = Rng(0x5eed_0004).tensor(64 * 48, 6);
     let f = Fp8Format::E4M3Fn;
     let rule = BiasRule::Amax { margin: 0 };
-    let gpu = <Wgpu>::float_swap_dims(upload::<Wgpu>(&values, vec![64, 48]), 0, 1);
+    let gpu = <G>::float_swap_dims(upload::<G>(&values, vec![64, 48]), 0, 1);
     let cpu = <NdArray>::float_swap_dims(upload::<NdArray>(&values, vec![64, 48]), 0, 1);
-    let (g, gs) = run::<Wgpu>(gpu, f, rule, true).expect("finite");
+    let (g, gs) = run::<G>(gpu, f, rule, true).expect("finite");
     let (c, cs) = run::<NdArray>(cpu, f, rule, true).expect("finite");
     assert_same_values("transposed", &g, &c);
     assert_same_stats("transposed", gs, cs);
@@ -228,8 +230,33 @@ fn transposed_input_is_read_in_logical_order() {
     ));
 }
 
-#[test]
-fn device_bias_equals_amax_bias_at_the_edges() {
+fn sliced_input_is_read_at_its_offset<G: Fp8Kernels>() {
+    // The middle third of a larger buffer (a view with an offset, as q/k/v are of c_attn's
+    // output); the other thirds hold larger values, which must not reach the amax.
+    let n = 5000;
+    let mut values = Rng(0x5eed_0005).tensor(3 * n, 4);
+    for (i, v) in values.iter_mut().enumerate() {
+        if !(n..2 * n).contains(&i) {
+            *v *= 1e3;
+        }
+    }
+    let slice = |t: FloatTensor<G>| {
+        burn::tensor::Tensor::<G, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(t))
+            .slice([n..2 * n])
+            .into_primitive()
+            .tensor()
+    };
+    let f = Fp8Format::E4M3Fnuz;
+    let rule = BiasRule::Amax { margin: 0 };
+    let (g, gs) =
+        run::<G>(slice(upload::<G>(&values, vec![3 * n])), f, rule, true).expect("finite");
+    let (c, cs) = run::<NdArray>(upload::<NdArray>(&values[n..2 * n], vec![n]), f, rule, true)
+        .expect("finite");
+    assert_same_values("sliced", &g, &c);
+    assert_same_stats("sliced", gs, cs);
+}
+
+fn device_bias_equals_amax_bias_at_the_edges<G: Fp8Kernels>() {
     // The device derives the bias from exponent fields; these amaxes sit where that can go
     // wrong: f32 subnormals (only visible with a large margin, else the bias clips to 31), a
     // significand just above the format max's, zero, and clipping at -31.
@@ -252,7 +279,7 @@ fn device_bias_equals_amax_bias_at_the_edges() {
             for margin in [0, 3, 125, -40] {
                 let rule = BiasRule::Amax { margin };
                 let (_, stats) =
-                    run::<Wgpu>(upload::<Wgpu>(&values, vec![4]), f, rule, true).expect("finite");
+                    run::<G>(upload::<G>(&values, vec![4]), f, rule, true).expect("finite");
                 let stats = stats.expect("stats");
                 assert_eq!(stats.amax, amax, "{f}");
                 assert_eq!(
@@ -260,8 +287,65 @@ fn device_bias_equals_amax_bias_at_the_edges() {
                     fp8_backend::amax_bias(amax, f, margin),
                     "{f} amax {amax:e} margin {margin}"
                 );
-                compare("edge", &values, vec![4], f, rule, true);
+                compare::<G>("edge", &values, vec![4], f, rule, true);
             }
         }
     }
 }
+
+/// The tests above on one device backend.
+macro_rules! on_device {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            // CUDA runs the device kernel only when asked (`fp8_backend::kernel::CUDA_KERNEL_ENV`):
+            // these tests are about that kernel. Every test sets the same value before its first
+            // cast, so their order does not matter.
+            fn device_kernel() {
+                #[cfg(feature = "cuda")]
+                std::env::set_var(fp8_backend::kernel::CUDA_KERNEL_ENV, "device");
+            }
+
+            #[test]
+            fn random_tensors_match_ndarray_with_and_without_stats() {
+                device_kernel();
+                super::random_tensors_match_ndarray_with_and_without_stats::<$backend>();
+            }
+
+            #[test]
+            fn non_finite_amax_is_reported_with_stats_and_passed_through_without() {
+                device_kernel();
+                super::non_finite_amax_is_reported_with_stats_and_passed_through_without::<$backend>(
+                );
+            }
+
+            #[test]
+            fn tensor_beyond_one_launch_reduces_across_workgroups() {
+                device_kernel();
+                super::tensor_beyond_one_launch_reduces_across_workgroups::<$backend>();
+            }
+
+            #[test]
+            fn transposed_input_is_read_in_logical_order() {
+                device_kernel();
+                super::transposed_input_is_read_in_logical_order::<$backend>();
+            }
+
+            #[test]
+            fn sliced_input_is_read_at_its_offset() {
+                device_kernel();
+                super::sliced_input_is_read_at_its_offset::<$backend>();
+            }
+
+            #[test]
+            fn device_bias_equals_amax_bias_at_the_edges() {
+                device_kernel();
+                super::device_bias_equals_amax_bias_at_the_edges::<$backend>();
+            }
+        }
+    };
+}
+
+#[cfg(feature = "wgpu")]
+on_device!(wgpu, burn::backend::Wgpu);
+#[cfg(feature = "cuda")]
+on_device!(cuda, burn::backend::Cuda);

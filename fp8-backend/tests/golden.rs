@@ -275,6 +275,28 @@ fn generic_fallback_matches_amax_golden() {
     check_amax_golden::<B64>(&Default::default());
 }
 
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::backend::Cuda;
+
+    // The device kernel, not the host path CUDA takes by default (`kernel/cube.rs`).
+    fn device_kernel() {
+        std::env::set_var(fp8_backend::kernel::CUDA_KERNEL_ENV, "device");
+    }
+
+    #[test]
+    fn cuda_kernel_matches_quantize_golden() {
+        device_kernel();
+        super::check_quantize_golden::<Cuda>(&Default::default());
+    }
+
+    #[test]
+    fn cuda_kernel_matches_amax_golden() {
+        device_kernel();
+        super::check_amax_golden::<Cuda>(&Default::default());
+    }
+}
+
 #[cfg(feature = "wgpu")]
 mod wgpu {
     use burn::backend::Wgpu;

@@ -1,4 +1,5 @@
-//! The device kernels for Burn's cubecl backends (wgpu; the code is generic over the runtime).
+//! The device kernels for Burn's cubecl backends (wgpu, and CUDA where `FP8_CUDA_KERNEL=device`
+//! asks for them; the code is generic over the runtime).
 //!
 //! Two launches per tensor, and no host round trip unless statistics are asked for:
 //!
@@ -240,7 +241,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Fp8Kernels
         let numel = tensor.shape().num_elements();
         // The kernels are f32 and count in u32; anything else (and the empty tensor, which no
         // launch covers) takes the host path, which is exact for every float dtype.
-        if tensor.dtype() != DType::F32 || numel == 0 || numel > u32::MAX as usize {
+        if tensor.dtype() != DType::F32
+            || numel == 0
+            || numel > u32::MAX as usize
+            || !device_kernel_on::<R>(&tensor.client)
+        {
             return quantize_on_host::<Self>(tensor, format, rule, want_stats);
         }
         match quantize_on_device(tensor.clone(), format, rule, want_stats) {
@@ -248,6 +253,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Fp8Kernels
             Err(NonFiniteAmax { amax }) => QuantOutput::NonFinite(tensor, amax),
         }
     }
+}
+
+/// The environment variable that puts CUDA on the device kernel (`device`) instead of the host
+/// path.
+pub const CUDA_KERNEL_ENV: &str = "FP8_CUDA_KERNEL";
+
+/// Whether this runtime quantizes with the device kernel. Every runtime does except CUDA: on an
+/// H200 (scripts/device-check, 2026-12-04) the kernel gave statistics bit-identical to the CPU's
+/// when they were read back after each cast, but without that read a cuda FP8-AMAX step was far
+/// from the independent reference (logits 1.5 relative) and `eval` of one checkpoint differed from
+/// the CPU's by 4%. Until device-check passes with it, CUDA takes the host path (one round trip
+/// per cast: exact, slower); `FP8_CUDA_KERNEL=device` selects the device kernel, for that check.
+fn device_kernel_on<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+    static CUDA_DEVICE_KERNEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    R::name(client) != "cuda"
+        || *CUDA_DEVICE_KERNEL
+            .get_or_init(|| std::env::var(CUDA_KERNEL_ENV).is_ok_and(|v| v == "device"))
 }
 
 /// Launches the kernels on a non-empty f32 tensor and, with `want_stats`, reads the stats buffer

@@ -4,14 +4,16 @@
 //! is a correct generic fallback (read the tensor to the host, run the CPU kernel, write it back);
 //! flex and ndarray override it with a direct kernel over the tensor's memory, and Burn's cubecl backends
 //! (wgpu with feature `wgpu`, CUDA with feature `cuda`) with a device kernel that keeps amax and
-//! bias on the GPU. Any other backend opts in with
+//! bias on the GPU (on CUDA only where `FP8_CUDA_KERNEL=device` asks for it: see `cube.rs`). Any other backend opts in with
 //! `impl Fp8Kernels for MyBackend {}`.
 
 pub mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 mod flex;
 mod ndarray;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod wgpu;
+pub use cube::CUDA_KERNEL_ENV;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};

@@ -357,6 +357,21 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             job.data.seq_len,
             data.dataset.num_train_tokens(),
         );
+        #[cfg(feature = "cuda")]
+        if job.device == crate::job::Device::Cuda
+            && job.precision.mode != fp8_backend::Precision::Fp32
+        {
+            let device_kernel =
+                std::env::var(fp8_backend::kernel::CUDA_KERNEL_ENV).is_ok_and(|v| v == "device");
+            log::info!(
+                "FP8 casts on cuda: {}",
+                if device_kernel {
+                    "the device kernel (FP8_CUDA_KERNEL=device; not yet validated on a GPU)"
+                } else {
+                    "the exact host path (FP8_CUDA_KERNEL=device selects the device kernel)"
+                }
+            );
+        }
         if let Some((step, dir)) = &resume_from {
             log::info!("resumed from {} (step {step})", dir.display());
             for change in &changed {
