@@ -29,6 +29,7 @@ pub mod policy;
 pub mod profile;
 pub mod report;
 pub mod scaling;
+pub mod simd;
 pub mod site;
 
 pub use autodiff::{fp8_linear, Fp8LinearOps};

@@ -9,7 +9,9 @@ use rayon::prelude::*;
 
 use crate::format::{pow2, Fp8Format};
 use crate::kernel::QuantStats;
+use crate::multiversion;
 use crate::scaling::{bias_for, BiasRule};
+use crate::simd::Isa;
 
 /// Elements per rayon task: large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1 << 16;
@@ -81,58 +83,6 @@ fn cast_into_on(isa: Isa, src: &[f32], dst: &mut [f32], p: CastParams) {
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(d, s)| cast_chunk(isa, p, s, d));
-}
-
-/// Which compiled build of the chunk loops runs (see `multiversion!`). Production code takes
-/// [`Isa::best`] once per call; the unit tests run each build this CPU has, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    /// The target's baseline instructions (SSE2 on x86_64: 4 f32 lanes).
-    Baseline,
-    /// AVX2 (8 f32 lanes), on x86_64 CPUs that have it.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
-impl Isa {
-    /// The fastest build this CPU runs (std caches the CPUID answer: this is one load).
-    fn best() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Self::Avx2;
-        }
-        Self::Baseline
-    }
-}
-
-/// Defines `$name(isa: Isa, args...)`, which runs `$body` (a loop over one chunk) compiled for
-/// the build `isa` names: AVX2 (8 lanes instead of SSE2's 4) or the baseline target. The body is
-/// `#[inline(always)]` so that each build gets its own vectorized copy of the loop.
-macro_rules! multiversion {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
-        $(#[$m])*
-        fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            fn body($($arg: $ty),*) -> $ret $body
-            match isa {
-                Isa::Baseline => body($($arg),*),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => {
-                    #[target_feature(enable = "avx2")]
-                    unsafe fn avx2($($arg: $ty),*) -> $ret {
-                        body($($arg),*)
-                    }
-                    // One cached load per chunk keeps this sound whoever made the `Isa`.
-                    assert!(
-                        std::arch::is_x86_feature_detected!("avx2"),
-                        "Isa::Avx2 on a CPU without AVX2"
-                    );
-                    // SAFETY: the CPU was just seen to support AVX2.
-                    unsafe { avx2($($arg),*) }
-                }
-            }
-        }
-    };
 }
 
 multiversion! {
@@ -285,14 +235,26 @@ mod tests {
         xs
     }
 
-    /// `Isa::Avx2` where this CPU has AVX2; elsewhere `None`, with a note that the AVX2 tests
-    /// are skipped.
+    /// `isa` where this CPU runs it; elsewhere `None`, with a note that its tests are skipped.
+    fn on_this_cpu(isa: Isa) -> Option<Isa> {
+        if isa.supported() {
+            return Some(isa);
+        }
+        eprintln!("skipped: this CPU cannot run {isa:?}");
+        None
+    }
+
     fn avx2() -> Option<Isa> {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Some(Isa::Avx2);
-        }
-        eprintln!("skipped: this CPU has no AVX2");
+        return on_this_cpu(Isa::Avx2);
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
+
+    fn avx512() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        return on_this_cpu(Isa::Avx512);
+        #[cfg(not(target_arch = "x86_64"))]
         None
     }
 
@@ -456,9 +418,31 @@ mod tests {
     }
 
     #[test]
+    fn avx512_cast_loops_match_scalar_reference_on_a_sweep() {
+        if let Some(isa) = avx512() {
+            check_cast_loops(isa);
+        }
+    }
+
+    #[test]
+    fn avx512_amax_loop_matches_scalar_max_on_a_sweep() {
+        if let Some(isa) = avx512() {
+            check_amax_loop(isa);
+        }
+    }
+
+    #[test]
+    fn avx512_statistics_count_underflow_and_saturation() {
+        if let Some(isa) = avx512() {
+            check_statistics(isa);
+        }
+    }
+
+    #[test]
     fn production_runs_the_fastest_build() {
-        // AVX2 is twice the lanes; losing it would halve the cast's throughput unnoticed.
-        assert_eq!(Isa::best(), avx2().unwrap_or(Isa::Baseline));
+        // Each wider build doubles the lanes; losing one would halve the cast's throughput
+        // unnoticed.
+        assert_eq!(Isa::best(), avx512().or_else(avx2).unwrap_or(Isa::Baseline));
     }
 
     #[test]

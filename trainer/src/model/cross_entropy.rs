@@ -24,6 +24,7 @@ use burn::tensor::TensorMetadata;
 use fp8_backend::{Fp8, Fp8Kernels};
 use rayon::prelude::*;
 
+use super::vmath::{self, Isa};
 use crate::host::{from_host, HostTensors};
 
 /// What the loss compares the logits with.
@@ -55,12 +56,13 @@ pub trait FusedCrossEntropy: Backend {
 
 /// Each row's log-sum-exp and the weighted sum of the row losses.
 fn forward_rows(logits: &[f32], vocab: usize, targets: &Targets) -> (f64, Vec<f32>) {
+    let isa = Isa::best();
     let rows: Vec<(f64, f32)> = logits
         .par_chunks(vocab)
         .enumerate()
         .map(|(i, x)| {
             let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+            let sum = vmath::sum_exp_shifted(isa, x, max);
             let lse = max + sum.ln();
             let loss = lse - x[targets.tokens[i] as usize];
             (f64::from(targets.weight(i)) * f64::from(loss), lse)
@@ -72,11 +74,10 @@ fn forward_rows(logits: &[f32], vocab: usize, targets: &Targets) -> (f64, Vec<f3
 
 /// The logits' gradient, in place: `(exp(x - lse_i) - onehot(t_i)) * w_i * scale`.
 fn backward_rows(logits: &mut [f32], vocab: usize, targets: &Targets, lse: &[f32], scale: f32) {
+    let isa = Isa::best();
     logits.par_chunks_mut(vocab).enumerate().for_each(|(i, x)| {
         let s = scale * targets.weight(i);
-        for v in x.iter_mut() {
-            *v = (*v - lse[i]).exp() * s;
-        }
+        vmath::exp_affine(isa, x, 1.0, lse[i], s);
         x[targets.tokens[i] as usize] -= s;
     });
 }

@@ -30,12 +30,9 @@ use burn::tensor::TensorMetadata;
 use fp8_backend::{Fp8, Fp8Kernels};
 use rayon::prelude::*;
 
+use super::vmath::{self, Isa};
 use crate::host::{from_host, HostTensors};
 
-/// sqrt(2 / pi), as `NewGELUActivation` writes it (`math.sqrt(2.0 / math.pi)`).
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-/// The cubic coefficient of the tanh approximation of GELU.
-const GELU_CUBIC: f32 = 0.044_715;
 /// Elements per rayon task in the element-wise passes (small enough to spread over the
 /// threads, large enough that a task costs more than its scheduling).
 const CHUNK: usize = 16 * 1024;
@@ -72,30 +69,20 @@ pub trait FusedOps: Backend {
 // The passes, on slices.
 
 fn gelu_tanh(x: &[f32]) -> Vec<f32> {
+    let isa = Isa::best();
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * (x * x * x));
-                *y = 0.5 * x * (1.0 + u.tanh());
-            }
-        });
+        .for_each(|(y, x)| vmath::gelu_forward(isa, x, y));
     y
 }
 
 /// `g *= d gelu(x) / dx`, in place.
 fn gelu_tanh_backward(x: &[f32], g: &mut [f32]) {
+    let isa = Isa::best();
     g.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(g, x)| {
-            for (g, &x) in g.iter_mut().zip(x) {
-                let x2 = x * x;
-                let th = (SQRT_2_OVER_PI * (x + GELU_CUBIC * (x2 * x))).tanh();
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x2);
-                *g *= 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du;
-            }
-        });
+        .for_each(|(g, x)| vmath::gelu_backward(isa, x, g));
 }
 
 /// The normalised rows and each row's mean and `1 / sqrt(var + eps)`.
@@ -164,6 +151,7 @@ fn layer_norm_backward(
 
 /// Rows of `t` scores; row `r` is query position `r % t`.
 fn causal_softmax(x: &[f32], t: usize, divisor: f32) -> Vec<f32> {
+    let isa = Isa::best();
     let mut p = vec![0f32; x.len()];
     p.par_chunks_mut(t)
         .zip(x.par_chunks(t))
@@ -176,11 +164,7 @@ fn causal_softmax(x: &[f32], t: usize, divisor: f32) -> Vec<f32> {
                 *p = x / divisor;
                 max = max.max(*p);
             }
-            let mut sum = 0f32;
-            for p in p.iter_mut() {
-                *p = (*p - max).exp();
-                sum += *p;
-            }
+            let sum = vmath::exp_shifted_sum(isa, p, max);
             p.iter_mut().for_each(|p| *p /= sum);
         });
     p

@@ -25,6 +25,7 @@ use burn::tensor::TensorMetadata;
 use fp8_backend::{Fp8, Fp8Kernels};
 use rayon::prelude::*;
 
+use super::vmath::{self, Isa};
 use crate::host::{from_host, HostTensors};
 
 /// The shape of one attention call.
@@ -131,6 +132,7 @@ fn scores(qkv: &[f32], d: &Dims, b: usize, h: usize, s: &mut [f32]) {
 
 /// Forward: `y [B, T, C]` and each (batch, head, query) row's log-sum-exp of its scaled scores.
 fn forward(qkv: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
+    let isa = Isa::best();
     let (t, hd, c) = (d.t, d.head_dim, d.width());
     let mut y = vec![0f32; d.batch * t * c];
     let mut lse = vec![0f32; d.batch * d.heads * t];
@@ -147,11 +149,7 @@ fn forward(qkv: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
                     *s /= d.divisor;
                     max = max.max(*s);
                 }
-                let mut sum = 0f32;
-                for s in visible.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
+                let sum = vmath::exp_shifted_sum(isa, visible, max);
                 visible.iter_mut().for_each(|s| *s /= sum);
                 row[i + 1..].fill(0.0);
                 *lse = max + sum.ln();
@@ -177,6 +175,7 @@ fn forward(qkv: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
 
 /// Backward: `d qkv [B, T, 3C]` from `dy [B, T, C]`.
 fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
+    let isa = Isa::best();
     let (t, hd, c) = (d.t, d.head_dim, d.width());
     let c3 = 3 * c;
     let mut dqkv = vec![0f32; d.batch * t * c3];
@@ -191,9 +190,7 @@ fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
             // P, recomputed from the saved log-sum-exps.
             scores(qkv, d, b, h, p);
             for (i, row) in p.chunks_mut(t).enumerate() {
-                for s in row[..=i].iter_mut() {
-                    *s = (*s / d.divisor - lse[i]).exp();
-                }
+                vmath::exp_affine(isa, &mut row[..=i], d.divisor, lse[i], 1.0);
                 row[i + 1..].fill(0.0);
             }
             let out = out;

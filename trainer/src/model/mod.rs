@@ -15,6 +15,7 @@ pub mod names;
 mod presets;
 pub mod projection;
 pub mod sampling;
+pub mod vmath;
 
 pub use config::{Activation, ConfigError, Gpt2Config};
 pub use gpt2::{cross_entropy, Gpt2, Gpt2Model, LmHead, ModelOptions};

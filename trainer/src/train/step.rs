@@ -5,14 +5,18 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 use datasets::DataLoader;
 use fp8_backend::Fp8Report;
+
+use rayon::prelude::*;
 
 use super::optimizer::{AdamW, Coefficients};
 use crate::host::HostTensors;
 use crate::model::loss::batch_loss;
 use crate::model::names::param_grad_tensors;
+use crate::model::vmath::{self, Isa};
 use crate::model::Gpt2;
 
 /// Test-only: at this step (1-based), the loss is multiplied by NaN before the backward pass,
@@ -64,7 +68,10 @@ pub fn forward_backward<B: AutodiffBackend + crate::model::ModelBackend>(
     sample_stats: bool,
     poison: Option<f32>,
     device: &B::Device,
-) -> StepGrads<B::InnerBackend> {
+) -> StepGrads<B::InnerBackend>
+where
+    B::InnerBackend: HostTensors,
+{
     let fp8 = model.fp8();
     // Whatever an evaluation pass left (its non-finite events) is not this step's.
     fp8.take_report();
@@ -110,11 +117,35 @@ pub fn forward_backward<B: AutodiffBackend + crate::model::ModelBackend>(
 }
 
 /// Reads `value` (one element) and each gradient's sum of squares in one transfer; a missing
-/// gradient counts 0.
-pub fn read_with_sum_squares<B: Backend>(
+/// gradient counts 0. On the CPU backends the sums are one pass over each gradient's memory
+/// (f64 partial sums), not a squared copy of it and then a sum.
+pub fn read_with_sum_squares<B: HostTensors>(
     value: Tensor<B, 1>,
     grads: &[Option<Tensor<B, 1>>],
 ) -> (f32, Vec<f64>) {
+    let primitives: Vec<FloatTensor<B>> = grads
+        .iter()
+        .flatten()
+        .map(|g| g.clone().into_primitive().tensor())
+        .collect();
+    let host: Option<Vec<&[f32]>> = primitives.iter().map(B::host_slice).collect();
+    if let Some(slices) = host {
+        let isa = Isa::best();
+        let mut squares = slices.into_iter().map(|g| {
+            g.par_chunks(1 << 16)
+                .map(|c| vmath::sum_squares(isa, c))
+                .sum::<f64>()
+        });
+        let sum_squares = grads
+            .iter()
+            .map(|g| match g {
+                Some(_) => squares.next().expect("one per gradient"),
+                None => 0.0,
+            })
+            .collect();
+        let value = value.into_data().convert::<f32>().into_vec().expect("f32");
+        return (value[0], sum_squares);
+    }
     let mut parts = vec![value];
     parts.extend(
         grads
