@@ -404,8 +404,15 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
         rayon::current_num_threads()
     );
     let gpu = results.iter().any(|r| r.gpu_mem_mb.is_some());
+    let label = |r: &BenchResult| format!("{} / {} / {}", r.program, r.device, r.precision);
+    let width = results
+        .iter()
+        .map(|r| label(r).len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(30);
     out += &format!(
-        "{:<40}{:>10}{:>11}{:>11}{:>10}{}{:>20}\n",
+        "{:<width$}{:>10}{:>11}{:>11}{:>10}{}{:>20}\n",
         "program / device / precision",
         "step s",
         "tokens/s",
@@ -428,8 +435,8 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
             (true, None) => format!("{:>10}", "-"),
         };
         out += &format!(
-            "{:<40}{:>10.3}{:>11.1}{:>11}{:>10.0}{gpu_mb}{:>11.4} -> {:.4}\n",
-            format!("{} / {} / {}", r.program, r.device, r.precision),
+            "{:<width$}{:>10.3}{:>11.1}{:>11}{:>10.0}{gpu_mb}{:>11.4} -> {:.4}\n",
+            label(r),
             r.step_time_median_s,
             r.tokens_per_s,
             share,

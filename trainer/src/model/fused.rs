@@ -12,8 +12,10 @@
 //! and each backward is one pass, in place over the incoming gradient.
 //!
 //! The arithmetic follows PyTorch's (`NewGELUActivation`, `torch.nn.LayerNorm`, `softmax`)
-//! formula for formula in f32; layer norm's row statistics and the weight and bias gradients'
-//! sums over rows are accumulated in f64. Results differ from the composed ops only in rounding
+//! formula for formula in f32, with two exceptions that change only rounding: `exp` is
+//! [`vmath::exp`] (vectorized, within 1 ulp), and GELU's `0.5 x (1 + tanh(u))` is computed as the
+//! equal `x * sigmoid(2u)`. Layer norm's row statistics and the weight and bias gradients' sums
+//! over rows are accumulated in f64. Results differ from the composed ops only in rounding
 //! (measured in the tests below).
 //!
 //! On the CPU backends (host slices, see [`crate::host`]); elsewhere [`FusedOps`] declines with
