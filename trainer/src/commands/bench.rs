@@ -8,8 +8,9 @@
 //! steps run first, untimed. No checkpoints, evaluations or run directory.
 //!
 //! Measured per configuration: the median step time and tokens/s over the timed steps, the
-//! share of step time spent in GEMMs (CPU devices only: see `fp8_backend::profile`), and the
-//! peak resident memory of the process (`VmHWM`).
+//! share of step time spent in GEMMs (CPU devices only: see `fp8_backend::profile`), the share
+//! spent in the optimizer (after the gradients' norms are read, which waits for the device), the
+//! peak resident memory of the process (`VmHWM`) and, on CUDA, the GPU memory it holds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,6 +77,10 @@ pub struct BenchResult {
     pub tokens_per_s: f64,
     /// Median share of a step spent in GEMMs (CPU devices; the peer's is an estimate).
     pub gemm_share: Option<f64>,
+    /// Median share of a step spent after the gradients and their norms were read: the AdamW
+    /// update of every parameter and the device sync that ends the step.
+    #[serde(default)]
+    pub optimizer_share: Option<f64>,
     pub peak_rss_mb: f64,
     /// GPU memory the process holds after its timed steps, as `nvidia-smi` reports it (CUDA
     /// devices; the pool of Burn's allocator or PyTorch's caching allocator included).
@@ -197,12 +202,16 @@ fn bench_on<B: Fp8Kernels + HostTensors>(
     };
     let on_cpu = matches!(job.device, Device::Cpu | Device::Ndarray);
     let (mut times, mut gemm_shares, mut losses) = (Vec::new(), Vec::new(), Vec::new());
+    let mut optimizer_shares = Vec::new();
     for i in 0..args.warmup + args.steps {
         let timed = i >= args.warmup;
         fp8_backend::profile::set_enabled(timed && on_cpu);
         fp8_backend::profile::take();
         let start = Instant::now();
+        // Returns after reading the loss and the gradients' norms: the device has finished
+        // the forward and backward passes.
         let out = forward_backward(&model, &mut loader, job.grad_accum, false, None, &device);
+        let gradients_done = start.elapsed().as_secs_f64();
         let scale = clip_factor(out.global_norm(), job.grad_clip);
         let coefficients = optimizer.begin_step(hyper, scale);
         model = apply_adamw(model, &mut optimizer, out.grads, &coefficients);
@@ -224,6 +233,7 @@ fn bench_on<B: Fp8Kernels + HostTensors>(
         if timed {
             times.push(elapsed);
             gemm_shares.push(gemm.as_secs_f64() / elapsed);
+            optimizer_shares.push((elapsed - gradients_done) / elapsed);
         }
     }
     fp8_backend::profile::set_enabled(false);
@@ -240,6 +250,7 @@ fn bench_on<B: Fp8Kernels + HostTensors>(
         step_time_median_s: median_time,
         tokens_per_s: tokens_per_step as f64 / median_time,
         gemm_share: on_cpu.then(|| median(&gemm_shares)),
+        optimizer_share: Some(median(&optimizer_shares)),
         peak_rss_mb: peak_rss_mb(),
         gpu_mem_mb: matches!(job.device, Device::Cuda)
             .then(nvidia_smi_process_mb)
@@ -382,6 +393,7 @@ fn run_peer(
             step_time_median_s: r["step_time_median_s"].as_f64().unwrap_or(f64::NAN),
             tokens_per_s: r["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
             gemm_share: r["gemm_share_estimate"].as_f64(),
+            optimizer_share: None,
             peak_rss_mb: r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
             gpu_mem_mb: r["nvidia_smi_used_mb"].as_f64(),
             loss_first: r["loss_first"].as_f64().unwrap_or(f64::NAN) as f32,
@@ -412,11 +424,12 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
         .unwrap_or(0)
         .max(30);
     out += &format!(
-        "{:<width$}{:>10}{:>11}{:>11}{:>10}{}{:>20}\n",
+        "{:<width$}{:>10}{:>11}{:>11}{:>11}{:>10}{}{:>20}\n",
         "program / device / precision",
         "step s",
         "tokens/s",
         "GEMM share",
+        "optimizer",
         "peak MB",
         if gpu {
             format!("{:>10}", "GPU MB")
@@ -426,20 +439,20 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
         "loss first -> last"
     );
     for r in results {
-        let share = r
-            .gemm_share
-            .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s));
+        let percent = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.0}%", 100.0 * s));
+        let (share, optimizer) = (percent(r.gemm_share), percent(r.optimizer_share));
         let gpu_mb = match (gpu, r.gpu_mem_mb) {
             (false, _) => String::new(),
             (true, Some(mb)) => format!("{mb:>10.0}"),
             (true, None) => format!("{:>10}", "-"),
         };
         out += &format!(
-            "{:<width$}{:>10.3}{:>11.1}{:>11}{:>10.0}{gpu_mb}{:>11.4} -> {:.4}\n",
+            "{:<width$}{:>10.3}{:>11.1}{:>11}{:>11}{:>10.0}{gpu_mb}{:>11.4} -> {:.4}\n",
             label(r),
             r.step_time_median_s,
             r.tokens_per_s,
             share,
+            optimizer,
             r.peak_rss_mb,
             r.loss_first,
             r.loss_last
