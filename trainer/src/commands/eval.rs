@@ -8,9 +8,11 @@
 use std::path::PathBuf;
 
 use datasets::{DataConfig, SplitName, TokenizerSpec};
-use fp8_backend::{Fp8Kernels, Fp8Policy, Precision};
+use fp8_backend::{Fp8Family, Fp8Kernels, Fp8Policy, Precision};
 use serde::Serialize;
 
+use super::compare::plan::{Recipe, RecipeSpec};
+use super::compare::report::{CscaleMetric, CscaleRange};
 use crate::checkpoint::load_checkpoint;
 use crate::error::Error;
 use crate::job::assemble::{
@@ -39,9 +41,24 @@ pub struct EvalArgs {
     /// Config overrides with --config: key.sub=value.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// fp32 | fp8-amax | fp8-cscale (default: the job's, or fp32 with --data).
-    #[arg(long)]
+    /// fp32 | fp8-amax | fp8-cscale | fp8-delayed (default: the job's, or fp32 with --data).
+    #[arg(long, conflicts_with = "precisions")]
     pub precision: Option<Precision>,
+    /// FP8 inference table: evaluate under each of these recipes (the first is the baseline;
+    /// an FP8 one may name its family: fp8-amax-ocp), then FP8-CSCALE at each of
+    /// --cscale-biases, and report what each keeps of the baseline and the CSCALE biases that
+    /// keep at least 99.5% (accuracy on classification data, else 1 / perplexity).
+    #[arg(long, value_delimiter = ',')]
+    pub precisions: Vec<RecipeSpec>,
+    /// FP8-CSCALE biases of the inference table, e.g. -8,-4,0,4,8 (baseline: the first of
+    /// --precisions, fp32 by default).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        value_name = "BIAS,..."
+    )]
+    pub cscale_biases: Vec<i32>,
     /// Tokenizer with --data: gpt2, bytes, or a tokenizer.json / folder (default: the checkpoint's).
     #[arg(long)]
     pub tokenizer: Option<TokenizerSpec>,
@@ -96,8 +113,81 @@ impl EvalResult {
     }
 }
 
+/// One recipe of an inference table and what it measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecipeResult {
+    /// `fp32`, `fp8-amax`, `fp8-amax-ocp`, `fp8-cscale-b4`, ...
+    pub recipe: String,
+    /// The FP8 format family the recipe ran with.
+    pub family: Fp8Family,
+    pub cscale_bias: Option<i32>,
+    #[serde(flatten)]
+    pub result: EvalResult,
+    /// The fraction of the baseline kept: accuracy / the baseline's on classification data,
+    /// else the baseline's perplexity / this one's.
+    pub kept: Option<f64>,
+}
+
+/// What `eval` measured: one result, or an inference table.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum EvalOutcome {
+    Single(EvalResult),
+    Table {
+        recipes: Vec<RecipeResult>,
+        /// The CSCALE biases against the paper's criterion (when --cscale-biases was given).
+        cscale: Option<CscaleRange>,
+    },
+}
+
+impl EvalOutcome {
+    /// What `eval` prints.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Single(result) => result.summary(),
+            Self::Table { recipes, cscale } => table(recipes, cscale.as_ref()),
+        }
+    }
+}
+
+/// The inference table as text (markdown).
+fn table(recipes: &[RecipeResult], cscale: Option<&CscaleRange>) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v));
+    let num = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    let mut out =
+        String::from("| recipe | loss | perplexity | accuracy | kept of the baseline |\n");
+    out += "|---|---|---|---|---|\n";
+    for r in recipes {
+        out += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.recipe,
+            num(r.result.loss, 4),
+            num(r.result.perplexity, 3),
+            pct(r.result.accuracy),
+            pct(r.kept),
+        );
+    }
+    if let Some(c) = cscale {
+        let metric = match c.metric {
+            CscaleMetric::ValAccuracy => "accuracy",
+            CscaleMetric::ValPerplexity => "1 / perplexity",
+        };
+        out += &match c.usable_range {
+            Some([lo, hi]) => format!(
+                "\nFP8-CSCALE biases that keep >= {:.1}% of the baseline's {metric}: {lo} to {hi}",
+                100.0 * c.threshold
+            ),
+            None => format!(
+                "\nno FP8-CSCALE bias keeps >= {:.1}% of the baseline's {metric}",
+                100.0 * c.threshold
+            ),
+        };
+    }
+    out.trim_end().to_string()
+}
+
 /// Runs `eval`.
-pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, Error> {
+pub fn run_eval(args: &EvalArgs) -> Result<EvalOutcome, Error> {
     let model_config = model_config_of_checkpoint(&args.checkpoint)?;
     let (mut job, config_path) = match (&args.config, &args.data) {
         (Some(path), _) => (load_job_config(path, &args.overrides)?, path.clone()),
@@ -156,27 +246,132 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalResult, Error> {
         Some(device) => job.device = device,
         None => check_device(&job, &config_path)?,
     }
-    let result = on_device!(job.device, eval_on(args, &job, &data))?;
+    let recipes = recipes_of(args, &job.precision);
+    let results = on_device!(job.device, eval_on(args, &job, &data, &recipes))?;
+    let outcome = if args.precisions.is_empty() && args.cscale_biases.is_empty() {
+        EvalOutcome::Single(results.into_iter().next().expect("one recipe").result)
+    } else {
+        table_outcome(results, !args.cscale_biases.is_empty())
+    };
     if let Some(out) = &args.out {
-        let text = serde_json::to_string_pretty(&result).expect("serialises");
+        let text = serde_json::to_string_pretty(&outcome).expect("serialises");
         datasets::atomic::write_atomic(out, text.as_bytes()).map_err(Error::io(out))?;
     }
-    Ok(result)
+    Ok(outcome)
 }
 
-/// The evaluation itself, on `device` of the backend `B`.
+/// The FP8 policies to evaluate, each with its recipe name: the job's own (one), or the
+/// inference table's (`--precisions`, fp32 by default, then CSCALE at each bias).
+fn recipes_of(args: &EvalArgs, base: &Fp8Policy) -> Vec<(String, Fp8Policy)> {
+    if args.precisions.is_empty() && args.cscale_biases.is_empty() {
+        return vec![(base.mode.to_string(), base.clone())];
+    }
+    let specs = match args.precisions.as_slice() {
+        [] => vec![RecipeSpec {
+            precision: Precision::Fp32,
+            family: None,
+        }],
+        specs => specs.to_vec(),
+    };
+    let recipes = specs.into_iter().map(|spec| Recipe {
+        precision: spec.precision,
+        family: spec.family,
+        cscale_bias: None,
+    });
+    let cscale = args.cscale_biases.iter().map(|&bias| Recipe {
+        precision: Precision::Fp8Cscale,
+        family: None,
+        cscale_bias: Some(bias),
+    });
+    recipes
+        .chain(cscale)
+        .map(|recipe| {
+            let policy = Fp8Policy {
+                mode: recipe.precision,
+                family: recipe.family.unwrap_or(base.family),
+                cscale_bias: recipe.cscale_bias.unwrap_or(base.cscale_bias),
+                ..base.clone()
+            };
+            (recipe.label(), policy)
+        })
+        .collect()
+}
+
+/// The table's results with what each keeps of the first (the baseline), and the CSCALE
+/// criterion over its sweep points.
+fn table_outcome(mut recipes: Vec<RecipeResult>, sweep: bool) -> EvalOutcome {
+    let classification = recipes.iter().all(|r| r.result.accuracy.is_some());
+    let metric = match classification {
+        true => CscaleMetric::ValAccuracy,
+        false => CscaleMetric::ValPerplexity,
+    };
+    let value = |r: &EvalResult| match metric {
+        CscaleMetric::ValAccuracy => r.accuracy,
+        CscaleMetric::ValPerplexity => r.perplexity,
+    };
+    let base = recipes.first().and_then(|r| value(&r.result));
+    let cscale = sweep.then(|| {
+        let points = recipes
+            .iter()
+            .filter_map(|r| Some((r.cscale_bias?, value(&r.result))));
+        CscaleRange::of_values(metric, base, points)
+    });
+    for r in &mut recipes {
+        r.kept = match (metric, value(&r.result), base) {
+            (CscaleMetric::ValAccuracy, Some(v), Some(b)) if b > 0.0 => Some(v / b),
+            (CscaleMetric::ValPerplexity, Some(v), Some(b)) if v > 0.0 => Some(b / v),
+            _ => None,
+        };
+    }
+    EvalOutcome::Table { recipes, cscale }
+}
+
+/// The evaluation itself, on `device` of the backend `B`: the checkpoint loaded once, then
+/// evaluated under each recipe's FP8 policy.
 fn eval_on<B: Fp8Kernels + crate::host::HostTensors>(
     args: &EvalArgs,
     job: &JobConfig,
     data: &JobData,
+    recipes: &[(String, Fp8Policy)],
     device: B::Device,
-) -> Result<EvalResult, Error> {
+) -> Result<Vec<RecipeResult>, Error> {
+    let (_, first) = recipes.first().expect("at least one recipe");
     let options = ModelOptions {
         dropout: 0.0,
-        fp8: job.precision.clone(),
+        fp8: first.clone(),
     };
-    let model = load_checkpoint::<EvalBackend<B>>(&args.checkpoint, &options, &device)?;
-    let _frozen = inference_histories(&args.checkpoint, &model)?;
+    let mut model = load_checkpoint::<EvalBackend<B>>(&args.checkpoint, &options, &device)?;
+    let mut results = Vec::new();
+    for (label, policy) in recipes {
+        model.set_fp8(policy.clone()).map_err(|e| Error::Argument {
+            flag: "--precisions",
+            message: e.to_string(),
+        })?;
+        // Delayed scaling evaluates with the checkpoint's histories, frozen.
+        let _frozen = inference_histories(&args.checkpoint, &model)?;
+        let result = eval_model(args, job, data, &model, policy.mode, &device)?;
+        log::info!("eval {label}: {}", result.summary().replace('\n', "; "));
+        results.push(RecipeResult {
+            recipe: label.clone(),
+            family: policy.family,
+            cscale_bias: (policy.mode == Precision::Fp8Cscale).then_some(policy.cscale_bias),
+            result,
+            kept: None,
+        });
+    }
+    Ok(results)
+}
+
+/// Loss and perplexity (language-model data) or accuracy (classification data) of `model`.
+fn eval_model<B: Fp8Kernels + crate::host::HostTensors>(
+    args: &EvalArgs,
+    job: &JobConfig,
+    data: &JobData,
+    model: &crate::model::Gpt2<EvalBackend<B>>,
+    precision: Precision,
+    device: &B::Device,
+) -> Result<EvalResult, Error> {
+    let (model, device) = (model, device.clone());
     let limit = if args.max_batches == 0 {
         usize::MAX
     } else {
@@ -189,7 +384,7 @@ fn eval_on<B: Fp8Kernels + crate::host::HostTensors>(
         SplitName::Train
     };
     let mut result = EvalResult {
-        precision: job.precision.mode,
+        precision,
         loss: None,
         perplexity: None,
         tokens: 0,
@@ -202,7 +397,7 @@ fn eval_on<B: Fp8Kernels + crate::host::HostTensors>(
             .scoring_batches(args.batch_size, job.data.seq_len)
             .take(limit)
         {
-            let scores = row_scores(&model, &batch.batch, &device);
+            let scores = row_scores(model, &batch.batch, &device);
             correct += batch.num_correct(&scores);
             result.examples += batch.gold.len();
         }
@@ -220,7 +415,7 @@ fn eval_on<B: Fp8Kernels + crate::host::HostTensors>(
             ),
         }
         .expect("the split exists");
-        let pass = mean_loss(&model, loader.eval_pass().take(limit), &device);
+        let pass = mean_loss(model, loader.eval_pass().take(limit), &device);
         let loss = pass.map_or(0.0, |p| p.loss);
         result.loss = Some(loss);
         result.perplexity = Some(loss.exp());

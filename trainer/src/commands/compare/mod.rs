@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use fp8_backend::Precision;
-
 use crate::error::Error;
 use crate::train::plot::draw_compare;
 use crate::train::run_dir::{read_metrics, MetricsRow};
@@ -40,9 +38,10 @@ pub struct CompareArgs {
     /// Config overrides: key.sub=value.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Comma-separated precisions, e.g. fp32,fp8-amax (the first is the baseline).
+    /// Comma-separated precisions, e.g. fp32,fp8-amax (the first is the baseline); an FP8
+    /// precision may name its format family: fp8-amax-ocp, fp8-delayed-graphcore.
     #[arg(long, value_delimiter = ',', default_value = "fp32,fp8-amax")]
-    pub precisions: Vec<Precision>,
+    pub precisions: Vec<plan::RecipeSpec>,
     /// Comma-separated FP8-CSCALE biases, e.g. -4,0,4: each adds the recipe fp8-cscale-b{BIAS}
     /// (`precision.cscale_bias`).
     #[arg(

@@ -4,28 +4,69 @@
 
 use std::path::Path;
 
-use fp8_backend::Precision;
+use fp8_backend::{Fp8Family, Precision};
 
 use crate::error::Error;
 use crate::job::{load_job_config, JobConfig};
 
-/// One way of training: a precision, and for a CSCALE sweep point its bias.
+/// A `--precisions` entry: a precision, optionally with an FP8 format family (`fp8-amax-ocp`,
+/// `fp8-delayed-graphcore`); without one the config's `precision.family` applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecipeSpec {
+    pub precision: Precision,
+    pub family: Option<Fp8Family>,
+}
+
+impl std::str::FromStr for RecipeSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let families = [
+            ("-ocp", Fp8Family::Ocp),
+            ("-graphcore", Fp8Family::Graphcore),
+        ];
+        let (base, family) = families
+            .iter()
+            .find_map(|(suffix, f)| s.strip_suffix(suffix).map(|b| (b, Some(*f))))
+            .unwrap_or((s, None));
+        let precision: Precision = base
+            .parse()
+            .map_err(|e| format!("{e} (optionally with a family suffix: `-ocp`, `-graphcore`)"))?;
+        if family.is_some() && precision == Precision::Fp32 {
+            return Err(format!("`{s}`: fp32 has no FP8 format family"));
+        }
+        Ok(Self { precision, family })
+    }
+}
+
+/// One way of training: a precision, its format family when the recipe names one, and for a
+/// CSCALE sweep point its bias.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recipe {
     pub precision: Precision,
+    /// `precision.family` when the recipe names one (`None`: the config's own).
+    pub family: Option<Fp8Family>,
     /// `precision.cscale_bias` of a `--cscale-biases` point (`None`: the config's own).
     pub cscale_bias: Option<i32>,
 }
 
 impl Recipe {
-    /// The recipe's name in run directories and reports: the precision (`fp8-amax`), or
-    /// `fp8-cscale-b{bias}` for a CSCALE sweep point.
+    /// The recipe's name in run directories and reports: the precision (`fp8-amax`), with its
+    /// family when named (`fp8-amax-ocp`), or `fp8-cscale-b{bias}` for a CSCALE sweep point.
     pub fn label(&self) -> String {
-        match self.cscale_bias {
-            Some(bias) => format!("{}-b{bias}", self.precision),
-            None => self.precision.to_string(),
+        let mut label = self.precision.to_string();
+        if let Some(family) = self.family {
+            label += &format!("-{}", family_name(family));
         }
+        if let Some(bias) = self.cscale_bias {
+            label += &format!("-b{bias}");
+        }
+        label
     }
+}
+
+/// The family as the config spells it.
+fn family_name(family: Fp8Family) -> String {
+    json(&family).trim_matches('"').to_string()
 }
 
 /// One job of the sweep.
@@ -57,18 +98,20 @@ impl Plan {
     pub fn new(
         config: &Path,
         overrides: &[String],
-        precisions: &[Precision],
+        precisions: &[RecipeSpec],
         biases: &[i32],
         seeds: &[u64],
     ) -> Result<Self, Error> {
         let base = load_job_config(config, overrides)?;
         let recipes: Vec<Recipe> = (precisions.iter())
-            .map(|&precision| Recipe {
-                precision,
+            .map(|spec| Recipe {
+                precision: spec.precision,
+                family: spec.family,
                 cscale_bias: None,
             })
             .chain(biases.iter().map(|&bias| Recipe {
                 precision: Precision::Fp8Cscale,
+                family: None,
                 cscale_bias: Some(bias),
             }))
             .collect();
@@ -133,6 +176,9 @@ fn run_overrides(name: &str, recipe: &Recipe, seed: Option<u64>) -> Vec<String> 
         format!("name={}", json(&run_name)),
         format!("precision.mode={}", json(&recipe.precision)),
     ];
+    if let Some(family) = recipe.family {
+        sets.push(format!("precision.family={}", json(&family)));
+    }
     if let Some(bias) = recipe.cscale_bias {
         sets.push(format!("precision.cscale_bias={bias}"));
     }
@@ -171,12 +217,28 @@ mod tests {
     fn run_names_and_overrides() {
         let amax = Recipe {
             precision: Precision::Fp8Amax,
+            family: None,
             cscale_bias: None,
         };
         let cscale = Recipe {
             precision: Precision::Fp8Cscale,
+            family: None,
             cscale_bias: Some(-4),
         };
+        let ocp = Recipe {
+            precision: Precision::Fp8Delayed,
+            family: Some(Fp8Family::Ocp),
+            cscale_bias: None,
+        };
+        assert_eq!(ocp.label(), "fp8-delayed-ocp");
+        assert_eq!(
+            run_overrides("q", &ocp, None),
+            [
+                "name=\"q-fp8-delayed-ocp\"",
+                "precision.mode=\"fp8-delayed\"",
+                "precision.family=\"ocp\""
+            ]
+        );
         assert_eq!(cscale.label(), "fp8-cscale-b-4");
         assert_eq!(
             run_overrides("123", &amax, None),
@@ -195,5 +257,26 @@ mod tests {
         );
         let err = refuse_repeats("--seeds", ["1", "2", "1"].map(String::from).into_iter());
         assert!(err.unwrap_err().to_string().contains("`1` is listed twice"));
+    }
+
+    #[test]
+    fn recipe_specs_parse_with_and_without_a_family() {
+        let spec = |s: &str| s.parse::<RecipeSpec>();
+        assert_eq!(
+            spec("fp8-amax-ocp"),
+            Ok(RecipeSpec {
+                precision: Precision::Fp8Amax,
+                family: Some(Fp8Family::Ocp)
+            })
+        );
+        assert_eq!(
+            spec("fp8-cscale-graphcore").unwrap().family,
+            Some(Fp8Family::Graphcore)
+        );
+        assert_eq!(spec("fp32").unwrap().family, None);
+        assert!(spec("fp32-ocp")
+            .unwrap_err()
+            .contains("no FP8 format family"));
+        assert!(spec("fp8-amx").unwrap_err().contains("-ocp"));
     }
 }

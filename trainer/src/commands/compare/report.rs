@@ -258,11 +258,19 @@ impl CscaleRange {
         } else {
             (CscaleMetric::ValPerplexity, &perplexity)
         };
-        let base = value(baseline);
+        let points = points.iter().map(|&(bias, report)| (bias, value(report)));
+        Self::of_values(metric, value(baseline), points)
+    }
+
+    /// The criterion on each bias's value of `metric` against the baseline's `base`.
+    pub fn of_values(
+        metric: CscaleMetric,
+        base: Option<f64>,
+        points: impl IntoIterator<Item = (i32, Option<f64>)>,
+    ) -> Self {
         let mut points: Vec<CscalePoint> = points
-            .iter()
-            .map(|&(bias, report)| {
-                let value = value(report);
+            .into_iter()
+            .map(|(bias, value)| {
                 let kept = match (metric, value, base) {
                     (CscaleMetric::ValAccuracy, Some(v), Some(b)) if b > 0.0 => Some(v / b),
                     (CscaleMetric::ValPerplexity, Some(v), Some(b)) if v > 0.0 => Some(b / v),
@@ -371,6 +379,7 @@ mod tests {
     fn recipe(precision: Precision, cscale_bias: Option<i32>) -> Recipe {
         Recipe {
             precision,
+            family: None,
             cscale_bias,
         }
     }
