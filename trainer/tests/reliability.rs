@@ -224,12 +224,14 @@ fn a_second_job_in_a_running_jobs_directory_is_refused_and_a_stale_lock_is_not()
 
 // ---- 3. no output follows a symbolic link planted in the run directory ----------------------
 
-const OUTPUTS: [&str; 5] = [
+const OUTPUTS: [&str; 7] = [
     "metrics.csv",
     "fp8_stats.csv",
     "log.txt",
     "loss.png",
     "loss.svg",
+    "fp8_stats.png",
+    "fp8_stats.svg",
 ];
 
 #[test]

@@ -392,6 +392,47 @@ fn fp8_stats(run: &Path) -> Vec<Vec<String>> {
 }
 
 /// With a layer filter, two micro-batches per step and evaluations every other step,
+/// The telemetry figure (`fp8_stats.png` / `.svg`) is drawn from the run's own `fp8_stats.csv`:
+/// every FP8 layer named, each role's bias range as the CSV has it; a run without statistics
+/// has no figure.
+#[test]
+fn fp8_stats_figure_shows_the_csv_it_is_drawn_from() {
+    let dir = scratch("fp8-figure");
+    let mut config = tiny_job(&dir, "figure");
+    config["steps"] = json!(6);
+    config["precision"] = json!({"mode": "fp8-amax", "stats_every": 2});
+    let path = write_config(&dir, "figure.json", &config);
+    assert_ok(&train(&path, &[], &[]));
+    let run = dir.join("runs/figure");
+    let svg = std::fs::read_to_string(run.join("fp8_stats.svg")).unwrap();
+    assert!(run.join("fp8_stats.png").is_file());
+    let rows = fp8_stats(&run);
+    for role in ["weight", "activation", "gradient"] {
+        let biases: Vec<i64> = (rows.iter())
+            .filter(|r| r[2] == role)
+            .map(|r| r[4].parse().unwrap())
+            .collect();
+        let (lo, hi) = (biases.iter().min().unwrap(), biases.iter().max().unwrap());
+        let caption = format!("{role}s: bias {lo} (dark blue) .. {hi} (yellow)");
+        assert!(svg.contains(&caption), "{caption} not in the figure");
+    }
+    for layer in [
+        "h.0.attn.c_attn",
+        "h.0.attn.c_proj",
+        "h.1.mlp.c_fc",
+        "h.1.mlp.c_proj",
+    ] {
+        assert!(svg.contains(&format!("\n{layer}\n")), "{layer} is labelled");
+    }
+
+    let mut config = tiny_job(&dir, "no-figure");
+    config["steps"] = json!(2);
+    config["precision"] = json!({"mode": "fp8-amax", "stats_every": 0});
+    let path = write_config(&dir, "no-figure.json", &config);
+    assert_ok(&train(&path, &[], &[]));
+    assert!(!dir.join("runs/no-figure/fp8_stats.svg").exists());
+}
+
 /// fp8_stats.csv holds for every step exactly one set of rows: the filtered layers' activation
 /// and weight in forward order, then their gradients in backward order, under HF names, from the
 /// first micro-batch (docs/design.md "Run directory", "Training loop"); evaluation passes add

@@ -813,7 +813,8 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             })
             .collect();
         let title = format!("{} ({})", self.job.name, self.job.precision.mode);
-        plot::draw_loss(&self.dir.root, &title, &curves)
+        plot::draw_loss(&self.dir.root, &title, &curves)?;
+        plot::draw_fp8_stats(&self.dir.root, &title, &self.dir.stats)
     }
 
     /// Wall time of the whole run so far, earlier processes included.

@@ -11,7 +11,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
-use super::run_dir::MetricsRow;
+use super::run_dir::{Fp8StatsRow, MetricsRow};
 use crate::error::Error;
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
@@ -46,7 +46,7 @@ const SIZE: (u32, u32) = (1000, 600);
 /// atomically (`datasets::atomic`), like every file of a run: a crash never leaves half a plot,
 /// and a symbolic link planted at either name is replaced, not followed.
 pub fn draw_loss(dir: &Path, title: &str, curves: &[Curve<'_>]) -> Result<(), Error> {
-    render(dir, SIZE, &LossFigure { title, curves })
+    render(dir, "loss", SIZE, &LossFigure { title, curves })
 }
 
 /// A figure drawn on any plotters backend (the PNG's bitmap, the SVG).
@@ -59,9 +59,9 @@ trait Figure {
         DB::ErrorType: 'static;
 }
 
-/// Draws `figure` of `size` into `dir/loss.png` and `dir/loss.svg`, each in memory, then
+/// Draws `figure` of `size` into `dir/{stem}.png` and `dir/{stem}.svg`, each in memory, then
 /// written atomically.
-fn render(dir: &Path, size: (u32, u32), figure: &impl Figure) -> Result<(), Error> {
+fn render(dir: &Path, stem: &str, size: (u32, u32), figure: &impl Figure) -> Result<(), Error> {
     REGISTER.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
@@ -75,14 +75,14 @@ fn render(dir: &Path, size: (u32, u32), figure: &impl Figure) -> Result<(), Erro
         (figure.draw(&root).and_then(|_| root.present())).map_err(|e| failed(&e))?;
     }
     let png = encode_png(&rgb, size).map_err(|e| failed(&e))?;
-    let path = dir.join("loss.png");
+    let path = dir.join(format!("{stem}.png"));
     datasets::atomic::write_atomic(&path, &png).map_err(Error::io(&path))?;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         (figure.draw(&root).and_then(|_| root.present())).map_err(|e| failed(&e))?;
     }
-    let path = dir.join("loss.svg");
+    let path = dir.join(format!("{stem}.svg"));
     datasets::atomic::write_atomic(&path, svg.as_bytes()).map_err(Error::io(&path))
 }
 
@@ -240,7 +240,7 @@ pub fn draw_compare(
         recipes,
         log_y,
     };
-    render(dir, COMPARE_SIZE, &figure)
+    render(dir, "loss", COMPARE_SIZE, &figure)
 }
 
 struct CompareFigure<'a> {
@@ -358,6 +358,246 @@ impl CompareFigure<'_> {
                 ))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
             chart.draw_series(means().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        legend(&mut chart)
+    }
+}
+
+/// Size of the FP8 telemetry figure: a heatmap per role above, the loss fractions below.
+const FP8_SIZE: (u32, u32) = (1200, 1150);
+/// Height of each role's heatmap.
+const HEATMAP_HEIGHT: u32 = 260;
+/// The roles in the order the figure shows them.
+const ROLES: [&str; 3] = ["weight", "activation", "gradient"];
+
+/// `dir/fp8_stats.png` and `dir/fp8_stats.svg` from a run's `fp8_stats.csv` rows, like the
+/// paper's figures: for each role, the scale bias of every FP8 layer (rows, forward order)
+/// at every statistics step (columns), as a colour; below, each role's worst layer's underflow
+/// (non-zero values cast to zero) and saturation (values clipped to the format's max)
+/// fractions over training. Nothing is drawn without rows.
+pub fn draw_fp8_stats(dir: &Path, title: &str, rows: &[Fp8StatsRow]) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut layers: Vec<&str> = Vec::new();
+    for r in rows {
+        if !layers.contains(&r.layer.as_str()) {
+            layers.push(&r.layer);
+        }
+    }
+    let mut steps: Vec<u64> = rows.iter().map(|r| r.step).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let figure = Fp8Figure {
+        title,
+        rows,
+        layers,
+        steps,
+    };
+    render(dir, "fp8_stats", FP8_SIZE, &figure)
+}
+
+struct Fp8Figure<'a> {
+    title: &'a str,
+    rows: &'a [Fp8StatsRow],
+    layers: Vec<&'a str>,
+    steps: Vec<u64>,
+}
+
+/// A bias as a colour of a dark-blue-to-yellow ramp over the figure's range (viridis' ends and
+/// middle, interpolated).
+fn bias_color(bias: i32, (lo, hi): (i32, i32)) -> RGBColor {
+    const STOPS: [(f64, [f64; 3]); 3] = [
+        (0.0, [68.0, 1.0, 84.0]),
+        (0.5, [33.0, 145.0, 140.0]),
+        (1.0, [253.0, 231.0, 37.0]),
+    ];
+    let t = if hi > lo {
+        f64::from(bias - lo) / f64::from(hi - lo)
+    } else {
+        0.5
+    };
+    let (a, b) = if t <= 0.5 {
+        (STOPS[0], STOPS[1])
+    } else {
+        (STOPS[1], STOPS[2])
+    };
+    let u = (t - a.0) / (b.0 - a.0);
+    let c = |i: usize| (a.1[i] + u * (b.1[i] - a.1[i])).round() as u8;
+    RGBColor(c(0), c(1), c(2))
+}
+
+impl Figure for Fp8Figure<'_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            &format!("{}: FP8 scale bias per layer and step", self.title),
+            ("sans-serif", 22),
+        )?;
+        let (maps, fractions) = root.split_vertically(3 * HEATMAP_HEIGHT);
+        let panels = maps.split_evenly((3, 1));
+        for (panel, role) in panels.iter().zip(ROLES) {
+            self.heatmap(panel, role)?;
+        }
+        self.fractions(&fractions)
+    }
+}
+
+impl Fp8Figure<'_> {
+    /// Half the spacing of the statistics steps: each step's column spans it either side.
+    fn half_width(&self) -> f64 {
+        let gaps = self.steps.windows(2).map(|w| (w[1] - w[0]) as f64);
+        gaps.fold(f64::INFINITY, f64::min).min(1e9) / 2.0
+    }
+
+    fn x_range(&self) -> Range<f64> {
+        let half = if self.steps.len() > 1 {
+            self.half_width()
+        } else {
+            0.5
+        };
+        let first = *self.steps.first().expect("rows") as f64;
+        let last = *self.steps.last().expect("rows") as f64;
+        (first - half)..(last + half)
+    }
+
+    /// One role's biases: layers up, steps across.
+    fn heatmap<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        role: &str,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB::ErrorType: 'static,
+    {
+        let n = self.layers.len();
+        let names = |v: &f64| {
+            let i = v.round();
+            let ok = (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n;
+            ok.then(|| self.layers[i as usize].to_string())
+                .unwrap_or_default()
+        };
+        let biases = || self.rows.iter().filter(|r| r.role == role).map(|r| r.bias);
+        let range = (biases().min().unwrap_or(0), biases().max().unwrap_or(0));
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!(
+                    "{role}s: bias {} (dark blue) .. {} (yellow)",
+                    range.0, range.1
+                ),
+                ("sans-serif", 17),
+            )
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(130)
+            .build_cartesian_2d(self.x_range(), -0.5f64..(n as f64 - 0.5))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .y_labels(n.min(16))
+            .y_label_formatter(&names)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .label_style(("sans-serif", 12))
+            .draw()?;
+        let half = if self.steps.len() > 1 {
+            self.half_width()
+        } else {
+            0.5
+        };
+        let cells = (self.rows.iter().filter(|r| r.role == role)).filter_map(|r| {
+            let y = self.layers.iter().position(|l| *l == r.layer)? as f64;
+            let x = r.step as f64;
+            let color = bias_color(r.bias, range);
+            Some(Rectangle::new(
+                [(x - half, y - 0.5), (x + half, y + 0.5)],
+                color.filled(),
+            ))
+        });
+        chart.draw_series(cells)?;
+        Ok(())
+    }
+
+    /// Each role's largest underflow and saturation fraction over its layers, at each step.
+    fn fractions<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB::ErrorType: 'static,
+    {
+        let worst = |role: &str, f: fn(&Fp8StatsRow) -> f32| -> Vec<(f64, f64)> {
+            (self.steps.iter())
+                .map(|&step| {
+                    let values = self
+                        .rows
+                        .iter()
+                        .filter(|r| r.step == step && r.role == role);
+                    let max = values.map(|r| f64::from(f(r))).fold(0.0, f64::max);
+                    (step as f64, max)
+                })
+                .collect()
+        };
+        let series: Vec<(String, Vec<(f64, f64)>, usize, bool)> = (ROLES.iter().enumerate())
+            .flat_map(|(i, role)| {
+                [
+                    (
+                        format!("{role} underflow (worst layer)"),
+                        worst(role, |r| r.underflow_frac),
+                        i,
+                        true,
+                    ),
+                    (
+                        format!("{role} saturation (worst layer)"),
+                        worst(role, |r| r.saturated_frac),
+                        i,
+                        false,
+                    ),
+                ]
+            })
+            .collect();
+        let (_, hi) = bounds(series.iter().flat_map(|s| s.1.iter().map(|p| p.1)));
+        let top = (hi * 1.08).max(1e-4);
+        let y = 0.0..top;
+        // Enough decimals to tell the ticks apart (about ten of them up to `top`).
+        let digits = (-(100.0 * top / 10.0).log10()).ceil().clamp(0.0, 6.0) as usize;
+        let percent = move |v: &f64| format!("{:.digits$}%", 100.0 * v);
+        let mut chart = ChartBuilder::on(area)
+            .caption("underflow and saturation", ("sans-serif", 17))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(130)
+            .build_cartesian_2d(self.x_range(), y)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("fraction of the tensor")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&percent)
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        for (label, points, color, underflow) in &series {
+            let color = COLORS[(color * 3) % COLORS.len()];
+            let style = if *underflow {
+                ShapeStyle::from(&color).stroke_width(2)
+            } else {
+                ShapeStyle::from(&color.mix(0.6)).stroke_width(1)
+            };
+            let marker = *underflow;
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), style))?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            if !marker {
+                chart.draw_series(
+                    (points.iter()).map(|&p| TriangleMarker::new(p, 4, color.mix(0.6).filled())),
+                )?;
+            }
         }
         legend(&mut chart)
     }

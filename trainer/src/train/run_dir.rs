@@ -147,6 +147,8 @@ pub struct RunDir {
     _log: TeeGuard,
     /// Every metrics row of the run (for the plot).
     pub rows: Vec<MetricsRow>,
+    /// Every `fp8_stats.csv` row of the run (for the telemetry plot).
+    pub stats: Vec<Fp8StatsRow>,
 }
 
 impl RunDir {
@@ -195,6 +197,7 @@ impl RunDir {
             fp8_stats,
             _log: tee_to(log),
             rows,
+            stats,
         })
     }
 
@@ -237,7 +240,9 @@ impl RunDir {
             &mut self.fp8_stats,
             &cells,
             &self.root.join("fp8_stats.csv"),
-        )
+        )?;
+        self.stats.extend_from_slice(rows);
+        Ok(())
     }
 }
 
