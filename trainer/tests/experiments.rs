@@ -1,0 +1,114 @@
+//! `scripts/experiments --quick`: the whole experiment pipeline of EXPERIMENTS.md on tiny
+//! models (pretraining, both fine-tuning tasks over every recipe and two seeds, the FP8
+//! inference tables, the gathered outputs), so that it cannot rot; and a second invocation
+//! reuses every finished run instead of training it again.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::jobs::*;
+use serde_json::Value;
+
+fn experiments(out: &Path) -> Output {
+    Command::new("bash")
+        .arg(common::repo_root().join("scripts/experiments"))
+        .args(["--quick", "--out"])
+        .arg(out)
+        .env("FP8_TRAINER", common::trainer_bin())
+        .output()
+        .unwrap()
+}
+
+fn json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn labels(report: &Value) -> Vec<String> {
+    report["recipes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["recipe"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn quick_pipeline_runs_end_to_end_and_reuses_finished_runs() {
+    let out = scratch("experiments-quick");
+    let run = experiments(&out);
+    assert_ok(&run);
+    let results = std::fs::read_to_string(out.join("results.md")).unwrap();
+    for stage in [
+        "pretrain-s",
+        "milton-s",
+        "author-s",
+        "inference-pretrain-s",
+        "inference-milton-s",
+        "inference-author-s",
+    ] {
+        assert!(results.contains(&format!("{stage}: ")), "{stage} timed");
+    }
+
+    let milton = json(&out.join("milton-s-report.json"));
+    assert_eq!(
+        labels(&milton),
+        [
+            "fp32",
+            "fp8-amax",
+            "fp8-amax-ocp",
+            "fp8-delayed",
+            "fp8-cscale-b0",
+            "fp8-cscale-b8"
+        ]
+    );
+    assert_eq!(milton["seeds"].as_array().unwrap().len(), 2);
+    assert_eq!(milton["recipes"][1]["final_val_loss"]["n"], 2, "two seeds");
+    assert_eq!(milton["cscale"]["metric"], "val_perplexity");
+    let author = json(&out.join("author-s-report.json"));
+    assert_eq!(labels(&author), ["fp32", "fp8-amax"]);
+    assert!(author["recipes"][0]["final_val_accuracy"]["mean"].is_f64());
+    for (table, metric) in [
+        ("pretrain-s", "val_perplexity"),
+        ("milton-s", "val_perplexity"),
+        ("author-s", "val_accuracy"),
+    ] {
+        let t = json(&out.join(format!("inference-{table}.json")));
+        assert_eq!(t["cscale"]["metric"], metric, "{table}");
+        assert_eq!(t["recipes"].as_array().unwrap().len(), 3 + 5, "{table}");
+        let md = std::fs::read_to_string(out.join(format!("inference-{table}.md"))).unwrap();
+        assert!(md.contains("| fp8-cscale-b-16 |"), "{table}: {md}");
+    }
+    for png in [
+        "milton-s-loss.png",
+        "milton-s-fp8-amax-telemetry.png",
+        "author-s-loss.png",
+    ] {
+        assert!(out.join(png).is_file(), "{png}");
+    }
+
+    // Again: nothing trains, every run is reused.
+    let metrics_before = std::fs::read(out.join("runs/milton-s-fp8-amax-s1/metrics.csv")).unwrap();
+    let again = experiments(&out);
+    assert_ok(&again);
+    let log = stderr(&again);
+    assert!(
+        log.contains("pretrain-s: finished earlier, reused"),
+        "{log}"
+    );
+    for (task, runs) in [("milton", 12), ("author", 4)] {
+        let path = out.join(format!("{task}-s-compare.txt"));
+        let log = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            log.matches("reused, not trained again").count(),
+            runs,
+            "{log}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(out.join("runs/milton-s-fp8-amax-s1/metrics.csv")).unwrap(),
+        metrics_before
+    );
+}
