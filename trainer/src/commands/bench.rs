@@ -108,8 +108,12 @@ pub fn run_bench(args: &BenchArgs) -> Result<String, Error> {
         }
     }
     if let Some(python) = &args.peer {
-        let mut peer_devices: Vec<&str> = devices.iter().filter_map(|d| peer_device(*d)).collect();
-        peer_devices.dedup();
+        let mut peer_devices: Vec<&str> = Vec::new();
+        for device in devices.iter().filter_map(|d| peer_device(*d)) {
+            if !peer_devices.contains(&device) {
+                peer_devices.push(device);
+            }
+        }
         for peer_device in peer_devices {
             results.extend(run_peer(python, args, &job, peer_device)?);
         }

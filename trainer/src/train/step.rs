@@ -9,7 +9,6 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 use datasets::DataLoader;
 use fp8_backend::Fp8Report;
-
 use rayon::prelude::*;
 
 use super::optimizer::{AdamW, Coefficients};
