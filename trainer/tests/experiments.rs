@@ -112,3 +112,51 @@ fn quick_pipeline_runs_end_to_end_and_reuses_finished_runs() {
         metrics_before
     );
 }
+
+/// The fine-tuning configs run on a Hugging Face checkpoint folder as they do on ours (what a
+/// user does with a downloaded gpt2): here the tiny HF-layout fixture, which ships no tokenizer
+/// files (so `tokenizer` is given) and has 64 positions (so a shorter `data.seq_len`).
+#[test]
+fn finetune_configs_run_on_a_hugging_face_checkpoint_folder() {
+    let dir = scratch("experiments-hf");
+    let root = common::repo_root();
+    for task in ["milton", "author"] {
+        let config = root.join(format!("configs/experiments/finetune-{task}.json"));
+        // Data paths in the configs are relative to the repository root, where users run them.
+        let out = Command::new(common::trainer_bin())
+            .current_dir(&root)
+            .args([
+                "compare",
+                "--config",
+                config.to_str().unwrap(),
+                "--set",
+                &format!(
+                    "model.checkpoint={}",
+                    root.join("tests/fixtures/gpt2-tiny").display()
+                ),
+                "--set",
+                "tokenizer=bytes",
+                "--set",
+                "data.seq_len=64",
+                "--set",
+                &format!("out_dir={}", dir.join("runs").display()),
+                "--set",
+                &format!("name={task}-hf"),
+                "--set",
+                "steps=2",
+                "--set",
+                "eval_every=2",
+                "--set",
+                "eval_batches=2",
+                "--set",
+                "checkpoint_every=2",
+                "--precisions",
+                "fp32,fp8-amax-ocp",
+            ])
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let report = json(&dir.join(format!("runs/{task}-hf-compare/report.json")));
+        assert_eq!(labels(&report), ["fp32", "fp8-amax-ocp"], "{task}");
+    }
+}
