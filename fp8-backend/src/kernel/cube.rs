@@ -56,11 +56,11 @@ const ABS_MASK: u32 = 0x7fff_ffff;
 const INF_BITS: u32 = 0x7f80_0000;
 const MANTISSA_MASK: u32 = 0x007f_ffff;
 
-/// Largest |x| as bits, per unit over a grid-strided range, then per workgroup, then one atomic
-/// max into `stats[AMAX]`.
-#[cube(launch)]
-fn amax_kernel(input: &Array<f32>, stats: &mut Array<Atomic<u32>>) {
-    let n = input.len();
+/// Largest |x| as bits over the first `n` elements, per unit over a grid-strided range, then per
+/// workgroup, then one atomic max into `stats[AMAX]`.
+#[cube(launch_unchecked)]
+fn amax_kernel(input: &Array<f32>, stats: &mut Array<Atomic<u32>>, n: u32) {
+    let n = n as usize;
     let stride = CUBE_COUNT * CUBE_DIM as usize;
     let mut m = 0u32;
     let mut i = ABSOLUTE_POS;
@@ -166,12 +166,13 @@ fn add_over_workgroup(
 
 /// The bias (from `stats[AMAX]` or the constant), then the cast of every element; with `count`,
 /// the statistics too. With `use_amax` and a non-finite amax the input is copied unchanged.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn cast_kernel(
     input: &Array<f32>,
     output: &mut Array<f32>,
     stats: &mut Array<Atomic<u32>>,
+    n: u32,
     max_bits: u32,
     emin_biased: u32,
     mantissa_bits: u32,
@@ -195,7 +196,7 @@ fn cast_kernel(
     let scale = f32::reinterpret(u32::cast_from(127i32 + bias) << 23);
     let unscale = f32::reinterpret(u32::cast_from(127i32 - bias) << 23);
 
-    let n = input.len();
+    let n = n as usize;
     let stride = CUBE_COUNT * CUBE_DIM as usize;
     let mut nonzero = 0u32;
     let mut underflow = 0u32;
@@ -260,11 +261,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Fp8Kernels
 pub const CUDA_KERNEL_ENV: &str = "FP8_CUDA_KERNEL";
 
 /// Whether this runtime quantizes with the device kernel. Every runtime does except CUDA: on an
-/// H200 (scripts/device-check, 2026-12-04) the kernel gave statistics bit-identical to the CPU's
-/// when they were read back after each cast, but without that read a cuda FP8-AMAX step was far
-/// from the independent reference (logits 1.5 relative) and `eval` of one checkpoint differed from
-/// the CPU's by 4%. Until device-check passes with it, CUDA takes the host path (one round trip
-/// per cast: exact, slower); `FP8_CUDA_KERNEL=device` selects the device kernel, for that check.
+/// H200 (scripts/device-check, 2026-12-04) the kernel's statistics of the initial weights were
+/// bit-identical to the CPU's, but a cuda FP8-AMAX dump-step was far from the independent
+/// reference (logits 1.5 relative) and `eval` of one checkpoint differed from the CPU's by 4%.
+/// (Those statistics cannot tell a cast that wrote only part of its output: amax and bias come
+/// from the amax kernel, and the weights have no underflow or saturation to count.) The kernels
+/// then took their length from the arrays' metadata and ran bounds-checked; they now take it as
+/// a scalar and run unchecked, which changes nothing on wgpu (tests pass) and is untested on
+/// CUDA. Until device-check passes with it, CUDA takes the host path (one round trip per cast:
+/// exact, slower); `FP8_CUDA_KERNEL=device` selects the device kernel, for that check.
 fn device_kernel_on<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
     static CUDA_DEVICE_KERNEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     R::name(client) != "cuda"
@@ -297,30 +302,40 @@ fn quantize_on_device<R: CubeRuntime>(
         BiasRule::Amax { margin } => (true, margin, 0),
         BiasRule::Constant(bias) => (false, 0, bias),
     };
+    let n = numel as u32;
+    // SAFETY (both launches): the kernels index `input` and `output` (numel elements each) only
+    // below `n` = numel, and `stats` (STATS_LEN words) only at its constant slots; they take no
+    // length from the arrays' metadata, and are launched without bounds checks.
     if use_amax || want_stats {
-        amax_kernel::launch::<R>(
+        unsafe {
+            amax_kernel::launch_unchecked::<R>(
+                &client,
+                cube_count.clone(),
+                cube_dim,
+                input.clone().into_array_arg(),
+                stats_arg(),
+                n,
+            );
+        }
+    }
+    unsafe {
+        cast_kernel::launch_unchecked::<R>(
             &client,
-            cube_count.clone(),
+            cube_count,
             cube_dim,
-            input.clone().into_array_arg(),
+            input.into_array_arg(),
+            output.clone().into_array_arg(),
             stats_arg(),
+            n,
+            format.max().to_bits(),
+            (format.min_normal_exp() + 127) as u32,
+            format.mantissa_bits(),
+            margin,
+            constant_bias,
+            use_amax,
+            want_stats,
         );
     }
-    cast_kernel::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        input.into_array_arg(),
-        output.clone().into_array_arg(),
-        stats_arg(),
-        format.max().to_bits(),
-        (format.min_normal_exp() + 127) as u32,
-        format.mantissa_bits(),
-        margin,
-        constant_bias,
-        use_amax,
-        want_stats,
-    );
     if !want_stats {
         return Ok((output, None));
     }
