@@ -317,11 +317,7 @@ fn table_outcome(mut recipes: Vec<RecipeResult>, sweep: bool) -> EvalOutcome {
         CscaleRange::of_values(metric, base, points)
     });
     for r in &mut recipes {
-        r.kept = match (metric, value(&r.result), base) {
-            (CscaleMetric::ValAccuracy, Some(v), Some(b)) if b > 0.0 => Some(v / b),
-            (CscaleMetric::ValPerplexity, Some(v), Some(b)) if v > 0.0 => Some(b / v),
-            _ => None,
-        };
+        r.kept = metric.kept(value(&r.result), base);
     }
     EvalOutcome::Table { recipes, cscale }
 }

@@ -200,8 +200,20 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
 where
     DB::ErrorType: 'static,
 {
+    legend_at(chart, SeriesLabelPosition::UpperRight)
+}
+
+/// The legend of the labelled series at `position`.
+fn legend_at<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
@@ -326,7 +338,12 @@ impl CompareFigure<'_> {
             .recipes
             .first()
             .map_or("baseline", |b| b.label.as_str());
-        let gaps = || self.recipes.iter().flat_map(|r| r.gap.iter());
+        let on_scale = on_gap_scale(self.recipes);
+        let gaps = || {
+            (self.recipes.iter().zip(&on_scale))
+                .filter(|(_, &shown)| shown)
+                .flat_map(|(r, _)| r.gap.iter())
+        };
         let values = gaps().flat_map(|&(_, mean, lo, hi)| [mean, lo, hi]);
         let (lo, hi) = bounds(values.chain([0.0]));
         let pad = ((hi - lo) * 0.05).max(1e-4);
@@ -339,6 +356,19 @@ impl CompareFigure<'_> {
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], zero));
         for (i, recipe) in self.recipes.iter().enumerate().skip(1) {
             let color = COLORS[i % COLORS.len()];
+            if !on_scale[i] {
+                // Listed with its largest gap, not drawn: it would flatten every other curve.
+                let extent = gap_extent(recipe);
+                let style = ShapeStyle::from(&color.mix(0.5)).stroke_width(2);
+                chart
+                    .draw_series(LineSeries::new(std::iter::empty::<(f64, f64)>(), style))?
+                    .label(format!(
+                        "{}: off this scale (gap up to {extent:.3})",
+                        recipe.label
+                    ))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+                continue;
+            }
             if recipe.gap.iter().any(|&(_, _, lo, hi)| hi > lo) {
                 let upper = recipe.gap.iter().map(|&(x, _, _, hi)| (x, hi));
                 let lower = recipe.gap.iter().rev().map(|&(x, _, lo, _)| (x, lo));
@@ -359,8 +389,41 @@ impl CompareFigure<'_> {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
             chart.draw_series(means().map(|p| Circle::new(p, 3, color.filled())))?;
         }
-        legend(&mut chart)
+        // Gaps usually grow over training from the left: the upper left is where they are not.
+        legend_at(&mut chart, SeriesLabelPosition::UpperLeft)
     }
+}
+
+/// A recipe whose largest gap exceeds this many times the median recipe's is left off the gap
+/// panel's scale (listed in its legend with its largest gap): a failing FP8-CSCALE bias is
+/// 100x further from the baseline than the recipes a user compares, and would flatten them.
+const GAP_OFF_SCALE: f64 = 10.0;
+
+/// Gaps up to this many nats are always drawn to scale (a median of exactly 0, recipes equal to
+/// the baseline, must not push a 0.001-nat recipe off the panel).
+const GAP_SCALE_FLOOR: f64 = 1e-3;
+
+/// The largest |gap| of a recipe over its evaluations and seeds (0 without a finite one).
+fn gap_extent(recipe: &RecipeCurves) -> f64 {
+    (recipe.gap.iter())
+        .flat_map(|&(_, mean, lo, hi)| [mean, lo, hi])
+        .filter(|v| v.is_finite())
+        .fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// Which recipes the gap panel draws to scale (the baseline, first, always): those whose
+/// largest gap is at most [`GAP_OFF_SCALE`] times the median of the others' largest gaps.
+fn on_gap_scale(recipes: &[RecipeCurves]) -> Vec<bool> {
+    let extents: Vec<f64> = recipes.iter().skip(1).map(gap_extent).collect();
+    let mut sorted = extents.clone();
+    sorted.sort_by(f64::total_cmp);
+    let Some(&median) = sorted.get(sorted.len().saturating_sub(1) / 2) else {
+        return vec![true; recipes.len()];
+    };
+    let limit = (median * GAP_OFF_SCALE).max(GAP_SCALE_FLOOR);
+    std::iter::once(true)
+        .chain(extents.into_iter().map(|e| e <= limit))
+        .collect()
 }
 
 /// Size of the FP8 telemetry figure: a heatmap per role above, the loss fractions below.
@@ -600,5 +663,61 @@ impl Fp8Figure<'_> {
             }
         }
         legend(&mut chart)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(label: &str, gaps: &[(f64, f64, f64)]) -> RecipeCurves {
+        RecipeCurves {
+            label: label.into(),
+            train: vec![],
+            val: vec![],
+            gap: (gaps.iter().enumerate())
+                .map(|(i, &(mean, lo, hi))| (i as f64, mean, lo, hi))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn gaps_far_beyond_the_median_recipe_leave_the_scale() {
+        let recipes = [
+            recipe("fp32", &[]),
+            recipe("fp8-amax", &[(0.005, 0.004, 0.006)]),
+            recipe("fp8-delayed", &[(0.006, 0.005, 0.0061)]),
+            recipe("cscale-b0", &[(0.01, 0.01, 0.013)]),
+            recipe("cscale-b8", &[(0.5, 0.4, 0.55)]),
+            recipe("cscale-b12", &[(f64::NAN, -2.6, 1.0)]),
+        ];
+        assert_eq!(gap_extent(&recipes[3]), 0.013);
+        assert_eq!(
+            gap_extent(&recipes[5]),
+            2.6,
+            "non-finite ignored, negative counted"
+        );
+        assert_eq!(
+            on_gap_scale(&recipes),
+            [true, true, true, true, false, false]
+        );
+    }
+
+    #[test]
+    fn close_recipes_all_stay_on_scale() {
+        let recipes = [
+            recipe("fp32", &[]),
+            recipe("a", &[(0.0, 0.0, 0.0)]),
+            recipe("b", &[(0.0, 0.0, 0.0)]),
+            recipe("c", &[(0.0009, 0.0, 0.0009)]),
+        ];
+        assert_eq!(on_gap_scale(&recipes), [true; 4], "the floor keeps c");
+        assert_eq!(on_gap_scale(&recipes[..1]), [true], "the baseline alone");
+        let two = [recipe("fp32", &[]), recipe("a", &[(0.2, 0.1, 0.3)])];
+        assert_eq!(
+            on_gap_scale(&two),
+            [true, true],
+            "one recipe is its own median"
+        );
     }
 }

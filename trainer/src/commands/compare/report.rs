@@ -130,6 +130,18 @@ pub enum CscaleMetric {
     ValPerplexity,
 }
 
+impl CscaleMetric {
+    /// The fraction of the baseline's `base` that `value` keeps: accuracy / the baseline's, or
+    /// the baseline's perplexity / this one's (higher is better either way).
+    pub fn kept(self, value: Option<f64>, base: Option<f64>) -> Option<f64> {
+        match (self, value, base) {
+            (Self::ValAccuracy, Some(v), Some(b)) if b > 0.0 => Some(v / b),
+            (Self::ValPerplexity, Some(v), Some(b)) if v > 0.0 => Some(b / v),
+            _ => None,
+        }
+    }
+}
+
 /// The FP8-CSCALE sweep against the paper's criterion.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CscaleRange {
@@ -271,11 +283,7 @@ impl CscaleRange {
         let mut points: Vec<CscalePoint> = points
             .into_iter()
             .map(|(bias, value)| {
-                let kept = match (metric, value, base) {
-                    (CscaleMetric::ValAccuracy, Some(v), Some(b)) if b > 0.0 => Some(v / b),
-                    (CscaleMetric::ValPerplexity, Some(v), Some(b)) if v > 0.0 => Some(b / v),
-                    _ => None,
-                };
+                let kept = metric.kept(value, base);
                 CscalePoint {
                     bias,
                     value,
