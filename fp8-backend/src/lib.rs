@@ -25,6 +25,7 @@ pub mod delayed;
 pub mod format;
 pub mod kernel;
 pub mod linear;
+pub mod peers;
 pub mod policy;
 pub mod profile;
 pub mod report;
@@ -38,6 +39,7 @@ pub use decorator::Fp8;
 pub use delayed::{AmaxCompute, AmaxHistory};
 pub use format::{Fp8Family, Fp8Format, Role, UnknownName};
 pub use kernel::{Fp8Kernels, QuantOutput, QuantStats};
+pub use peers::{AmaxReducer, CollectiveAmax};
 pub use policy::{Fp8Policy, LayerFilter, LayerFilterError, Precision};
 pub use report::{Fp8Report, LayerId, LinearOp, NonFiniteEvent, QuantRecord};
 pub use scaling::{

@@ -28,11 +28,11 @@ use burn::tensor::ops::FloatTensor;
 
 use crate::context::{self, current_policy, next_call};
 use crate::format::Role;
-use crate::kernel::{self, Fp8Kernels, QuantOutput};
+use crate::kernel::{self, Fp8Kernels, QuantOutput, QuantStats};
 use crate::policy::{Fp8Policy, Precision};
 use crate::profile::gemm;
 use crate::report::{CastOutcome, LayerId, LinearOp};
-use crate::scaling::BiasRule;
+use crate::scaling::{amax_bias, BiasRule};
 use crate::site::Fp8Site;
 
 /// Casts one operand to the format of its role under `policy`. A tensor whose amax is not
@@ -63,17 +63,52 @@ fn site_cast<B: Fp8Kernels>(
     tensor: FloatTensor<B>,
     role: Role,
 ) -> (FloatTensor<B>, CastOutcome, Option<i32>) {
+    let context = site.context();
+    // Data-parallel peers agree on the activations' and gradients' amax (`crate::peers`).
+    let reducer = (role != Role::Weight)
+        .then(|| context.amax_reducer())
+        .flatten();
     if policy.mode != Precision::Fp8Delayed {
+        if let (Some(reducer), Some((format, BiasRule::Amax { margin }))) =
+            (&reducer, policy.rule_for(role))
+        {
+            let amax = reducer.reduce_max(B::fp8_amax(tensor.clone()));
+            let Ok(bias) = amax_bias(amax, format, margin) else {
+                return (tensor, CastOutcome::NonFinite(amax), None);
+            };
+            let rule = BiasRule::Constant(bias);
+            let (tensor, outcome) = match B::fp8_quantize(tensor, format, rule, policy.stats) {
+                QuantOutput::Quantized(tensor, stats) => (tensor, CastOutcome::Quantized(stats)),
+                QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax)),
+            };
+            return (tensor, outcome, None);
+        }
         let (tensor, outcome) = cast::<B>(policy, tensor, role);
         return (tensor, outcome, None);
     }
     let (format, own_rule) = policy.rule_for(role).expect("fp8-delayed casts");
-    let context = site.context();
     let rule = context
         .delayed_bias(site.layer(), role, policy, format)
         .map_or(own_rule, BiasRule::Constant);
-    // The amax is always wanted: it joins the history.
-    match B::fp8_quantize(tensor.clone(), format, rule, true) {
+    // The amax is always wanted: it joins the history (the peers' largest, with peers; every
+    // peer reduces on every path, so the collective calls stay in step).
+    let quantized = B::fp8_quantize(tensor.clone(), format, rule, true);
+    let quantized = match (&reducer, quantized) {
+        (None, q) => q,
+        (Some(reducer), QuantOutput::Quantized(out, Some(stats))) => {
+            let amax = reducer.reduce_max(stats.amax);
+            QuantOutput::Quantized(out, Some(QuantStats { amax, ..stats }))
+        }
+        (Some(reducer), QuantOutput::Quantized(out, None)) => {
+            reducer.reduce_max(f32::NAN);
+            QuantOutput::Quantized(out, None)
+        }
+        (Some(reducer), QuantOutput::NonFinite(out, amax)) => {
+            reducer.reduce_max(amax);
+            QuantOutput::NonFinite(out, amax)
+        }
+    };
+    match quantized {
         QuantOutput::Quantized(out, Some(stats)) if stats.amax.is_finite() => {
             context.record_amax(site.layer(), role, stats.amax, policy.amax_history_len);
             let outcome = CastOutcome::Quantized(policy.stats.then_some(stats));

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::delayed::{AmaxHistories, AmaxHistory};
 use crate::format::{Fp8Format, Role};
+use crate::peers::AmaxReducer;
 use crate::policy::Fp8Policy;
 use crate::report::{Fp8Report, LayerId};
 
@@ -27,6 +28,8 @@ struct Shared {
     policy: Arc<Fp8Policy>,
     report: Fp8Report,
     histories: AmaxHistories,
+    /// Data-parallel peers' amax reduction (`crate::peers`); `None` on a single device.
+    reducer: Option<Arc<dyn AmaxReducer>>,
 }
 
 impl Fp8Context {
@@ -62,6 +65,18 @@ impl Fp8Context {
     }
 
     /// Hands over everything recorded since the last call.
+    /// Makes every activation and gradient cast of this context's layers take its scale from
+    /// the largest amax over the data-parallel peers (`crate::peers`), until set to `None`.
+    /// Evaluation on one peer alone must run without it (the others would not join the casts).
+    pub fn set_amax_reducer(&self, reducer: Option<Arc<dyn AmaxReducer>>) {
+        self.lock().reducer = reducer;
+    }
+
+    /// The peers' amax reduction, when one is set.
+    pub fn amax_reducer(&self) -> Option<Arc<dyn AmaxReducer>> {
+        self.lock().reducer.clone()
+    }
+
     pub fn take_report(&self) -> Fp8Report {
         std::mem::take(&mut self.lock().report)
     }

@@ -17,7 +17,7 @@ pub use cube::CUDA_KERNEL_ENV;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{DType, FloatDType, Shape, TensorData, TensorMetadata};
+use burn::tensor::{DType, ElementConversion, FloatDType, Shape, TensorData, TensorMetadata};
 
 use crate::format::Fp8Format;
 use crate::scaling::BiasRule;
@@ -62,6 +62,18 @@ pub trait Fp8Kernels: Backend {
         want_stats: bool,
     ) -> QuantOutput<Self> {
         quantize_on_host::<Self>(tensor, format, rule, want_stats)
+    }
+
+    /// The tensor's absolute maximum, read to the host (a NaN or infinity shows as such): what a
+    /// data-parallel peer passes to its [`crate::AmaxReducer`] before casting with the peers'
+    /// bias. The default is `B`'s own `max_abs`.
+    fn fp8_amax(tensor: FloatTensor<Self>) -> f32 {
+        let max = Self::float_max_abs(tensor);
+        burn::tensor::Tensor::<Self, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(
+            Self::float_reshape(max, Shape::new([1])),
+        ))
+        .into_scalar()
+        .elem::<f32>()
     }
 
     /// A tensor of zeros: what `Fp8<B>`'s `float_zeros` returns, and the buffer its embedding
