@@ -28,7 +28,7 @@ use burn::tensor::ops::FloatTensor;
 
 use crate::context::{self, current_policy, next_call};
 use crate::format::Role;
-use crate::kernel::{self, Fp8Kernels, QuantOutput, QuantStats};
+use crate::kernel::{self, Fp8Kernels, QuantOutput};
 use crate::policy::{Fp8Policy, Precision};
 use crate::profile::gemm;
 use crate::report::{CastOutcome, LayerId, LinearOp};
@@ -56,7 +56,8 @@ fn cast<B: Fp8Kernels>(
 
 /// Casts an operand of the named layer `site`; returns the bias applied, when the cast was made.
 /// Under `fp8-delayed` the bias comes from the tensor's amax history (or from its own amax when
-/// the history has none) and the cast's amax joins the history (`crate::delayed`).
+/// the history has none) and the cast's amax joins the history (`crate::delayed`). With
+/// data-parallel peers (`crate::peers`), "its own amax" is the peers' largest, in both modes.
 fn site_cast<B: Fp8Kernels>(
     policy: &Fp8Policy,
     site: &Fp8Site,
@@ -64,53 +65,40 @@ fn site_cast<B: Fp8Kernels>(
     role: Role,
 ) -> (FloatTensor<B>, CastOutcome, Option<i32>) {
     let context = site.context();
-    // Data-parallel peers agree on the activations' and gradients' amax (`crate::peers`).
-    let reducer = (role != Role::Weight)
-        .then(|| context.amax_reducer())
-        .flatten();
-    if policy.mode != Precision::Fp8Delayed {
-        if let (Some(reducer), Some((format, BiasRule::Amax { margin }))) =
-            (&reducer, policy.rule_for(role))
-        {
-            let amax = reducer.reduce_max(B::fp8_amax(tensor.clone()));
-            let Ok(bias) = amax_bias(amax, format, margin) else {
-                return (tensor, CastOutcome::NonFinite(amax), None);
-            };
-            let rule = BiasRule::Constant(bias);
-            let (tensor, outcome) = match B::fp8_quantize(tensor, format, rule, policy.stats) {
-                QuantOutput::Quantized(tensor, stats) => (tensor, CastOutcome::Quantized(stats)),
-                QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax)),
-            };
-            return (tensor, outcome, None);
+    // One reduction per activation or gradient cast whose bias comes from an amax, on every
+    // path, so the peers' collective calls stay in step.
+    let peers_amax = match (context.amax_reducer(), policy.rule_for(role)) {
+        (Some(reducer), Some((_, BiasRule::Amax { .. }))) if role != Role::Weight => {
+            Some(reducer.reduce_max(B::fp8_amax(tensor.clone())))
         }
-        let (tensor, outcome) = cast::<B>(policy, tensor, role);
+        _ => None,
+    };
+    let Some((format, own_rule)) = policy.rule_for(role) else {
+        return (tensor, CastOutcome::Skipped, None);
+    };
+    let own_rule = match (peers_amax, own_rule) {
+        (Some(amax), BiasRule::Amax { margin }) => match amax_bias(amax, format, margin) {
+            Ok(bias) => BiasRule::Constant(bias),
+            // Non-finite on some peer: every peer passes the tensor on unchanged.
+            Err(_) => return (tensor, CastOutcome::NonFinite(amax), None),
+        },
+        (_, rule) => rule,
+    };
+    if policy.mode != Precision::Fp8Delayed {
+        let (tensor, outcome) = match B::fp8_quantize(tensor, format, own_rule, policy.stats) {
+            QuantOutput::Quantized(tensor, stats) => (tensor, CastOutcome::Quantized(stats)),
+            QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax)),
+        };
         return (tensor, outcome, None);
     }
-    let (format, own_rule) = policy.rule_for(role).expect("fp8-delayed casts");
     let rule = context
         .delayed_bias(site.layer(), role, policy, format)
         .map_or(own_rule, BiasRule::Constant);
-    // The amax is always wanted: it joins the history (the peers' largest, with peers; every
-    // peer reduces on every path, so the collective calls stay in step).
-    let quantized = B::fp8_quantize(tensor.clone(), format, rule, true);
-    let quantized = match (&reducer, quantized) {
-        (None, q) => q,
-        (Some(reducer), QuantOutput::Quantized(out, Some(stats))) => {
-            let amax = reducer.reduce_max(stats.amax);
-            QuantOutput::Quantized(out, Some(QuantStats { amax, ..stats }))
-        }
-        (Some(reducer), QuantOutput::Quantized(out, None)) => {
-            reducer.reduce_max(f32::NAN);
-            QuantOutput::Quantized(out, None)
-        }
-        (Some(reducer), QuantOutput::NonFinite(out, amax)) => {
-            reducer.reduce_max(amax);
-            QuantOutput::NonFinite(out, amax)
-        }
-    };
-    match quantized {
+    // The amax is always wanted: it joins the history (the peers' largest, with peers).
+    match B::fp8_quantize(tensor.clone(), format, rule, true) {
         QuantOutput::Quantized(out, Some(stats)) if stats.amax.is_finite() => {
-            context.record_amax(site.layer(), role, stats.amax, policy.amax_history_len);
+            let amax = peers_amax.unwrap_or(stats.amax);
+            context.record_amax(site.layer(), role, amax, policy.amax_history_len);
             let outcome = CastOutcome::Quantized(policy.stats.then_some(stats));
             (out, outcome, Some(stats.bias))
         }

@@ -13,7 +13,9 @@ use burn::backend::flex::{Flex, FlexDevice};
 use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData};
 use burn_collective::{register, reset_collective, CollectiveConfig, PeerId};
-use fp8_backend::{fp8_linear, CollectiveAmax, Fp8, Fp8Context, Fp8Policy};
+use fp8_backend::{
+    fp8_linear, CollectiveAmax, Fp8, Fp8Context, Fp8Policy, LayerId, Precision, Role,
+};
 
 mod common;
 use common::values;
@@ -57,22 +59,40 @@ fn batch() -> Batch {
     }
 }
 
-/// (y rows, dx rows, dw) of `rows` of the batch through one named FP8-AMAX layer.
-fn run(b: &Batch, rows: std::ops::Range<usize>, context: &Fp8Context) -> [Vec<f32>; 3] {
+/// The layer's name (its amax histories are kept under it).
+const LAYER: &str = "h.0.mlp.c_fc";
+
+/// (y rows, dx rows, dw) of `rows` of the batch through one named FP8 layer, after `steps`
+/// steps (step k's input is the batch's scaled by 4^-k: under fp8-delayed the second step's
+/// bias comes from the first step's amax in the history, not from its own).
+fn run(b: &Batch, rows: std::ops::Range<usize>, context: &Fp8Context, steps: u32) -> [Vec<f32>; 3] {
+    let mut out = None;
+    for step in 0..steps {
+        out = Some(step_of(b, rows.clone(), context, 0.25f32.powi(step as i32)));
+    }
+    out.expect("at least one step")
+}
+
+fn step_of(
+    b: &Batch,
+    rows: std::ops::Range<usize>,
+    context: &Fp8Context,
+    scale: f32,
+) -> [Vec<f32>; 3] {
     let device = FlexDevice;
     let n = rows.len();
-    let x = Tensor::<Ad, 2>::from_data(
-        TensorData::new(b.x[rows.start * IN..rows.end * IN].to_vec(), [n, IN]),
-        &device,
-    )
-    .require_grad();
+    let x: Vec<f32> = b.x[rows.start * IN..rows.end * IN]
+        .iter()
+        .map(|v| v * scale)
+        .collect();
+    let x = Tensor::<Ad, 2>::from_data(TensorData::new(x, [n, IN]), &device).require_grad();
     let w =
         Tensor::<Ad, 2>::from_data(TensorData::new(b.w.clone(), [IN, OUT]), &device).require_grad();
     let g = Tensor::<Ad, 2>::from_data(
         TensorData::new(b.g[rows.start * OUT..rows.end * OUT].to_vec(), [n, OUT]),
         &device,
     );
-    let y = fp8_linear(x.clone(), w.clone(), None, &context.site("h.0.mlp.c_fc"));
+    let y = fp8_linear(x.clone(), w.clone(), None, &context.site(LAYER));
     let grads = (y.clone() * g).sum().backward();
     [
         host(y.inner()),
@@ -85,24 +105,38 @@ fn host(t: Tensor<Fp8<Flex>, 2>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
 }
 
-/// Each peer's results, run on threads registered with burn-collective; `reduce`: whether the
+/// What a run leaves: the last step's (y, dx, dw) and the layer's activation and gradient amax
+/// histories.
+type Outcome = ([Vec<f32>; 3], [Vec<f32>; 2]);
+
+fn outcome(b: &Batch, rows: std::ops::Range<usize>, context: &Fp8Context, steps: u32) -> Outcome {
+    let results = run(b, rows, context, steps);
+    let layer = LayerId::Named(LAYER.into());
+    let history = |role| context.amax_history(&layer, role);
+    (
+        results,
+        [history(Role::Activation), history(Role::Gradient)],
+    )
+}
+
+/// Each peer's outcome, run on threads registered with burn-collective; `reduce`: whether the
 /// peers' contexts carry the amax reducer.
-fn peers(b: &Arc<Batch>, reduce: bool) -> Vec<[Vec<f32>; 3]> {
+fn peers(b: &Arc<Batch>, policy: &Fp8Policy, steps: u32, reduce: bool) -> Vec<Outcome> {
     reset_collective::<Flex>();
     let handles: Vec<_> = (0..PEERS)
         .map(|peer| {
-            let b = b.clone();
+            let (b, policy) = (b.clone(), policy.clone());
             thread::spawn(move || {
                 let config = CollectiveConfig::default().with_num_devices(PEERS);
                 register::<Flex>(PeerId::from(peer as u32), FlexDevice, config)
                     .expect("registered");
-                let context = Fp8Context::new(Fp8Policy::amax());
+                let context = Fp8Context::new(policy);
                 if reduce {
                     let reducer = CollectiveAmax::<Flex>::new(peer, PEERS, FlexDevice);
                     context.set_amax_reducer(Some(Arc::new(reducer)));
                 }
                 let share = ROWS / PEERS;
-                run(&b, peer * share..(peer + 1) * share, &context)
+                outcome(&b, peer * share..(peer + 1) * share, &context, steps)
             })
         })
         .collect();
@@ -123,46 +157,62 @@ fn max_abs(a: &[f32]) -> f32 {
     a.iter().fold(0.0f32, |m, v| m.max(v.abs()))
 }
 
+/// Compares the peers' results with one device's: each peer's y and dx rows against the same
+/// rows of the whole batch's, relative to those rows' own largest value (the first peer's rows
+/// are the small ones), and dw summed over the peers against the whole batch's.
+fn relative_differences(one: &[Vec<f32>; 3], parts: &[Outcome]) -> [f32; 5] {
+    let [y, dx, dw] = one;
+    let half = ROWS / PEERS;
+    let dw_peers: Vec<f32> = (0..dw.len())
+        .map(|i| parts.iter().map(|p| p.0[2][i]).sum())
+        .collect();
+    let rel = |full: &[f32], peer: usize, k: usize, of: usize| {
+        let rows = &full[peer * half * k..(peer + 1) * half * k];
+        max_diff(rows, &parts[peer].0[of]) / max_abs(rows)
+    };
+    [
+        rel(y, 0, OUT, 0),
+        rel(dx, 0, IN, 1),
+        rel(y, 1, OUT, 0),
+        rel(dx, 1, IN, 1),
+        max_diff(dw, &dw_peers) / max_abs(dw),
+    ]
+}
+
+fn delayed() -> Fp8Policy {
+    Fp8Policy::with_mode(Precision::Fp8Delayed)
+}
+
+// One test, the runs in sequence: burn-collective's local server is one per process.
 #[test]
 fn two_peers_with_reduced_amaxes_cast_what_one_device_casts() {
     let b = Arc::new(batch());
-    let [y, dx, dw] = run(&b, 0..ROWS, &Fp8Context::new(Fp8Policy::amax()));
-    let half = ROWS / PEERS;
-
-    // One test, two runs in sequence: burn-collective's local server is one per process.
-    for reduce in [true, false] {
-        let parts = peers(&b, reduce);
-        // Each peer's y and dx rows against the same rows of the whole batch's, relative to
-        // those rows' own largest value (the first peer's rows are the small ones); dw summed
-        // over the peers against the whole batch's.
-        let dw_peers: Vec<f32> = (0..dw.len())
-            .map(|i| parts.iter().map(|p| p[2][i]).sum())
-            .collect();
-        let rel = |full: &[f32], peer: usize, k: usize, of: usize| {
-            let rows = &full[peer * half * k..(peer + 1) * half * k];
-            max_diff(rows, &parts[peer][of]) / max_abs(rows)
-        };
-        let rel = [
-            rel(&y, 0, OUT, 0),
-            rel(&dx, 0, IN, 1),
-            rel(&y, 1, OUT, 0),
-            rel(&dx, 1, IN, 1),
-            max_diff(&dw, &dw_peers) / max_abs(&dw),
-        ];
-        if reduce {
-            assert!(
-                rel.iter().all(|r| *r <= F32_TOLERANCE),
-                "y and dx of each peer's rows, dw: relative differences {rel:?}"
-            );
-        } else {
-            // The first peer's small rows get a finer scale of their own and stay normal: large
-            // differences in its outputs and input gradients (what the reduction removes, above); the second
-            // peer's rows set the whole batch's scale and agree either way.
-            assert!(rel[0] > 1e-2 && rel[1] > 1e-2, "{rel:?}");
-            assert!(
-                rel[2] <= F32_TOLERANCE && rel[3] <= F32_TOLERANCE,
-                "{rel:?}"
-            );
+    for (policy, steps) in [(Fp8Policy::amax(), 1), (delayed(), 2)] {
+        let (one, histories) = outcome(&b, 0..ROWS, &Fp8Context::new(policy.clone()), steps);
+        let parts = peers(&b, &policy, steps, true);
+        let rel = relative_differences(&one, &parts);
+        assert!(
+            rel.iter().all(|r| *r <= F32_TOLERANCE),
+            "{:?}: y and dx of each peer's rows, dw: relative differences {rel:?}",
+            policy.mode
+        );
+        for (peer, part) in parts.iter().enumerate() {
+            // The whole batch's amaxes, on every peer.
+            assert_eq!(part.1, histories, "{:?}, peer {peer}", policy.mode);
+        }
+        if policy.mode == Precision::Fp8Delayed {
+            assert_eq!(histories[0].len(), 2, "a history of two steps");
         }
     }
+
+    // Without the reduction, the first peer's small rows get a finer scale of their own and stay
+    // normal: large differences in its outputs and input gradients; the second peer's rows set
+    // the whole batch's scale and agree either way.
+    let (one, _) = outcome(&b, 0..ROWS, &Fp8Context::new(Fp8Policy::amax()), 1);
+    let rel = relative_differences(&one, &peers(&b, &Fp8Policy::amax(), 1, false));
+    assert!(rel[0] > 1e-2 && rel[1] > 1e-2, "{rel:?}");
+    assert!(
+        rel[2] <= F32_TOLERANCE && rel[3] <= F32_TOLERANCE,
+        "{rel:?}"
+    );
 }
