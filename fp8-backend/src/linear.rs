@@ -64,25 +64,25 @@ fn site_cast<B: Fp8Kernels>(
     tensor: FloatTensor<B>,
     role: Role,
 ) -> (FloatTensor<B>, CastOutcome, Option<i32>) {
-    let context = site.context();
-    // One reduction per activation or gradient cast whose bias comes from an amax, on every
-    // path, so the peers' collective calls stay in step.
-    let peers_amax = match (context.amax_reducer(), policy.rule_for(role)) {
-        (Some(reducer), Some((_, BiasRule::Amax { .. }))) if role != Role::Weight => {
-            Some(reducer.reduce_max(B::fp8_amax(tensor.clone())))
-        }
-        _ => None,
-    };
     let Some((format, own_rule)) = policy.rule_for(role) else {
         return (tensor, CastOutcome::Skipped, None);
     };
-    let own_rule = match (peers_amax, own_rule) {
-        (Some(amax), BiasRule::Amax { margin }) => match amax_bias(amax, format, margin) {
-            Ok(bias) => BiasRule::Constant(bias),
-            // Non-finite on some peer: every peer passes the tensor on unchanged.
-            Err(_) => return (tensor, CastOutcome::NonFinite(amax), None),
-        },
-        (_, rule) => rule,
+    let context = site.context();
+    // With peers, one reduction per activation or gradient cast whose bias comes from an amax,
+    // on every path, so the peers' collective calls stay in step (weights are the same on all).
+    let reducer = (role != Role::Weight)
+        .then(|| context.amax_reducer())
+        .flatten();
+    let (own_rule, peers_amax) = match (reducer, own_rule) {
+        (Some(reducer), BiasRule::Amax { margin }) => {
+            let amax = reducer.reduce_max(B::fp8_amax(tensor.clone()));
+            match amax_bias(amax, format, margin) {
+                Ok(bias) => (BiasRule::Constant(bias), Some(amax)),
+                // Non-finite on some peer: every peer passes the tensor on unchanged.
+                Err(_) => return (tensor, CastOutcome::NonFinite(amax), None),
+            }
+        }
+        (_, rule) => (rule, None),
     };
     if policy.mode != Precision::Fp8Delayed {
         let (tensor, outcome) = match B::fp8_quantize(tensor, format, own_rule, policy.stats) {
