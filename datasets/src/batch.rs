@@ -33,6 +33,35 @@ impl Batch {
         }
     }
 
+    /// Rows `start..end` of the batch (a data-parallel peer's share), every field sliced alike.
+    ///
+    /// # Panics
+    /// If the range is empty or past the batch's rows.
+    pub fn rows(&self, start: usize, end: usize) -> Batch {
+        assert!(
+            start < end && end <= self.batch,
+            "rows {start}..{end} of a batch of {}",
+            self.batch
+        );
+        let span = start * self.seq..end * self.seq;
+        Batch {
+            inputs: self.inputs[span.clone()].to_vec(),
+            targets: self.targets[span.clone()].to_vec(),
+            loss_mask: self.loss_mask.as_ref().map(|m| m[span.clone()].to_vec()),
+            attention_mask: self.attention_mask.as_ref().map(|m| m[span].to_vec()),
+            batch: end - start,
+            seq: self.seq,
+        }
+    }
+
+    /// The weight of the batch's loss: the sum of its loss mask, or every position.
+    pub fn loss_weight(&self) -> f64 {
+        match &self.loss_mask {
+            None => (self.batch * self.seq) as f64,
+            Some(m) => m.iter().map(|&w| f64::from(w)).sum(),
+        }
+    }
+
     /// An all-padding batch to be filled row by row with [`Batch::set_example_row`].
     pub(crate) fn padded(batch: usize, seq: usize, pad: u32) -> Batch {
         Batch {
@@ -91,5 +120,37 @@ impl Batch {
             mask[base + j] = if loss(first + j + 1) { 1.0 } else { 0.0 };
         }
         truncated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_slice_every_field_alike() {
+        let mut batch = Batch::padded(3, 4, 0);
+        batch.set_example_row(0, &[1, 2], &[3]);
+        batch.set_example_row(1, &[4], &[5, 6, 7]);
+        batch.set_example_row(2, &[8, 9], &[10, 11]);
+        let share = batch.rows(1, 3);
+        assert_eq!(share.shape(), [2, 4]);
+        assert_eq!(share.inputs, batch.inputs[4..12]);
+        assert_eq!(share.targets, batch.targets[4..12]);
+        assert_eq!(
+            share.loss_mask.as_deref(),
+            Some(&batch.loss_mask.as_ref().unwrap()[4..12])
+        );
+        assert_eq!(
+            share.attention_mask.as_deref(),
+            Some(&batch.attention_mask.as_ref().unwrap()[4..12])
+        );
+        // The shares' loss weights add up to the batch's.
+        let first = batch.rows(0, 1);
+        assert_eq!(
+            first.loss_weight() + share.loss_weight(),
+            batch.loss_weight()
+        );
+        assert_eq!(share.loss_weight(), 5.0);
     }
 }

@@ -26,6 +26,7 @@ use crate::job::assemble::{build_model, check_device, open_data, TrainBackend};
 use crate::job::{load_job_config, Device, JobConfig};
 use crate::model::names::param_shapes;
 use crate::train::optimizer::{AdamW, AdamWStep};
+use crate::train::parallel::{PeerDevice, Peers};
 use crate::train::step::{apply_adamw, clip_factor, forward_backward};
 
 /// Arguments of `bench`.
@@ -88,6 +89,17 @@ pub struct BenchResult {
     pub gpu_mem_mb: Option<f64>,
     pub loss_first: f32,
     pub loss_last: f32,
+    /// Data-parallel peers of the job (`devices`; 1 without).
+    #[serde(default = "one")]
+    pub peers: usize,
+    /// Median share of a step peer 0 spent in collective calls (the gradients' all-reduce and
+    /// the FP8 amax reductions, waiting for the slowest peer included); data-parallel jobs.
+    #[serde(default)]
+    pub collective_share: Option<f64>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Runs `bench`; returns the table to print.
@@ -183,19 +195,30 @@ fn bench_single(args: &BenchArgs, mut job: JobConfig) -> Result<BenchResult, Err
     on_device!(job.device, bench_on(args, &job))
 }
 
-/// The timed loop on `device` of the inner backend `B`.
-fn bench_on<B: Fp8Kernels + HostTensors>(
+/// The timed loop on `device` of the inner backend `B` (with the job's data-parallel peers,
+/// when it has several `devices`).
+fn bench_on<B: Fp8Kernels + HostTensors + PeerDevice>(
     args: &BenchArgs,
     job: &JobConfig,
     device: B::Device,
-) -> Result<BenchResult, Error> {
+) -> Result<BenchResult, Error>
+where
+    B::Device: Send + Sync,
+{
+    let devices: Vec<B::Device> = match job.devices.as_slice() {
+        [] => vec![device],
+        slots => slots.iter().map(|s| B::device_at(s.index)).collect(),
+    };
+    let device = devices[0].clone();
     let data = open_data(job, &args.config)?;
     let mut model = build_model::<B>(job, &args.config, data.tokenizer.vocab_size(), &device)?;
     let mut optimizer = AdamW::<fp8_backend::Fp8<B>>::new(param_shapes(&model), &device);
+    let global_batch = job.batch_size * devices.len();
     let mut loader = data
         .dataset
-        .train_loader(job.batch_size)
+        .train_loader(global_batch)
         .map_err(data.err())?;
+    let peers = (devices.len() > 1).then(|| Peers::start::<B>(&model, &optimizer, &devices));
     let o = &job.optimizer;
     let hyper = AdamWStep {
         lr: o.lr as f32,
@@ -206,7 +229,7 @@ fn bench_on<B: Fp8Kernels + HostTensors>(
     };
     let on_cpu = matches!(job.device, Device::Cpu | Device::Ndarray);
     let (mut times, mut gemm_shares, mut losses) = (Vec::new(), Vec::new(), Vec::new());
-    let mut optimizer_shares = Vec::new();
+    let (mut optimizer_shares, mut collective_shares) = (Vec::new(), Vec::new());
     for i in 0..args.warmup + args.steps {
         let timed = i >= args.warmup;
         fp8_backend::profile::set_enabled(timed && on_cpu);
@@ -214,9 +237,25 @@ fn bench_on<B: Fp8Kernels + HostTensors>(
         let start = Instant::now();
         // Returns after reading the loss and the gradients' norms: the device has finished
         // the forward and backward passes.
-        let out = forward_backward(&model, &mut loader, job.grad_accum, false, None, &device);
+        let out = match &peers {
+            None => forward_backward(&model, &mut loader, job.grad_accum, false, None, &device),
+            Some(peers) => {
+                peers.take_collective_seconds();
+                peers.forward_backward::<B>(
+                    &model,
+                    &mut loader,
+                    job.grad_accum,
+                    false,
+                    None,
+                    &device,
+                )
+            }
+        };
         let gradients_done = start.elapsed().as_secs_f64();
         let scale = clip_factor(out.global_norm(), job.grad_clip);
+        if let Some(peers) = &peers {
+            peers.send_update(hyper, scale);
+        }
         let coefficients = optimizer.begin_step(hyper, scale);
         model = apply_adamw(model, &mut optimizer, out.grads, &coefficients);
         TrainBackend::<B>::sync(&device).map_err(|e| Error::Io {
@@ -238,14 +277,21 @@ fn bench_on<B: Fp8Kernels + HostTensors>(
             times.push(elapsed);
             gemm_shares.push(gemm.as_secs_f64() / elapsed);
             optimizer_shares.push((elapsed - gradients_done) / elapsed);
+            if let Some(peers) = &peers {
+                collective_shares.push(peers.take_collective_seconds() / elapsed);
+            }
         }
     }
     fp8_backend::profile::set_enabled(false);
-    let tokens_per_step = job.batch_size * job.grad_accum * job.data.seq_len;
+    drop(peers);
+    let tokens_per_step = global_batch * job.grad_accum * job.data.seq_len;
     let median_time = median(&times);
     Ok(BenchResult {
         program: "fp8-trainer".into(),
-        device: job.device.name().into(),
+        device: match devices.len() {
+            1 => job.device.name().into(),
+            n => format!("{} x{n}", job.device.name()),
+        },
         precision: job.precision.mode.to_string(),
         threads: rayon::current_num_threads(),
         params: model.config().num_params(),
@@ -261,6 +307,8 @@ fn bench_on<B: Fp8Kernels + HostTensors>(
             .flatten(),
         loss_first: losses.first().copied().unwrap_or(f32::NAN),
         loss_last: losses.last().copied().unwrap_or(f32::NAN),
+        peers: devices.len(),
+        collective_share: (devices.len() > 1).then(|| median(&collective_shares)),
     })
 }
 
@@ -402,6 +450,8 @@ fn run_peer(
             gpu_mem_mb: r["nvidia_smi_used_mb"].as_f64(),
             loss_first: r["loss_first"].as_f64().unwrap_or(f64::NAN) as f32,
             loss_last: r["loss_last"].as_f64().unwrap_or(f64::NAN) as f32,
+            peers: 1,
+            collective_share: None,
         })
         .collect())
 }
@@ -411,8 +461,8 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
     let mut out = format!(
         "bench {}: {} tokens per step ({} x {} x {}), {} timed steps after {} warmup, {} threads\n",
         job.name,
-        job.batch_size * job.grad_accum * job.data.seq_len,
-        job.batch_size,
+        job.batch_size * job.devices.len().max(1) * job.grad_accum * job.data.seq_len,
+        job.batch_size * job.devices.len().max(1),
         job.grad_accum,
         job.data.seq_len,
         args.steps,
@@ -501,6 +551,18 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
                 p.program,
                 p.device,
                 r.tokens_per_s / p.tokens_per_s,
+            ));
+        }
+    }
+    for r in results {
+        if let Some(share) = r.collective_share {
+            ratios.push(format!(
+                "{} {}: collective calls {:.1}% of the step (peer 0's gradients all-reduce and \
+                 FP8 amax reductions, waiting for the slowest of {} peers included)",
+                r.device,
+                r.precision,
+                100.0 * share,
+                r.peers
             ));
         }
     }

@@ -67,6 +67,7 @@ pub fn load_job_config(path: &Path, overrides: &[String]) -> Result<JobConfig, J
     for arg in overrides {
         apply_override(&mut value, arg)?;
     }
+    devices_set_device(&mut value, path)?;
     let config: JobConfig = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let message = e.inner().to_string();
@@ -74,6 +75,47 @@ pub fn load_job_config(path: &Path, overrides: &[String]) -> Result<JobConfig, J
     })?;
     validate(&config, path)?;
     Ok(config)
+}
+
+/// `devices` names the kind of device, so a config that gives it needs no `device`; one that
+/// gives both must agree.
+fn devices_set_device(value: &mut Value, path: &Path) -> Result<(), JobConfigError> {
+    let Some(Value::Array(devices)) = value.get("devices") else {
+        return Ok(());
+    };
+    let kinds: Vec<&str> = devices
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|d| d.split(':').next().unwrap_or(d))
+        .collect();
+    let Some(first) = kinds.first().map(|k| k.to_string()) else {
+        return Ok(());
+    };
+    if let Some(other) = kinds.iter().find(|k| **k != first) {
+        return Err(JobConfigError::field(
+            path,
+            "devices",
+            format!("mixes `{first}` and `{other}`: the peers of a job are devices of one kind"),
+        ));
+    }
+    if first.parse::<super::Device>().is_err() {
+        // Not a device: the error names `devices[0]` when the entries are parsed.
+        return Ok(());
+    }
+    match value.get("device") {
+        None => {
+            value["device"] = Value::String(first);
+        }
+        Some(Value::String(device)) if *device != first => {
+            return Err(JobConfigError::field(
+                path,
+                "devices",
+                format!("are `{first}` devices but `device` is `{device}`; drop `device` or make them agree"),
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }
 
 /// Turns serde's message into our error; unknown keys get the closest valid one.
@@ -151,6 +193,17 @@ fn validate(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
             "name",
             "must be a plain folder name (no slashes, not empty)",
         );
+    }
+    let mut seen = Vec::new();
+    for slot in &c.devices {
+        let gpu = !matches!(slot.kind, super::Device::Cpu | super::Device::Ndarray);
+        if gpu && seen.contains(slot) {
+            return err(
+                "devices",
+                &format!("lists `{slot}` twice (one peer per GPU)"),
+            );
+        }
+        seen.push(*slot);
     }
     match (&c.model.checkpoint, &c.model.preset) {
         (Some(_), Some(_)) => return err("model", "give `checkpoint` or `preset`, not both"),
@@ -306,6 +359,38 @@ mod tests {
         assert_eq!(c.batch_size, 8);
         assert_eq!(c.precision, fp8_backend::Fp8Policy::amax());
         assert_eq!(c.precision.gradient_margin, 3);
+    }
+
+    #[test]
+    fn devices_set_the_device_and_must_agree() {
+        let with = |devices: &str| {
+            parse(&MINIMAL.replace("\"steps\": 3", &format!("\"steps\": 3, {devices}")))
+        };
+        let c = with(r#""devices": ["ndarray", "ndarray"]"#).unwrap();
+        assert_eq!(c.device, super::super::Device::Ndarray);
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[1].to_string(), "ndarray:0");
+        let c = with(r#""devices": ["cpu:0", "cpu"], "device": "cpu""#).unwrap();
+        assert_eq!(c.device, super::super::Device::Cpu);
+        let cases = [
+            (
+                r#""devices": ["cpu", "ndarray"]"#,
+                "mixes `cpu` and `ndarray`",
+            ),
+            (
+                r#""devices": ["cuda:0"], "device": "cpu""#,
+                "`device` is `cpu`",
+            ),
+            (r#""devices": ["cuda:1", "cuda:1"]"#, "lists `cuda:1` twice"),
+            (r#""devices": ["cpu:1"]"#, "the CPU has one device"),
+            (r#""devices": ["cuda:x"]"#, "must be a number"),
+            (r#""devices": ["tpu"]"#, "tpu"),
+        ];
+        for (devices, says) in cases {
+            let err = with(devices).unwrap_err().to_string();
+            assert!(err.contains("field `devices"), "{devices}: {err}");
+            assert!(err.contains(says), "{devices}: {err}");
+        }
     }
 
     #[test]

@@ -89,6 +89,12 @@ pub struct JobConfig {
     /// ndarray backend); `wgpu` / `cuda` need the cargo features of the same name.
     #[serde(default)]
     pub device: Device,
+    /// Data parallelism in this process: one peer per entry (`"cpu"`, `"cuda:0"`, `"wgpu:1"`;
+    /// all of one kind, which sets `device`), each running `batch_size` rows of every batch;
+    /// gradients are averaged over the peers with burn-collective. One entry picks a device
+    /// index for a single-device job. Empty (default): one peer on `device`'s first device.
+    #[serde(default)]
+    pub devices: Vec<DeviceSlot>,
     /// Parent of the run directory.
     #[serde(default = "default_out_dir")]
     pub out_dir: PathBuf,
@@ -264,6 +270,50 @@ impl std::str::FromStr for Device {
                 expected: "cpu, ndarray, wgpu, cuda",
             }),
         }
+    }
+}
+
+/// One device of a kind: `cuda:1` (the CPU kinds have one device, index 0; `cpu` peers share it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeviceSlot {
+    pub kind: Device,
+    pub index: usize,
+}
+
+impl std::fmt::Display for DeviceSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind.name(), self.index)
+    }
+}
+
+impl From<DeviceSlot> for String {
+    fn from(slot: DeviceSlot) -> String {
+        slot.to_string()
+    }
+}
+
+impl TryFrom<String> for DeviceSlot {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let (kind, index) = match text.split_once(':') {
+            Some((kind, index)) => {
+                let index = index.parse::<usize>().map_err(|_| {
+                    format!("`{text}`: the device index after `:` must be a number (`cuda:1`)")
+                })?;
+                (kind, index)
+            }
+            None => (text.as_str(), 0),
+        };
+        let kind: Device = kind.parse().map_err(|e| format!("`{text}`: {e}"))?;
+        if index > 0 && matches!(kind, Device::Cpu | Device::Ndarray) {
+            return Err(format!(
+                "`{text}`: the CPU has one device (`{}` peers share it; write `{}`)",
+                kind.name(),
+                kind.name()
+            ));
+        }
+        Ok(Self { kind, index })
     }
 }
 

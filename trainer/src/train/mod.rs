@@ -11,6 +11,7 @@
 
 pub mod lock;
 pub mod optimizer;
+pub mod parallel;
 pub mod plot;
 pub mod resume;
 pub mod run_dir;
@@ -46,6 +47,7 @@ use crate::model::names::param_shapes;
 use crate::model::Gpt2;
 use lock::RunLock;
 use optimizer::{AdamW, AdamWStep};
+use parallel::{PeerDevice, Peers};
 use resume::{
     is_training_checkpoint, latest_checkpoint, list_checkpoints, load_amax_histories,
     load_training_state, save_best_checkpoint, save_training_checkpoint, TrainerState,
@@ -130,13 +132,20 @@ pub fn run_training(
     outcome
 }
 
-/// The training loop, on `device` of the inner backend `B`.
-fn run_on<B: Fp8Kernels + HostTensors>(
+/// The training loop, on `device` of the inner backend `B` (or the job's `devices`).
+fn run_on<B: Fp8Kernels + HostTensors + PeerDevice>(
     opts: &TrainOptions,
     progress: &mut dyn Progress,
     device: B::Device,
-) -> Result<TrainOutcome, Error> {
-    let mut run = Run::<B>::open(opts, device)?;
+) -> Result<TrainOutcome, Error>
+where
+    B::Device: Send + Sync,
+{
+    let devices: Vec<B::Device> = match opts.job.devices.as_slice() {
+        [] => vec![device],
+        slots => slots.iter().map(|s| B::device_at(s.index)).collect(),
+    };
+    let mut run = Run::<B>::open(opts, devices)?;
     if !run.evaluate_before_training()? {
         return run.interrupt();
     }
@@ -162,6 +171,7 @@ fn run_on<B: Fp8Kernels + HostTensors>(
             }
         }
         let step_time = started.elapsed().as_secs_f64();
+        run.step_seconds += step_time;
         // 6. evaluate and log
         run.record_fp8_stats(&out.report)?;
         let eval = run.evaluate_if_due();
@@ -180,7 +190,12 @@ fn run_on<B: Fp8Kernels + HostTensors>(
 /// Everything a running job holds.
 struct Run<'a, B: Fp8Kernels + HostTensors> {
     job: &'a JobConfig,
+    /// Peer 0's device.
     device: B::Device,
+    /// The other data-parallel peers (`devices` with more than one entry).
+    peers: Option<Peers>,
+    /// Time in training steps in this process (for the collective calls' share).
+    step_seconds: f64,
     /// Always `Some` between phases (taken while AdamW updates the parameters in place).
     model: Option<Gpt2<TrainBackend<B>>>,
     /// Moments on the device of the model (the inner backend of its autodiff backend).
@@ -210,11 +225,17 @@ struct Run<'a, B: Fp8Kernels + HostTensors> {
     _lock: RunLock,
 }
 
-impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
+impl<'a, B: Fp8Kernels + HostTensors + PeerDevice> Run<'a, B>
+where
+    B::Device: Send + Sync,
+{
     /// Assembles the job (or restores it from its newest checkpoint with `--resume`), opens the
-    /// run directory and says what will run.
-    fn open(opts: &'a TrainOptions, device: B::Device) -> Result<Self, Error> {
+    /// run directory and says what will run; starts the other data-parallel peers last.
+    fn open(opts: &'a TrainOptions, devices: Vec<B::Device>) -> Result<Self, Error> {
         let job = &opts.job;
+        let device = devices[0].clone();
+        // Every batch holds `batch_size` rows per peer.
+        let global_batch = job.batch_size * devices.len();
         let root = job.out_dir.join(&job.name);
         // A job running in this folder refuses this one before anything else is looked at.
         // (A folder that does not exist yet is locked once the job is built, below.)
@@ -247,8 +268,8 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             None => build_model::<B>(job, &opts.config_path, vocab, &device)?,
         };
         let mut optimizer = AdamW::new(param_shapes(&model), &device);
-        let mut loader = (data.dataset.train_loader(job.batch_size)).map_err(data.err())?;
-        let validation = (data.dataset.validation_loader(job.batch_size)).map_err(data.err())?;
+        let mut loader = (data.dataset.train_loader(global_batch)).map_err(data.err())?;
+        let validation = (data.dataset.validation_loader(global_batch)).map_err(data.err())?;
         let total_steps = total_steps(job, &loader);
         if validation.is_none() {
             let needs = [
@@ -338,9 +359,21 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
         let dir = RunDir::open(&root, resume_from.as_ref().map(|(step, _)| *step))?;
         let changed = run_dir::write_resolved_config(&root, job)?;
 
-        let tokens_per_step = job.batch_size * job.grad_accum * job.data.seq_len;
+        let tokens_per_step = global_batch * job.grad_accum * job.data.seq_len;
+        let on = match job.devices.len() {
+            0 | 1 => job.device.name().to_string(),
+            n => format!(
+                "{n} data-parallel peers ({}) of {} rows each",
+                job.devices
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                job.batch_size
+            ),
+        };
         log::info!(
-            "{} {}: {} parameters, precision {} on {}, {} FP8 layers, {total_steps} steps of \
+            "{} {}: {} parameters, precision {} on {on}, {} FP8 layers, {total_steps} steps of \
              {tokens_per_step} tokens ({} x {} x {}), {} training tokens",
             if resume_from.is_some() {
                 "resuming"
@@ -350,9 +383,8 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             job.name,
             model.config().num_params(),
             job.precision.mode,
-            job.device.name(),
             model.fp8_layers().len(),
-            job.batch_size,
+            global_batch,
             job.grad_accum,
             job.data.seq_len,
             data.dataset.num_train_tokens(),
@@ -378,9 +410,13 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
                 log::info!("config changed since the last run: {change}");
             }
         }
+        // Nothing can fail from here on: the peers wait for each other at registration.
+        let peers = (devices.len() > 1).then(|| Peers::start::<B>(&model, &optimizer, &devices));
         Ok(Self {
             job,
             device,
+            peers,
+            step_seconds: 0.0,
             model: Some(model),
             optimizer,
             loader,
@@ -458,16 +494,29 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             .model
             .as_ref()
             .expect("the model is in place between phases");
-        let out = step::forward_backward(
-            model,
-            &mut self.loader,
-            self.job.grad_accum,
-            self.job.precision.samples_stats_at(step),
-            self.inject_at
-                .filter(|(at, _)| *at == step)
-                .map(|(_, factor)| factor),
-            &self.device,
-        );
+        let sample_stats = self.job.precision.samples_stats_at(step);
+        let poison = self
+            .inject_at
+            .filter(|(at, _)| *at == step)
+            .map(|(_, factor)| factor);
+        let out = match &self.peers {
+            None => step::forward_backward(
+                model,
+                &mut self.loader,
+                self.job.grad_accum,
+                sample_stats,
+                poison,
+                &self.device,
+            ),
+            Some(peers) => peers.forward_backward::<B>(
+                model,
+                &mut self.loader,
+                self.job.grad_accum,
+                sample_stats,
+                poison,
+                &self.device,
+            ),
+        };
         self.state.step = step;
         self.state.tokens += out.tokens;
         out
@@ -533,6 +582,9 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
             eps: o.eps as f32,
             weight_decay: o.weight_decay as f32,
         };
+        if let Some(peers) = &self.peers {
+            peers.send_update(hyper, grad_scale);
+        }
         let coefficients = self.optimizer.begin_step(hyper, grad_scale);
         let model = self
             .model
@@ -762,6 +814,16 @@ impl<'a, B: Fp8Kernels + HostTensors> Run<'a, B> {
                 "stopped early at step {} of {} (early_stopping)",
                 self.state.step,
                 self.total_steps
+            );
+        }
+        if let Some(peers) = &self.peers {
+            let collective = peers.take_collective_seconds();
+            log::info!(
+                "data parallel: peer 0 spent {collective:.2} s of {:.2} s of steps ({:.1}%) in \
+                 collective calls (gradients' all-reduce, FP8 amax reductions; waiting for the \
+                 slowest peer included)",
+                self.step_seconds,
+                100.0 * collective / self.step_seconds.max(1e-9)
             );
         }
         log::info!(

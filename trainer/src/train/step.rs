@@ -7,7 +7,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
-use datasets::DataLoader;
+use datasets::{Batch, DataLoader};
 use fp8_backend::Fp8Report;
 use rayon::prelude::*;
 
@@ -57,9 +57,7 @@ impl<B: Backend> StepGrads<B> {
     }
 }
 
-/// Forward and backward of `grad_accum` micro-batches. With `sample_stats`, the FP8 casts of
-/// the first micro-batch are recorded (a layer's figures barely move between micro-batches).
-/// `poison` multiplies the loss (test-only non-finite injection).
+/// Forward and backward of `grad_accum` micro-batches from `loader` (one device).
 pub fn forward_backward<B: AutodiffBackend + crate::model::ModelBackend>(
     model: &Gpt2<B>,
     loader: &mut DataLoader,
@@ -71,17 +69,100 @@ pub fn forward_backward<B: AutodiffBackend + crate::model::ModelBackend>(
 where
     B::InnerBackend: HostTensors,
 {
+    let shares = (0..grad_accum)
+        .map(|_| Share::whole(loader.next_batch()))
+        .collect();
+    forward_backward_shares(model, shares, sample_stats, poison, device, None)
+}
+
+/// A peer's part of one micro-batch.
+pub struct Share {
+    pub batch: Batch,
+    /// The share of the micro-batch's loss weight (loss tokens) that these rows hold: the
+    /// peers' weighted mean losses add up to the whole micro-batch's mean. 1 on one device.
+    pub weight: f32,
+    /// Input tokens of the whole micro-batch (every peer's rows).
+    pub tokens: u64,
+}
+
+impl Share {
+    /// The whole batch, on one device.
+    pub fn whole(batch: Batch) -> Self {
+        Self {
+            tokens: (batch.batch * batch.seq) as u64,
+            batch,
+            weight: 1.0,
+        }
+    }
+
+    /// `batch` split by rows between `peers` peers (each gets `batch.batch / peers` rows, in
+    /// peer order), each share weighted by its loss tokens.
+    ///
+    /// # Panics
+    /// If the rows do not divide between the peers.
+    pub fn split(batch: &Batch, peers: usize) -> Vec<Self> {
+        assert!(
+            batch.batch.is_multiple_of(peers),
+            "{} rows among {peers} peers",
+            batch.batch
+        );
+        let rows = batch.batch / peers;
+        let total = batch.loss_weight();
+        (0..peers)
+            .map(|p| {
+                let part = batch.rows(p * rows, (p + 1) * rows);
+                let weight = if total > 0.0 {
+                    (part.loss_weight() / total) as f32
+                } else {
+                    0.0
+                };
+                Self {
+                    batch: part,
+                    weight,
+                    tokens: (batch.batch * batch.seq) as u64,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Sums a flat tensor over the data-parallel peers (every peer calls it with the same length
+/// at the same point of the step and gets the same sum).
+pub trait GradReducer<B: Backend> {
+    fn sum(&self, flat: Tensor<B, 1>) -> Tensor<B, 1>;
+}
+
+/// Forward and backward of one step's micro-batches (a peer's shares of them under data
+/// parallelism). With `sample_stats`, the FP8 casts of the first micro-batch are recorded (a
+/// layer's figures barely move between micro-batches). `poison` multiplies the loss (test-only
+/// non-finite injection). With `reducer`, the loss and the gradients are summed over the peers
+/// (each share's loss weighted by its part of the micro-batch) before anything is read, so
+/// every peer returns the same figures.
+pub fn forward_backward_shares<B: AutodiffBackend + crate::model::ModelBackend>(
+    model: &Gpt2<B>,
+    shares: Vec<Share>,
+    sample_stats: bool,
+    poison: Option<f32>,
+    device: &B::Device,
+    reducer: Option<&dyn GradReducer<B::InnerBackend>>,
+) -> StepGrads<B::InnerBackend>
+where
+    B::InnerBackend: HostTensors,
+{
     let fp8 = model.fp8();
     // Whatever an evaluation pass left (its non-finite events) is not this step's.
     fp8.take_report();
+    let grad_accum = shares.len();
     let mut sum: Vec<Option<Tensor<B::InnerBackend, 1>>> = Vec::new();
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     let mut tokens = 0u64;
-    for micro in 0..grad_accum {
+    for (micro, share) in shares.into_iter().enumerate() {
         fp8.set_stats(sample_stats && micro == 0);
-        let batch = loader.next_batch();
-        tokens += (batch.batch * batch.seq) as u64;
-        let mut loss = batch_loss(model, &batch, device);
+        tokens += share.tokens;
+        let mut loss = batch_loss(model, &share.batch, device);
+        if share.weight != 1.0 {
+            loss = loss.mul_scalar(share.weight);
+        }
         if let Some(factor) = poison {
             loss = loss.mul_scalar(factor);
         }
@@ -105,7 +186,11 @@ where
         }
     }
     fp8.set_stats(false);
-    let (loss_sum, sum_squares) = read_with_sum_squares(loss_sum.expect("a micro-batch"), &sum);
+    let mut loss_sum = loss_sum.expect("a micro-batch");
+    if let Some(reducer) = reducer {
+        (loss_sum, sum) = reduce_together(reducer, loss_sum, sum);
+    }
+    let (loss_sum, sum_squares) = read_with_sum_squares(loss_sum, &sum);
     StepGrads {
         loss: (f64::from(loss_sum) / grad_accum as f64) as f32,
         grads: sum,
@@ -113,6 +198,34 @@ where
         tokens,
         report: fp8.take_report(),
     }
+}
+
+/// The loss and every gradient summed over the peers in one collective call: concatenated into
+/// one flat tensor, reduced, cut back.
+fn reduce_together<B: Backend>(
+    reducer: &dyn GradReducer<B>,
+    loss: Tensor<B, 1>,
+    grads: Vec<Option<Tensor<B, 1>>>,
+) -> (Tensor<B, 1>, Vec<Option<Tensor<B, 1>>>) {
+    let lengths: Vec<Option<usize>> = grads
+        .iter()
+        .map(|g| g.as_ref().map(|g| g.dims()[0]))
+        .collect();
+    let mut parts = vec![loss];
+    parts.extend(grads.into_iter().flatten());
+    let summed = reducer.sum(Tensor::cat(parts, 0));
+    let mut at = 1;
+    let grads = lengths
+        .into_iter()
+        .map(|n| {
+            n.map(|n| {
+                let part = summed.clone().narrow(0, at, n);
+                at += n;
+                part
+            })
+        })
+        .collect();
+    (summed.narrow(0, 0, 1), grads)
 }
 
 /// Reads `value` (one element) and each gradient's sum of squares in one transfer; a missing
