@@ -299,7 +299,8 @@ where
         steps: args.steps,
         step_time_median_s: median_time,
         tokens_per_s: tokens_per_step as f64 / median_time,
-        gemm_share: on_cpu.then(|| median(&gemm_shares)),
+        // The GEMM profile adds up every thread's time: with peers on threads it is no share.
+        gemm_share: (on_cpu && devices.len() == 1).then(|| median(&gemm_shares)),
         optimizer_share: Some(median(&optimizer_shares)),
         peak_rss_mb: peak_rss_mb(),
         gpu_mem_mb: matches!(job.device, Device::Cuda)
