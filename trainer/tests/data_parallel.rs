@@ -103,6 +103,9 @@ fn two_peers_equal_one_device(mode: &str) {
         log.contains("2 data-parallel peers (cpu:0, cpu:0) of 4 rows each"),
         "{log}"
     );
+    // Both runs sample FP8 statistics (stats_every 3): the log says whose they are.
+    let says_whose = log.contains("fp8_stats.csv describes peer 0's casts");
+    assert_eq!(says_whose, mode != "fp32", "{log}");
 }
 
 #[test]

@@ -404,6 +404,12 @@ where
                 }
             );
         }
+        if devices.len() > 1 && job.precision.stats_every > 0 && job.precision.is_on() {
+            log::info!(
+                "fp8_stats.csv describes peer 0's casts (its rows of each batch; the scales are \
+                 the peers' common ones)"
+            );
+        }
         if let Some((step, dir)) = &resume_from {
             log::info!("resumed from {} (step {step})", dir.display());
             for change in &changed {
