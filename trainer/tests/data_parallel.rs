@@ -160,3 +160,26 @@ fn a_failing_peer_stops_the_job_with_exit_code_1() {
     assert_ok(&out);
     assert_eq!(metrics(&dir.join("runs/failing")).last().unwrap()[0], "6");
 }
+
+/// Chat data puts the loss on the assistant tokens only, so the two halves of a batch hold
+/// different numbers of loss tokens: each peer's loss must count by its loss tokens (a plain
+/// mean of the peers' means would train something else).
+#[test]
+fn peers_weigh_their_rows_by_loss_tokens_on_chat_data() {
+    let dir = scratch("dp-chat");
+    let chat_job = |name: &str, peers: usize| {
+        let mut job = job(&dir, name, "fp32", peers);
+        job["model"]["n_positions"] = json!(96);
+        job["data"] = json!({
+            "train": common::repo_root().join("datasets/data/chat_example/train.jsonl"),
+            "validation": {"fraction": 0.1}, "seq_len": 96, "shuffle": true, "seed": 3,
+            "cache_dir": dir.join("cache"),
+            "chat": {"template": "chatml", "loss": "assistant"}
+        });
+        job
+    };
+    let one = run(&dir, &chat_job("one", 1));
+    let two = run(&dir, &chat_job("two", 2));
+    println!("one device: {one:?}\ntwo peers: {two:?}");
+    assert_same_training(&two, &one);
+}
