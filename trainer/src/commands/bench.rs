@@ -26,8 +26,8 @@ use crate::job::assemble::{build_model, check_device, open_data, TrainBackend};
 use crate::job::{load_job_config, Device, JobConfig};
 use crate::model::names::param_shapes;
 use crate::train::optimizer::{AdamW, AdamWStep};
-use crate::train::parallel::{PeerDevice, Peers};
-use crate::train::step::{apply_adamw, clip_factor, forward_backward};
+use crate::train::parallel::{self, PeerDevice, Peers};
+use crate::train::step::{apply_adamw, clip_factor};
 
 /// Arguments of `bench`.
 #[derive(Clone, Debug, clap::Args)]
@@ -237,20 +237,18 @@ where
         let start = Instant::now();
         // Returns after reading the loss and the gradients' norms: the device has finished
         // the forward and backward passes.
-        let out = match &peers {
-            None => forward_backward(&model, &mut loader, job.grad_accum, false, None, &device),
-            Some(peers) => {
-                peers.take_collective_seconds();
-                peers.forward_backward::<B>(
-                    &model,
-                    &mut loader,
-                    job.grad_accum,
-                    false,
-                    None,
-                    &device,
-                )
-            }
-        };
+        if let Some(peers) = &peers {
+            peers.take_collective_seconds();
+        }
+        let out = parallel::forward_backward::<B>(
+            peers.as_ref(),
+            &model,
+            &mut loader,
+            job.grad_accum,
+            false,
+            None,
+            &device,
+        );
         let gradients_done = start.elapsed().as_secs_f64();
         let scale = clip_factor(out.global_norm(), job.grad_clip);
         if let Some(peers) = &peers {

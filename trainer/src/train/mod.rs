@@ -505,24 +505,15 @@ where
             .inject_at
             .filter(|(at, _)| *at == step)
             .map(|(_, factor)| factor);
-        let out = match &self.peers {
-            None => step::forward_backward(
-                model,
-                &mut self.loader,
-                self.job.grad_accum,
-                sample_stats,
-                poison,
-                &self.device,
-            ),
-            Some(peers) => peers.forward_backward::<B>(
-                model,
-                &mut self.loader,
-                self.job.grad_accum,
-                sample_stats,
-                poison,
-                &self.device,
-            ),
-        };
+        let out = parallel::forward_backward::<B>(
+            self.peers.as_ref(),
+            model,
+            &mut self.loader,
+            self.job.grad_accum,
+            sample_stats,
+            poison,
+            &self.device,
+        );
         self.state.step = step;
         self.state.tokens += out.tokens;
         out

@@ -307,6 +307,24 @@ impl Peers {
     }
 }
 
+/// One step's forward/backward: on this device alone, or as peer 0 of `peers`.
+pub fn forward_backward<B: Fp8Kernels + HostTensors>(
+    peers: Option<&Peers>,
+    model: &Gpt2<TrainBackend<B>>,
+    loader: &mut DataLoader,
+    grad_accum: usize,
+    sample_stats: bool,
+    poison: Option<f32>,
+    device: &B::Device,
+) -> StepGrads<Fp8<B>> {
+    match peers {
+        None => step::forward_backward(model, loader, grad_accum, sample_stats, poison, device),
+        Some(peers) => {
+            peers.forward_backward::<B>(model, loader, grad_accum, sample_stats, poison, device)
+        }
+    }
+}
+
 fn send(worker: &Worker, command: Command) {
     // A peer that is gone has already ended the process (see `Peers::start`).
     let _ = worker.commands.send(command);
