@@ -39,8 +39,8 @@ use crate::host::HostTensors;
 use crate::job::assemble::TrainBackend;
 use crate::model::Gpt2;
 
-/// Test-only: peer `N` (1-based among the worker peers' numbering, i.e. peer index `N`) panics
-/// at the step given after the colon (`1:3`), to exercise the failure path.
+/// Test-only: `PEER:K` makes peer `PEER` (1 or more: peer 0 is the job's own thread) panic at
+/// the `K`-th step this process runs, to exercise the failure path.
 pub const INJECT_PEER_PANIC_ENV: &str = "FP8_TRAINER_INJECT_PEER_PANIC";
 
 /// Backends whose devices a job names by index (`cuda:1`).
