@@ -205,6 +205,34 @@ fn validate(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
         }
         seen.push(*slot);
     }
+    if let Some(nodes) = &c.nodes {
+        if nodes.count < 2 {
+            return err(
+                "nodes.count",
+                "must be at least 2 (one node needs no `nodes`)",
+            );
+        }
+        if nodes.rank >= nodes.count {
+            return err(
+                "nodes.rank",
+                &format!(
+                    "must be below `nodes.count` ({}); ranks are 0-based",
+                    nodes.count
+                ),
+            );
+        }
+        for (field, address) in [
+            ("nodes.orchestrator", &nodes.orchestrator),
+            ("nodes.address", &nodes.address),
+        ] {
+            if super::spec::port_of(address).is_none() {
+                return err(field, &format!("`{address}` is not `ws://HOST:PORT`"));
+            }
+        }
+        if nodes.timeout_s == 0 {
+            return err("nodes.timeout_s", "must be at least 1 second");
+        }
+    }
     match (&c.model.checkpoint, &c.model.preset) {
         (Some(_), Some(_)) => return err("model", "give `checkpoint` or `preset`, not both"),
         (None, None) => return err("model", "give `checkpoint` (a folder) or `preset` (a name)"),
