@@ -31,6 +31,11 @@ impl Fnv64 {
     }
 }
 
+/// The FNV-1a hash of `bytes` (e.g. a config's JSON, to compare between processes).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    Fnv64::new().write(bytes).finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

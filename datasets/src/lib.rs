@@ -20,7 +20,7 @@ pub mod dataset;
 pub mod error;
 pub mod examples;
 mod formats;
-mod hash;
+pub mod hash;
 mod json;
 mod kind;
 pub mod loader;

@@ -30,18 +30,29 @@ pub trait AmaxReducer: Send + Sync {
 /// on backend `B`, by every peer of the group before its first cast): one all-reduce (sum) of a
 /// vector with one slot per peer, each peer's amax in its own slot, then the largest slot.
 pub struct CollectiveAmax<B: Backend> {
-    peer: usize,
-    peers: usize,
+    /// The peer's id in its process's collective.
+    id: usize,
+    /// Its slot among every peer of the group (all processes).
+    slot: usize,
+    slots: usize,
     device: B::Device,
 }
 
 impl<B: Backend> CollectiveAmax<B> {
-    /// The reducer of peer `peer` (0-based) of `peers`, whose vectors live on `device`.
+    /// The reducer of peer `peer` (0-based) of `peers`, all in this process, whose vectors
+    /// live on `device`.
     pub fn new(peer: usize, peers: usize, device: B::Device) -> Self {
-        assert!(peer < peers, "peer {peer} of {peers}");
+        Self::in_group(peer, peer, peers, device)
+    }
+
+    /// The reducer of the peer registered as `id` in this process, which holds slot `slot` of
+    /// the `slots` peers of a group over several processes (nodes).
+    pub fn in_group(id: usize, slot: usize, slots: usize, device: B::Device) -> Self {
+        assert!(slot < slots, "slot {slot} of {slots}");
         Self {
-            peer,
-            peers,
+            id,
+            slot,
+            slots,
             device,
         }
     }
@@ -52,16 +63,16 @@ where
     B::Device: Send + Sync,
 {
     fn reduce_max(&self, amax: f32) -> f32 {
-        let mut slots = vec![0.0f32; self.peers];
-        slots[self.peer] = amax;
-        let local = Tensor::<B, 1>::from_data(TensorData::new(slots, [self.peers]), &self.device);
-        let id = PeerId::from(self.peer as u32);
+        let mut slots = vec![0.0f32; self.slots];
+        slots[self.slot] = amax;
+        let local = Tensor::<B, 1>::from_data(TensorData::new(slots, [self.slots]), &self.device);
+        let id = PeerId::from(self.id as u32);
         let summed = burn_collective::all_reduce::<B>(
             id,
             local.into_primitive().tensor(),
             ReduceOperation::Sum,
         )
-        .unwrap_or_else(|e| panic!("peer {}: the amax all-reduce failed: {e:?}", self.peer));
+        .unwrap_or_else(|e| panic!("peer {}: the amax all-reduce failed: {e:?}", self.slot));
         let summed = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed));
         // A slot holds one peer's amax plus zeros: exact.
         max_of(

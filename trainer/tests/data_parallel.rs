@@ -183,3 +183,161 @@ fn peers_weigh_their_rows_by_loss_tokens_on_chat_data() {
     println!("one device: {one:?}\ntwo peers: {two:?}");
     assert_same_training(&two, &one);
 }
+
+/// Free TCP ports on the loopback address (bound, read, released).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+/// Every network wait of these tests is bounded: a process still running after this is killed
+/// and the test fails.
+const PROCESS_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `fp8-trainer orchestrator --port PORT`, killed when dropped.
+struct Orchestrator(std::process::Child);
+
+impl Orchestrator {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new(common::trainer_bin())
+            .args(["orchestrator", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `train --config` for each config at once; their outputs, each within `PROCESS_LIMIT`.
+fn train_together(configs: &[std::path::PathBuf]) -> Vec<std::process::Output> {
+    let children: Vec<std::process::Child> = configs
+        .iter()
+        .map(|config| {
+            std::process::Command::new(common::trainer_bin())
+                .args(["train", "--config"])
+                .arg(config)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + PROCESS_LIMIT;
+    children
+        .into_iter()
+        .map(|mut child| {
+            while child.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("a node ran past {PROCESS_LIMIT:?}");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            child.wait_with_output().unwrap()
+        })
+        .collect()
+}
+
+/// Node `rank` of two, with one peer, joined through the orchestrator on `ports[0]`; each
+/// node writes its own run directory (`runs-<rank>`).
+fn node_job(dir: &Path, ports: [u16; 3], rank: usize, timeout_s: u64) -> Value {
+    let mut job = job(dir, "nodes", "fp8-amax", 2);
+    job["devices"] = json!(["cpu"]);
+    job["out_dir"] = json!(dir.join(format!("runs-{rank}")));
+    job["nodes"] = json!({
+        "count": 2, "rank": rank, "timeout_s": timeout_s,
+        "orchestrator": format!("ws://127.0.0.1:{}", ports[0]),
+        "address": format!("ws://127.0.0.1:{}", ports[1 + rank]),
+    });
+    job
+}
+
+fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Two processes joined by burn-collective's global orchestrator on the loopback address (one
+/// peer each) train what one process with two peers trains, and each writes the same metrics.
+#[test]
+fn two_nodes_on_loopback_train_what_two_peers_of_one_process_train() {
+    let dir = scratch("dp-nodes");
+    let local = run(&dir, &job(&dir, "local", "fp8-amax", 2));
+    let ports = free_ports::<3>();
+    let _orchestrator = Orchestrator::start(ports[0]);
+    let configs: Vec<_> = (0..2)
+        .map(|rank| {
+            write_config(
+                &dir,
+                &format!("node{rank}.json"),
+                &node_job(&dir, ports, rank, 60),
+            )
+        })
+        .collect();
+    let outs = train_together(&configs);
+    for out in &outs {
+        assert_eq!(out.status.code(), Some(0), "{}", said(out));
+    }
+    assert!(
+        said(&outs[1]).contains("node 1 of 2 joined the group"),
+        "{}",
+        said(&outs[1])
+    );
+    let node0 = metrics(&dir.join("runs-0/nodes"));
+    let node1 = metrics(&dir.join("runs-1/nodes"));
+    println!("one process: {local:?}\nnode 0: {node0:?}");
+    assert_same_training(&node0, &local);
+    assert_eq!(
+        exact(&node0),
+        exact(&node1),
+        "both nodes log the same training"
+    );
+}
+
+/// A node whose partner never joins stops with exit code 1 once `nodes.timeout_s` has passed,
+/// instead of waiting forever.
+#[test]
+fn a_node_whose_partner_never_joins_stops_with_exit_code_1() {
+    let dir = scratch("dp-alone");
+    let ports = free_ports::<3>();
+    let _orchestrator = Orchestrator::start(ports[0]);
+    let config = write_config(&dir, "node0.json", &node_job(&dir, ports, 0, 3));
+    let started = std::time::Instant::now();
+    let out = train_together(&[config]).remove(0);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(said(&out).contains("has waited"), "{}", said(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// Nodes whose jobs differ (here the learning rate) are refused when they join: exit code 2,
+/// naming `nodes`.
+#[test]
+fn nodes_running_different_jobs_are_refused_when_they_join() {
+    let dir = scratch("dp-mismatch");
+    let ports = free_ports::<3>();
+    let _orchestrator = Orchestrator::start(ports[0]);
+    let mut other = node_job(&dir, ports, 1, 60);
+    other["optimizer"]["lr"] = json!(0.001);
+    let configs = [
+        write_config(&dir, "node0.json", &node_job(&dir, ports, 0, 60)),
+        write_config(&dir, "node1.json", &other),
+    ];
+    for out in train_together(&configs) {
+        assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+        assert!(said(&out).contains("run a different job"), "{}", said(&out));
+        assert!(said(&out).contains("field `nodes`"), "{}", said(&out));
+    }
+}

@@ -26,7 +26,7 @@ use crate::job::assemble::{build_model, check_device, open_data, TrainBackend};
 use crate::job::{load_job_config, Device, JobConfig};
 use crate::model::names::param_shapes;
 use crate::train::optimizer::{AdamW, AdamWStep};
-use crate::train::parallel::{self, PeerDevice, Peers};
+use crate::train::parallel::{self, Group, PeerDevice, Peers};
 use crate::train::step::{apply_adamw, clip_factor};
 
 /// Arguments of `bench`.
@@ -213,12 +213,18 @@ where
     let data = open_data(job, &args.config)?;
     let mut model = build_model::<B>(job, &args.config, data.tokenizer.vocab_size(), &device)?;
     let mut optimizer = AdamW::<fp8_backend::Fp8<B>>::new(param_shapes(&model), &device);
+    let group = Group {
+        devices: devices.clone(),
+        nodes: None,
+        fingerprint: 0,
+    };
     let global_batch = job.batch_size * devices.len();
     let mut loader = data
         .dataset
         .train_loader(global_batch)
         .map_err(data.err())?;
-    let peers = (devices.len() > 1).then(|| Peers::start::<B>(&model, &optimizer, &devices));
+    let peers = (devices.len() > 1)
+        .then(|| Peers::start::<B>(&model, &optimizer, &group).expect("one node agrees"));
     let o = &job.optimizer;
     let hyper = AdamWStep {
         lr: o.lr as f32,

@@ -8,6 +8,7 @@ pub mod dump_step;
 pub mod eval;
 pub mod generate;
 pub mod logits;
+pub mod orchestrator;
 pub mod train;
 
 use std::sync::atomic::AtomicBool;
@@ -55,6 +56,9 @@ pub enum Command {
     /// Time training steps of a job per device and precision (and the PyTorch peer with
     /// --peer): tokens/s, GEMM share, peak memory, ratios.
     Bench(bench::BenchArgs),
+    /// Coordinate a multi-node data-parallel job: burn-collective's global orchestrator, which
+    /// the nodes (`nodes.orchestrator` in their configs) join; runs until stopped.
+    Orchestrator(orchestrator::OrchestratorArgs),
 }
 
 /// How a command ended, when it did not fail.
@@ -103,6 +107,9 @@ pub fn run(
         Command::Logits(args) => logits::run_logits(&args).map(|()| Done::default()),
         Command::Generate(args) => generate::run_generate(&args, stdout).map(|()| Done::default()),
         Command::Bench(args) => bench::run_bench(&args).map(Done::printing),
+        Command::Orchestrator(args) => {
+            orchestrator::run_orchestrator(&args).map(|()| Done::default())
+        }
     }
 }
 

@@ -205,6 +205,34 @@ fn validate(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
         }
         seen.push(*slot);
     }
+    if let Some(nodes) = &c.nodes {
+        if nodes.count < 2 {
+            return err(
+                "nodes.count",
+                "must be at least 2 (one node needs no `nodes`)",
+            );
+        }
+        if nodes.rank >= nodes.count {
+            return err(
+                "nodes.rank",
+                &format!(
+                    "must be below `nodes.count` ({}); ranks are 0-based",
+                    nodes.count
+                ),
+            );
+        }
+        for (field, address) in [
+            ("nodes.orchestrator", &nodes.orchestrator),
+            ("nodes.address", &nodes.address),
+        ] {
+            if super::spec::port_of(address).is_none() {
+                return err(field, &format!("`{address}` is not `ws://HOST:PORT`"));
+            }
+        }
+        if nodes.timeout_s == 0 {
+            return err("nodes.timeout_s", "must be at least 1 second");
+        }
+    }
     match (&c.model.checkpoint, &c.model.preset) {
         (Some(_), Some(_)) => return err("model", "give `checkpoint` or `preset`, not both"),
         (None, None) => return err("model", "give `checkpoint` (a folder) or `preset` (a name)"),
@@ -390,6 +418,41 @@ mod tests {
             let err = with(devices).unwrap_err().to_string();
             assert!(err.contains("field `devices"), "{devices}: {err}");
             assert!(err.contains(says), "{devices}: {err}");
+        }
+    }
+
+    #[test]
+    fn nodes_are_checked_naming_the_field() {
+        let with = |nodes: &str| {
+            parse(&MINIMAL.replace("\"steps\": 3", &format!("\"steps\": 3, \"nodes\": {nodes}")))
+        };
+        let good = r#"{"count": 2, "rank": 1, "orchestrator": "ws://10.0.0.1:3000", "address": "ws://10.0.0.2:3001"}"#;
+        let c = with(good).unwrap();
+        let nodes = c.nodes.unwrap();
+        assert_eq!(
+            (nodes.rank, nodes.timeout_s, nodes.data_port()),
+            (1, 300, Some(3001))
+        );
+        let cases = [
+            (good.replace("\"count\": 2", "\"count\": 1"), "nodes.count"),
+            (good.replace("\"rank\": 1", "\"rank\": 2"), "nodes.rank"),
+            (
+                good.replace("ws://10.0.0.1:3000", "10.0.0.1:3000"),
+                "nodes.orchestrator",
+            ),
+            (
+                good.replace("ws://10.0.0.2:3001", "ws://10.0.0.2"),
+                "nodes.address",
+            ),
+            (
+                good.replace("\"rank\": 1", "\"rank\": 1, \"timeout_s\": 0"),
+                "nodes.timeout_s",
+            ),
+            (good.replace("\"rank\": 1,", ""), "rank"),
+        ];
+        for (nodes, field) in cases {
+            let err = with(&nodes).unwrap_err().to_string();
+            assert!(err.contains(field), "{nodes}: {err}");
         }
     }
 

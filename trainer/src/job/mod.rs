@@ -8,6 +8,6 @@ pub mod spec;
 
 pub use load::{load_job_config, JobConfigError};
 pub use spec::{
-    BestMetric, Device, EarlyStopping, InitOptimizer, JobConfig, ModelSource, NonFinitePolicy,
-    OptimizerConfig, ScheduleConfig, ScheduleKind,
+    BestMetric, Device, DeviceSlot, EarlyStopping, InitOptimizer, JobConfig, ModelSource,
+    NodesConfig, NonFinitePolicy, OptimizerConfig, ScheduleConfig, ScheduleKind,
 };

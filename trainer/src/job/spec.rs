@@ -95,6 +95,11 @@ pub struct JobConfig {
     /// index for a single-device job. Empty (default): one peer on `device`'s first device.
     #[serde(default)]
     pub devices: Vec<DeviceSlot>,
+    /// Data parallelism over several machines: this process is node `rank` of `count`, each
+    /// with the same `devices`, joined through burn-collective's global orchestrator
+    /// (`fp8-trainer orchestrator`). Absent: this process is the whole group.
+    #[serde(default)]
+    pub nodes: Option<NodesConfig>,
     /// Parent of the run directory.
     #[serde(default = "default_out_dir")]
     pub out_dir: PathBuf,
@@ -271,6 +276,44 @@ impl std::str::FromStr for Device {
             }),
         }
     }
+}
+
+/// A multi-node job's group and this node's place in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesConfig {
+    /// Nodes (processes) in the group, at least 2.
+    pub count: u32,
+    /// This node's rank, 0-based: it trains rows `rank * devices * batch_size ..` of every
+    /// batch.
+    pub rank: u32,
+    /// The orchestrator's address, `ws://HOST:PORT` (`fp8-trainer orchestrator --port PORT`).
+    pub orchestrator: String,
+    /// This node's address as the other nodes reach it, `ws://HOST:PORT`; its tensor service
+    /// listens on PORT.
+    pub address: String,
+    /// Seconds to wait for every node to join, and for any one collective call once training
+    /// runs, before the job stops with exit code 1.
+    #[serde(default = "default_node_timeout")]
+    pub timeout_s: u64,
+}
+
+fn default_node_timeout() -> u64 {
+    300
+}
+
+impl NodesConfig {
+    /// The port of `address`.
+    pub fn data_port(&self) -> Option<u16> {
+        port_of(&self.address)
+    }
+}
+
+/// The port of `ws://HOST:PORT` (an optional path after it).
+pub fn port_of(address: &str) -> Option<u16> {
+    let rest = address.strip_prefix("ws://")?;
+    let host_port = rest.split('/').next()?;
+    host_port.rsplit_once(':')?.1.parse().ok()
 }
 
 /// One device of a kind: `cuda:1` (the CPU kinds have one device, index 0; `cpu` peers share it).

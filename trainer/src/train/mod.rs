@@ -47,7 +47,7 @@ use crate::model::names::param_shapes;
 use crate::model::Gpt2;
 use lock::RunLock;
 use optimizer::{AdamW, AdamWStep};
-use parallel::{PeerDevice, Peers};
+use parallel::{job_fingerprint, Group, PeerDevice, Peers};
 use resume::{
     is_training_checkpoint, latest_checkpoint, list_checkpoints, load_amax_histories,
     load_training_state, save_best_checkpoint, save_training_checkpoint, TrainerState,
@@ -234,8 +234,13 @@ where
     fn open(opts: &'a TrainOptions, devices: Vec<B::Device>) -> Result<Self, Error> {
         let job = &opts.job;
         let device = devices[0].clone();
-        // Every batch holds `batch_size` rows per peer.
-        let global_batch = job.batch_size * devices.len();
+        let group = Group {
+            devices,
+            nodes: job.nodes.clone(),
+            fingerprint: job_fingerprint(job),
+        };
+        // Every batch holds `batch_size` rows per peer, on every node.
+        let global_batch = job.batch_size * group.total();
         let root = job.out_dir.join(&job.name);
         // A job running in this folder refuses this one before anything else is looked at.
         // (A folder that does not exist yet is locked once the job is built, below.)
@@ -360,9 +365,9 @@ where
         let changed = run_dir::write_resolved_config(&root, job)?;
 
         let tokens_per_step = global_batch * job.grad_accum * job.data.seq_len;
-        let on = match job.devices.len() {
-            0 | 1 => job.device.name().to_string(),
-            n => format!(
+        let on = match (group.total(), &job.nodes) {
+            (1, _) => job.device.name().to_string(),
+            (n, None) => format!(
                 "{n} data-parallel peers ({}) of {} rows each",
                 job.devices
                     .iter()
@@ -370,6 +375,14 @@ where
                     .collect::<Vec<_>>()
                     .join(", "),
                 job.batch_size
+            ),
+            (n, Some(nodes)) => format!(
+                "{n} data-parallel peers of {} rows each on {} nodes (this is node {}, with {} \
+                 peers)",
+                job.batch_size,
+                nodes.count,
+                nodes.rank,
+                group.devices.len()
             ),
         };
         log::info!(
@@ -404,7 +417,7 @@ where
                 }
             );
         }
-        if devices.len() > 1 && job.precision.stats_every > 0 && job.precision.is_on() {
+        if group.is_parallel() && job.precision.stats_every > 0 && job.precision.is_on() {
             log::info!(
                 "fp8_stats.csv describes peer 0's casts (its rows of each batch; the scales are \
                  the peers' common ones)"
@@ -416,8 +429,14 @@ where
                 log::info!("config changed since the last run: {change}");
             }
         }
-        // Nothing can fail from here on: the peers wait for each other at registration.
-        let peers = (devices.len() > 1).then(|| Peers::start::<B>(&model, &optimizer, &devices));
+        // The peers wait for each other at registration: nothing else may fail after it.
+        let peers = match group.is_parallel() {
+            false => None,
+            true => Some(
+                Peers::start::<B>(&model, &optimizer, &group)
+                    .map_err(|m| Error::field(&opts.config_path, "nodes", m.0))?,
+            ),
+        };
         Ok(Self {
             job,
             device,

@@ -17,7 +17,8 @@
 //! the others would wait for it forever. Checkpoints are written to a temporary folder and
 //! renamed, so none is left half written.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -27,8 +28,9 @@ use burn::backend::flex::{Flex, FlexDevice};
 use burn::backend::ndarray::{NdArray, NdArrayDevice};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
-use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
+use burn_communication::Address;
 use datasets::DataLoader;
 use fp8_backend::peers::CollectiveAmax;
 use fp8_backend::{AmaxReducer, Fp8, Fp8Kernels};
@@ -37,6 +39,7 @@ use super::optimizer::{AdamW, AdamWStep};
 use super::step::{self, GradReducer, Share, StepGrads};
 use crate::host::HostTensors;
 use crate::job::assemble::TrainBackend;
+use crate::job::{JobConfig, NodesConfig};
 use crate::model::Gpt2;
 
 /// Test-only: `PEER:K` makes peer `PEER` (1 or more: peer 0 is the job's own thread) panic at
@@ -83,21 +86,101 @@ impl PeerDevice for burn::backend::Cuda {
 /// time (tests run jobs on several threads).
 static ONE_GROUP: Mutex<()> = Mutex::new(());
 
-/// Nanoseconds spent in collective calls (waiting for the other peers included).
+/// How the nodes all-reduce.
+const GLOBAL_STRATEGY: AllReduceStrategy = AllReduceStrategy::Tree(2);
+
+/// The peers of a job: this process's devices and, on several machines, this node's place.
+pub struct Group<D> {
+    /// This process's devices, one peer each.
+    pub devices: Vec<D>,
+    /// The node group (`nodes` of the job); `None`: this process is the whole group.
+    pub nodes: Option<NodesConfig>,
+    /// What every node's job must agree on (see [`job_fingerprint`]).
+    pub fingerprint: u64,
+}
+
+impl<D> Group<D> {
+    /// Peers on every node.
+    pub fn total(&self) -> usize {
+        self.devices.len() * self.nodes.as_ref().map_or(1, |n| n.count as usize)
+    }
+
+    /// The slot (over every node) of local peer `peer`.
+    fn slot(&self, peer: usize) -> usize {
+        self.nodes.as_ref().map_or(0, |n| n.rank as usize) * self.devices.len() + peer
+    }
+
+    /// Whether there is anyone to share the work with.
+    pub fn is_parallel(&self) -> bool {
+        self.total() > 1
+    }
+
+    fn config(&self) -> CollectiveConfig {
+        let config = CollectiveConfig::default().with_num_devices(self.devices.len());
+        let Some(nodes) = &self.nodes else {
+            return config;
+        };
+        let address = |a: &str| Address::from_str(a).expect("an address string");
+        config
+            .with_num_nodes(nodes.count)
+            .with_global_address(address(&nodes.orchestrator))
+            .with_node_address(address(&nodes.address))
+            .with_data_service_port(nodes.data_port().expect("checked when the job was loaded"))
+            .with_global_all_reduce_strategy(GLOBAL_STRATEGY)
+    }
+}
+
+/// A fingerprint of what must be the same on every node: the job without the settings that
+/// are a node's own (`nodes.rank`, `nodes.address`, `out_dir`, the device indices).
+pub fn job_fingerprint(job: &JobConfig) -> u64 {
+    let mut value = serde_json::to_value(job).expect("a job serialises");
+    if let Some(nodes) = value.get_mut("nodes").and_then(|n| n.as_object_mut()) {
+        nodes.remove("rank");
+        nodes.remove("address");
+    }
+    if let Some(object) = value.as_object_mut() {
+        object.remove("out_dir");
+        object.insert("devices".into(), serde_json::json!(job.devices.len()));
+    }
+    datasets::hash::fnv1a64(value.to_string().as_bytes())
+}
+
+/// The time peers spend in collective calls (waiting for the others included), and since when
+/// the current call has been waiting (for the watchdog).
 #[derive(Clone, Default)]
-struct Stopwatch(Arc<AtomicU64>);
+struct Stopwatch {
+    spent_ns: Arc<AtomicU64>,
+    /// Nanoseconds since `EPOCH` when the current call started; 0 outside calls.
+    since_ns: Arc<AtomicU64>,
+}
+
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn now_ns() -> u64 {
+    EPOCH.elapsed().as_nanos() as u64 + 1
+}
 
 impl Stopwatch {
     fn time<R>(&self, f: impl FnOnce() -> R) -> R {
         let start = Instant::now();
+        self.since_ns.store(now_ns(), Ordering::Relaxed);
         let out = f();
+        self.since_ns.store(0, Ordering::Relaxed);
         let nanos = start.elapsed().as_nanos() as u64;
-        self.0.fetch_add(nanos, Ordering::Relaxed);
+        self.spent_ns.fetch_add(nanos, Ordering::Relaxed);
         out
     }
 
     fn take_seconds(&self) -> f64 {
-        self.0.swap(0, Ordering::Relaxed) as f64 * 1e-9
+        self.spent_ns.swap(0, Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// Seconds the current call has been waiting (0 outside calls).
+    fn waiting_s(&self) -> f64 {
+        match self.since_ns.load(Ordering::Relaxed) {
+            0 => 0.0,
+            since => now_ns().saturating_sub(since) as f64 * 1e-9,
+        }
     }
 }
 
@@ -159,33 +242,51 @@ struct Worker {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The other peers of a data-parallel job, driven by peer 0.
+/// The other peers of a data-parallel job, driven by peer 0 (this process's first device).
 pub struct Peers {
     workers: Vec<Worker>,
+    /// Peers on every node, and the slot of this process's first.
+    total: usize,
+    first_slot: usize,
     /// Peer 0's reducers.
     pub amax: Arc<dyn AmaxReducer>,
     pub grads: CollectiveSum,
     /// Peer 0's time in collective calls.
     clock: Stopwatch,
+    /// Tells the watchdog (multi-node jobs) to stop.
+    watchdog: Option<Arc<AtomicBool>>,
     _group: MutexGuard<'static, ()>,
 }
 
+/// A node group whose jobs differ (exit code 2: the configs are the user's to fix).
+#[derive(Debug)]
+pub struct Mismatch(pub String);
+
 impl Peers {
-    /// Starts peers `1..devices.len()` with copies of peer 0's `model` and `optimizer` (and
-    /// FP8 amax histories), each on its device, and registers every peer with burn-collective.
+    /// Starts local peers `1..` with copies of peer 0's `model` and `optimizer` (and FP8 amax
+    /// histories), each on its device, and registers every peer with burn-collective (and the
+    /// node with the orchestrator: within `nodes.timeout_s`, or the process exits with code 1).
+    /// Then the nodes compare their jobs' fingerprints.
     pub fn start<B: Fp8Kernels + HostTensors + PeerDevice>(
         model: &Gpt2<TrainBackend<B>>,
         optimizer: &AdamW<Fp8<B>>,
-        devices: &[B::Device],
-    ) -> Self
+        group: &Group<B::Device>,
+    ) -> Result<Self, Mismatch>
     where
         B::Device: Send + Sync,
     {
-        let group = ONE_GROUP.lock().unwrap_or_else(|e| e.into_inner());
-        let peers = devices.len();
+        let lock = ONE_GROUP.lock().unwrap_or_else(|e| e.into_inner());
+        let devices = &group.devices;
+        let local = devices.len();
+        let total = group.total();
         burn_collective::reset_collective::<Fp8<B>>();
+        let clock = Stopwatch::default();
+        let watchdog = group
+            .nodes
+            .as_ref()
+            .map(|nodes| watch(nodes, clock.clone()));
         let inject = injected_panic();
-        let workers = (1..peers)
+        let workers = (1..local)
             .map(|peer| {
                 let device = devices[peer].clone();
                 let mut copy = model.clone().fork(&device);
@@ -200,11 +301,19 @@ impl Peers {
                 }
                 let (commands, inbox) = mpsc::channel();
                 let panic_at = inject.filter(|(p, _)| *p == peer).map(|(_, step)| step);
+                let place = Place {
+                    peer,
+                    slot: group.slot(peer),
+                    total,
+                    fingerprint: group.fingerprint,
+                    nodes: group.nodes.as_ref().map(|n| n.count as usize),
+                };
+                let config = group.config();
                 let thread = thread::Builder::new()
                     .name(format!("peer-{peer}"))
                     .spawn(move || {
                         let run = std::panic::AssertUnwindSafe(|| {
-                            worker::<B>(peer, peers, device, copy, moments, inbox, panic_at)
+                            worker::<B>(place, config, device, copy, moments, inbox, panic_at)
                         });
                         if let Err(panic) = std::panic::catch_unwind(run) {
                             let what = panic
@@ -227,12 +336,20 @@ impl Peers {
                 }
             })
             .collect();
-        register::<B>(0, peers, devices[0].clone());
-        let clock = Stopwatch::default();
-        Self {
+        let place = Place {
+            peer: 0,
+            slot: group.slot(0),
+            total,
+            fingerprint: group.fingerprint,
+            nodes: group.nodes.as_ref().map(|n| n.count as usize),
+        };
+        let device = devices[0].clone();
+        let mut peers = Self {
             workers,
+            total,
+            first_slot: place.slot,
             amax: Arc::new(TimedAmax {
-                inner: CollectiveAmax::<Fp8<B>>::new(0, peers, devices[0].clone()),
+                inner: CollectiveAmax::<Fp8<B>>::in_group(0, place.slot, total, device.clone()),
                 clock: clock.clone(),
             }),
             grads: CollectiveSum {
@@ -240,31 +357,48 @@ impl Peers {
                 clock: clock.clone(),
             },
             clock,
-            _group: group,
+            watchdog,
+            _group: lock,
+        };
+        let joined = peers
+            .clock
+            .time(|| join::<B>(&place, group.config(), device));
+        if let Err(mismatch) = joined {
+            // The workers saw the same answer and have returned; `drop` joins them.
+            for worker in &mut peers.workers {
+                worker.commands = mpsc::channel().0;
+            }
+            return Err(mismatch);
         }
+        if let Some(nodes) = &group.nodes {
+            log::info!(
+                "node {} of {} joined the group at {} ({} peers in all)",
+                nodes.rank,
+                nodes.count,
+                nodes.orchestrator,
+                total
+            );
+        }
+        peers.clock.take_seconds();
+        Ok(peers)
     }
 
-    /// Seconds peer 0 spent in collective calls (the gradients' all-reduce and the FP8 amax
-    /// reductions, waiting for the slowest peer included) since the last call.
-    pub fn take_collective_seconds(&self) -> f64 {
-        self.clock.take_seconds()
-    }
-
-    /// Peers, peer 0 included.
+    /// Peers, this process's (peer 0 included).
     pub fn count(&self) -> usize {
         self.workers.len() + 1
     }
 
-    /// Sends peer `p` (1-based) its shares of the step's micro-batches.
+    /// Sends each other local peer its shares of the step's micro-batches.
     fn send_step(&self, shares: Vec<Vec<Share>>) {
         for (worker, shares) in self.workers.iter().zip(shares) {
             send(worker, Command::Step { shares });
         }
     }
 
-    /// Peer 0's forward/backward of one step: takes `grad_accum` batches from `loader`, keeps
-    /// the first rows of each and sends every other peer its rows; the loss and gradients come
-    /// back summed over the peers.
+    /// Peer 0's forward/backward of one step: takes `grad_accum` batches from `loader` (every
+    /// node reads the same ones), keeps this process's rows of each (its first peer's, and
+    /// sends every other local peer its own); the loss and gradients come back summed over all
+    /// the peers.
     pub fn forward_backward<B: Fp8Kernels + HostTensors>(
         &self,
         model: &Gpt2<TrainBackend<B>>,
@@ -278,7 +412,10 @@ impl Peers {
         let mut theirs: Vec<Vec<Share>> = (1..self.count()).map(|_| Vec::new()).collect();
         for _ in 0..grad_accum {
             let batch = loader.next_batch();
-            let mut shares = Share::split(&batch, self.count()).into_iter();
+            let mut shares = Share::split(&batch, self.total)
+                .into_iter()
+                .skip(self.first_slot)
+                .take(self.count());
             mine.extend(shares.next());
             for (peer, share) in theirs.iter_mut().zip(shares) {
                 peer.push(share);
@@ -299,11 +436,17 @@ impl Peers {
         out
     }
 
-    /// Every other peer applies the same AdamW update as peer 0.
+    /// Every other local peer applies the same AdamW update as peer 0.
     pub fn send_update(&self, hyper: AdamWStep, grad_scale: f32) {
         for worker in &self.workers {
             send(worker, Command::Update { hyper, grad_scale });
         }
+    }
+
+    /// Seconds peer 0 spent in collective calls (the gradients' all-reduce and the FP8 amax
+    /// reductions, waiting for the slowest peer included) since the last call.
+    pub fn take_collective_seconds(&self) -> f64 {
+        self.clock.take_seconds()
     }
 }
 
@@ -335,6 +478,9 @@ impl Drop for Peers {
         for worker in &self.workers {
             send(worker, Command::Exit);
         }
+        if let Some(stop) = &self.watchdog {
+            stop.store(true, Ordering::Relaxed);
+        }
         if thread::panicking() {
             // The others may be waiting in a collective call for this thread: do not join them.
             return;
@@ -347,10 +493,104 @@ impl Drop for Peers {
     }
 }
 
-fn register<B: Fp8Kernels>(peer: usize, peers: usize, device: B::Device) {
-    let config = CollectiveConfig::default().with_num_devices(peers);
-    burn_collective::register::<Fp8<B>>(PeerId::from(peer as u32), device, config)
-        .unwrap_or_else(|e| panic!("peer {peer}: registering with burn-collective failed: {e:?}"));
+/// A peer's place in the group.
+struct Place {
+    /// Its id in this process.
+    peer: usize,
+    /// Its slot over every node, and the peers of every node.
+    slot: usize,
+    total: usize,
+    fingerprint: u64,
+    /// Nodes of a multi-node group.
+    nodes: Option<usize>,
+}
+
+/// Registers the peer and checks that every node runs the same job: each node's first peer
+/// puts the job's fingerprint (four 16-bit pieces, exact in f32) in its node's slots of one
+/// all-reduce (sum).
+fn join<B: Fp8Kernels>(
+    place: &Place,
+    config: CollectiveConfig,
+    device: B::Device,
+) -> Result<(), Mismatch> {
+    burn_collective::register::<Fp8<B>>(PeerId::from(place.peer as u32), device.clone(), config)
+        .unwrap_or_else(|e| {
+            panic!(
+                "peer {}: registering with burn-collective failed: {e:?}",
+                place.peer
+            )
+        });
+    let Some(nodes) = place.nodes else {
+        return Ok(());
+    };
+    let local = place.total / nodes;
+    let node = place.slot / local;
+    let mut pieces = vec![0.0f32; 4 * nodes];
+    if place.peer == 0 {
+        for k in 0..4 {
+            pieces[4 * node + k] = ((place.fingerprint >> (16 * k)) & 0xffff) as f32;
+        }
+    }
+    let flat = Tensor::<Fp8<B>, 1>::from_data(TensorData::new(pieces, [4 * nodes]), &device);
+    let summed = burn_collective::all_reduce::<Fp8<B>>(
+        PeerId::from(place.peer as u32),
+        flat.into_primitive().tensor(),
+        ReduceOperation::Sum,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "peer {}: the job check's all-reduce failed: {e:?}",
+            place.peer
+        )
+    });
+    let all: Vec<f32> = Tensor::<Fp8<B>, 1>::from_primitive(TensorPrimitive::Float(summed))
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32");
+    let fingerprint =
+        |n: usize| (0..4).fold(0u64, |f, k| f | ((all[4 * n + k] as u64) << (16 * k)));
+    let differ: Vec<String> = (0..nodes)
+        .filter(|&n| fingerprint(n) != place.fingerprint)
+        .map(|n| n.to_string())
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(Mismatch(format!(
+        "node(s) {} run a different job than this node ({}): every node needs the same config \
+         except `nodes.rank`, `nodes.address`, `out_dir` and which devices",
+        differ.join(", "),
+        node
+    )))
+}
+
+/// The multi-node watchdog: the process exits with code 1 when a collective call (joining the
+/// group included) waits longer than `nodes.timeout_s`, so a node that never joins or dies
+/// mid-run cannot hang the others. Returns the flag that stops it.
+fn watch(nodes: &NodesConfig, clock: Stopwatch) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let limit = nodes.timeout_s as f64;
+    let (rank, count) = (nodes.rank, nodes.count);
+    thread::Builder::new()
+        .name("node-watchdog".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let waited = clock.waiting_s();
+                if waited > limit {
+                    log::error!(
+                        "node {rank} of {count}: a collective call has waited {waited:.0} s \
+                         (nodes.timeout_s = {limit:.0}): a node has not joined or has stopped; \
+                         stopping the job (the last checkpoint stays)"
+                    );
+                    std::process::exit(1);
+                }
+                thread::sleep(std::time::Duration::from_millis(200));
+            }
+        })
+        .expect("a watchdog thread");
+    stop
 }
 
 /// `FP8_TRAINER_INJECT_PEER_PANIC=peer:step`.
@@ -362,8 +602,8 @@ fn injected_panic() -> Option<(usize, u64)> {
 
 /// A peer other than 0: runs what peer 0 sends until told to stop.
 fn worker<B: Fp8Kernels + HostTensors>(
-    peer: usize,
-    peers: usize,
+    place: Place,
+    config: CollectiveConfig,
     device: B::Device,
     model: Gpt2<TrainBackend<B>>,
     mut optimizer: AdamW<Fp8<B>>,
@@ -372,12 +612,16 @@ fn worker<B: Fp8Kernels + HostTensors>(
 ) where
     B::Device: Send + Sync,
 {
-    register::<B>(peer, peers, device.clone());
+    if join::<B>(&place, config, device.clone()).is_err() {
+        return; // peer 0 reports it
+    }
+    let peer = place.peer;
     model
         .fp8()
-        .set_amax_reducer(Some(Arc::new(CollectiveAmax::<Fp8<B>>::new(
+        .set_amax_reducer(Some(Arc::new(CollectiveAmax::<Fp8<B>>::in_group(
             peer,
-            peers,
+            place.slot,
+            place.total,
             device.clone(),
         ))));
     let grads = CollectiveSum {
