@@ -80,6 +80,14 @@ pub fn load_job_config(path: &Path, overrides: &[String]) -> Result<JobConfig, J
 /// `devices` names the kind of device, so a config that gives it needs no `device`; one that
 /// gives both must agree.
 fn devices_set_device(value: &mut Value, path: &Path) -> Result<(), JobConfigError> {
+    // `"device": "cuda:1"` is the one-device spelling of `"devices": ["cuda:1"]`.
+    if let (Some(Value::String(device)), None) = (value.get("device"), value.get("devices")) {
+        if let Some((kind, _)) = device.split_once(':') {
+            let slot = Value::String(device.clone());
+            value["device"] = Value::String(kind.to_string());
+            value["devices"] = Value::Array(vec![slot]);
+        }
+    }
     let Some(Value::Array(devices)) = value.get("devices") else {
         return Ok(());
     };
@@ -400,6 +408,10 @@ mod tests {
         assert_eq!(c.devices[1].to_string(), "ndarray:0");
         let c = with(r#""devices": ["cpu:0", "cpu"], "device": "cpu""#).unwrap();
         assert_eq!(c.device, super::super::Device::Cpu);
+        // A device index in `device` is a one-entry `devices`.
+        let c = with(r#""device": "ndarray:0""#).unwrap();
+        assert_eq!(c.device, super::super::Device::Ndarray);
+        assert_eq!(c.devices.len(), 1);
         let cases = [
             (
                 r#""devices": ["cpu", "ndarray"]"#,

@@ -86,7 +86,8 @@ pub struct JobConfig {
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// Where the job runs: `cpu` (default, Burn's flex backend), `ndarray` (the CPU on Burn's
-    /// ndarray backend); `wgpu` / `cuda` need the cargo features of the same name.
+    /// ndarray backend); `wgpu` / `cuda` need the cargo features of the same name. With an
+    /// index (`cuda:1`), the same as `devices: ["cuda:1"]`.
     #[serde(default)]
     pub device: Device,
     /// Data parallelism in this process: one peer per entry (`"cpu"`, `"cuda:0"`, `"wgpu:1"`;
