@@ -204,23 +204,21 @@ impl<R: AmaxReducer> AmaxReducer for TimedAmax<R> {
 
 impl<B: Backend> GradReducer<B> for CollectiveSum {
     fn sum(&self, flat: Tensor<B, 1>) -> Tensor<B, 1> {
-        let summed = self
-            .clock
-            .time(|| {
-                burn_collective::all_reduce::<B>(
-                    PeerId::from(self.peer as u32),
-                    flat.into_primitive().tensor(),
-                    ReduceOperation::Sum,
-                )
-            })
-            .unwrap_or_else(|e| {
-                panic!(
-                    "peer {}: the gradients' all-reduce failed: {e:?}",
-                    self.peer
-                )
-            });
-        Tensor::from_primitive(TensorPrimitive::Float(summed))
+        self.clock
+            .time(|| sum_over_peers(self.peer, flat, "the gradients' all-reduce"))
     }
+}
+
+/// `flat` summed over every peer of the group (burn-collective's all-reduce from local peer
+/// `peer`); a failure panics naming `what`.
+fn sum_over_peers<B: Backend>(peer: usize, flat: Tensor<B, 1>, what: &str) -> Tensor<B, 1> {
+    let summed = burn_collective::all_reduce::<B>(
+        PeerId::from(peer as u32),
+        flat.into_primitive().tensor(),
+        ReduceOperation::Sum,
+    )
+    .unwrap_or_else(|e| panic!("peer {peer}: {what} failed: {e:?}"));
+    Tensor::from_primitive(TensorPrimitive::Float(summed))
 }
 
 /// What peer 0 tells another peer.
@@ -532,22 +530,8 @@ fn join<B: Fp8Kernels>(
         }
     }
     let flat = Tensor::<Fp8<B>, 1>::from_data(TensorData::new(pieces, [4 * nodes]), &device);
-    let summed = burn_collective::all_reduce::<Fp8<B>>(
-        PeerId::from(place.peer as u32),
-        flat.into_primitive().tensor(),
-        ReduceOperation::Sum,
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "peer {}: the job check's all-reduce failed: {e:?}",
-            place.peer
-        )
-    });
-    let all: Vec<f32> = Tensor::<Fp8<B>, 1>::from_primitive(TensorPrimitive::Float(summed))
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("f32");
+    let summed = sum_over_peers(place.peer, flat, "the job check's all-reduce");
+    let all: Vec<f32> = summed.into_data().convert::<f32>().into_vec().expect("f32");
     let fingerprint =
         |n: usize| (0..4).fold(0u64, |f, k| f | ((all[4 * n + k] as u64) << (16 * k)));
     let differ: Vec<String> = (0..nodes)
