@@ -393,47 +393,6 @@ impl Peers {
         }
     }
 
-    /// Peer 0's forward/backward of one step: takes `grad_accum` batches from `loader` (every
-    /// node reads the same ones), keeps this process's rows of each (its first peer's, and
-    /// sends every other local peer its own); the loss and gradients come back summed over all
-    /// the peers.
-    pub fn forward_backward<B: Fp8Kernels + HostTensors>(
-        &self,
-        model: &Gpt2<TrainBackend<B>>,
-        loader: &mut DataLoader,
-        grad_accum: usize,
-        sample_stats: bool,
-        poison: Option<f32>,
-        device: &B::Device,
-    ) -> StepGrads<Fp8<B>> {
-        let mut mine = Vec::new();
-        let mut theirs: Vec<Vec<Share>> = (1..self.count()).map(|_| Vec::new()).collect();
-        for _ in 0..grad_accum {
-            let batch = loader.next_batch();
-            let mut shares = Share::split(&batch, self.total)
-                .into_iter()
-                .skip(self.first_slot)
-                .take(self.count());
-            mine.extend(shares.next());
-            for (peer, share) in theirs.iter_mut().zip(shares) {
-                peer.push(share);
-            }
-        }
-        self.send_step(theirs);
-        // Only the step's casts are the peers' business: evaluations are peer 0's alone.
-        model.fp8().set_amax_reducer(Some(self.amax.clone()));
-        let out = step::forward_backward_shares(
-            model,
-            mine,
-            sample_stats,
-            poison,
-            device,
-            Some(&self.grads as &dyn GradReducer<Fp8<B>>),
-        );
-        model.fp8().set_amax_reducer(None);
-        out
-    }
-
     /// Every other local peer applies the same AdamW update as peer 0.
     pub fn send_update(&self, hyper: AdamWStep, grad_scale: f32) {
         for worker in &self.workers {
@@ -448,7 +407,10 @@ impl Peers {
     }
 }
 
-/// One step's forward/backward: on this device alone, or as peer 0 of `peers`.
+/// One step's forward/backward: on this device alone, or as peer 0 of `peers`, which takes
+/// `grad_accum` batches from `loader` (every node reads the same ones), keeps this process's
+/// rows of each (its first peer's) and sends every other local peer its own; the loss and
+/// gradients come back summed over all the peers.
 pub fn forward_backward<B: Fp8Kernels + HostTensors>(
     peers: Option<&Peers>,
     model: &Gpt2<TrainBackend<B>>,
@@ -458,12 +420,35 @@ pub fn forward_backward<B: Fp8Kernels + HostTensors>(
     poison: Option<f32>,
     device: &B::Device,
 ) -> StepGrads<Fp8<B>> {
-    match peers {
-        None => step::forward_backward(model, loader, grad_accum, sample_stats, poison, device),
-        Some(peers) => {
-            peers.forward_backward::<B>(model, loader, grad_accum, sample_stats, poison, device)
+    let Some(peers) = peers else {
+        return step::forward_backward(model, loader, grad_accum, sample_stats, poison, device);
+    };
+    let mut mine = Vec::new();
+    let mut theirs: Vec<Vec<Share>> = (1..peers.count()).map(|_| Vec::new()).collect();
+    for _ in 0..grad_accum {
+        let batch = loader.next_batch();
+        let mut shares = Share::split(&batch, peers.total)
+            .into_iter()
+            .skip(peers.first_slot)
+            .take(peers.count());
+        mine.extend(shares.next());
+        for (peer, share) in theirs.iter_mut().zip(shares) {
+            peer.push(share);
         }
     }
+    peers.send_step(theirs);
+    // Only the step's casts are the peers' business: evaluations are peer 0's alone.
+    model.fp8().set_amax_reducer(Some(peers.amax.clone()));
+    let out = step::forward_backward_shares(
+        model,
+        mine,
+        sample_stats,
+        poison,
+        device,
+        Some(&peers.grads as &dyn GradReducer<Fp8<B>>),
+    );
+    model.fp8().set_amax_reducer(None);
+    out
 }
 
 fn send(worker: &Worker, command: Command) {
