@@ -84,7 +84,20 @@ fn config_difference(root: &Path, job: &JobConfig) -> Result<Option<String>, Err
     };
     let text = serde_json::to_string(job).expect("config serialises");
     let new: Value = serde_json::from_str(&text).expect("config serialises");
-    Ok(first_difference(String::new(), &old, &new))
+    Ok(first_difference(String::new(), &with_defaults(old), &new))
+}
+
+/// A run's `config.json` as this version writes it: read back as a [`JobConfig`] and written
+/// again, so a field added since the run (absent there, its default here) is no difference.
+/// A file this version cannot read stays as it is, and its differences are named.
+fn with_defaults(old: Value) -> Value {
+    match serde_json::from_value::<JobConfig>(old.clone()) {
+        Ok(job) => {
+            let text = serde_json::to_string(&job).expect("config serialises");
+            serde_json::from_str(&text).expect("config serialises")
+        }
+        Err(_) => old,
+    }
 }
 
 /// The dotted key of the first leaf (in key order) that differs, with both values.
@@ -133,6 +146,35 @@ fn planned_steps(job: &JobConfig, config: &Path) -> Result<u64, Error> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A run written before `devices` and `nodes` existed (its config.json lacks them) is the
+    /// same config as today's job with their defaults; a changed value, or a field this
+    /// version does not know, is still a difference.
+    #[test]
+    fn fields_added_since_a_run_are_not_a_difference() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/quickstart.json");
+        let job = crate::job::load::load_job_config(&path, &[]).unwrap();
+        let new = serde_json::to_value(&job).unwrap();
+        let mut old = new.clone();
+        let fields = old.as_object_mut().unwrap();
+        assert!(fields.remove("devices").is_some());
+        fields.remove("nodes");
+        assert!(first_difference(String::new(), &old, &new).is_some());
+        assert_eq!(
+            first_difference(String::new(), &with_defaults(old.clone()), &new),
+            None
+        );
+
+        let mut changed = old.clone();
+        changed["optimizer"]["lr"] = json!(0.5);
+        let named = first_difference(String::new(), &with_defaults(changed), &new).unwrap();
+        assert!(named.starts_with("optimizer.lr: 0.5 -> "), "{named}");
+
+        let mut unknown = old;
+        unknown["gone"] = json!(1);
+        let named = first_difference(String::new(), &with_defaults(unknown), &new).unwrap();
+        assert!(named.starts_with("devices: null -> "), "{named}");
+    }
 
     #[test]
     fn the_first_differing_leaf_is_named() {
