@@ -245,6 +245,15 @@ fn the_report_is_the_statistics_of_the_runs_own_metrics() {
             &r["val_accuracy_gap"],
             mean(&acc_gaps),
         );
+        // Their standard errors: the per-seed gaps' sample sd over sqrt(seeds).
+        let se = |v: &[f64]| sample_std(v) / (v.len() as f64).sqrt();
+        for (what, key, values) in [
+            ("gap", "val_gap_se", &gaps),
+            ("relative gap", "val_gap_relative_se", &relative),
+            ("accuracy gap", "val_accuracy_gap_se", &acc_gaps),
+        ] {
+            close(&format!("{recipe} {what} se"), &r[key], se(values));
+        }
         let speeds: Vec<f64> = (run_dirs(recipe).iter())
             .map(|run| median(column(run, TOKENS_PER_S).iter().map(|p| p.1).collect()))
             .collect();

@@ -21,6 +21,15 @@ fn spread(s: &Option<Spread>, digits: usize) -> String {
     }
 }
 
+/// A signed gap with its standard error: `+0.00152 ± 0.00040` (no `±` without one).
+fn gap(v: Option<f64>, se: Option<f64>, digits: usize) -> String {
+    let se = se.map(|e| format!(" ± {e:.digits$}")).unwrap_or_default();
+    match v {
+        Some(_) => number(v, digits, true) + &se,
+        None => "-".into(),
+    }
+}
+
 fn number(v: Option<f64>, digits: usize, signed: bool) -> String {
     match (v, signed) {
         (Some(v), true) => format!("{v:+.digits$}"),
@@ -42,7 +51,17 @@ pub fn render(title: &str, report: &Report) -> String {
            gap to baseline | relative gap | tokens/s | speed ratio | curves separate |\n\
            |---|---|---|---|---|---|---|---|---|\n";
     for r in &report.recipes {
-        let relative = (r.val_gap_relative).map_or("-".into(), |g| format!("{:+.3}%", 100.0 * g));
+        let percent = |v: Option<f64>| v.map(|g| 100.0 * g);
+        let relative = match r.val_gap_relative {
+            Some(_) => {
+                gap(
+                    percent(r.val_gap_relative),
+                    percent(r.val_gap_relative_se),
+                    3,
+                ) + "%"
+            }
+            None => "-".into(),
+        };
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -50,7 +69,7 @@ pub fn render(title: &str, report: &Report) -> String {
             spread(&r.final_val_loss, 4),
             spread(&r.best_val_loss, 4),
             spread(&r.final_val_perplexity, 3),
-            number(r.val_gap, 5, true),
+            gap(r.val_gap, r.val_gap_se, 5),
             relative,
             number(r.tokens_per_s, 0, false),
             number(r.speed_ratio, 3, false),
@@ -71,7 +90,11 @@ pub fn render(title: &str, report: &Report) -> String {
                 r.recipe,
                 spread(&r.final_val_accuracy, 4),
                 spread(&r.best_val_accuracy, 4),
-                number(r.val_accuracy_gap.map(|g| 100.0 * g), 2, true),
+                gap(
+                    r.val_accuracy_gap.map(|g| 100.0 * g),
+                    r.val_accuracy_gap_se.map(|g| 100.0 * g),
+                    2
+                ),
             );
         }
     }
@@ -135,7 +158,9 @@ fn definitions(base: &str) -> String {
            label word scores highest (`val_accuracy` of metrics.csv), final and highest.\n\
          - Gap to baseline: final val loss minus that of the `{base}` run of the same seed, \
            mean over seeds; relative gap: that difference divided by the `{base}` run's final \
-           val loss, mean over seeds. The accuracy gap likewise, in points.\n\
+           val loss, mean over seeds. The accuracy gap likewise, in points. `± e`: the standard \
+           error of that mean, the sample standard deviation of the per-seed gaps over \
+           sqrt(seeds) (the seeds pair the runs: same data order).\n\
          - Tokens/s: the median of the run's own per-step throughput (forward, backward, \
            optimizer step), then the mean over seeds; speed ratio: that over `{base}`'s.\n\
          - Curves separate: the first evaluation step at which |mean val loss of the recipe \

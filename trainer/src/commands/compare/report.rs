@@ -85,6 +85,13 @@ pub struct RecipeReport {
     pub val_gap_relative: Option<f64>,
     /// Mean over seeds of (final val accuracy - the baseline's of the same seed).
     pub val_accuracy_gap: Option<f64>,
+    /// The standard errors of those three means: the sample standard deviation of the
+    /// per-seed gaps over sqrt(seeds) (`None` with fewer than two seeds). The gaps are paired
+    /// by seed (same data order), so this is the uncertainty of the gap itself, smaller than
+    /// the two recipes' seed spreads together when the seeds move both alike.
+    pub val_gap_se: Option<f64>,
+    pub val_gap_relative_se: Option<f64>,
+    pub val_accuracy_gap_se: Option<f64>,
     /// Mean over seeds of each run's median tokens/s.
     pub tokens_per_s: Option<f64>,
     /// `tokens_per_s` / the baseline's.
@@ -197,13 +204,16 @@ impl RecipeReport {
     fn of(recipe: &RecipeRuns<'_>, baseline: Option<&RecipeRuns<'_>>, is_baseline: bool) -> Self {
         let final_loss = |r: &CompareRow| r.final_val_loss.map(f64::from);
         let spread = |f: &dyn Fn(&CompareRow) -> Option<f64>| Spread::of(&each_of(recipe, f));
-        // Mean over seeds of f(run) against f(baseline run of the same seed).
+        // The spread over seeds of f(run) against f(baseline run of the same seed).
         let paired = |f: &dyn Fn(&CompareRow) -> Option<f64>, g: fn(f64, f64) -> f64| {
             let values: Vec<f64> = (recipe.pairs_with(baseline?).into_iter())
                 .filter_map(|(r, b)| Some(g(f(r.summary)?, f(b.summary)?)))
                 .collect();
-            mean(&values)
+            Spread::of(&values)
         };
+        let gap = paired(&final_loss, |v, b| v - b);
+        let relative = paired(&final_loss, |v, b| (v - b) / b);
+        let accuracy_gap = paired(&|r| r.final_val_accuracy, |v, b| v - b);
         let speed = |r: &CompareRow| r.tokens_per_s;
         let tokens_per_s = mean(&each_of(recipe, &speed));
         let base_speed = baseline.and_then(|b| mean(&each_of(b, &speed)));
@@ -216,9 +226,12 @@ impl RecipeReport {
             final_val_perplexity: spread(&|r| final_loss(r).map(f64::exp)),
             final_val_accuracy: spread(&|r| r.final_val_accuracy),
             best_val_accuracy: spread(&|r| r.best_val_accuracy),
-            val_gap: paired(&final_loss, |v, b| v - b),
-            val_gap_relative: paired(&final_loss, |v, b| (v - b) / b),
-            val_accuracy_gap: paired(&|r| r.final_val_accuracy, |v, b| v - b),
+            val_gap: gap.as_ref().map(|s| s.mean),
+            val_gap_relative: relative.as_ref().map(|s| s.mean),
+            val_accuracy_gap: accuracy_gap.as_ref().map(|s| s.mean),
+            val_gap_se: gap.as_ref().and_then(Spread::standard_error),
+            val_gap_relative_se: relative.as_ref().and_then(Spread::standard_error),
+            val_accuracy_gap_se: accuracy_gap.as_ref().and_then(Spread::standard_error),
             speed_ratio: match (tokens_per_s, base_speed) {
                 (Some(s), Some(b)) if b > 0.0 => Some(s / b),
                 _ => None,
@@ -416,8 +429,19 @@ mod tests {
         let report = sweep.report();
         assert_eq!(report.recipes[0].separation, Separation::Baseline);
         assert_eq!(report.recipes[1].separation, Separation::AtStep(30));
-        // Gap 0.35 at the end: the mean of the paired gaps 0.3 and 0.4 (f32 inputs).
-        assert!((report.recipes[1].val_gap.unwrap() - 0.35).abs() < 1e-6);
+        // Gap 0.35 at the end: the mean of the paired gaps 0.3 and 0.4 (f32 inputs); their
+        // sample sd is 0.0707, over sqrt(2) a standard error of 0.05. Relative: 0.3/2.0 and
+        // 0.4/1.8 (0.15 and 0.2222), mean 0.1861, standard error 0.0361.
+        let fp8 = &report.recipes[1];
+        assert!((fp8.val_gap.unwrap() - 0.35).abs() < 1e-6);
+        assert!((fp8.val_gap_se.unwrap() - 0.05).abs() < 1e-6);
+        assert!((fp8.val_gap_relative.unwrap() - (0.15 + 0.4 / 1.8) / 2.0).abs() < 1e-6);
+        assert!((fp8.val_gap_relative_se.unwrap() - (0.4 / 1.8 - 0.15) / 2.0).abs() < 1e-6);
+        assert_eq!(
+            report.recipes[0].val_gap_se,
+            Some(0.0),
+            "the baseline against itself"
+        );
 
         // Curves inside the spread after step 0: never (at step 0, the fine-tune's shared
         // initial model, the seeds agree and any difference would exceed their zero range);

@@ -41,6 +41,11 @@ impl Spread {
     pub fn range(&self) -> f64 {
         self.max - self.min
     }
+
+    /// The standard error of the mean, std / sqrt(n) (`None` with one run).
+    pub fn standard_error(&self) -> Option<f64> {
+        Some(self.std? / (self.n as f64).sqrt())
+    }
 }
 
 /// The arithmetic mean (`None` of nothing).
