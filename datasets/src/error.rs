@@ -32,6 +32,21 @@ pub enum TokenizerError {
     Backend { id: String, message: String },
 }
 
+impl TokenizerError {
+    /// True when a tokenizer file or its settings are at fault (exit code 2): a file that
+    /// cannot be read or parsed, or has no end-of-text token. False for what goes wrong while
+    /// tokens are decoded or inside the tokenizer library.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::Io { .. }
+                | Self::Parse { .. }
+                | Self::NoEndOfText { .. }
+                | Self::NotATokenizer { .. }
+        )
+    }
+}
+
 /// Why a tokenized cache file cannot be used. The cache is then rebuilt and the reason logged;
 /// it reaches the user as an error only if a cache just written fails to open.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::decorator::Fp8;
 use crate::kernel::Fp8Kernels;
-use crate::linear::{site_backward, site_forward, SavedLinear};
+use crate::linear::{site_backward, site_forward, Keep, SavedLinear};
 use crate::site::Fp8Site;
 
 /// Backends that run named FP8 linear layers.
@@ -57,7 +57,7 @@ impl<B: Fp8Kernels> Fp8LinearOps for Fp8<B> {
         bias: Option<FloatTensor<Self>>,
         site: &Fp8Site,
     ) -> FloatTensor<Self> {
-        site_forward::<B>(x, weight, bias, site, false, false).0
+        site_forward::<B>(x, weight, bias, site, Keep::NOTHING).0
     }
 }
 
@@ -104,7 +104,10 @@ impl<B: Fp8Kernels, C: CheckpointStrategy> Fp8LinearOps for Autodiff<Fp8<B>, C> 
         site: &Fp8Site,
     ) -> FloatTensor<Self> {
         // dW needs the cast input, dX the cast weight.
-        let (keep_x, keep_weight) = (weight.is_tracked(), x.is_tracked());
+        let keep = Keep {
+            x: weight.is_tracked(),
+            weight: x.is_tracked(),
+        };
         // One arm per parent count (the node type is not nameable outside burn-autodiff).
         macro_rules! record {
             ($nodes:expr, $bias:expr) => {
@@ -114,19 +117,19 @@ impl<B: Fp8Kernels, C: CheckpointStrategy> Fp8LinearOps for Autodiff<Fp8<B>, C> 
                     .stateful()
                 {
                     OpsKind::Tracked(prep) => {
-                        let (y, saved) = site_forward::<B>(
+                        let (y, saved) =
+                            site_forward::<B>(x.primitive, weight.primitive, $bias, site, keep);
+                        prep.finish((saved, site.clone()), y)
+                    }
+                    OpsKind::UnTracked(prep) => prep.finish(
+                        site_forward::<B>(
                             x.primitive,
                             weight.primitive,
                             $bias,
                             site,
-                            keep_x,
-                            keep_weight,
-                        );
-                        prep.finish((saved, site.clone()), y)
-                    }
-                    OpsKind::UnTracked(prep) => prep.finish(
-                        site_forward::<B>(x.primitive, weight.primitive, $bias, site, false, false)
-                            .0,
+                            Keep::NOTHING,
+                        )
+                        .0,
                     ),
                 }
             };

@@ -7,8 +7,8 @@
 //! backward of one step see the same policy. Tests running in parallel threads each have their own
 //! slot; a thread with nothing installed runs with FP8 off.
 //!
-//! Statistics: every intercepted quantization is recorded (when the policy asks for it) with the
-//! linear call it belongs to. Forward calls are numbered 0, 1, ... in the order the model makes
+//! Statistics: every intercepted quantization is recorded (with its statistics when installed
+//! with [`install_with_stats`]) with the linear call it belongs to. Forward calls are numbered 0, 1, ... in the order the model makes
 //! them; Burn's autodiff replays the backward in reverse creation order, so the k-th layer whose
 //! backward runs in a pass is forward call `n - 1 - k`. A forward call after backward calls starts
 //! a new pass (the next micro-batch of a gradient accumulation).
@@ -21,6 +21,8 @@ use crate::report::{Fp8Report, LayerId, LinearOp};
 #[derive(Default)]
 struct Context {
     policy: Fp8Policy,
+    /// Record every cast's statistics.
+    stats: bool,
     pass: u32,
     forward_calls: u32,
     /// Layers whose backward has started in this pass.
@@ -53,12 +55,22 @@ impl Drop for Fp8Guard {
 /// On `fp8-delayed`: its amax histories belong to layer names, which anonymous layers do not
 /// have (name them with [`crate::Fp8Site`]s and call [`crate::fp8_linear`]).
 pub fn install(policy: Fp8Policy) -> Fp8Guard {
+    install_context(policy, false)
+}
+
+/// [`install`], every cast recorded with its statistics.
+pub fn install_with_stats(policy: Fp8Policy) -> Fp8Guard {
+    install_context(policy, true)
+}
+
+fn install_context(policy: Fp8Policy, stats: bool) -> Fp8Guard {
     assert!(
         policy.mode != crate::Precision::Fp8Delayed,
         "fp8-delayed needs named layers (Fp8Site): its amax histories are kept per layer name"
     );
     let context = Context {
         policy,
+        stats,
         ..Context::default()
     };
     let previous = SLOT.with(|s| s.borrow_mut().replace(context));
@@ -71,6 +83,12 @@ pub fn with_policy<R>(policy: Fp8Policy, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` with `policy` installed on this thread, every cast recorded with its statistics.
+pub fn with_policy_and_stats<R>(policy: Fp8Policy, f: impl FnOnce() -> R) -> R {
+    let _guard = install_with_stats(policy);
+    f()
+}
+
 /// This thread's policy (FP8 off when none is installed).
 pub fn current_policy() -> Fp8Policy {
     SLOT.with(|s| {
@@ -79,6 +97,11 @@ pub fn current_policy() -> Fp8Policy {
             .map(|c| c.policy.clone())
             .unwrap_or_else(Fp8Policy::off)
     })
+}
+
+/// Whether this thread's casts are recorded with their statistics.
+pub(crate) fn current_stats() -> bool {
+    SLOT.with(|s| s.borrow().as_ref().is_some_and(|c| c.stats))
 }
 
 /// Hands over everything recorded so far and starts a new step (call numbering from 0).

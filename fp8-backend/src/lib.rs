@@ -34,7 +34,10 @@ pub mod simd;
 pub mod site;
 
 pub use autodiff::{fp8_linear, Fp8LinearOps};
-pub use context::{current_policy, install, take_report, with_policy, Fp8Guard};
+pub use context::{
+    current_policy, install, install_with_stats, take_report, with_policy, with_policy_and_stats,
+    Fp8Guard,
+};
 pub use decorator::Fp8;
 pub use delayed::{AmaxCompute, AmaxHistory};
 pub use format::{Fp8Family, Fp8Format, Role, UnknownName};

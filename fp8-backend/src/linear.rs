@@ -22,31 +22,30 @@
 //!
 //! With FP8 off, each function is the inner op.
 
-use std::sync::Arc;
-
 use burn::tensor::ops::FloatTensor;
 
-use crate::context::{self, current_policy, next_call};
+use crate::context::{self, current_policy, current_stats, next_call};
 use crate::format::Role;
 use crate::kernel::{self, Fp8Kernels, QuantOutput};
 use crate::policy::{Fp8Policy, Precision};
 use crate::profile::gemm;
 use crate::report::{CastOutcome, LayerId, LinearOp};
 use crate::scaling::{amax_bias, BiasRule};
-use crate::site::Fp8Site;
+use crate::site::{Fp8Site, Recording};
 
-/// Casts one operand to the format of its role under `policy`. A tensor whose amax is not
-/// finite comes back unchanged (the caller reports it; the training loop's non-finite policy
-/// decides what happens).
+/// Casts one operand to the format of its role under `policy` (with its statistics when
+/// `stats`). A tensor whose amax is not finite comes back unchanged (the caller reports it;
+/// the training loop's non-finite policy decides what happens).
 fn cast<B: Fp8Kernels>(
     policy: &Fp8Policy,
+    stats: bool,
     tensor: FloatTensor<B>,
     role: Role,
 ) -> (FloatTensor<B>, CastOutcome) {
     let Some((format, rule)) = policy.rule_for(role) else {
         return (tensor, CastOutcome::Skipped);
     };
-    match B::fp8_quantize(tensor, format, rule, policy.stats) {
+    match B::fp8_quantize(tensor, format, rule, stats) {
         QuantOutput::Quantized(tensor, stats) => (tensor, CastOutcome::Quantized(stats)),
         QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax)),
     }
@@ -59,11 +58,12 @@ fn cast<B: Fp8Kernels>(
 /// the history has none) and the cast's amax joins the history (`crate::delayed`). With
 /// data-parallel peers (`crate::peers`), "its own amax" is the peers' largest, in both modes.
 fn site_cast<B: Fp8Kernels>(
-    policy: &Fp8Policy,
+    recording: &Recording,
     site: &Fp8Site,
     tensor: FloatTensor<B>,
     role: Role,
 ) -> (FloatTensor<B>, CastOutcome, Option<i32>) {
+    let (policy, stats) = (recording.policy.as_ref(), recording.stats);
     let Some((format, own_rule)) = policy.rule_for(role) else {
         return (tensor, CastOutcome::Skipped, None);
     };
@@ -85,7 +85,7 @@ fn site_cast<B: Fp8Kernels>(
         (_, rule) => (rule, None),
     };
     if policy.mode != Precision::Fp8Delayed {
-        let (tensor, outcome) = match B::fp8_quantize(tensor, format, own_rule, policy.stats) {
+        let (tensor, outcome) = match B::fp8_quantize(tensor, format, own_rule, stats) {
             QuantOutput::Quantized(tensor, stats) => (tensor, CastOutcome::Quantized(stats)),
             QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax)),
         };
@@ -99,7 +99,7 @@ fn site_cast<B: Fp8Kernels>(
         QuantOutput::Quantized(out, Some(stats)) if stats.amax.is_finite() => {
             let amax = peers_amax.unwrap_or(stats.amax);
             context.record_amax(site.layer(), role, amax, policy.amax_history_len);
-            let outcome = CastOutcome::Quantized(policy.stats.then_some(stats));
+            let outcome = CastOutcome::Quantized(recording.stats.then_some(stats));
             (out, outcome, Some(stats.bias))
         }
         // A non-finite amax under a history's bias: passed on unchanged, as under FP8-AMAX.
@@ -111,11 +111,28 @@ fn site_cast<B: Fp8Kernels>(
     }
 }
 
+/// Which operands the forward of a named layer keeps for its backward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keep {
+    /// q_E4(X), for dW (the weight takes a gradient).
+    pub x: bool,
+    /// q_E4(W) (or W, to cast again), for dX (the input takes a gradient).
+    pub weight: bool,
+}
+
+impl Keep {
+    /// Nothing: a forward without a backward (inference, untracked tensors).
+    pub const NOTHING: Self = Self {
+        x: false,
+        weight: false,
+    };
+}
+
 /// What the forward of a named layer keeps for its backward.
 #[derive(Clone, Debug)]
 pub struct SavedLinear<B: Fp8Kernels> {
-    /// The policy snapshot the forward ran under.
-    policy: Arc<Fp8Policy>,
+    /// What the forward ran under.
+    recording: Recording,
     /// q_E4(X), when dW is wanted.
     x: Option<FloatTensor<B>>,
     /// q_E4(W) (or W itself, to be cast again), when dX is wanted.
@@ -129,34 +146,33 @@ enum Operand<B: Fp8Kernels> {
     Raw(FloatTensor<B>, Option<i32>),
 }
 
-/// Forward of the named layer `site`: `q_E4(x) @ q_E4(W) + b`. `keep_x` / `keep_weight`: the
-/// backward will want dW / dX (so the cast input / weight are kept).
+/// Forward of the named layer `site`: `q_E4(x) @ q_E4(W) + b`, keeping what `keep` says the
+/// backward will want.
 pub fn site_forward<B: Fp8Kernels>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     bias: Option<FloatTensor<B>>,
     site: &Fp8Site,
-    keep_x: bool,
-    keep_weight: bool,
+    keep: Keep,
 ) -> (FloatTensor<B>, SavedLinear<B>) {
-    let policy = site.context().policy();
+    let recording = site.context().snapshot();
     let layer = site.layer();
-    let (x, x_cast, _) = site_cast::<B>(&policy, site, x, Role::Activation);
-    let keep_raw_weight = keep_weight && !policy.cache_weights;
+    let (x, x_cast, _) = site_cast::<B>(&recording, site, x, Role::Activation);
+    let keep_raw_weight = keep.weight && !recording.policy.cache_weights;
     let raw_weight = keep_raw_weight.then(|| weight.clone());
-    let (weight, w_cast, w_bias) = site_cast::<B>(&policy, site, weight, Role::Weight);
+    let (weight, w_cast, w_bias) = site_cast::<B>(&recording, site, weight, Role::Weight);
     site.context().record(|report| {
         report.add(layer, LinearOp::Forward, Role::Activation, &x_cast);
         report.add(layer, LinearOp::Forward, Role::Weight, &w_cast);
     });
     let saved = SavedLinear {
-        x: keep_x.then(|| x.clone()),
-        weight: match (keep_weight, raw_weight) {
+        x: keep.x.then(|| x.clone()),
+        weight: match (keep.weight, raw_weight) {
             (false, _) => None,
             (true, Some(raw)) => Some(Operand::Raw(raw, w_bias)),
             (true, None) => Some(Operand::Cast(weight.clone())),
         },
-        policy,
+        recording,
     };
     (gemm(|| kernel::linear::<B>(x, weight, bias)), saved)
 }
@@ -168,8 +184,9 @@ pub fn site_backward<B: Fp8Kernels>(
     site: &Fp8Site,
     output_grad: FloatTensor<B>,
 ) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
-    let policy = &saved.policy;
-    let (dy, dy_cast, _) = site_cast::<B>(policy, site, output_grad, Role::Gradient);
+    let recording = &saved.recording;
+    let policy = recording.policy.as_ref();
+    let (dy, dy_cast, _) = site_cast::<B>(recording, site, output_grad, Role::Gradient);
     let op = if saved.weight.is_some() {
         LinearOp::BackwardX
     } else {
@@ -181,7 +198,7 @@ pub fn site_backward<B: Fp8Kernels>(
         let w = match w {
             Operand::Cast(w) => w,
             // Cast again: the same tensor gives the same figures, already recorded.
-            Operand::Raw(w, None) => cast::<B>(policy, w, Role::Weight).0,
+            Operand::Raw(w, None) => cast::<B>(policy, recording.stats, w, Role::Weight).0,
             // The forward's bias, from a history that has moved on since.
             Operand::Raw(w, Some(bias)) => {
                 let (format, _) = policy.rule_for(Role::Weight).expect("FP8 is on");
@@ -209,7 +226,7 @@ fn cast_reported<B: Fp8Kernels>(
     tensor: FloatTensor<B>,
     role: Role,
 ) -> FloatTensor<B> {
-    let (tensor, outcome) = cast::<B>(policy, tensor, role);
+    let (tensor, outcome) = cast::<B>(policy, current_stats(), tensor, role);
     context::record(|report| report.add(layer, op, role, &outcome));
     tensor
 }

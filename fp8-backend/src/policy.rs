@@ -107,10 +107,6 @@ pub struct Fp8Policy {
     /// Log a warning when a sampled tensor saturates more than this fraction of its values
     /// (statistics steps only; 1 = never).
     pub warn_saturation: f64,
-    /// Record a [`crate::QuantRecord`] for every cast made under this policy (not a config field:
-    /// the training loop turns it on for the steps that `stats_every` samples).
-    #[serde(skip)]
-    pub stats: bool,
 }
 
 impl Default for Fp8Policy {
@@ -130,7 +126,6 @@ impl Default for Fp8Policy {
             cache_weights: true,
             warn_underflow: DEFAULT_WARN_UNDERFLOW,
             warn_saturation: DEFAULT_WARN_SATURATION,
-            stats: false,
         }
     }
 }
@@ -165,11 +160,6 @@ impl Fp8Policy {
     /// The same policy with another family.
     pub fn with_family(self, family: Fp8Family) -> Self {
         Self { family, ..self }
-    }
-
-    /// The same policy with statistics on or off.
-    pub fn with_stats(self, stats: bool) -> Self {
-        Self { stats, ..self }
     }
 
     /// Whether the linear ops are quantized at all.
@@ -422,10 +412,6 @@ mod tests {
         assert!(err.to_string().contains("fp16"), "{err}");
         assert!(Fp8Policy::cscale(32).validate().is_err());
         let text = serde_json::to_string(&p).unwrap();
-        assert!(
-            !text.contains("\"stats\""),
-            "the runtime flag is not a config key: {text}"
-        );
         assert_eq!(serde_json::from_str::<Fp8Policy>(&text).unwrap(), p);
     }
 

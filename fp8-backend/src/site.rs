@@ -26,6 +26,8 @@ pub struct Fp8Context {
 #[derive(Default)]
 struct Shared {
     policy: Arc<Fp8Policy>,
+    /// Record every cast's statistics (the training loop's switch for sampled steps).
+    stats: bool,
     report: Fp8Report,
     histories: AmaxHistories,
     /// Data-parallel peers' amax reduction (`crate::peers`); `None` on a single device.
@@ -51,20 +53,28 @@ impl Fp8Context {
         self.lock().policy.clone()
     }
 
+    /// What calls made from now on run under: the policy and whether their casts' statistics
+    /// are recorded.
+    pub(crate) fn snapshot(&self) -> Recording {
+        let shared = self.lock();
+        Recording {
+            policy: shared.policy.clone(),
+            stats: shared.stats,
+        }
+    }
+
     /// Replaces the policy (calls already made keep theirs for their backward).
     pub fn set_policy(&self, policy: Fp8Policy) {
         self.lock().policy = Arc::new(policy);
     }
 
-    /// Turns statistics on or off for the calls made from now on.
+    /// Turns statistics on or off for the calls made from now on (a [`crate::QuantRecord`] for
+    /// every cast; the training loop turns them on for the steps that
+    /// [`Fp8Policy::stats_every`] samples).
     pub fn set_stats(&self, stats: bool) {
-        let mut shared = self.lock();
-        if shared.policy.stats != stats {
-            shared.policy = Arc::new(shared.policy.as_ref().clone().with_stats(stats));
-        }
+        self.lock().stats = stats;
     }
 
-    /// Hands over everything recorded since the last call.
     /// Makes every activation and gradient cast of this context's layers take its scale from
     /// the largest amax over the data-parallel peers (`crate::peers`), until set to `None`.
     /// Evaluation on one peer alone must run without it (the others would not join the casts).
@@ -77,6 +87,7 @@ impl Fp8Context {
         self.lock().reducer.clone()
     }
 
+    /// Hands over everything recorded since the last call.
     pub fn take_report(&self) -> Fp8Report {
         std::mem::take(&mut self.lock().report)
     }
@@ -156,9 +167,18 @@ impl fmt::Debug for Fp8Context {
         let shared = self.lock();
         f.debug_struct("Fp8Context")
             .field("policy", &shared.policy)
+            .field("stats", &shared.stats)
             .field("records", &shared.report.records.len())
             .finish()
     }
+}
+
+/// The policy a linear call runs under, and whether its casts' statistics are recorded: a
+/// snapshot taken by the forward, which its backward uses too.
+#[derive(Clone, Debug)]
+pub(crate) struct Recording {
+    pub policy: Arc<Fp8Policy>,
+    pub stats: bool,
 }
 
 /// One named FP8 linear layer: its identity and the context it reports to.

@@ -1,23 +1,78 @@
-//! The one error type of the `fp8-trainer` commands, and its exit code (docs/design.md, "CLI"):
-//! 2 for bad input (the message names the file and the field, line or tensor), 1 otherwise.
+//! The one error type of the `fp8-trainer` commands, the one field error of every config the
+//! trainer reads, and the process's exit codes, decided here (docs/design.md, "CLI"): 2 for
+//! bad input (the message names the file and the field, line or tensor), 1 otherwise, 130
+//! interrupted. Whether an error is bad input is decided where its type is defined
+//! (`is_bad_input`); [`Error::exit`] only asks.
 
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::CheckpointError;
-use crate::job::{Device, JobConfigError};
+use crate::device::Device;
+use crate::job::JobConfigError;
+
+/// How the process ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Exit {
+    #[default]
+    Success,
+    /// Anything that is not the input's fault: I/O while writing, a non-finite `stop`, a failed
+    /// data-parallel peer or node.
+    Failure,
+    /// Bad input: config, data, checkpoint, arguments, training state.
+    BadInput,
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Interrupted,
+}
+
+impl Exit {
+    /// The process's exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Failure => 1,
+            Self::BadInput => 2,
+            Self::Interrupted => 130,
+        }
+    }
+
+    /// Ends the process at once with this exit code, after saying `message` (an error is
+    /// logged, `error: ...` on stderr and in the run's log; an interruption is a note on
+    /// stderr): for a thread that cannot hand an error back to the job's thread (a failed
+    /// data-parallel peer, the node watchdog, a panic hook) and for a second Ctrl-C.
+    pub fn now(self, message: &str) -> ! {
+        match self {
+            Self::Failure | Self::BadInput => log::error!("{message}"),
+            Self::Success | Self::Interrupted => eprintln!("\n{message}"),
+        }
+        std::process::exit(i32::from(self.code()))
+    }
+}
+
+/// A field of a config file (the job config, a checkpoint's `config.json`) that parsed but
+/// cannot be used: the one field error every config error of the trainer uses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: field `{field}`: {message}")]
+pub struct FieldError {
+    pub path: PathBuf,
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: &Path, field: &str, message: impl Into<String>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Config(#[from] JobConfigError),
-    /// A job config field that parsed but cannot be used.
-    #[error("{file}: field `{field}`: {message}")]
-    Field {
-        file: PathBuf,
-        field: String,
-        message: String,
-    },
     #[error("{file}: field `data`: {source}")]
     Data {
         file: PathBuf,
@@ -67,32 +122,32 @@ pub enum Error {
 }
 
 impl Error {
-    /// 2 for bad input, 1 for anything else.
-    pub fn exit_code(&self) -> u8 {
-        use datasets::TokenizerError as T;
+    /// [`Exit::BadInput`] for bad input, [`Exit::Failure`] for anything else.
+    pub fn exit(&self) -> Exit {
         let bad_input = match self {
+            Self::Config(e) => e.is_bad_input(),
             Self::Data { source, .. } | Self::DataArgument { source, .. } => source.is_bad_input(),
-            Self::Config(_)
-            | Self::Field { .. }
-            | Self::RunDirInUse { .. }
+            Self::Tokenizer { source, .. } => source.is_bad_input(),
+            Self::Checkpoint(e) => e.is_bad_input(),
+            Self::RunDirInUse { .. }
             | Self::Argument { .. }
             | Self::BadFile { .. }
             | Self::DeviceUnavailable(_) => true,
-            Self::Tokenizer { source, .. } => matches!(
-                source,
-                T::Io { .. } | T::Parse { .. } | T::NoEndOfText { .. } | T::NotATokenizer { .. }
-            ),
-            Self::Checkpoint(e) => e.is_bad_input(),
             Self::Io { .. }
             | Self::NonFinite { .. }
             | Self::NonFiniteCheckpoint { .. }
             | Self::Plot { .. } => false,
         };
         if bad_input {
-            2
+            Exit::BadInput
         } else {
-            1
+            Exit::Failure
         }
+    }
+
+    /// The process's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        self.exit().code()
     }
 
     /// Maps an I/O error on `path` (for `map_err`).
@@ -103,11 +158,7 @@ impl Error {
 
     /// A field of the job config `file` that cannot be used.
     pub(crate) fn field(file: &Path, field: &str, message: impl Into<String>) -> Self {
-        Self::Field {
-            file: file.to_path_buf(),
-            field: field.to_string(),
-            message: message.into(),
-        }
+        Self::Config(JobConfigError::Field(FieldError::new(file, field, message)))
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use trainer::commands::{run, Cli, Command};
+use trainer::Exit;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,12 +39,11 @@ fn report_missing_gpu_adapter() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
         if message.contains("No possible adapter available") {
-            eprintln!(
-                "error: device `wgpu`: no usable GPU adapter (Vulkan, Metal or DX12) was found. \
+            Exit::Failure.now(
+                "device `wgpu`: no usable GPU adapter (Vulkan, Metal or DX12) was found. \
                  Install the GPU's Vulkan driver, or Mesa's software one (Debian/Ubuntu: \
-                 `apt-get install mesa-vulkan-drivers`), or use \"device\": \"cpu\""
+                 `apt-get install mesa-vulkan-drivers`), or use \"device\": \"cpu\"",
             );
-            std::process::exit(1);
         }
         default(info);
     }));
@@ -63,11 +63,10 @@ fn main() -> ExitCode {
         let flag = stop.clone();
         let handler = move || {
             if flag.swap(true, Ordering::SeqCst) {
-                eprintln!(
-                    "\nsecond interrupt: stopping at once; the step in progress is not saved \
-                     (the run's last complete checkpoint is kept: continue with --resume)"
+                Exit::Interrupted.now(
+                    "second interrupt: stopping at once; the step in progress is not saved \
+                     (the run's last complete checkpoint is kept: continue with --resume)",
                 );
-                std::process::exit(130);
             }
         };
         if let Err(e) = ctrlc::set_handler(handler) {
@@ -82,7 +81,7 @@ fn main() -> ExitCode {
             if let Some(note) = done.note {
                 eprintln!("{note}");
             }
-            ExitCode::from(done.exit_code)
+            ExitCode::from(done.exit.code())
         }
         Err(error) => {
             eprintln!("error: {error}");

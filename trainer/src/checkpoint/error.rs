@@ -4,13 +4,13 @@ use std::path::PathBuf;
 
 use fp8_backend::LayerFilterError;
 
-use crate::model::ConfigError;
+use crate::model::ModelConfigError;
 
 /// Why a checkpoint could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ModelConfigError),
     #[error(transparent)]
     LayerFilter(#[from] LayerFilterError),
     #[error(
@@ -47,10 +47,14 @@ pub enum CheckpointError {
     #[error("{path}: tensor `{tensor}` is missing (the model has it; the checkpoint does not)")]
     MissingTensor { path: PathBuf, tensor: String },
     #[error(
-        "{path}: tensor `{tensor}` is not a parameter of this GPT-2 model (wrong config.json, \
+        "{path}: tensor `{tensor}` is not a parameter of this {family} model (wrong config.json, \
          or a checkpoint of another architecture?)"
     )]
-    UnexpectedTensor { path: PathBuf, tensor: String },
+    UnexpectedTensor {
+        path: PathBuf,
+        tensor: String,
+        family: &'static str,
+    },
     #[error("{path}: tensor `{tensor}` appears twice (as `{first}` and `{second}`)")]
     DuplicateTensor {
         path: PathBuf,
@@ -72,10 +76,14 @@ pub enum CheckpointError {
         dtype: String,
     },
     #[error(
-        "{path}: `lm_head.weight` differs from `transformer.wte.weight` but config.json has \
+        "{path}: `{head}` differs from `{embedding}` but config.json has \
          tie_word_embeddings = true (set it to false to load a separate head)"
     )]
-    UntiedHead { path: PathBuf },
+    UntiedHead {
+        path: PathBuf,
+        head: String,
+        embedding: String,
+    },
     #[error(
         "{path}: tensor `{tensor}` holds a non-finite value ({value} at element {index}); the \
          checkpoint is corrupt or diverged (use an earlier one)"

@@ -1,11 +1,11 @@
-//! Strict loading of Hugging Face GPT-2 checkpoints into [`Gpt2`].
+//! Strict loading of Hugging Face checkpoints into a [`Model`].
 //!
 //! Every model parameter must be found with the shape `config.json` implies, and every tensor
-//! of the file must be used (nanoGPT's `from_pretrained` asserts the same). Tolerated, as
-//! docs/design.md lists: names with or without the `transformer.` prefix; the attention-mask buffers
-//! `h.N.attn.bias` / `h.N.attn.masked_bias` of old uploads; `lm_head.weight` equal to `wte`
-//! when the head is tied. Conv1D weights are `[in, out]` in the file and in the model's
-//! `Projection`: they are used as they are, never transposed.
+//! of the file must be used (nanoGPT's `from_pretrained` asserts the same). What a family's
+//! uploads may carry besides (GPT-2: names without the `transformer.` prefix, attention-mask
+//! buffers, a stored copy of the tied head) is the family's to say
+//! ([`ModelConfig::file_tensor`]). Weights are used in the file's layout (GPT-2's Conv1D
+//! weights are `[in, out]` in the file and in the model), never transposed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,9 +14,9 @@ use burn::tensor::{backend::Backend, TensorData};
 
 use super::error::CheckpointError;
 use super::safetensors_file::WeightFiles;
+use crate::model::config::FileTensor;
 use crate::model::names::{param_shapes, replace_params};
-use crate::model::Gpt2Config;
-use crate::model::{Gpt2, ModelOptions};
+use crate::model::{Model, ModelConfig, ModelOptions};
 
 /// The architecture file of a checkpoint directory.
 pub const CONFIG_FILE: &str = "config.json";
@@ -26,33 +26,33 @@ pub fn load_checkpoint<B: Backend>(
     dir: &Path,
     options: &ModelOptions,
     device: &B::Device,
-) -> Result<Gpt2<B>, CheckpointError> {
-    let config = Gpt2Config::from_file(&dir.join(CONFIG_FILE))?;
+) -> Result<Model<B>, CheckpointError> {
+    let config = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
     let weights = WeightFiles::open_dir(dir)?;
     load_weights(&config, &weights, options, device)
 }
 
 /// Builds a model for `config` with the tensors of `weights`.
 pub fn load_weights<B: Backend>(
-    config: &Gpt2Config,
+    config: &ModelConfig,
     weights: &WeightFiles,
     options: &ModelOptions,
     device: &B::Device,
-) -> Result<Gpt2<B>, CheckpointError> {
-    let model = Gpt2::<B>::new(config, options, device)?;
+) -> Result<Model<B>, CheckpointError> {
+    let model = Model::<B>::new(config, options, device)?;
 
     // Model name -> name in the file, for every tensor that must become a parameter.
     let mut sources: BTreeMap<String, String> = BTreeMap::new();
     let mut tied_head = None;
     for name in weights.names() {
-        if is_attention_buffer(name) {
-            continue;
-        }
-        let model_name = model_name(name);
-        if model_name == "lm_head.weight" && config.tie_word_embeddings {
-            tied_head = Some(name);
-            continue;
-        }
+        let model_name = match config.file_tensor(name) {
+            FileTensor::Param(model_name) => model_name,
+            FileTensor::Buffer => continue,
+            FileTensor::TiedHead { embedding, shape } => {
+                tied_head = Some((name, embedding, shape));
+                continue;
+            }
+        };
         if let Some(first) = sources.insert(model_name.clone(), name.to_string()) {
             return Err(CheckpointError::DuplicateTensor {
                 path: weights.path_of(name).to_path_buf(),
@@ -70,6 +70,7 @@ pub fn load_weights<B: Backend>(
             return Err(CheckpointError::UnexpectedTensor {
                 path: weights.path_of(file_name).to_path_buf(),
                 tensor: file_name.clone(),
+                family: config.family_name(),
             });
         }
     }
@@ -82,8 +83,14 @@ pub fn load_weights<B: Backend>(
             })?;
         check_shape(weights, file_name, shape)?;
     }
-    if let Some(head) = tied_head {
-        check_tied_head(weights, head, &sources["transformer.wte.weight"], config)?;
+    if let Some((head, embedding, shape)) = tied_head {
+        let stored = sources
+            .get(&embedding)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                path: weights.origin().to_path_buf(),
+                tensor: embedding.clone(),
+            })?;
+        check_tied_head(weights, head, stored, &embedding, &shape)?;
     }
 
     replace_params(
@@ -106,27 +113,6 @@ pub fn load_weights<B: Backend>(
     )
 }
 
-/// The name of a checkpoint tensor in our module tree: `transformer.` prefixed unless it is the head.
-fn model_name(file_name: &str) -> String {
-    if file_name.starts_with("transformer.") || file_name.starts_with("lm_head.") {
-        file_name.to_string()
-    } else {
-        format!("transformer.{file_name}")
-    }
-}
-
-/// `h.N.attn.bias` / `h.N.attn.masked_bias`: the causal-mask buffers older `transformers` saved.
-fn is_attention_buffer(file_name: &str) -> bool {
-    let name = file_name.strip_prefix("transformer.").unwrap_or(file_name);
-    let Some(rest) = name.strip_prefix("h.") else {
-        return false;
-    };
-    let Some((layer, buffer)) = rest.split_once('.') else {
-        return false;
-    };
-    layer.chars().all(|c| c.is_ascii_digit()) && matches!(buffer, "attn.bias" | "attn.masked_bias")
-}
-
 fn check_shape(
     weights: &WeightFiles,
     file_name: &str,
@@ -147,47 +133,27 @@ fn check_shape(
     Ok(())
 }
 
-/// A tied checkpoint may still carry `lm_head.weight`; it must then be `wte` exactly.
+/// A tied checkpoint may still carry its head (GPT-2: `lm_head.weight`); it must then be the
+/// embedding (`stored`, the file's name of `embedding`) exactly.
 fn check_tied_head(
     weights: &WeightFiles,
     head: &str,
-    wte: &str,
-    config: &Gpt2Config,
+    stored: &str,
+    embedding: &str,
+    shape: &[usize],
 ) -> Result<(), CheckpointError> {
-    check_shape(weights, head, &[config.vocab_size, config.n_embd])?;
+    check_shape(weights, head, shape)?;
     let same = weights
         .read_f32(head)?
         .iter()
-        .zip(weights.read_f32(wte)?)
+        .zip(weights.read_f32(stored)?)
         .all(|(a, b)| a.to_bits() == b.to_bits());
     if !same {
         return Err(CheckpointError::UntiedHead {
             path: weights.path_of(head).to_path_buf(),
+            head: head.to_string(),
+            embedding: embedding.to_string(),
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buffers_are_recognised_by_exact_name() {
-        assert!(is_attention_buffer("h.0.attn.bias"));
-        assert!(is_attention_buffer("transformer.h.11.attn.masked_bias"));
-        assert!(!is_attention_buffer("h.0.attn.c_attn.bias"));
-        assert!(!is_attention_buffer("h.x.attn.bias"));
-        assert!(!is_attention_buffer("wte.weight"));
-    }
-
-    #[test]
-    fn names_gain_the_transformer_prefix() {
-        assert_eq!(model_name("h.0.ln_1.weight"), "transformer.h.0.ln_1.weight");
-        assert_eq!(
-            model_name("transformer.wte.weight"),
-            "transformer.wte.weight"
-        );
-        assert_eq!(model_name("lm_head.weight"), "lm_head.weight");
-    }
 }

@@ -1,4 +1,4 @@
-//! Hugging Face GPT-2 checkpoints: `config.json` + `model.safetensors`, loaded strictly and
+//! Hugging Face checkpoints: `config.json` + `model.safetensors`, loaded strictly and
 //! written in the same layout.
 
 pub mod error;

@@ -1,7 +1,8 @@
-//! Writing checkpoints in the Hugging Face GPT-2 layout, so `transformers` loads them.
-//!
-//! Tensor names carry the `transformer.` prefix, as recent `save_pretrained` writes them; a tied
-//! head is not written (`transformers` re-ties it from `wte`). Conv1D weights stay `[in, out]`.
+//! Writing checkpoints in the Hugging Face layout of the model's family, so `transformers`
+//! loads them: tensors by the model's parameter names, which are the family's Hugging Face
+//! names (GPT-2: with the `transformer.` prefix, as recent `save_pretrained` writes them; a
+//! tied head is not a parameter, so it is not written and `transformers` re-ties it; Conv1D
+//! weights stay `[in, out]`).
 //! A checkpoint directory is written beside its target under a temporary name and renamed into
 //! place, so a crash never leaves a half-written `model.safetensors` under the real name.
 
@@ -18,7 +19,7 @@ use super::error::CheckpointError;
 use super::load::CONFIG_FILE;
 use super::safetensors_file::WEIGHTS_FILE;
 use crate::model::names::param_values;
-use crate::model::Gpt2;
+use crate::model::{Model, ModelConfig};
 
 /// An f32 tensor to write: name, shape, values (row-major).
 pub struct NamedTensor {
@@ -29,7 +30,7 @@ pub struct NamedTensor {
 
 /// Writes `dir` (config.json + model.safetensors) atomically: into a temporary sibling
 /// directory first, then renamed. An existing `dir` is replaced as a whole.
-pub fn save_checkpoint<B: Backend>(model: &Gpt2<B>, dir: &Path) -> Result<(), CheckpointError> {
+pub fn save_checkpoint<B: Backend>(model: &Model<B>, dir: &Path) -> Result<(), CheckpointError> {
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CheckpointError::Write { path, source }
@@ -66,14 +67,14 @@ pub fn save_checkpoint<B: Backend>(model: &Gpt2<B>, dir: &Path) -> Result<(), Ch
 /// Writes config.json and model.safetensors into an existing directory (for callers that stage
 /// more files, e.g. training state, before renaming the directory themselves).
 pub fn write_checkpoint_files<B: Backend>(
-    model: &Gpt2<B>,
+    model: &Model<B>,
     dir: &Path,
 ) -> Result<(), CheckpointError> {
-    write_checkpoint_tensors(model.config(), &model_tensors(model), dir)
+    write_checkpoint_tensors(&model.config(), &model_tensors(model), dir)
 }
 
 /// Every parameter of `model` on the host, by Hugging Face name, in module order.
-pub fn model_tensors<B: Backend>(model: &Gpt2<B>) -> Vec<NamedTensor> {
+pub fn model_tensors<B: Backend>(model: &Model<B>) -> Vec<NamedTensor> {
     param_values(model)
         .into_iter()
         .map(|(name, data)| NamedTensor {
@@ -89,7 +90,7 @@ pub fn model_tensors<B: Backend>(model: &Gpt2<B>) -> Vec<NamedTensor> {
 
 /// [`write_checkpoint_files`] with the parameters already on the host.
 pub fn write_checkpoint_tensors(
-    config: &crate::model::Gpt2Config,
+    config: &ModelConfig,
     tensors: &[NamedTensor],
     dir: &Path,
 ) -> Result<(), CheckpointError> {

@@ -17,17 +17,18 @@ use std::process::Command;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use fp8_backend::{Fp8Kernels, Precision};
+use fp8_backend::Precision;
 use serde::{Deserialize, Serialize};
 
+use crate::device::{Device, DeviceBackend, TrainBackend};
 use crate::error::Error;
-use crate::host::HostTensors;
-use crate::job::assemble::{build_model, check_device, open_data, TrainBackend};
-use crate::job::{load_job_config, Device, JobConfig};
+use crate::job::assemble::{build_model, open_data};
+use crate::job::{check, load_job_config, JobConfig};
 use crate::model::names::param_shapes;
+use crate::model::ModelConfig;
 use crate::train::optimizer::{AdamW, AdamWStep};
-use crate::train::parallel::{self, Group, PeerDevice, Peers};
-use crate::train::step::{apply_adamw, clip_factor};
+use crate::train::parallel::{self, Group, Peers};
+use crate::train::step::{apply_adamw, clip_factor, StepOptions};
 
 /// Arguments of `bench`.
 #[derive(Clone, Debug, clap::Args)]
@@ -191,13 +192,13 @@ fn bench_single(args: &BenchArgs, mut job: JobConfig) -> Result<BenchResult, Err
     job.precision.mode = precision;
     job.precision.stats_every = 0;
     job.device = *device;
-    check_device(&job, &args.config)?;
+    check::device(&job, &args.config)?;
     on_device!(job.device, bench_on(args, &job))
 }
 
 /// The timed loop on `device` of the inner backend `B` (with the job's data-parallel peers,
 /// when it has several `devices`).
-fn bench_on<B: Fp8Kernels + HostTensors + PeerDevice>(
+fn bench_on<B: DeviceBackend>(
     args: &BenchArgs,
     job: &JobConfig,
     device: B::Device,
@@ -246,15 +247,13 @@ where
         if let Some(peers) = &peers {
             peers.take_collective_seconds();
         }
-        let out = parallel::forward_backward::<B>(
-            peers.as_ref(),
-            &model,
-            &mut loader,
-            job.grad_accum,
-            false,
-            None,
-            &device,
-        );
+        let options = StepOptions {
+            grad_accum: job.grad_accum,
+            stats: false,
+            loss_factor: None,
+        };
+        let out =
+            parallel::step_gradients::<B>(peers.as_ref(), &model, &mut loader, &options, &device);
         let gradients_done = start.elapsed().as_secs_f64();
         let scale = clip_factor(out.global_norm(), job.grad_clip);
         if let Some(peers) = &peers {
@@ -383,7 +382,7 @@ fn run_peer(
     job: &JobConfig,
     device: &str,
 ) -> Result<Vec<BenchResult>, Error> {
-    let config = crate::job::assemble::model_config(job, &args.config)?;
+    let ModelConfig::Gpt2(config) = crate::job::assemble::model_config(job, &args.config)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peers/torch_gpt2.py");
     let script = match script.is_file() {
         true => script,

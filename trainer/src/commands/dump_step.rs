@@ -10,15 +10,15 @@ use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use datasets::{DataLoader, WindowOrder};
-use fp8_backend::Fp8Kernels;
 
 use crate::checkpoint::{write_safetensors, NamedTensor};
+use crate::device::{DeviceBackend, InferenceBackend};
 use crate::error::Error;
-use crate::job::assemble::{build_model, check_device, open_data};
-use crate::job::{load_job_config, JobConfig};
+use crate::job::assemble::{build_model, open_data};
+use crate::job::{check, load_job_config, JobConfig};
 use crate::model::loss::batch_tensors;
 use crate::train::run_dir::{write_fp8_stats, Fp8StatsRow};
-use crate::train::step::forward_backward;
+use crate::train::step::{gradients, Share, StepOptions};
 
 /// Arguments of `dump-step`.
 #[derive(Clone, Debug, clap::Args)]
@@ -43,11 +43,11 @@ pub struct DumpStepArgs {
 /// Runs `dump-step` on the job's device; returns the loss.
 pub fn run_dump_step(args: &DumpStepArgs) -> Result<f32, Error> {
     let job = load_job_config(&args.config, &args.overrides)?;
-    check_device(&job, &args.config)?;
+    check::device(&job, &args.config)?;
     on_device!(job.device, dump_on(args, &job))
 }
 
-fn dump_on<B: Fp8Kernels + crate::host::HostTensors>(
+fn dump_on<B: DeviceBackend>(
     args: &DumpStepArgs,
     job: &JobConfig,
     device: B::Device,
@@ -61,7 +61,7 @@ fn dump_on<B: Fp8Kernels + crate::host::HostTensors>(
             .map_err(data.err())?,
         Some(path) => {
             let tokens = read_tokens(path)?;
-            let vocab_size = model.config().vocab_size;
+            let vocab_size = model.config().vocab_size();
             if let Some((i, bad)) = tokens
                 .iter()
                 .enumerate()
@@ -97,7 +97,7 @@ fn dump_on<B: Fp8Kernels + crate::host::HostTensors>(
     // The logits of the same batch (a forward without autodiff; the casts are deterministic,
     // so they are the logits of the step's own forward).
     let batch = loader.clone().next_batch();
-    let (inputs, _, _) = batch_tensors::<fp8_backend::Fp8<B>>(&batch, &device);
+    let (inputs, _, _) = batch_tensors::<InferenceBackend<B>>(&batch, &device);
     let logits = model.valid().forward(inputs);
     let logits_shape = logits.dims().to_vec();
     let logits = logits
@@ -105,8 +105,13 @@ fn dump_on<B: Fp8Kernels + crate::host::HostTensors>(
         .convert::<f32>()
         .into_vec::<f32>()
         .expect("f32");
-    let want_stats = args.fp8_stats.is_some() && job.precision.is_on();
-    let out = forward_backward(&model, &mut loader, 1, want_stats, None, &device);
+    let options = StepOptions {
+        grad_accum: 1,
+        stats: args.fp8_stats.is_some() && job.precision.is_on(),
+        loss_factor: None,
+    };
+    let shares = vec![Share::whole(loader.next_batch())];
+    let out = gradients(&model, shares, &options, &device, None);
     let mut tensors = vec![
         NamedTensor {
             name: "loss".into(),

@@ -14,17 +14,13 @@ use serde::Serialize;
 use super::compare::plan::{Recipe, RecipeSpec};
 use super::compare::report::{CscaleMetric, CscaleRange};
 use crate::checkpoint::load_checkpoint;
-use crate::error::Error;
-use crate::job::assemble::{
-    check_device, check_model_fits, model_config_of_checkpoint, open_data_from, DataOrigin, JobData,
-};
-use crate::job::{load_job_config, Device, JobConfig, ModelSource};
+use crate::device::{Device, InferenceBackend};
+use crate::error::{Error, FieldError};
+use crate::job::assemble::{model_config_of_checkpoint, open_data_from, DataOrigin, JobData};
+use crate::job::{check, load_job_config, JobConfig, JobConfigError, ModelSource};
 use crate::model::loss::{mean_loss, row_scores};
-use crate::model::ModelOptions;
-use crate::train::resume::inference_histories;
-
-/// The FP8 decorator over the device backend `B` (no autodiff).
-type EvalBackend<B> = fp8_backend::Fp8<B>;
+use crate::model::{Model, ModelOptions};
+use crate::train::checkpoints::inference_histories;
 
 /// Arguments of `eval`.
 #[derive(Clone, Debug, clap::Args)]
@@ -192,7 +188,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalOutcome, Error> {
     let (mut job, config_path) = match (&args.config, &args.data) {
         (Some(path), _) => (load_job_config(path, &args.overrides)?, path.clone()),
         (None, Some(data)) => {
-            let seq = args.seq_len.unwrap_or(model_config.n_positions.min(256));
+            let seq = args
+                .seq_len
+                .unwrap_or(model_config.max_positions().min(256));
             let job = JobConfig {
                 tokenizer: args.tokenizer.clone(),
                 data: DataConfig::new(data.clone(), seq),
@@ -223,9 +221,9 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalOutcome, Error> {
     };
     let data = open_data_from(&job, origin)?;
     let vocab = data.tokenizer.vocab_size();
-    check_model_fits(&job, &config_path, &model_config, vocab).map_err(|e| match e {
+    check::model(&job, &config_path, &model_config, vocab).map_err(|e| match e {
         // With --data there is no job config: name the flag the setting came from.
-        Error::Field { field, message, .. } if from_flags => Error::Argument {
+        JobConfigError::Field(FieldError { field, message, .. }) if from_flags => Error::Argument {
             flag: match field.as_str() {
                 "data.seq_len" => "--seq-len",
                 "model.vocab_size" => "--tokenizer",
@@ -233,7 +231,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalOutcome, Error> {
             },
             message,
         },
-        other => other,
+        other => other.into(),
     })?;
     match args.device {
         Some(device) if !device.available() => {
@@ -244,7 +242,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalOutcome, Error> {
             });
         }
         Some(device) => job.device = device,
-        None => check_device(&job, &config_path)?,
+        None => check::device(&job, &config_path)?,
     }
     let recipes = recipes_of(args, &job.precision);
     let results = on_device!(job.device, eval_on(args, &job, &data, &recipes))?;
@@ -336,7 +334,7 @@ fn eval_on<B: Fp8Kernels + crate::host::HostTensors>(
         dropout: 0.0,
         fp8: first.clone(),
     };
-    let mut model = load_checkpoint::<EvalBackend<B>>(&args.checkpoint, &options, &device)?;
+    let mut model = load_checkpoint::<InferenceBackend<B>>(&args.checkpoint, &options, &device)?;
     let mut results = Vec::new();
     for (label, policy) in recipes {
         model.set_fp8(policy.clone()).map_err(|e| Error::Argument {
@@ -363,7 +361,7 @@ fn eval_model<B: Fp8Kernels + crate::host::HostTensors>(
     args: &EvalArgs,
     job: &JobConfig,
     data: &JobData,
-    model: &crate::model::Gpt2<EvalBackend<B>>,
+    model: &Model<InferenceBackend<B>>,
     precision: Precision,
     device: &B::Device,
 ) -> Result<EvalResult, Error> {

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use datasets::{load_tokenizer, tokenizer_from_checkpoint_dir, Tokenizer, TokenizerSpec};
 use fp8_backend::Precision;
 
-use super::{check_tokens, parse_token_list, policy_of, CpuBackend};
+use super::{check_tokens, parse_token_list, policy_of};
 use crate::checkpoint::load_checkpoint;
+use crate::device::CpuBackend;
 use crate::error::Error;
 use crate::model::sampling::{generate_with, SamplingOptions};
-use crate::model::{Gpt2, Gpt2Config, ModelOptions};
-use crate::train::resume::inference_histories;
+use crate::model::{Model, ModelConfig, ModelOptions};
+use crate::train::checkpoints::inference_histories;
 
 /// The line printed between two samples of `--num-samples` (nanoGPT's `sample.py` prints it).
 pub const SAMPLE_SEPARATOR: &str = "---------------";
@@ -140,10 +141,10 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
     match (&args.tokens, &args.prompt) {
         (Some(tokens), _) => {
             let prompt = parse_token_list("--tokens", tokens)?;
-            check_tokens("--tokens", &prompt, config.vocab_size, config.n_positions)?;
+            check_tokens("--tokens", &prompt, &config)?;
             for index in 0..args.num_samples {
                 out.start_sample(index)?;
-                let sampling = args.sampling(index, config.eos_token_id, None);
+                let sampling = args.sampling(index, config.eos_token_id(), None);
                 let mut first = true;
                 let mut failed = None;
                 generate_with(&model, &prompt, &sampling, &device, |token| {
@@ -164,7 +165,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
             message: "give --prompt TEXT or --tokens IDS".into(),
         }),
         (None, Some(text)) => {
-            let tokenizer = choose_tokenizer(args.tokenizer.as_ref(), &args.checkpoint, config)?;
+            let tokenizer = choose_tokenizer(args.tokenizer.as_ref(), &args.checkpoint, &config)?;
             let prompt = tokenizer.encode(text);
             if prompt.is_empty() {
                 return Err(Error::Argument {
@@ -172,7 +173,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
                     message: "the prompt encodes to no tokens".into(),
                 });
             }
-            check_tokens("--prompt", &prompt, config.vocab_size, config.n_positions)?;
+            check_tokens("--prompt", &prompt, &config)?;
             for index in 0..args.num_samples {
                 out.start_sample(index)?;
                 let sampling = args.sampling(
@@ -200,7 +201,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
 /// One sample of a text prompt: `text`, then its continuation as the tokens come (the stop
 /// token itself is not written), then a newline.
 fn stream_text(
-    model: &Gpt2<CpuBackend>,
+    model: &Model<CpuBackend>,
     prompt: &[u32],
     text: &str,
     sampling: &SamplingOptions,
@@ -347,7 +348,7 @@ impl<'a> TextStream<'a> {
 fn choose_tokenizer(
     spec: Option<&TokenizerSpec>,
     checkpoint: &Path,
-    config: &Gpt2Config,
+    config: &ModelConfig,
 ) -> Result<Box<dyn Tokenizer>, Error> {
     let flag_err = |origin: &str| {
         let origin = origin.to_string();
@@ -359,7 +360,7 @@ fn choose_tokenizer(
             .map_err(flag_err(&checkpoint.display().to_string()))?
         {
             Some(tokenizer) => tokenizer,
-            None if config.vocab_size == 50257 => {
+            None if config.vocab_size() == 50257 => {
                 load_tokenizer(&TokenizerSpec::Gpt2).map_err(flag_err("gpt2 tokenizer"))?
             }
             None => {
@@ -369,20 +370,20 @@ fn choose_tokenizer(
                         "{} has no tokenizer.json or vocab.json + merges.txt, and its vocabulary ({}) is not \
                          GPT-2's; pass --tokenizer, or token ids with --tokens",
                         checkpoint.display(),
-                        config.vocab_size
+                        config.vocab_size()
                     ),
                 })
             }
         },
     };
-    if tokenizer.vocab_size() > config.vocab_size {
+    if tokenizer.vocab_size() > config.vocab_size() {
         return Err(Error::Argument {
             flag: "--tokenizer",
             message: format!(
                 "tokenizer {} has {} tokens, more than the model's vocab_size {}",
                 tokenizer.id(),
                 tokenizer.vocab_size(),
-                config.vocab_size
+                config.vocab_size()
             ),
         });
     }

@@ -6,8 +6,9 @@ use burn::tensor::{Int, Tensor, TensorData};
 use fp8_backend::Precision;
 use serde_json::json;
 
-use super::{check_tokens, parse_token_list, policy_of, CpuBackend};
+use super::{check_tokens, parse_token_list, policy_of};
 use crate::checkpoint::load_checkpoint;
+use crate::device::CpuBackend;
 use crate::error::Error;
 use crate::model::ModelOptions;
 
@@ -17,7 +18,7 @@ pub struct LogitsArgs {
     /// Checkpoint directory (config.json + model.safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Token ids, comma-separated: 1,2,3 (at most n_positions).
+    /// Token ids, comma-separated: 1,2,3 (at most the context length).
     #[arg(long)]
     pub tokens: String,
     /// Output JSON file: {"logits": [[...vocab...] per position]}.
@@ -38,7 +39,7 @@ pub fn run_logits(args: &LogitsArgs) -> Result<(), Error> {
     };
     let model = load_checkpoint::<CpuBackend>(&args.checkpoint, &options, &device)?;
     let config = model.config();
-    check_tokens("--tokens", &tokens, config.vocab_size, config.n_positions)?;
+    check_tokens("--tokens", &tokens, &config)?;
 
     let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
     let input =
@@ -49,7 +50,7 @@ pub fn run_logits(args: &LogitsArgs) -> Result<(), Error> {
         .convert::<f32>()
         .into_vec()
         .expect("converted to f32");
-    let rows: Vec<&[f32]> = logits.chunks(config.vocab_size).collect();
+    let rows: Vec<&[f32]> = logits.chunks(config.vocab_size()).collect();
 
     let text = serde_json::to_string(&json!({ "logits": rows })).expect("floats serialise");
     datasets::atomic::write_atomic(&args.out, text.as_bytes()).map_err(Error::io(&args.out))

@@ -17,19 +17,16 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use fp8_backend::{Fp8Policy, Precision};
 
-use crate::error::Error;
+use crate::error::{Error, Exit};
+use crate::model::ModelConfig;
 use crate::train::Progress;
-
-/// The CPU backend the inspection commands run on: the FP8 decorator over flex (with FP8 off,
-/// bit-identical to plain flex).
-pub type CpuBackend = fp8_backend::Fp8<burn::backend::Flex>;
 
 /// `fp8-trainer`.
 #[derive(Parser)]
 #[command(
     name = "fp8-trainer",
     version,
-    about = "Fine-tune GPT-2 family models with FP8 linear layers"
+    about = "Fine-tune language models (the GPT-2 family) with FP8 linear layers"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -68,8 +65,8 @@ pub struct Done {
     pub output: Option<String>,
     /// Printed to standard error.
     pub note: Option<String>,
-    /// The exit code (0, or 130 after Ctrl-C).
-    pub exit_code: u8,
+    /// How the process ends (success, or interrupted after Ctrl-C).
+    pub exit: Exit,
 }
 
 impl Done {
@@ -95,7 +92,7 @@ pub fn run(
         Command::Compare(args) => Ok(match compare::run_compare(&args, stop, progress)? {
             Some(outcome) => Done::printing(compare::summary_table(&outcome)),
             None => Done {
-                exit_code: 130,
+                exit: Exit::Interrupted,
                 ..Done::default()
             },
         }),
@@ -136,24 +133,21 @@ pub fn parse_token_list(flag: &'static str, list: &str) -> Result<Vec<u32>, Erro
 }
 
 /// Checks tokens against the model's vocabulary and context length.
-pub fn check_tokens(
-    flag: &'static str,
-    tokens: &[u32],
-    vocab_size: usize,
-    n_positions: usize,
-) -> Result<(), Error> {
+pub fn check_tokens(flag: &'static str, tokens: &[u32], model: &ModelConfig) -> Result<(), Error> {
+    let (vocab_size, positions) = (model.vocab_size(), model.max_positions());
     if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
         return Err(Error::Argument {
             flag,
             message: format!("token {bad} is outside the vocabulary (vocab_size = {vocab_size})"),
         });
     }
-    if tokens.len() > n_positions {
+    if tokens.len() > positions {
         return Err(Error::Argument {
             flag,
             message: format!(
-                "{} tokens exceed the context length (n_positions = {n_positions})",
-                tokens.len()
+                "{} tokens exceed the context length ({} = {positions})",
+                tokens.len(),
+                model.max_positions_field()
             ),
         });
     }
@@ -180,7 +174,10 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--tokens") && err.to_string().contains("`x`"));
         assert!(parse_token_list("--tokens", "").is_err());
-        assert!(check_tokens("--tokens", &[511, 512], 512, 64).is_err());
-        assert!(check_tokens("--tokens", &[0; 65], 512, 64).is_err());
+        let tiny = ModelConfig::preset("tiny").unwrap();
+        assert_eq!((tiny.vocab_size(), tiny.max_positions()), (512, 64));
+        assert!(check_tokens("--tokens", &[511], &tiny).is_ok());
+        assert!(check_tokens("--tokens", &[511, 512], &tiny).is_err());
+        assert!(check_tokens("--tokens", &[0; 65], &tiny).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::Done;
-use crate::error::Error;
+use crate::error::{Error, Exit};
 use crate::job::load_job_config;
 use crate::train::{run_training, Progress, ResumeFrom, TrainOptions, TrainOutcome};
 
@@ -29,7 +29,8 @@ pub struct TrainArgs {
     pub overwrite: bool,
 }
 
-/// Runs `train`; `stop` is set by the binary's Ctrl-C handler. Exit code 130 when interrupted.
+/// Runs `train`; `stop` is set by the binary's Ctrl-C handler; interrupted, it ends with
+/// [`Exit::Interrupted`].
 pub fn run_train(
     args: &TrainArgs,
     stop: Arc<AtomicBool>,
@@ -69,7 +70,7 @@ pub fn run_train(
     };
     Ok(Done {
         note: Some(note),
-        exit_code: 130,
+        exit: Exit::Interrupted,
         ..Done::default()
     })
 }

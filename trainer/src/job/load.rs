@@ -1,48 +1,12 @@
 //! Loading a job config: the JSON file, `--set key.sub=value` overrides, and errors that name
 //! the file and the key (with the closest valid key for a typo).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
-use super::JobConfig;
-
-/// A job config that cannot be used; always bad input (exit code 2).
-#[derive(Debug, thiserror::Error)]
-pub enum JobConfigError {
-    #[error("{path}: cannot read job config: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: not valid JSON: {message}")]
-    Syntax { path: PathBuf, message: String },
-    #[error("{path}: unknown key `{key}`{suggestion} (valid keys here: {valid})")]
-    UnknownKey {
-        path: PathBuf,
-        key: String,
-        suggestion: String,
-        valid: String,
-    },
-    #[error("{path}: field `{field}`: {message}")]
-    Field {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
-    #[error("--set {arg}: {message}")]
-    Override { arg: String, message: String },
-}
-
-impl JobConfigError {
-    fn field(path: &Path, field: &str, message: impl Into<String>) -> Self {
-        Self::Field {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            message: message.into(),
-        }
-    }
-}
+use super::check;
+use super::{JobConfig, JobConfigError};
 
 /// Reads `path`, applies `overrides` (`key.sub=value`; the value is JSON if it parses, else a
 /// string), and checks the result.
@@ -73,7 +37,7 @@ pub fn load_job_config(path: &Path, overrides: &[String]) -> Result<JobConfig, J
         let message = e.inner().to_string();
         typed_error(path, &field, &message)
     })?;
-    validate(&config, path)?;
+    check::config(&config, path)?;
     Ok(config)
 }
 
@@ -106,7 +70,7 @@ fn devices_set_device(value: &mut Value, path: &Path) -> Result<(), JobConfigErr
             format!("mixes `{first}` and `{other}`: the peers of a job are devices of one kind"),
         ));
     }
-    if first.parse::<super::Device>().is_err() {
+    if first.parse::<crate::device::Device>().is_err() {
         // Not a device: the error names `devices[0]` when the entries are parsed.
         return Ok(());
     }
@@ -193,184 +157,6 @@ fn apply_override(root: &mut Value, arg: &str) -> Result<(), JobConfigError> {
     Ok(())
 }
 
-/// Checks the relations serde cannot.
-fn validate(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
-    let err = |field: &str, message: &str| Err(JobConfigError::field(path, field, message));
-    if c.name.is_empty() || c.name.contains(['/', '\\']) || c.name.starts_with('.') {
-        return err(
-            "name",
-            "must be a plain folder name (no slashes, not empty)",
-        );
-    }
-    let mut seen = Vec::new();
-    for slot in &c.devices {
-        let gpu = !matches!(slot.kind, super::Device::Cpu | super::Device::Ndarray);
-        if gpu && seen.contains(slot) {
-            return err(
-                "devices",
-                &format!("lists `{slot}` twice (one peer per GPU)"),
-            );
-        }
-        seen.push(*slot);
-    }
-    if let Some(nodes) = &c.nodes {
-        if nodes.count < 2 {
-            return err(
-                "nodes.count",
-                "must be at least 2 (one node needs no `nodes`)",
-            );
-        }
-        if nodes.rank >= nodes.count {
-            return err(
-                "nodes.rank",
-                &format!(
-                    "must be below `nodes.count` ({}); ranks are 0-based",
-                    nodes.count
-                ),
-            );
-        }
-        for (field, address) in [
-            ("nodes.orchestrator", &nodes.orchestrator),
-            ("nodes.address", &nodes.address),
-        ] {
-            if super::spec::port_of(address).is_none() {
-                return err(field, &format!("`{address}` is not `ws://HOST:PORT`"));
-            }
-        }
-        if nodes.timeout_s == 0 {
-            return err("nodes.timeout_s", "must be at least 1 second");
-        }
-    }
-    match (&c.model.checkpoint, &c.model.preset) {
-        (Some(_), Some(_)) => return err("model", "give `checkpoint` or `preset`, not both"),
-        (None, None) => return err("model", "give `checkpoint` (a folder) or `preset` (a name)"),
-        _ => {}
-    }
-    if let Some(dir) = &c.model.checkpoint {
-        if !dir.join("config.json").is_file() {
-            return err(
-                "model.checkpoint",
-                &format!(
-                    "{} holds no config.json (expected a Hugging Face checkpoint folder)",
-                    dir.display()
-                ),
-            );
-        }
-    }
-    if c.model.checkpoint.is_some() {
-        let m = &c.model;
-        let overrides: Vec<&str> = [
-            ("model.vocab_size", m.vocab_size.is_some()),
-            ("model.n_positions", m.n_positions.is_some()),
-            ("model.n_embd", m.n_embd.is_some()),
-            ("model.n_layer", m.n_layer.is_some()),
-            ("model.n_head", m.n_head.is_some()),
-            ("model.n_inner", m.n_inner.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, given)| given.then_some(name))
-        .collect();
-        if let Some(first) = overrides.first() {
-            return err(
-                first,
-                &format!(
-                    "{} change a preset's shape, but with `model.checkpoint` the shape is the \
-                     checkpoint's config.json; remove them (or use `model.preset`)",
-                    overrides.join(", ")
-                ),
-            );
-        }
-    }
-    if !(0.0..1.0).contains(&c.model.dropout) {
-        return err("model.dropout", "must be in [0, 1)");
-    }
-    if c.batch_size == 0 {
-        return err("batch_size", "must be at least 1");
-    }
-    if c.grad_accum == 0 {
-        return err("grad_accum", "must be at least 1");
-    }
-    match (c.steps, c.epochs) {
-        (Some(_), Some(_)) => return err("steps", "give `steps` or `epochs`, not both"),
-        (None, None) => return err("steps", "give `steps` or `epochs`"),
-        (Some(0), _) => return err("steps", "must be at least 1"),
-        (_, Some(e)) if !(e > 0.0) => return err("epochs", "must be positive"),
-        _ => {}
-    }
-    if c.keep_checkpoints == 0 {
-        return err("keep_checkpoints", "must be at least 1");
-    }
-    if let Some(stop) = &c.early_stopping {
-        if stop.patience == 0 {
-            return err("early_stopping.patience", "must be at least 1");
-        }
-        if !stop.min_delta.is_finite() || stop.min_delta < 0.0 {
-            return err("early_stopping.min_delta", "must be >= 0 and finite");
-        }
-    }
-    if c.model.optimizer_state == crate::job::InitOptimizer::FromCheckpoint {
-        let state = c
-            .model
-            .checkpoint
-            .as_ref()
-            .map(|dir| dir.join("trainer_state").join("optimizer.safetensors"));
-        match state {
-            None => {
-                return err(
-                    "model.optimizer_state",
-                    "`from_checkpoint` needs `model.checkpoint`",
-                )
-            }
-            Some(file) if !file.is_file() => {
-                return err(
-                    "model.optimizer_state",
-                    &format!(
-                        "`from_checkpoint`: {} does not exist (only checkpoints written by \
-                         fp8-trainer carry AdamW's state; use `fresh`)",
-                        file.display()
-                    ),
-                )
-            }
-            Some(_) => {}
-        }
-    }
-    if c.log_every == 0 {
-        return err("log_every", "must be at least 1");
-    }
-    if !(c.optimizer.lr > 0.0) {
-        return err("optimizer.lr", "must be positive");
-    }
-    if !c.optimizer.eps.is_finite() || c.optimizer.eps <= 0.0 {
-        return err(
-            "optimizer.eps",
-            "must be positive and finite (AdamW divides by sqrt(v) + eps)",
-        );
-    }
-    if !c.optimizer.weight_decay.is_finite() || c.optimizer.weight_decay < 0.0 {
-        return err(
-            "optimizer.weight_decay",
-            "must be >= 0 and finite (0 turns it off)",
-        );
-    }
-    let (b1, b2) = c.optimizer.betas;
-    if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
-        return err("optimizer.betas", "each beta must be in [0, 1)");
-    }
-    if !(0.0..=1.0).contains(&c.schedule.min_lr_ratio) {
-        return err("schedule.min_lr_ratio", "must be in [0, 1]");
-    }
-    if c.grad_clip < 0.0 {
-        return err("grad_clip", "must be >= 0 (0 turns clipping off)");
-    }
-    if c.data.seq_len == 0 {
-        return err("data.seq_len", "must be at least 1");
-    }
-    if let Err((field, message)) = c.precision.validate() {
-        return err(&format!("precision.{field}"), &message);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,14 +189,14 @@ mod tests {
             parse(&MINIMAL.replace("\"steps\": 3", &format!("\"steps\": 3, {devices}")))
         };
         let c = with(r#""devices": ["ndarray", "ndarray"]"#).unwrap();
-        assert_eq!(c.device, super::super::Device::Ndarray);
+        assert_eq!(c.device, crate::device::Device::Ndarray);
         assert_eq!(c.devices.len(), 2);
         assert_eq!(c.devices[1].to_string(), "ndarray:0");
         let c = with(r#""devices": ["cpu:0", "cpu"], "device": "cpu""#).unwrap();
-        assert_eq!(c.device, super::super::Device::Cpu);
+        assert_eq!(c.device, crate::device::Device::Cpu);
         // A device index in `device` is a one-entry `devices`.
         let c = with(r#""device": "ndarray:0""#).unwrap();
-        assert_eq!(c.device, super::super::Device::Ndarray);
+        assert_eq!(c.device, crate::device::Device::Ndarray);
         assert_eq!(c.devices.len(), 1);
         let cases = [
             (

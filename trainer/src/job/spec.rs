@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use crate::device::{Device, DeviceSlot};
 use datasets::{DataConfig, TokenizerSpec};
 use fp8_backend::Fp8Policy;
 use serde::{Deserialize, Serialize};
@@ -226,59 +227,6 @@ pub enum ScheduleKind {
     Constant,
 }
 
-/// Where the job runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// The CPU, on Burn's flex backend (the fastest CPU backend measured here: see bench/).
-    #[default]
-    Cpu,
-    /// The CPU, on Burn's ndarray backend.
-    Ndarray,
-    /// wgpu (Vulkan/Metal/DX12); needs `--features wgpu`.
-    Wgpu,
-    /// CUDA; needs `--features cuda`.
-    Cuda,
-}
-
-impl Device {
-    /// The spelling used in configs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Ndarray => "ndarray",
-            Self::Wgpu => "wgpu",
-            Self::Cuda => "cuda",
-        }
-    }
-
-    /// Whether this build has the device's backend (the cargo feature of its name).
-    pub fn available(self) -> bool {
-        match self {
-            Self::Cpu | Self::Ndarray => true,
-            Self::Wgpu => cfg!(feature = "wgpu"),
-            Self::Cuda => cfg!(feature = "cuda"),
-        }
-    }
-}
-
-impl std::str::FromStr for Device {
-    type Err = fp8_backend::UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "ndarray" => Ok(Self::Ndarray),
-            "wgpu" => Ok(Self::Wgpu),
-            "cuda" => Ok(Self::Cuda),
-            other => Err(fp8_backend::UnknownName {
-                what: "device",
-                got: other.to_string(),
-                expected: "cpu, ndarray, wgpu, cuda",
-            }),
-        }
-    }
-}
-
 /// A multi-node job's group and this node's place in it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,50 +263,6 @@ pub fn port_of(address: &str) -> Option<u16> {
     let rest = address.strip_prefix("ws://")?;
     let host_port = rest.split('/').next()?;
     host_port.rsplit_once(':')?.1.parse().ok()
-}
-
-/// One device of a kind: `cuda:1` (the CPU kinds have one device, index 0; `cpu` peers share it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct DeviceSlot {
-    pub kind: Device,
-    pub index: usize,
-}
-
-impl std::fmt::Display for DeviceSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.kind.name(), self.index)
-    }
-}
-
-impl From<DeviceSlot> for String {
-    fn from(slot: DeviceSlot) -> String {
-        slot.to_string()
-    }
-}
-
-impl TryFrom<String> for DeviceSlot {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        let (kind, index) = match text.split_once(':') {
-            Some((kind, index)) => {
-                let index = index.parse::<usize>().map_err(|_| {
-                    format!("`{text}`: the device index after `:` must be a number (`cuda:1`)")
-                })?;
-                (kind, index)
-            }
-            None => (text.as_str(), 0),
-        };
-        let kind: Device = kind.parse().map_err(|e| format!("`{text}`: {e}"))?;
-        if index > 0 && matches!(kind, Device::Cpu | Device::Ndarray) {
-            return Err(format!(
-                "`{text}`: the CPU has one device (`{}` peers share it; write `{}`)",
-                kind.name(),
-                kind.name()
-            ));
-        }
-        Ok(Self { kind, index })
-    }
 }
 
 /// What a non-finite loss, gradient or FP8 amax does.

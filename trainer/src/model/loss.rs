@@ -8,8 +8,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, TensorPrimitive};
 use datasets::Batch;
 
-use super::cross_entropy::Targets;
-use super::{cross_entropy, Gpt2, ModelBackend};
+use super::ops::cross_entropy::Targets;
+use super::{Model, ModelBackend};
 
 /// Inputs `[B, T]`, targets `[B, T]` and the loss mask `[B, T]` (if any) of a batch.
 pub type BatchTensors<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Option<Tensor<B, 2>>);
@@ -31,7 +31,7 @@ pub fn batch_tensors<B: Backend>(batch: &Batch, device: &B::Device) -> BatchTens
 /// Mean next-token cross-entropy of a batch; with a loss mask, the mean over masked-in tokens
 /// (the fused op where the backend has it, else composed from Burn's ops).
 pub fn batch_loss<B: ModelBackend>(
-    model: &Gpt2<B>,
+    model: &Model<B>,
     batch: &Batch,
     device: &B::Device,
 ) -> Tensor<B, 1> {
@@ -52,12 +52,23 @@ pub fn batch_loss<B: ModelBackend>(
         }
     };
     match mask {
-        None => cross_entropy(logits, targets),
+        None => mean_cross_entropy(logits, targets),
         Some(mask) => (token_log_probs(logits, targets) * mask)
             .sum()
             .neg()
             .div_scalar(weight.unwrap_or(1.0).max(1.0)),
     }
+}
+
+/// Mean cross-entropy over every position, composed from Burn's ops:
+/// `-mean(log_softmax(logits)[target])`. `logits` `[B, T, V]`, `targets` `[B, T]`; returns a
+/// one-element tensor.
+pub fn mean_cross_entropy<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+) -> Tensor<B, 1> {
+    let log_probs = log_softmax(logits, 2);
+    log_probs.gather(2, targets.unsqueeze_dim(2)).mean().neg() // gather: (B, T, 1)
 }
 
 /// `log p(target)` at every position: `[B, T, V]`, `[B, T]` -> `[B, T]`.
@@ -79,7 +90,7 @@ pub struct PassLoss {
 
 /// Mean loss over `batches`, each batch weighted by its loss tokens; `None` when they hold none.
 pub fn mean_loss<B: ModelBackend>(
-    model: &Gpt2<B>,
+    model: &Model<B>,
     batches: impl Iterator<Item = Batch>,
     device: &B::Device,
 ) -> Option<PassLoss> {
@@ -99,7 +110,11 @@ pub fn mean_loss<B: ModelBackend>(
 }
 
 /// Log-likelihood of each row's masked-in tokens (classification: a label word's score).
-pub fn row_scores<B: ModelBackend>(model: &Gpt2<B>, batch: &Batch, device: &B::Device) -> Vec<f32> {
+pub fn row_scores<B: ModelBackend>(
+    model: &Model<B>,
+    batch: &Batch,
+    device: &B::Device,
+) -> Vec<f32> {
     let (inputs, targets, mask) = batch_tensors::<B>(batch, device);
     let logp = token_log_probs(model.forward(inputs), targets);
     let logp = match mask {

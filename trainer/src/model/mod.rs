@@ -1,41 +1,203 @@
-//! The GPT-2 model, one concept per file: the architecture (`config.rs`, `presets.rs`), the
-//! modules, parameters by Hugging Face name, the loss and evaluation passes, and sampling.
+//! Language models, one folder per family, and what every family shares.
+//!
+//! - [`Model`]: the one model type the rest of the trainer uses (the loop, checkpoints, every
+//!   command): an enum over the families, each variant a family's model, so that the trainer is
+//!   compiled once per backend rather than once per backend and family. Its methods dispatch to
+//!   the family's [`CausalLm`] implementation; what is the same for every family (the FP8 sites
+//!   of the projections) is implemented once here.
+//! - [`ModelConfig`] (`config.rs`): the architecture of a [`Model`], read from a checkpoint's
+//!   `config.json` (the family chosen by `model_type` / `architectures`) or from a named preset.
+//! - Shared pieces: [`projection`] (the linear layers that can compute in FP8), [`names`]
+//!   (parameters by Hugging Face name), [`ops`] (fused ops with their backward), [`loss`] and
+//!   [`sampling`].
+//! - Families: [`gpt2`]. docs/design.md "Model families" says how to add one.
 
-pub mod attention;
-pub mod block;
 pub mod config;
-pub mod cross_entropy;
-pub mod fused;
-pub mod fused_attention;
 pub mod gpt2;
-pub mod layer_norm;
 pub mod loss;
-pub mod mlp;
 pub mod names;
-mod presets;
+pub mod ops;
 pub mod projection;
 pub mod sampling;
-pub mod vmath;
 
-pub use config::{Activation, ConfigError, Gpt2Config};
-pub use gpt2::{cross_entropy, Gpt2, Gpt2Model, LmHead, ModelOptions};
-pub use projection::PROJECTIONS;
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Int, Tensor};
+use fp8_backend::{Fp8Context, Fp8Policy, LayerFilterError};
 
-/// What a backend needs to run the model: named FP8 linear layers, the fused loss, element-wise
-/// ops and attention (all implemented for `Fp8<B>` and `Autodiff<Fp8<B>>`; the fused ones run on
-/// the CPU backends and decline elsewhere).
+pub use config::{ModelConfig, ModelConfigError, PresetOverrides};
+pub use gpt2::{Activation, Gpt2, Gpt2Config};
+pub use projection::Projection;
+
+/// What a backend needs to run a model: named FP8 linear layers and the fused ops (all
+/// implemented for `Fp8<B>` and `Autodiff<Fp8<B>>`; the fused ones run on the CPU backends and
+/// decline elsewhere).
 pub trait ModelBackend:
     fp8_backend::Fp8LinearOps
-    + cross_entropy::FusedCrossEntropy
-    + fused::FusedOps
-    + fused_attention::FusedAttention
+    + ops::FusedCrossEntropy
+    + ops::FusedGelu
+    + ops::FusedLayerNorm
+    + ops::FusedCausalSoftmax
+    + ops::FusedAttention
 {
 }
 impl<
         B: fp8_backend::Fp8LinearOps
-            + cross_entropy::FusedCrossEntropy
-            + fused::FusedOps
-            + fused_attention::FusedAttention,
+            + ops::FusedCrossEntropy
+            + ops::FusedGelu
+            + ops::FusedLayerNorm
+            + ops::FusedCausalSoftmax
+            + ops::FusedAttention,
     > ModelBackend for B
 {
+}
+
+/// Choices that are ours, not the checkpoint's: applied when a model is built or loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelOptions {
+    /// Dropout probability at the family's places (GPT-2: embeddings, attention probabilities,
+    /// residual branches). 0 by default: a checkpoint's own dropout settings are not used, so
+    /// evaluation and parity tests are deterministic (nanoGPT's `from_pretrained` does the
+    /// same). Burn's dropout is only active on an autodiff backend.
+    pub dropout: f64,
+    /// The FP8 policy; its layer filter picks the FP8 projections (default: FP8 off).
+    pub fp8: Fp8Policy,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            dropout: 0.0,
+            fp8: Fp8Policy::off(),
+        }
+    }
+}
+
+/// What a model family implements; [`Model`] dispatches to it. The module tree's field names
+/// are the checkpoint's tensor names (walked by [`names`]), so loading and saving need no
+/// remapping table.
+pub trait CausalLm<B: Backend>: Module<B> {
+    /// The architecture, in the checkpoint's spelling.
+    type Config;
+
+    /// A freshly initialised model (the family's own initialisation), every projection f32.
+    /// Parameters are allocated lazily, so building one only to load a checkpoint into it
+    /// costs nothing.
+    fn init(config: &Self::Config, dropout: f64, device: &B::Device) -> Self;
+
+    /// The architecture the model was built from.
+    fn config(&self) -> &Self::Config;
+
+    /// The projections (every linear layer that may compute in FP8) with their Hugging Face
+    /// module names (`h.1.mlp.c_fc`), in forward order.
+    fn projections(&self) -> Vec<(String, &Projection<B>)>;
+
+    /// [`CausalLm::projections`], to give them their FP8 sites.
+    fn projections_mut(&mut self) -> Vec<(String, &mut Projection<B>)>;
+
+    /// The FP8 context the projections' sites share (kept with the model: its policy, records
+    /// and amax histories).
+    fn fp8(&self) -> &Fp8Context;
+
+    /// Replaces the FP8 context (after new sites were given).
+    fn set_fp8_context(&mut self, context: Fp8Context);
+
+    /// Logits `[B, T, vocab_size]` for tokens `[B, T]` (T at most the context length).
+    fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    where
+        B: ModelBackend;
+}
+
+/// A language model of any family: the type the trainer uses. Its variants add no level to
+/// parameter names ([`names`] skips an enum's variant), so a GPT-2 parameter is
+/// `transformer.h.0.attn.c_attn.weight` here as in the checkpoint.
+#[derive(Module, Debug)]
+pub enum Model<B: Backend> {
+    Gpt2(Gpt2<B>),
+}
+
+/// `$body` with `$m` bound to the family's model, whichever variant `$model` is.
+macro_rules! dispatch {
+    ($model:expr, $m:ident => $body:expr) => {
+        match $model {
+            Model::Gpt2($m) => $body,
+        }
+    };
+}
+
+impl<B: Backend> Model<B> {
+    /// A freshly initialised model of `config` with the FP8 sites `options.fp8` asks for.
+    pub fn new(
+        config: &ModelConfig,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<Self, LayerFilterError> {
+        let mut model = match config {
+            ModelConfig::Gpt2(c) => Self::Gpt2(Gpt2::init(c, options.dropout, device)),
+        };
+        model.set_fp8(options.fp8.clone())?;
+        Ok(model)
+    }
+
+    /// The architecture this model was built from.
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Self::Gpt2(m) => ModelConfig::Gpt2(m.config().clone()),
+        }
+    }
+
+    /// Applies an FP8 policy: the projections its layer filter matches get an FP8 site named
+    /// by their Hugging Face module name, the others compute in f32; with FP8 off, every
+    /// projection is f32. Every filter pattern must match some projection.
+    pub fn set_fp8(&mut self, policy: Fp8Policy) -> Result<(), LayerFilterError> {
+        if policy.is_on() {
+            let names = self.config().projection_names();
+            policy
+                .layers
+                .check(&names, &self.config().projection_names_hint())?;
+        }
+        let on = |name: &str| policy.is_on() && policy.layers.matches(name);
+        let context = Fp8Context::new(policy.clone());
+        dispatch!(self, m => {
+            for (name, projection) in m.projections_mut() {
+                projection.fp8 = on(&name).then(|| context.site(&name));
+            }
+            m.set_fp8_context(context);
+        });
+        Ok(())
+    }
+
+    /// The FP8 context of the model's projections: the policy in force and their records.
+    pub fn fp8(&self) -> &Fp8Context {
+        dispatch!(self, m => m.fp8())
+    }
+
+    /// Hugging Face names of the FP8 projections, in forward order.
+    pub fn fp8_layers(&self) -> Vec<String> {
+        dispatch!(self, m => m
+            .projections()
+            .into_iter()
+            .filter_map(|(_, p)| p.fp8.as_ref().map(|s| s.name().to_string()))
+            .collect())
+    }
+}
+
+impl<B: ModelBackend> Model<B> {
+    /// Logits `[B, T, vocab_size]` for tokens `[B, T]`.
+    ///
+    /// # Panics
+    /// If T exceeds the context length (callers validate user input first).
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        dispatch!(self, m => m.forward(tokens))
+    }
+
+    /// Mean next-token cross-entropy of `tokens` against `targets` (both `[B, T]`), and the
+    /// logits (composed from Burn's ops: the reference the fused loss is tested against).
+    pub fn forward_loss(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        targets: Tensor<B, 2, Int>,
+    ) -> (Tensor<B, 1>, Tensor<B, 3>) {
+        let logits = self.forward(tokens);
+        (loss::mean_cross_entropy(logits.clone(), targets), logits)
+    }
 }

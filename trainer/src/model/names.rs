@@ -3,7 +3,9 @@
 //! The model's field names are the Hugging Face ones, so the path Burn's visitor walks
 //! (`transformer` / `h` / `0` / `attn` / `c_attn` / `weight`) joined with dots *is* the tensor
 //! name in `model.safetensors`. Saving, loading and gradient dumps all use this one walk, so no
-//! parameter can be forgotten and no remapping table exists.
+//! parameter can be forgotten and no remapping table exists. An enum's variant (the family of
+//! [`super::Model`]) adds no level: Burn's derive enters it as a module named by the variant,
+//! with a container type `Enum:...`, which the walk skips.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -13,12 +15,22 @@ use burn::tensor::{Tensor, TensorData};
 #[derive(Default)]
 struct Path(Vec<String>);
 
+/// Whether Burn's visitors enter a module of `container_type` as a level of the name: not an
+/// enum's variant.
+fn names_a_level(container_type: &str) -> bool {
+    !container_type.starts_with("Enum:")
+}
+
 impl Path {
-    fn enter(&mut self, name: &str) {
-        self.0.push(name.to_string());
+    fn enter(&mut self, name: &str, container_type: &str) {
+        if names_a_level(container_type) {
+            self.0.push(name.to_string());
+        }
     }
-    fn exit(&mut self) {
-        self.0.pop();
+    fn exit(&mut self, container_type: &str) {
+        if names_a_level(container_type) {
+            self.0.pop();
+        }
     }
     fn name(&self) -> String {
         self.0.join(".")
@@ -29,11 +41,11 @@ impl Path {
 pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
     struct Shapes(Path, Vec<(String, Vec<usize>)>);
     impl<B: Backend> ModuleVisitor<B> for Shapes {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.0.enter(name);
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
         }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.0.exit();
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.0.exit(container_type);
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             self.1.push((self.0.name(), param.lazy_shape().to_vec()));
@@ -48,11 +60,11 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<us
 pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, TensorData)> {
     struct Values(Path, Vec<(String, TensorData)>);
     impl<B: Backend> ModuleVisitor<B> for Values {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.0.enter(name);
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
         }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.0.exit();
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.0.exit(container_type);
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             self.1.push((self.0.name(), param.val().into_data()));
@@ -84,11 +96,11 @@ pub fn param_grad_tensors<B: AutodiffBackend, M: Module<B>>(
     type Flat<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 1>;
     struct Grads<'a, B: AutodiffBackend>(Path, Vec<(String, Option<Flat<B>>)>, &'a B::Gradients);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.0.enter(name);
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
         }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.0.exit();
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.0.exit(container_type);
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let grad = param.grad(self.2).map(|g| {
@@ -120,11 +132,11 @@ pub fn replace_params<B: Backend, M: Module<B>, E>(
     impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<TensorData, E>, E> ModuleMapper<B>
         for Replace<'_, F, E, B::Device>
     {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.enter(name);
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
         }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.exit();
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.path.exit(container_type);
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             if self.error.is_some() {

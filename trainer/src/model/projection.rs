@@ -1,8 +1,11 @@
-//! The projection layers of a block (HF `Conv1D`: `attn.c_attn`, `attn.c_proj`, `mlp.c_fc`,
-//! `mlp.c_proj`), the only layers that can compute in FP8.
+//! Projections: the linear layers of a family's blocks (GPT-2's `Conv1D` layers `attn.c_attn`,
+//! `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`), the only layers that can compute in FP8. Shared by
+//! every family; each family lists its projections with their names
+//! ([`crate::model::CausalLm::projections`]) and [`crate::model::Model::set_fp8`] gives them
+//! their FP8 sites.
 //!
 //! The weight is `[d_input, d_output]`, exactly the layout of Hugging Face's `Conv1D` weight, so
-//! checkpoint tensors are used without transposing. An FP8 projection carries its
+//! GPT-2's checkpoint tensors are used without transposing. An FP8 projection carries its
 //! [`Fp8Site`] (its Hugging Face module name and the model's FP8 context) and calls
 //! [`fp8_linear`]; a projection the layer filter excludes (or any projection with FP8 off)
 //! computes `x @ W + b` itself, as one 2-D product over all rows, which in f32 gives the same
@@ -11,20 +14,6 @@
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 use fp8_backend::{fp8_linear, Fp8LinearOps, Fp8Site};
-
-/// The four projections of a block, in forward order, by their name inside the block.
-pub const PROJECTIONS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
-
-/// How the names of the FP8 layers look, for layer filter errors.
-pub const PROJECTION_NAMES_HINT: &str =
-    "names look like h.0.attn.c_attn, h.0.attn.c_proj, h.0.mlp.c_fc, h.0.mlp.c_proj";
-
-/// The Hugging Face names of every projection of a model with `n_layer` blocks, in forward order.
-pub fn projection_names(n_layer: usize) -> Vec<String> {
-    (0..n_layer)
-        .flat_map(|i| PROJECTIONS.map(|p| format!("h.{i}.{p}")))
-        .collect()
-}
 
 /// A Conv1D projection: `y = x @ weight + bias`.
 #[derive(Module, Debug)]

@@ -1,5 +1,5 @@
 //! Autoregressive generation: greedy, or temperature / top-k / top-p sampling with a seed
-//! (nanoGPT's `generate`: crop the context to `n_positions`, sample from the last position;
+//! (nanoGPT's `generate`: crop the context to the context length, sample from the last position;
 //! top-p is Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration").
 //!
 //! Without a key/value cache each new token re-runs the whole context: fine for the CPU
@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::model::{Gpt2, ModelBackend};
+use crate::model::{Model, ModelBackend};
 
 /// How to pick each next token.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,7 +49,7 @@ impl Default for SamplingOptions {
 /// Appends up to `max_new_tokens` tokens to `prompt` (which must be non-empty and within the
 /// vocabulary); returns only the new ones.
 pub fn generate<B: ModelBackend>(
-    model: &Gpt2<B>,
+    model: &Model<B>,
     prompt: &[u32],
     options: &SamplingOptions,
     device: &B::Device,
@@ -66,13 +66,13 @@ pub fn generate<B: ModelBackend>(
 /// [`generate`], calling `on_token` with each new token as soon as it is drawn (the stop token
 /// included); `on_token` returning `Break` ends the generation there (that token is kept).
 pub fn generate_with<B: ModelBackend>(
-    model: &Gpt2<B>,
+    model: &Model<B>,
     prompt: &[u32],
     options: &SamplingOptions,
     device: &B::Device,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Vec<u32> {
-    let n_positions = model.config().n_positions;
+    let n_positions = model.config().max_positions();
     let mut rng = SplitMix64(options.seed);
     let mut tokens: Vec<u32> = prompt.to_vec();
     // Not `with_capacity(max_new_tokens)`: a huge request (the loop stops at the stop token)

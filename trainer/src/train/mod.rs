@@ -3,58 +3,48 @@
 //! clip, AdamW step, evaluate, log, checkpoint, stop. Each phase is a short method of [`Run`],
 //! which holds everything a running job has.
 //!
+//! Starting a run is `open.rs` ([`Run::open`]).
+//!
 //! Every precision trains on `Autodiff<Fp8<B>>` (FP8 off for `fp32`), `B` the job's device
-//! backend (ndarray; wgpu and cuda behind cargo features), with f32 master weights and optimizer
-//! state on the host. A resumed run continues bit-exactly on the CPU: model and moments are
-//! saved as f32, the data position and step are restored, and the backend RNG (dropout) is
-//! reseeded with `seed + step` before every step.
+//! backend (flex on the CPU, ndarray; wgpu and cuda behind cargo features), with f32 master
+//! weights and AdamW's moments on the device. A resumed run continues bit-exactly on the CPU:
+//! model and moments are saved as f32, the data position and step are restored, and the
+//! backend RNG (dropout) is reseeded with `seed + step` before every step.
 
+pub mod checkpoints;
 pub mod lock;
+mod open;
 pub mod optimizer;
 pub mod parallel;
 pub mod plot;
-pub mod resume;
 pub mod run_dir;
 pub mod schedule;
 pub mod step;
 pub mod telemetry;
 
 use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use datasets::{CheckpointFile, ClassificationSet, DataLoader, SplitName};
-use fp8_backend::{Fp8Kernels, Fp8Report, Precision};
+use datasets::{CheckpointFile, ClassificationSet, DataLoader};
+use fp8_backend::{Fp8, Fp8Report};
 
-use crate::checkpoint::load_checkpoint;
+use crate::device::{DeviceBackend, TrainBackend};
 use crate::error::Error;
-use crate::host::HostTensors;
-use crate::job::assemble::{
-    build_model, check_device, check_model_fits, check_same_shape, model_config_of_checkpoint,
-    model_options, open_data, total_steps,
-};
-pub use crate::job::assemble::{TrainBackend, INNER_DEVICE};
-
-/// `generation_config.json` of a checkpoint.
-pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
-use crate::job::{BestMetric, InitOptimizer, JobConfig, NonFinitePolicy};
+use crate::job::{check, BestMetric, JobConfig, NonFinitePolicy};
 use crate::model::loss::{mean_loss, row_scores};
-use crate::model::names::param_shapes;
-use crate::model::Gpt2;
+use crate::model::Model;
+pub use checkpoints::ResumeFrom;
+use checkpoints::{save_best_checkpoint, save_training_checkpoint, TrainerState};
 use lock::RunLock;
 use optimizer::{AdamW, AdamWStep};
-use parallel::{job_fingerprint, Group, PeerDevice, Peers};
-use resume::{
-    is_training_checkpoint, latest_checkpoint, list_checkpoints, load_amax_histories,
-    load_training_state, save_best_checkpoint, save_training_checkpoint, TrainerState,
-    TRAINER_STATE_DIR,
-};
+use parallel::Peers;
 use run_dir::{Fp8StatsRow, MetricsRow, RunDir};
-use step::StepGrads;
+use step::{StepGrads, StepOptions};
 use telemetry::Fp8Warnings;
 
 /// What the binary shows while a job runs (a progress bar, or nothing); log lines go through
@@ -95,21 +85,12 @@ struct Evaluation {
 impl Evaluation {
     /// `val loss 2.3456` (`| val accuracy 0.8125`).
     fn describe(&self) -> String {
-        let mut text = format!("val loss {}", fmt_loss(Some(self.loss)));
+        let mut text = format!("val loss {}", fmt_loss(self.loss));
         if let Some(a) = self.accuracy {
             text += &format!(" | val accuracy {a:.4}");
         }
         text
     }
-}
-
-/// Which checkpoint `--resume` continues from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ResumeFrom {
-    /// The newest complete one in the run's `checkpoints/`.
-    Latest,
-    /// This folder, one of the run's own (`checkpoints/step-N` or `checkpoints/best`).
-    Checkpoint(PathBuf),
 }
 
 /// How a job ended.
@@ -126,14 +107,14 @@ pub fn run_training(
     opts: &TrainOptions,
     progress: &mut dyn Progress,
 ) -> Result<TrainOutcome, Error> {
-    check_device(&opts.job, &opts.config_path)?;
+    check::device(&opts.job, &opts.config_path)?;
     let outcome = on_device!(opts.job.device, run_on(opts, progress));
     progress.finish();
     outcome
 }
 
 /// The training loop, on `device` of the inner backend `B` (or the job's `devices`).
-fn run_on<B: Fp8Kernels + HostTensors + PeerDevice>(
+fn run_on<B: DeviceBackend>(
     opts: &TrainOptions,
     progress: &mut dyn Progress,
     device: B::Device,
@@ -188,7 +169,7 @@ where
 }
 
 /// Everything a running job holds.
-struct Run<'a, B: Fp8Kernels + HostTensors> {
+struct Run<'a, B: DeviceBackend> {
     job: &'a JobConfig,
     /// Peer 0's device.
     device: B::Device,
@@ -197,9 +178,9 @@ struct Run<'a, B: Fp8Kernels + HostTensors> {
     /// Time in training steps in this process (for the collective calls' share).
     step_seconds: f64,
     /// Always `Some` between phases (taken while AdamW updates the parameters in place).
-    model: Option<Gpt2<TrainBackend<B>>>,
+    model: Option<Model<TrainBackend<B>>>,
     /// Moments on the device of the model (the inner backend of its autodiff backend).
-    optimizer: AdamW<fp8_backend::Fp8<B>>,
+    optimizer: AdamW<Fp8<B>>,
     loader: DataLoader,
     validation: Option<DataLoader>,
     /// Classification data: the validation examples scored for accuracy at evaluations.
@@ -225,242 +206,10 @@ struct Run<'a, B: Fp8Kernels + HostTensors> {
     _lock: RunLock,
 }
 
-impl<'a, B: Fp8Kernels + HostTensors + PeerDevice> Run<'a, B>
+impl<B: DeviceBackend> Run<'_, B>
 where
     B::Device: Send + Sync,
 {
-    /// Assembles the job (or restores it from its newest checkpoint with `--resume`), opens the
-    /// run directory and says what will run; starts the other data-parallel peers last.
-    fn open(opts: &'a TrainOptions, devices: Vec<B::Device>) -> Result<Self, Error> {
-        let job = &opts.job;
-        let device = devices[0].clone();
-        let group = Group {
-            devices,
-            nodes: job.nodes.clone(),
-            fingerprint: job_fingerprint(job),
-        };
-        // Every batch holds `batch_size` rows per peer, on every node.
-        let global_batch = job.batch_size * group.total();
-        let root = job.out_dir.join(&job.name);
-        // A job running in this folder refuses this one before anything else is looked at.
-        // (A folder that does not exist yet is locked once the job is built, below.)
-        let early_lock = if root.is_dir() {
-            Some(RunLock::acquire(&root)?)
-        } else {
-            None
-        };
-        let data = open_data(job, &opts.config_path)?;
-        let vocab = data.tokenizer.vocab_size();
-        let checkpoints = root.join("checkpoints");
-        let resume_from = resume_point(&checkpoints, opts)?;
-        // Checkpoints after the one resumed from (`--resume DIR --overwrite`): removed once the
-        // job is built, like `--overwrite` removes them all.
-        let newer: Vec<PathBuf> = match &resume_from {
-            Some((step, _)) => list_checkpoints(&checkpoints)
-                .into_iter()
-                .filter(|(s, _)| s > step)
-                .map(|(_, dir)| dir)
-                .collect(),
-            None => Vec::new(),
-        };
-        let model = match &resume_from {
-            Some((_, dir)) => {
-                let config = model_config_of_checkpoint(dir)?;
-                check_same_shape(job, &opts.config_path, &config, dir)?;
-                check_model_fits(job, &opts.config_path, &config, vocab)?;
-                load_checkpoint::<TrainBackend<B>>(dir, &model_options(job), &device)?
-            }
-            None => build_model::<B>(job, &opts.config_path, vocab, &device)?,
-        };
-        let mut optimizer = AdamW::new(param_shapes(&model), &device);
-        let mut loader = (data.dataset.train_loader(global_batch)).map_err(data.err())?;
-        let validation = (data.dataset.validation_loader(global_batch)).map_err(data.err())?;
-        let total_steps = total_steps(job, &loader);
-        if validation.is_none() {
-            let needs = [
-                ("keep_best_checkpoint", job.keep_best_checkpoint),
-                ("early_stopping", job.early_stopping.is_some()),
-            ];
-            if let Some((field, _)) = needs.iter().find(|(_, on)| *on) {
-                return Err(Error::field(
-                    &opts.config_path,
-                    field,
-                    "needs validation data (set `data.validation`)".to_string(),
-                ));
-            }
-        }
-        let ranks = job.keep_best_checkpoint || job.early_stopping.is_some();
-        if ranks
-            && job.best_metric == BestMetric::ValAccuracy
-            && data.dataset.classification(SplitName::Validation).is_none()
-        {
-            return Err(Error::field(
-                &opts.config_path,
-                "best_metric",
-                "`val_accuracy` needs classification data (CSV rows with a label and \
-                 `data.csv.verbalizer`) with validation examples; use `val_loss`",
-            ));
-        }
-        let delayed = job.precision.mode == Precision::Fp8Delayed;
-        let state = match (&resume_from, &job.model.checkpoint) {
-            (Some((_, dir)), _) => {
-                let state = load_training_state(dir, &mut optimizer, &device)?;
-                loader.restore(&state.loader).map_err(data.err())?;
-                if delayed {
-                    load_amax_histories(dir, &model)?;
-                }
-                state
-            }
-            (None, Some(dir)) if job.model.optimizer_state == InitOptimizer::FromCheckpoint => {
-                // AdamW carries on; step, data position and schedule start over.
-                let earlier = load_training_state(dir, &mut optimizer, &device)?;
-                log::info!(
-                    "AdamW's moments and step count ({}) from {}",
-                    earlier.adam_t,
-                    dir.display()
-                );
-                // (`load_training_state` set the optimizer's step count; checkpoints record it.)
-                TrainerState::start(job.seed, loader.state())
-            }
-            (None, _) => TrainerState::start(job.seed, loader.state()),
-        };
-        if let (None, Some(dir), true) = (&resume_from, &job.model.checkpoint, delayed) {
-            // Another run's scales are stale for this one's data and learning rate
-            // (Transformer Engine's issue #982): a new job's histories start empty.
-            log::info!(
-                "fp8-delayed: amax histories start empty (none are taken from {})",
-                dir.display()
-            );
-        }
-        let checkpoint_files = self_contained_files(
-            data.tokenizer.as_ref(),
-            data.dataset.chat_template(),
-            model.config(),
-        )
-        .map_err(|source| Error::Tokenizer {
-            origin: format!("{}: field `tokenizer`", opts.config_path.display()),
-            source,
-        })?;
-
-        // The job is built and its first step can run: only now may the run directory change.
-        let lock = match early_lock {
-            Some(lock) => lock,
-            None => {
-                std::fs::create_dir_all(&root).map_err(Error::io(&root))?;
-                RunLock::acquire(&root)?
-            }
-        };
-        if opts.overwrite && resume_from.is_none() && checkpoints.exists() {
-            std::fs::remove_dir_all(&checkpoints).map_err(Error::io(&checkpoints))?;
-        }
-        for dir in &newer {
-            log::info!(
-                "removing {} (newer than the checkpoint resumed from)",
-                dir.display()
-            );
-            std::fs::remove_dir_all(dir).map_err(Error::io(dir))?;
-        }
-        run_dir::remove_stale_temporaries(&root)?;
-        let dir = RunDir::open(&root, resume_from.as_ref().map(|(step, _)| *step))?;
-        let changed = run_dir::write_resolved_config(&root, job)?;
-
-        let tokens_per_step = global_batch * job.grad_accum * job.data.seq_len;
-        let on = match (group.total(), &job.nodes) {
-            (1, _) => job.device.name().to_string(),
-            (n, None) => format!(
-                "{n} data-parallel peers ({}) of {} rows each",
-                job.devices
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                job.batch_size
-            ),
-            (n, Some(nodes)) => format!(
-                "{n} data-parallel peers of {} rows each on {} nodes (this is node {}, with {} \
-                 peers)",
-                job.batch_size,
-                nodes.count,
-                nodes.rank,
-                group.devices.len()
-            ),
-        };
-        log::info!(
-            "{} {}: {} parameters, precision {} on {on}, {} FP8 layers, {total_steps} steps of \
-             {tokens_per_step} tokens ({} x {} x {}), {} training tokens",
-            if resume_from.is_some() {
-                "resuming"
-            } else {
-                "starting"
-            },
-            job.name,
-            model.config().num_params(),
-            job.precision.mode,
-            model.fp8_layers().len(),
-            global_batch,
-            job.grad_accum,
-            job.data.seq_len,
-            data.dataset.num_train_tokens(),
-        );
-        #[cfg(feature = "cuda")]
-        if job.device == crate::job::Device::Cuda
-            && job.precision.mode != fp8_backend::Precision::Fp32
-        {
-            let device_kernel =
-                std::env::var(fp8_backend::kernel::CUDA_KERNEL_ENV).is_ok_and(|v| v == "device");
-            log::info!(
-                "FP8 casts on cuda: {}",
-                if device_kernel {
-                    "the device kernel (FP8_CUDA_KERNEL=device; not yet validated on a GPU)"
-                } else {
-                    "the exact host path (FP8_CUDA_KERNEL=device selects the device kernel)"
-                }
-            );
-        }
-        if group.is_parallel() && job.precision.stats_every > 0 && job.precision.is_on() {
-            log::info!(
-                "fp8_stats.csv describes peer 0's casts (its rows of each batch; the scales are \
-                 the peers' common ones)"
-            );
-        }
-        if let Some((step, dir)) = &resume_from {
-            log::info!("resumed from {} (step {step})", dir.display());
-            for change in &changed {
-                log::info!("config changed since the last run: {change}");
-            }
-        }
-        // The peers wait for each other at registration: nothing else may fail after it.
-        let peers = match group.is_parallel() {
-            false => None,
-            true => Some(
-                Peers::start::<B>(&model, &optimizer, &group)
-                    .map_err(|m| Error::field(&opts.config_path, "nodes", m.0))?,
-            ),
-        };
-        Ok(Self {
-            job,
-            device,
-            peers,
-            step_seconds: 0.0,
-            model: Some(model),
-            optimizer,
-            loader,
-            validation,
-            classification: data.dataset.classification(SplitName::Validation),
-            earlier_elapsed: state.elapsed_s,
-            state,
-            dir,
-            total_steps,
-            started: Instant::now(),
-            last_checkpoint: resume_from.map(|(step, _)| step),
-            checkpoint_files,
-            fp8_warnings: Fp8Warnings::default(),
-            inject_at: step::injection_from_env(),
-            stop: &opts.stop,
-            _lock: lock,
-        })
-    }
-
     /// A fresh run's step 0: the validation loss of the initial model. A run resumed from a
     /// checkpoint written while its step's evaluation was interrupted does that evaluation now,
     /// so its metrics read as if it had never stopped. False when interrupted.
@@ -512,25 +261,26 @@ where
 
     /// The step's micro-batches (the backend RNG reseeded first, so a resumed step draws the
     /// same dropout masks); counts the step.
-    fn forward_backward(&mut self) -> StepGrads<fp8_backend::Fp8<B>> {
+    fn forward_backward(&mut self) -> StepGrads<Fp8<B>> {
         let step = self.state.step + 1;
         TrainBackend::<B>::seed(&self.device, self.job.seed.wrapping_add(self.state.step));
         let model = self
             .model
             .as_ref()
             .expect("the model is in place between phases");
-        let sample_stats = self.job.precision.samples_stats_at(step);
-        let poison = self
-            .inject_at
-            .filter(|(at, _)| *at == step)
-            .map(|(_, factor)| factor);
-        let out = parallel::forward_backward::<B>(
+        let options = StepOptions {
+            grad_accum: self.job.grad_accum,
+            stats: self.job.precision.samples_stats_at(step),
+            loss_factor: self
+                .inject_at
+                .filter(|(at, _)| *at == step)
+                .map(|(_, factor)| factor),
+        };
+        let out = parallel::step_gradients::<B>(
             self.peers.as_ref(),
             model,
             &mut self.loader,
-            self.job.grad_accum,
-            sample_stats,
-            poison,
+            &options,
             &self.device,
         );
         self.state.step = step;
@@ -539,11 +289,7 @@ where
     }
 
     /// Why this step cannot be used, naming the layer where one is known.
-    fn non_finite_reason(
-        &self,
-        out: &StepGrads<fp8_backend::Fp8<B>>,
-        grad_norm: f64,
-    ) -> Option<String> {
+    fn non_finite_reason(&self, out: &StepGrads<Fp8<B>>, grad_norm: f64) -> Option<String> {
         let mut reasons = Vec::new();
         if !out.loss.is_finite() {
             reasons.push(format!("non-finite loss ({})", out.loss));
@@ -586,7 +332,7 @@ where
     /// One AdamW update of the model's parameters, gradients scaled by `grad_scale` first.
     fn optimizer_step(
         &mut self,
-        grads: Vec<Option<burn::Tensor<fp8_backend::Fp8<B>, 1>>>,
+        grads: Vec<Option<burn::Tensor<Fp8<B>, 1>>>,
         grad_scale: f32,
         lr: f64,
     ) {
@@ -610,7 +356,7 @@ where
         self.model = Some(model);
     }
 
-    fn model(&self) -> &Gpt2<TrainBackend<B>> {
+    fn model(&self) -> &Model<TrainBackend<B>> {
         self.model
             .as_ref()
             .expect("the model is in place between phases")
@@ -692,7 +438,7 @@ where
     /// and the end), and redraws the plot after an evaluation.
     fn log_step(
         &mut self,
-        out: &StepGrads<fp8_backend::Fp8<B>>,
+        out: &StepGrads<Fp8<B>>,
         lr: f64,
         grad_norm: f64,
         step_time: f64,
@@ -717,7 +463,7 @@ where
             let mut line = format!(
                 "step {step}/{}: loss {} | lr {lr:.3e} | grad norm {grad_norm:.3} | {:.0} tok/s | {:.1} s",
                 self.total_steps,
-                fmt_loss(Some(out.loss)),
+                fmt_loss(out.loss),
                 row.tokens_per_s.unwrap_or(0.0),
                 row.elapsed_s
             );
@@ -901,130 +647,7 @@ where
     }
 }
 
-/// The checkpoint to resume from (with `--resume`), after checking the run directory. Deletes
-/// nothing: with `--overwrite`, the old checkpoints go only once the new job is built.
-fn resume_point(ckpt_root: &Path, opts: &TrainOptions) -> Result<Option<(u64, PathBuf)>, Error> {
-    let latest = latest_checkpoint(ckpt_root);
-    let refuse = |path: &Path, message: String| Error::BadFile {
-        path: path.to_path_buf(),
-        message,
-    };
-    match &opts.resume {
-        Some(ResumeFrom::Latest) => latest.map(Some).ok_or_else(|| {
-            refuse(
-                ckpt_root,
-                "no complete checkpoint to resume from (--resume)".into(),
-            )
-        }),
-        Some(ResumeFrom::Checkpoint(dir)) => {
-            let point = own_checkpoint(ckpt_root, dir)?;
-            let newer: Vec<String> = list_checkpoints(ckpt_root)
-                .into_iter()
-                .filter(|(s, _)| *s > point.0)
-                .map(|(s, _)| format!("step-{s}"))
-                .collect();
-            if !newer.is_empty() && !opts.overwrite {
-                return Err(refuse(
-                    ckpt_root,
-                    format!(
-                        "holds checkpoints after step {} ({}): the resumed run would replace \
-                         them; pass --overwrite as well to delete them",
-                        point.0,
-                        newer.join(", ")
-                    ),
-                ));
-            }
-            Ok(Some(point))
-        }
-        None if latest.is_some() && !opts.overwrite => Err(refuse(
-            ckpt_root,
-            "holds checkpoints already: pass --resume to continue the run, or --overwrite \
-             to start over (deletes them)"
-                .into(),
-        )),
-        None => Ok(None),
-    }
-}
-
-/// `dir` as a checkpoint of the run whose checkpoints are in `ckpt_root`, with its step.
-fn own_checkpoint(ckpt_root: &Path, dir: &Path) -> Result<(u64, PathBuf), Error> {
-    let bad = |message: String| Error::BadFile {
-        path: dir.to_path_buf(),
-        message,
-    };
-    if !is_training_checkpoint(dir) {
-        return Err(bad(format!(
-            "is not a training checkpoint (no {TRAINER_STATE_DIR}/state.json) to resume from \
-             (--resume)"
-        )));
-    }
-    let canonical = |p: &Path| p.canonicalize().map_err(Error::io(p));
-    let parent = dir.parent().map(canonical).transpose()?;
-    if parent.as_deref() != Some(canonical(ckpt_root)?.as_path()) {
-        return Err(bad(format!(
-            "is not a checkpoint of this run (its checkpoints are in {}): --resume continues a \
-             run; to start a new run from another run's checkpoint, set `model.checkpoint` to \
-             it (and `model.optimizer_state` to `from_checkpoint` to keep AdamW's state)",
-            ckpt_root.display()
-        )));
-    }
-    let state_path = dir.join(TRAINER_STATE_DIR).join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(Error::io(&state_path))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
-        path: state_path.clone(),
-        message: format!("bad training state: {e}"),
-    })?;
-    Ok((state.step, dir.to_path_buf()))
-}
-
-/// The tokenizer's files and `generation_config.json` (end-of-text as bos and eos, as GPT-2's
-/// own), written into every checkpoint. On chat data `tokenizer_config.json` gets the job's chat
-/// template as `chat_template` (where `transformers` and our `"checkpoint"` template look).
-fn self_contained_files(
-    tokenizer: &dyn datasets::Tokenizer,
-    chat_template: Option<&str>,
-    config: &crate::model::Gpt2Config,
-) -> Result<Vec<CheckpointFile>, datasets::TokenizerError> {
-    let mut files = tokenizer.checkpoint_files(config.n_positions)?;
-    if let Some(template) = chat_template {
-        let tok_config = files
-            .iter_mut()
-            .find(|f| f.name == datasets::TOKENIZER_CONFIG_FILE);
-        if let Some(file) = tok_config {
-            let mut value: serde_json::Value =
-                serde_json::from_slice(&file.contents).map_err(|e| {
-                    datasets::TokenizerError::Backend {
-                        id: tokenizer.id(),
-                        message: format!("its tokenizer_config.json does not parse: {e}"),
-                    }
-                })?;
-            let object = value.as_object_mut();
-            if let Some(object) =
-                object.filter(|o| o.get("chat_template") != Some(&template.into()))
-            {
-                object.insert("chat_template".into(), template.into());
-                let mut contents = serde_json::to_vec_pretty(&value).expect("JSON serialises");
-                contents.push(b'\n');
-                file.contents = contents;
-            }
-        }
-    }
-    let eot = tokenizer.eot_token();
-    let generation = serde_json::json!({
-        "_from_model_config": false,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-    });
-    let mut contents = serde_json::to_vec_pretty(&generation).expect("JSON serialises");
-    contents.push(b'\n');
-    files.push(CheckpointFile {
-        name: GENERATION_CONFIG_FILE.into(),
-        contents,
-    });
-    Ok(files)
-}
-
-fn fmt_loss(loss: Option<f32>) -> String {
-    loss.map(|l| format!("{l:.4}"))
-        .unwrap_or_else(|| "-".into())
+/// A loss as the log shows it.
+fn fmt_loss(loss: f32) -> String {
+    format!("{loss:.4}")
 }

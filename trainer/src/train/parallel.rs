@@ -24,8 +24,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use burn::backend::flex::{Flex, FlexDevice};
-use burn::backend::ndarray::{NdArray, NdArrayDevice};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
@@ -36,51 +34,15 @@ use fp8_backend::peers::CollectiveAmax;
 use fp8_backend::{AmaxReducer, Fp8, Fp8Kernels};
 
 use super::optimizer::{AdamW, AdamWStep};
-use super::step::{self, GradReducer, Share, StepGrads};
-use crate::host::HostTensors;
-use crate::job::assemble::TrainBackend;
+use super::step::{self, GradReducer, Share, StepGrads, StepOptions};
+use crate::device::{DeviceBackend, TrainBackend};
+use crate::error::Exit;
 use crate::job::{JobConfig, NodesConfig};
-use crate::model::Gpt2;
+use crate::model::Model;
 
 /// Test-only: `PEER:K` makes peer `PEER` (1 or more: peer 0 is the job's own thread) panic at
 /// the `K`-th step this process runs, to exercise the failure path.
 pub const INJECT_PEER_PANIC_ENV: &str = "FP8_TRAINER_INJECT_PEER_PANIC";
-
-/// Backends whose devices a job names by index (`cuda:1`).
-pub trait PeerDevice: Backend {
-    /// Device `index` of this backend (the CPU backends have one device: every index is it).
-    fn device_at(index: usize) -> Self::Device;
-}
-
-impl PeerDevice for Flex {
-    fn device_at(_index: usize) -> FlexDevice {
-        FlexDevice
-    }
-}
-
-impl PeerDevice for NdArray<f32> {
-    fn device_at(_index: usize) -> NdArrayDevice {
-        NdArrayDevice::Cpu
-    }
-}
-
-#[cfg(feature = "wgpu")]
-impl PeerDevice for burn::backend::Wgpu {
-    fn device_at(index: usize) -> burn::backend::wgpu::WgpuDevice {
-        use burn::backend::wgpu::WgpuDevice;
-        match index {
-            0 => WgpuDevice::default(),
-            i => WgpuDevice::DiscreteGpu(i),
-        }
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl PeerDevice for burn::backend::Cuda {
-    fn device_at(index: usize) -> burn::backend::cuda::CudaDevice {
-        burn::backend::cuda::CudaDevice::new(index)
-    }
-}
 
 /// burn-collective keeps one group per backend type per process: one data-parallel job at a
 /// time (tests run jobs on several threads).
@@ -265,8 +227,8 @@ impl Peers {
     /// histories), each on its device, and registers every peer with burn-collective (and the
     /// node with the orchestrator: within `nodes.timeout_s`, or the process exits with code 1).
     /// Then the nodes compare their jobs' fingerprints.
-    pub fn start<B: Fp8Kernels + HostTensors + PeerDevice>(
-        model: &Gpt2<TrainBackend<B>>,
+    pub fn start<B: DeviceBackend>(
+        model: &Model<TrainBackend<B>>,
         optimizer: &AdamW<Fp8<B>>,
         group: &Group<B::Device>,
     ) -> Result<Self, Mismatch>
@@ -319,12 +281,11 @@ impl Peers {
                                 .map(String::as_str)
                                 .or(panic.downcast_ref::<&str>().copied())
                                 .unwrap_or("a panic");
-                            log::error!(
+                            Exit::Failure.now(&format!(
                                 "data-parallel peer {peer} failed ({what}); the other peers \
                                  would wait for it: stopping the job (the last checkpoint \
                                  stays)"
-                            );
-                            std::process::exit(1);
+                            ));
                         }
                     })
                     .expect("a thread for a peer");
@@ -407,25 +368,26 @@ impl Peers {
     }
 }
 
-/// One step's forward/backward: on this device alone, or as peer 0 of `peers`, which takes
-/// `grad_accum` batches from `loader` (every node reads the same ones), keeps this process's
-/// rows of each (its first peer's) and sends every other local peer its own; the loss and
-/// gradients come back summed over all the peers.
-pub fn forward_backward<B: Fp8Kernels + HostTensors>(
+/// One step's gradients from `grad_accum` batches of `loader`: on this device alone, or as
+/// peer 0 of `peers` (every node reads the same batches), which keeps this process's rows of
+/// each (its first peer's) and sends every other local peer its own; the loss and gradients
+/// come back summed over all the peers.
+pub fn step_gradients<B: DeviceBackend>(
     peers: Option<&Peers>,
-    model: &Gpt2<TrainBackend<B>>,
+    model: &Model<TrainBackend<B>>,
     loader: &mut DataLoader,
-    grad_accum: usize,
-    sample_stats: bool,
-    poison: Option<f32>,
+    options: &StepOptions,
     device: &B::Device,
 ) -> StepGrads<Fp8<B>> {
     let Some(peers) = peers else {
-        return step::forward_backward(model, loader, grad_accum, sample_stats, poison, device);
+        let shares = (0..options.grad_accum)
+            .map(|_| Share::whole(loader.next_batch()))
+            .collect();
+        return step::gradients(model, shares, options, device, None);
     };
     let mut mine = Vec::new();
     let mut theirs: Vec<Vec<Share>> = (1..peers.count()).map(|_| Vec::new()).collect();
-    for _ in 0..grad_accum {
+    for _ in 0..options.grad_accum {
         let batch = loader.next_batch();
         let mut shares = Share::split(&batch, peers.total)
             .into_iter()
@@ -439,11 +401,10 @@ pub fn forward_backward<B: Fp8Kernels + HostTensors>(
     peers.send_step(theirs);
     // Only the step's casts are the peers' business: evaluations are peer 0's alone.
     model.fp8().set_amax_reducer(Some(peers.amax.clone()));
-    let out = step::forward_backward_shares(
+    let out = step::gradients(
         model,
         mine,
-        sample_stats,
-        poison,
+        options,
         device,
         Some(&peers.grads as &dyn GradReducer<Fp8<B>>),
     );
@@ -548,12 +509,11 @@ fn watch(nodes: &NodesConfig, clock: Stopwatch) -> Arc<AtomicBool> {
             while !flag.load(Ordering::Relaxed) {
                 let waited = clock.waiting_s();
                 if waited > limit {
-                    log::error!(
+                    Exit::Failure.now(&format!(
                         "node {rank} of {count}: a collective call has waited {waited:.0} s \
                          (nodes.timeout_s = {limit:.0}): a node has not joined or has stopped; \
                          stopping the job (the last checkpoint stays)"
-                    );
-                    std::process::exit(1);
+                    ));
                 }
                 thread::sleep(std::time::Duration::from_millis(200));
             }
@@ -570,11 +530,11 @@ fn injected_panic() -> Option<(usize, u64)> {
 }
 
 /// A peer other than 0: runs what peer 0 sends until told to stop.
-fn worker<B: Fp8Kernels + HostTensors>(
+fn worker<B: DeviceBackend>(
     place: Place,
     config: CollectiveConfig,
     device: B::Device,
-    model: Gpt2<TrainBackend<B>>,
+    model: Model<TrainBackend<B>>,
     mut optimizer: AdamW<Fp8<B>>,
     inbox: mpsc::Receiver<Command>,
     panic_at: Option<u64>,
@@ -608,11 +568,16 @@ fn worker<B: Fp8Kernels + HostTensors>(
                     panic!("injected failure at step {steps} ({INJECT_PEER_PANIC_ENV})");
                 }
                 let current = model.as_ref().expect("the model between steps");
-                let out = step::forward_backward_shares(
+                // Statistics and the test-only loss factor are peer 0's.
+                let options = StepOptions {
+                    grad_accum: shares.len(),
+                    stats: false,
+                    loss_factor: None,
+                };
+                let out = step::gradients(
                     current,
                     shares,
-                    false,
-                    None,
+                    &options,
                     &device,
                     Some(&grads as &dyn GradReducer<Fp8<B>>),
                 );

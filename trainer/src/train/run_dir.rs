@@ -305,7 +305,7 @@ fn rewrite_jsonl(path: &Path, rows: &[MetricsRow]) -> Result<File, Error> {
 /// Removes what writers killed or failed mid-write left in the run directory `root`: atomic
 /// writes' temporaries (`.NAME.XXXXXX.tmp`) in it, and unfinished or retired checkpoint folders
 /// (`checkpoints/.step-N.tmp`, `.step-N.old`). Called with the run's lock held.
-pub fn remove_stale_temporaries(root: &Path) -> Result<(), Error> {
+pub fn remove_leftovers(root: &Path) -> Result<(), Error> {
     let removed = datasets::atomic::remove_stale_temporaries(root).map_err(Error::io(root))?;
     if removed > 0 {
         log::info!(
@@ -313,7 +313,7 @@ pub fn remove_stale_temporaries(root: &Path) -> Result<(), Error> {
             root.display()
         );
     }
-    super::resume::remove_stale_temporaries(&root.join("checkpoints"))
+    super::checkpoints::remove_unfinished_checkpoints(&root.join("checkpoints"))
 }
 
 /// The rows of a CSV file written by this module (none when the file does not exist).

@@ -7,7 +7,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
-use datasets::{Batch, DataLoader};
+use datasets::Batch;
 use fp8_backend::Fp8Report;
 use rayon::prelude::*;
 
@@ -15,8 +15,8 @@ use super::optimizer::{AdamW, Coefficients};
 use crate::host::HostTensors;
 use crate::model::loss::batch_loss;
 use crate::model::names::param_grad_tensors;
-use crate::model::vmath::{self, Isa};
-use crate::model::Gpt2;
+use crate::model::ops::vmath::{self, Isa};
+use crate::model::{Model, ModelBackend};
 
 /// Test-only: at this step (1-based), the loss is multiplied by NaN before the backward pass,
 /// which poisons every gradient and the FP8 gradient amax (exercises the non-finite policy).
@@ -57,22 +57,16 @@ impl<B: Backend> StepGrads<B> {
     }
 }
 
-/// Forward and backward of `grad_accum` micro-batches from `loader` (one device).
-pub fn forward_backward<B: AutodiffBackend + crate::model::ModelBackend>(
-    model: &Gpt2<B>,
-    loader: &mut DataLoader,
-    grad_accum: usize,
-    sample_stats: bool,
-    poison: Option<f32>,
-    device: &B::Device,
-) -> StepGrads<B::InnerBackend>
-where
-    B::InnerBackend: HostTensors,
-{
-    let shares = (0..grad_accum)
-        .map(|_| Share::whole(loader.next_batch()))
-        .collect();
-    forward_backward_shares(model, shares, sample_stats, poison, device, None)
+/// How one step's forward/backward passes run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOptions {
+    /// Micro-batches per step.
+    pub grad_accum: usize,
+    /// Record the FP8 casts' statistics (of the first micro-batch: a layer's figures barely
+    /// move between micro-batches).
+    pub stats: bool,
+    /// Test-only: the loss is multiplied by this before the backward (see [`INJECT_NAN_ENV`]).
+    pub loss_factor: Option<f32>,
 }
 
 /// A peer's part of one micro-batch.
@@ -132,17 +126,14 @@ pub trait GradReducer<B: Backend> {
     fn sum(&self, flat: Tensor<B, 1>) -> Tensor<B, 1>;
 }
 
-/// Forward and backward of one step's micro-batches (a peer's shares of them under data
-/// parallelism). With `sample_stats`, the FP8 casts of the first micro-batch are recorded (a
-/// layer's figures barely move between micro-batches). `poison` multiplies the loss (test-only
-/// non-finite injection). With `reducer`, the loss and the gradients are summed over the peers
-/// (each share's loss weighted by its part of the micro-batch) before anything is read, so
-/// every peer returns the same figures.
-pub fn forward_backward_shares<B: AutodiffBackend + crate::model::ModelBackend>(
-    model: &Gpt2<B>,
+/// The micro-batch loop: forward and backward of one step's micro-batches (a peer's shares of
+/// them under data parallelism), gradients summed on the device. With `reducer`, the loss and
+/// the gradients are summed over the peers (each share's loss weighted by its part of the
+/// micro-batch) before anything is read, so every peer returns the same figures.
+pub fn gradients<B: AutodiffBackend + ModelBackend>(
+    model: &Model<B>,
     shares: Vec<Share>,
-    sample_stats: bool,
-    poison: Option<f32>,
+    options: &StepOptions,
     device: &B::Device,
     reducer: Option<&dyn GradReducer<B::InnerBackend>>,
 ) -> StepGrads<B::InnerBackend>
@@ -157,13 +148,13 @@ where
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     let mut tokens = 0u64;
     for (micro, share) in shares.into_iter().enumerate() {
-        fp8.set_stats(sample_stats && micro == 0);
+        fp8.set_stats(options.stats && micro == 0);
         tokens += share.tokens;
         let mut loss = batch_loss(model, &share.batch, device);
         if share.weight != 1.0 {
             loss = loss.mul_scalar(share.weight);
         }
-        if let Some(factor) = poison {
+        if let Some(factor) = options.loss_factor {
             loss = loss.mul_scalar(factor);
         }
         let value = loss.clone().inner();
@@ -298,11 +289,11 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f32 {
 /// One AdamW update of every parameter with a gradient, in place on the device; the model's
 /// parameters keep their ids (and stay the f32 master weights).
 pub fn apply_adamw<B: AutodiffBackend>(
-    model: Gpt2<B>,
+    model: Model<B>,
     optimizer: &mut AdamW<B::InnerBackend>,
     grads: Vec<Option<Tensor<B::InnerBackend, 1>>>,
     coefficients: &[Coefficients; 2],
-) -> Gpt2<B>
+) -> Model<B>
 where
     B::InnerBackend: HostTensors,
 {

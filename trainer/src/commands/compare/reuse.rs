@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::job::assemble::{open_data, total_steps};
 use crate::job::JobConfig;
-use crate::train::resume::{latest_checkpoint, TrainerState, TRAINER_STATE_DIR};
+use crate::train::checkpoints::{latest_checkpoint, TrainerState, TRAINER_STATE_DIR};
 
 /// What to do with one run of the sweep.
 #[derive(Clone, Debug, PartialEq, Eq)]

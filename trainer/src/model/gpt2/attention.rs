@@ -8,8 +8,9 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, Tensor, TensorPrimitive};
 
-use super::projection::Projection;
-use super::{Gpt2Config, ModelBackend};
+use super::Gpt2Config;
+use crate::model::projection::Projection;
+use crate::model::ModelBackend;
 
 /// `attn` of a block.
 #[derive(Module, Debug)]

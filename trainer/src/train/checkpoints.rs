@@ -1,4 +1,4 @@
-//! Training checkpoints: `checkpoints/step-N/` (and `checkpoints/best/`) hold the model as a
+//! The training-checkpoint store: `checkpoints/step-N/` (and `checkpoints/best/`) hold the model as a
 //! self-contained Hugging Face checkpoint (config.json, model.safetensors, generation_config.json,
 //! tokenizer.json, tokenizer_config.json) and `trainer_state/` (state.json: step, tokens, data
 //! position, RNG rule; optimizer.safetensors: AdamW moments; under `fp8-delayed`,
@@ -6,7 +6,10 @@
 //!
 //! A checkpoint is written into `checkpoints/.step-N.tmp/` and renamed when complete, so a crash
 //! while writing never leaves a half checkpoint that [`latest_checkpoint`] would pick: it only
-//! considers `step-N` folders. Stale temporary folders are removed on the next write or resume.
+//! considers `step-N` folders. Unfinished folders are removed on the next write or resume.
+//!
+//! Also here: which checkpoint `--resume` continues from ([`resume_point`]), and the files that
+//! make every checkpoint self-contained ([`self_contained_files`]).
 //!
 //! Test-only fault injection: with `FP8_TRAINER_FAIL_CHECKPOINT_AT=N` in the environment the
 //! process aborts while checkpoint N is half written (model written, trainer state not).
@@ -25,7 +28,10 @@ use crate::checkpoint::{
 };
 use crate::error::Error;
 use crate::host::HostTensors;
-use crate::model::Gpt2;
+use crate::model::{Model, ModelConfig};
+
+/// `generation_config.json` of a checkpoint.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
 /// The folder of training state inside a checkpoint.
 pub const TRAINER_STATE_DIR: &str = "trainer_state";
@@ -132,8 +138,9 @@ pub fn is_training_checkpoint(dir: &Path) -> bool {
     dir.join(TRAINER_STATE_DIR).join("state.json").is_file()
 }
 
-/// Removes leftovers of interrupted writes (`.step-N.tmp`, `.step-N.old`, `.best.tmp`, ...).
-pub fn remove_stale_temporaries(checkpoints: &Path) -> Result<(), Error> {
+/// Removes the folders of interrupted checkpoint writes (`.step-N.tmp`, `.step-N.old`,
+/// `.best.tmp`, ...).
+pub fn remove_unfinished_checkpoints(checkpoints: &Path) -> Result<(), Error> {
     let Ok(entries) = fs::read_dir(checkpoints) else {
         return Ok(());
     };
@@ -150,7 +157,7 @@ pub fn remove_stale_temporaries(checkpoints: &Path) -> Result<(), Error> {
 /// the training state) and keeps the newest `keep`.
 pub fn save_training_checkpoint<B: Backend, O: HostTensors>(
     checkpoints: &Path,
-    model: &Gpt2<B>,
+    model: &Model<B>,
     optimizer: &AdamW<O>,
     state: &TrainerState,
     extra: &[CheckpointFile],
@@ -168,7 +175,7 @@ pub fn save_training_checkpoint<B: Backend, O: HostTensors>(
 /// Writes `checkpoints/best` atomically, replacing the one there.
 pub fn save_best_checkpoint<B: Backend, O: HostTensors>(
     checkpoints: &Path,
-    model: &Gpt2<B>,
+    model: &Model<B>,
     optimizer: &AdamW<O>,
     state: &TrainerState,
     extra: &[CheckpointFile],
@@ -180,7 +187,7 @@ pub fn save_best_checkpoint<B: Backend, O: HostTensors>(
 fn write_training_checkpoint<B: Backend, O: HostTensors>(
     checkpoints: &Path,
     name: &str,
-    model: &Gpt2<B>,
+    model: &Model<B>,
     optimizer: &AdamW<O>,
     state: &TrainerState,
     extra: &[CheckpointFile],
@@ -195,12 +202,12 @@ fn write_training_checkpoint<B: Backend, O: HostTensors>(
             param: p.name.clone(),
         });
     }
-    remove_stale_temporaries(checkpoints)?;
+    remove_unfinished_checkpoints(checkpoints)?;
     fs::create_dir_all(checkpoints).map_err(Error::io(checkpoints))?;
     let step = state.step;
     let staging = checkpoints.join(format!(".{name}.tmp"));
     fs::create_dir(&staging).map_err(Error::io(&staging))?;
-    write_checkpoint_tensors(model.config(), &tensors, &staging)?;
+    write_checkpoint_tensors(&model.config(), &tensors, &staging)?;
     for file in extra {
         let path = staging.join(&file.name);
         datasets::atomic::write_atomic(&path, &file.contents).map_err(Error::io(&path))?;
@@ -252,7 +259,7 @@ pub fn load_training_state<O: HostTensors>(
 
 /// Writes the model's amax histories into `state_dir` (nothing when it has none: FP8-AMAX,
 /// CSCALE and fp32 keep no FP8 state).
-fn save_amax_histories<B: Backend>(state_dir: &Path, model: &Gpt2<B>) -> Result<(), Error> {
+fn save_amax_histories<B: Backend>(state_dir: &Path, model: &Model<B>) -> Result<(), Error> {
     let histories = model.fp8().amax_histories();
     if histories.is_empty() {
         return Ok(());
@@ -272,7 +279,7 @@ fn save_amax_histories<B: Backend>(state_dir: &Path, model: &Gpt2<B>) -> Result<
 /// Restores the amax histories of a checkpoint into `model` (`--resume` under `fp8-delayed`).
 /// A checkpoint without them (written under another precision) leaves every history empty.
 /// Every history must belong to one of the model's FP8 layers.
-pub fn load_amax_histories<B: Backend>(dir: &Path, model: &Gpt2<B>) -> Result<(), Error> {
+pub fn load_amax_histories<B: Backend>(dir: &Path, model: &Model<B>) -> Result<(), Error> {
     let path = dir.join(TRAINER_STATE_DIR).join(AMAX_HISTORY_FILE);
     if !path.is_file() {
         log::info!(
@@ -322,11 +329,182 @@ pub fn load_amax_histories<B: Backend>(dir: &Path, model: &Gpt2<B>) -> Result<()
 /// is scored under the same ones. `None` under other precisions.
 pub fn inference_histories<B: Backend>(
     dir: &Path,
-    model: &Gpt2<B>,
+    model: &Model<B>,
 ) -> Result<Option<FrozenHistories>, Error> {
     if model.fp8().policy().mode != Precision::Fp8Delayed {
         return Ok(None);
     }
     load_amax_histories(dir, model)?;
     Ok(Some(model.fp8().freeze_amax_histories()))
+}
+
+/// Which checkpoint `--resume` continues from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// The newest complete one in the run's `checkpoints/`.
+    Latest,
+    /// This folder, one of the run's own (`checkpoints/step-N` or `checkpoints/best`).
+    Checkpoint(PathBuf),
+}
+
+/// The checkpoint a run continues from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Its step.
+    pub step: u64,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// The run's checkpoints after it (`--resume DIR --overwrite`), to remove once the job is
+    /// built.
+    pub later: Vec<PathBuf>,
+}
+
+/// The checkpoint to resume from (with `--resume`), after checking the run directory whose
+/// checkpoints are in `ckpt_root`. Deletes nothing: with `--overwrite`, the old checkpoints go
+/// only once the new job is built.
+pub fn resume_point(
+    ckpt_root: &Path,
+    resume: Option<&ResumeFrom>,
+    overwrite: bool,
+) -> Result<Option<ResumePoint>, Error> {
+    let point = match resume_step(ckpt_root, resume, overwrite)? {
+        None => return Ok(None),
+        Some(point) => point,
+    };
+    let later = list_checkpoints(ckpt_root)
+        .into_iter()
+        .filter(|(s, _)| *s > point.0)
+        .map(|(_, dir)| dir)
+        .collect();
+    Ok(Some(ResumePoint {
+        step: point.0,
+        dir: point.1,
+        later,
+    }))
+}
+
+/// [`resume_point`]'s step and folder.
+fn resume_step(
+    ckpt_root: &Path,
+    resume: Option<&ResumeFrom>,
+    overwrite: bool,
+) -> Result<Option<(u64, PathBuf)>, Error> {
+    let latest = latest_checkpoint(ckpt_root);
+    let refuse = |path: &Path, message: String| Error::BadFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    match resume {
+        Some(ResumeFrom::Latest) => latest.map(Some).ok_or_else(|| {
+            refuse(
+                ckpt_root,
+                "no complete checkpoint to resume from (--resume)".into(),
+            )
+        }),
+        Some(ResumeFrom::Checkpoint(dir)) => {
+            let point = own_checkpoint(ckpt_root, dir)?;
+            let newer: Vec<String> = list_checkpoints(ckpt_root)
+                .into_iter()
+                .filter(|(s, _)| *s > point.0)
+                .map(|(s, _)| format!("step-{s}"))
+                .collect();
+            if !newer.is_empty() && !overwrite {
+                return Err(refuse(
+                    ckpt_root,
+                    format!(
+                        "holds checkpoints after step {} ({}): the resumed run would replace \
+                         them; pass --overwrite as well to delete them",
+                        point.0,
+                        newer.join(", ")
+                    ),
+                ));
+            }
+            Ok(Some(point))
+        }
+        None if latest.is_some() && !overwrite => Err(refuse(
+            ckpt_root,
+            "holds checkpoints already: pass --resume to continue the run, or --overwrite \
+             to start over (deletes them)"
+                .into(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// `dir` as a checkpoint of the run whose checkpoints are in `ckpt_root`, with its step.
+fn own_checkpoint(ckpt_root: &Path, dir: &Path) -> Result<(u64, PathBuf), Error> {
+    let bad = |message: String| Error::BadFile {
+        path: dir.to_path_buf(),
+        message,
+    };
+    if !is_training_checkpoint(dir) {
+        return Err(bad(format!(
+            "is not a training checkpoint (no {TRAINER_STATE_DIR}/state.json) to resume from \
+             (--resume)"
+        )));
+    }
+    let canonical = |p: &Path| p.canonicalize().map_err(Error::io(p));
+    let parent = dir.parent().map(canonical).transpose()?;
+    if parent.as_deref() != Some(canonical(ckpt_root)?.as_path()) {
+        return Err(bad(format!(
+            "is not a checkpoint of this run (its checkpoints are in {}): --resume continues a \
+             run; to start a new run from another run's checkpoint, set `model.checkpoint` to \
+             it (and `model.optimizer_state` to `from_checkpoint` to keep AdamW's state)",
+            ckpt_root.display()
+        )));
+    }
+    let state_path = dir.join(TRAINER_STATE_DIR).join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(Error::io(&state_path))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: state_path.clone(),
+        message: format!("bad training state: {e}"),
+    })?;
+    Ok((state.step, dir.to_path_buf()))
+}
+
+/// The tokenizer's files and `generation_config.json` (end-of-text as bos and eos, as GPT-2's
+/// own), written into every checkpoint. On chat data `tokenizer_config.json` gets the job's chat
+/// template as `chat_template` (where `transformers` and our `"checkpoint"` template look).
+pub fn self_contained_files(
+    tokenizer: &dyn datasets::Tokenizer,
+    chat_template: Option<&str>,
+    config: &ModelConfig,
+) -> Result<Vec<CheckpointFile>, datasets::TokenizerError> {
+    let mut files = tokenizer.checkpoint_files(config.max_positions())?;
+    if let Some(template) = chat_template {
+        let tok_config = files
+            .iter_mut()
+            .find(|f| f.name == datasets::TOKENIZER_CONFIG_FILE);
+        if let Some(file) = tok_config {
+            let mut value: serde_json::Value =
+                serde_json::from_slice(&file.contents).map_err(|e| {
+                    datasets::TokenizerError::Backend {
+                        id: tokenizer.id(),
+                        message: format!("its tokenizer_config.json does not parse: {e}"),
+                    }
+                })?;
+            let object = value.as_object_mut();
+            if let Some(object) =
+                object.filter(|o| o.get("chat_template") != Some(&template.into()))
+            {
+                object.insert("chat_template".into(), template.into());
+                let mut contents = serde_json::to_vec_pretty(&value).expect("JSON serialises");
+                contents.push(b'\n');
+                file.contents = contents;
+            }
+        }
+    }
+    let eot = tokenizer.eot_token();
+    let generation = serde_json::json!({
+        "_from_model_config": false,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+    });
+    let mut contents = serde_json::to_vec_pretty(&generation).expect("JSON serialises");
+    contents.push(b'\n');
+    files.push(CheckpointFile {
+        name: GENERATION_CONFIG_FILE.into(),
+        contents,
+    });
+    Ok(files)
 }

@@ -6,8 +6,10 @@ use burn::tensor::{backend::Backend, Tensor};
 use super::attention::Attention;
 use super::layer_norm::LayerNorm;
 use super::mlp::Mlp;
-use super::projection::{Projection, PROJECTIONS};
-use super::{Gpt2Config, ModelBackend};
+use super::Gpt2Config;
+use super::PROJECTIONS;
+use crate::model::projection::Projection;
+use crate::model::ModelBackend;
 
 /// `h.N`
 #[derive(Module, Debug)]

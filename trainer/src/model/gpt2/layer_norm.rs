@@ -4,7 +4,7 @@
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
-use super::fused::FusedOps;
+use crate::model::ops::FusedLayerNorm;
 
 /// `y = (x - mean) / sqrt(var + eps) * weight + bias` over the last dimension, with the biased
 /// variance, as `torch.nn.LayerNorm`.
@@ -29,7 +29,7 @@ impl<B: Backend> LayerNorm<B> {
     }
 }
 
-impl<B: FusedOps> LayerNorm<B> {
+impl<B: FusedLayerNorm> LayerNorm<B> {
     /// Normalises over the last dimension of `x` (the fused op where the backend has it).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let float = |t: Tensor<B, 1>| t.into_primitive().tensor();

@@ -346,7 +346,7 @@ mod tests {
     /// an unmasked future key or a missing softmax term moves them by 1e-2 or more.
     const FUSED_REL_TOL: f32 = 1e-5;
 
-    use crate::model::fused::tests::{host, rel, Ad};
+    use crate::model::ops::test_util::{host, rel, Ad};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)

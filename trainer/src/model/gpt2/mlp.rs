@@ -5,8 +5,9 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
-use super::projection::Projection;
-use super::{Activation, Gpt2Config, ModelBackend};
+use super::{Activation, Gpt2Config};
+use crate::model::projection::Projection;
+use crate::model::ModelBackend;
 
 /// `mlp` of a block.
 #[derive(Module, Debug)]

@@ -1,0 +1,338 @@
+//! Starting a run ([`Run::open`]), in named steps: the job is assembled and checked first
+//! (data, the checkpoint to resume from, the model, the training state: every check of
+//! `job/check.rs` made), and only then may the run directory change; the startup banner says
+//! what will run; the other data-parallel peers start last.
+
+use std::path::Path;
+use std::time::Instant;
+
+use datasets::{DataLoader, SplitName};
+use fp8_backend::{Fp8, Precision};
+
+use super::checkpoints::{
+    load_amax_histories, load_training_state, resume_point, self_contained_files, ResumePoint,
+    TrainerState,
+};
+use super::lock::RunLock;
+use super::optimizer::AdamW;
+use super::parallel::{job_fingerprint, Group, Peers};
+use super::run_dir::{self, RunDir};
+use super::{step, Fp8Warnings, Run, TrainOptions};
+use crate::checkpoint::load_checkpoint;
+use crate::device::{DeviceBackend, TrainBackend};
+use crate::error::Error;
+use crate::job::assemble::{
+    build_model, model_config, model_config_of_checkpoint, model_options, open_data, total_steps,
+    JobData,
+};
+use crate::job::{check, InitOptimizer, JobConfig};
+use crate::model::names::param_shapes;
+use crate::model::Model;
+
+impl<'a, B: DeviceBackend> Run<'a, B>
+where
+    B::Device: Send + Sync,
+{
+    /// Assembles the job (or restores it from a checkpoint with `--resume`), then prepares the
+    /// run directory, says what will run and starts the other data-parallel peers.
+    pub(super) fn open(opts: &'a TrainOptions, devices: Vec<B::Device>) -> Result<Self, Error> {
+        let job = &opts.job;
+        let device = devices[0].clone();
+        let group = Group {
+            devices,
+            nodes: job.nodes.clone(),
+            fingerprint: job_fingerprint(job),
+        };
+        let root = job.out_dir.join(&job.name);
+        // A job running in this folder refuses this one before anything else is looked at.
+        // (A folder that does not exist yet is locked once the job is built, below.)
+        let early_lock = match root.is_dir() {
+            true => Some(RunLock::acquire(&root)?),
+            false => None,
+        };
+
+        // The job, checked and built: nothing in the run directory changes before it is.
+        let data = open_data(job, &opts.config_path)?;
+        let resume = resume_point(
+            &root.join("checkpoints"),
+            opts.resume.as_ref(),
+            opts.overwrite,
+        )?;
+        let model = load_model::<B>(opts, resume.as_ref(), data.tokenizer.vocab_size(), &device)?;
+        let mut optimizer = AdamW::new(param_shapes(&model), &device);
+        // Every batch holds `batch_size` rows per peer, on every node.
+        let global_batch = job.batch_size * group.total();
+        let mut loader = data
+            .dataset
+            .train_loader(global_batch)
+            .map_err(data.err())?;
+        let validation = data
+            .dataset
+            .validation_loader(global_batch)
+            .map_err(data.err())?;
+        check::data(job, &opts.config_path, &data.dataset, validation.is_some())?;
+        let state = restore_state::<B>(
+            job,
+            resume.as_ref(),
+            &model,
+            &mut optimizer,
+            &mut loader,
+            &data,
+            &device,
+        )?;
+        let checkpoint_files = self_contained_files(
+            data.tokenizer.as_ref(),
+            data.dataset.chat_template(),
+            &model.config(),
+        )
+        .map_err(|source| Error::Tokenizer {
+            origin: format!("{}: field `tokenizer`", opts.config_path.display()),
+            source,
+        })?;
+
+        // The job's first step can run: only now may the run directory change.
+        let lock = match early_lock {
+            Some(lock) => lock,
+            None => {
+                std::fs::create_dir_all(&root).map_err(Error::io(&root))?;
+                RunLock::acquire(&root)?
+            }
+        };
+        let (dir, changed) = prepare_run_dir(opts, &root, resume.as_ref())?;
+        let total_steps = total_steps(job, &loader);
+        let start = Start {
+            job,
+            group: &group,
+            model: &model,
+            total_steps,
+            train_tokens: data.dataset.num_train_tokens(),
+            resume: resume.as_ref(),
+            changed: &changed,
+        };
+        start.log();
+
+        // The peers wait for each other at registration: nothing else may fail after it.
+        let peers = match group.is_parallel() {
+            false => None,
+            true => Some(
+                Peers::start::<B>(&model, &optimizer, &group)
+                    .map_err(|m| Error::field(&opts.config_path, "nodes", m.0))?,
+            ),
+        };
+        Ok(Self {
+            job,
+            device,
+            peers,
+            step_seconds: 0.0,
+            model: Some(model),
+            optimizer,
+            loader,
+            validation,
+            classification: data.dataset.classification(SplitName::Validation),
+            earlier_elapsed: state.elapsed_s,
+            state,
+            dir,
+            total_steps,
+            started: Instant::now(),
+            last_checkpoint: resume.map(|r| r.step),
+            checkpoint_files,
+            fp8_warnings: Fp8Warnings::default(),
+            inject_at: step::injection_from_env(),
+            stop: &opts.stop,
+            _lock: lock,
+        })
+    }
+}
+
+/// The model of the job: the checkpoint resumed from (which must have the job's shape), or the
+/// job's own (`model.checkpoint` or a preset).
+fn load_model<B: DeviceBackend>(
+    opts: &TrainOptions,
+    resume: Option<&ResumePoint>,
+    vocab: usize,
+    device: &B::Device,
+) -> Result<Model<TrainBackend<B>>, Error> {
+    let (job, config) = (&opts.job, opts.config_path.as_path());
+    let Some(resume) = resume else {
+        return build_model::<B>(job, config, vocab, device);
+    };
+    let theirs = model_config_of_checkpoint(&resume.dir)?;
+    check::same_shape(
+        job,
+        config,
+        &model_config(job, config)?,
+        &theirs,
+        &resume.dir,
+    )?;
+    check::model(job, config, &theirs, vocab)?;
+    Ok(load_checkpoint::<TrainBackend<B>>(
+        &resume.dir,
+        &model_options(job),
+        device,
+    )?)
+}
+
+/// The training state to start from: the checkpoint's on `--resume` (AdamW's moments, the
+/// data position, under `fp8-delayed` the amax histories); a fresh one otherwise, AdamW's
+/// moments taken from `model.checkpoint` with `optimizer_state: from_checkpoint`.
+fn restore_state<B: DeviceBackend>(
+    job: &JobConfig,
+    resume: Option<&ResumePoint>,
+    model: &Model<TrainBackend<B>>,
+    optimizer: &mut AdamW<Fp8<B>>,
+    loader: &mut DataLoader,
+    data: &JobData,
+    device: &B::Device,
+) -> Result<TrainerState, Error> {
+    let delayed = job.precision.mode == Precision::Fp8Delayed;
+    if let Some(resume) = resume {
+        let state = load_training_state(&resume.dir, optimizer, device)?;
+        loader.restore(&state.loader).map_err(data.err())?;
+        if delayed {
+            load_amax_histories(&resume.dir, model)?;
+        }
+        return Ok(state);
+    }
+    if let Some(dir) = &job.model.checkpoint {
+        if job.model.optimizer_state == InitOptimizer::FromCheckpoint {
+            // AdamW carries on (`load_training_state` sets its step count, which checkpoints
+            // record); step, data position and schedule start over.
+            let earlier = load_training_state(dir, optimizer, device)?;
+            log::info!(
+                "AdamW's moments and step count ({}) from {}",
+                earlier.adam_t,
+                dir.display()
+            );
+        }
+        if delayed {
+            // Another run's scales are stale for this one's data and learning rate
+            // (Transformer Engine's issue #982): a new job's histories start empty.
+            log::info!(
+                "fp8-delayed: amax histories start empty (none are taken from {})",
+                dir.display()
+            );
+        }
+    }
+    Ok(TrainerState::start(job.seed, loader.state()))
+}
+
+/// Makes the run directory ready (its lock held): the old checkpoints gone with `--overwrite`,
+/// the ones after the checkpoint resumed from with `--resume DIR --overwrite`, leftovers of
+/// killed writes removed, the CSV files opened (cut back to the checkpoint's step on resume),
+/// the resolved config written. Returns the directory and the config's changes since the
+/// last run.
+fn prepare_run_dir(
+    opts: &TrainOptions,
+    root: &Path,
+    resume: Option<&ResumePoint>,
+) -> Result<(RunDir, Vec<String>), Error> {
+    let checkpoints = root.join("checkpoints");
+    if opts.overwrite && resume.is_none() && checkpoints.exists() {
+        std::fs::remove_dir_all(&checkpoints).map_err(Error::io(&checkpoints))?;
+    }
+    for dir in resume.map_or(&[][..], |r| &r.later) {
+        log::info!(
+            "removing {} (newer than the checkpoint resumed from)",
+            dir.display()
+        );
+        std::fs::remove_dir_all(dir).map_err(Error::io(dir))?;
+    }
+    run_dir::remove_leftovers(root)?;
+    let dir = RunDir::open(root, resume.map(|r| r.step))?;
+    let changed = run_dir::write_resolved_config(root, &opts.job)?;
+    Ok((dir, changed))
+}
+
+/// What the startup banner says.
+struct Start<'a, B: DeviceBackend> {
+    job: &'a JobConfig,
+    group: &'a Group<B::Device>,
+    model: &'a Model<TrainBackend<B>>,
+    total_steps: u64,
+    train_tokens: usize,
+    resume: Option<&'a ResumePoint>,
+    changed: &'a [String],
+}
+
+impl<B: DeviceBackend> Start<'_, B> {
+    /// Logs what will run: the model, precision, devices, steps and tokens; what the FP8 casts
+    /// run on and describe; where a resumed run continues and what changed in its config.
+    fn log(&self) {
+        let (job, group) = (self.job, self.group);
+        let global_batch = job.batch_size * group.total();
+        let tokens_per_step = global_batch * job.grad_accum * job.data.seq_len;
+        log::info!(
+            "{} {}: {} parameters, precision {} on {}, {} FP8 layers, {} steps of \
+             {tokens_per_step} tokens ({} x {} x {}), {} training tokens",
+            if self.resume.is_some() {
+                "resuming"
+            } else {
+                "starting"
+            },
+            job.name,
+            self.model.config().num_params(),
+            job.precision.mode,
+            self.devices(),
+            self.model.fp8_layers().len(),
+            self.total_steps,
+            global_batch,
+            job.grad_accum,
+            job.data.seq_len,
+            self.train_tokens,
+        );
+        #[cfg(feature = "cuda")]
+        if job.device == crate::device::Device::Cuda && job.precision.mode != Precision::Fp32 {
+            let device_kernel =
+                std::env::var(fp8_backend::kernel::CUDA_KERNEL_ENV).is_ok_and(|v| v == "device");
+            log::info!(
+                "FP8 casts on cuda: {}",
+                if device_kernel {
+                    "the device kernel (FP8_CUDA_KERNEL=device; not yet validated on a GPU)"
+                } else {
+                    "the exact host path (FP8_CUDA_KERNEL=device selects the device kernel)"
+                }
+            );
+        }
+        if group.is_parallel() && job.precision.stats_every > 0 && job.precision.is_on() {
+            log::info!(
+                "fp8_stats.csv describes peer 0's casts (its rows of each batch; the scales are \
+                 the peers' common ones)"
+            );
+        }
+        if let Some(resume) = self.resume {
+            log::info!(
+                "resumed from {} (step {})",
+                resume.dir.display(),
+                resume.step
+            );
+            for change in self.changed {
+                log::info!("config changed since the last run: {change}");
+            }
+        }
+    }
+
+    /// Where the job runs, in words.
+    fn devices(&self) -> String {
+        let (job, group) = (self.job, self.group);
+        match (group.total(), &job.nodes) {
+            (1, _) => job.device.name().to_string(),
+            (n, None) => format!(
+                "{n} data-parallel peers ({}) of {} rows each",
+                job.devices
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                job.batch_size
+            ),
+            (n, Some(nodes)) => format!(
+                "{n} data-parallel peers of {} rows each on {} nodes (this is node {}, with {} \
+                 peers)",
+                job.batch_size,
+                nodes.count,
+                nodes.rank,
+                group.devices.len()
+            ),
+        }
+    }
+}
