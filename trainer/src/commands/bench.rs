@@ -382,7 +382,18 @@ fn run_peer(
     job: &JobConfig,
     device: &str,
 ) -> Result<Vec<BenchResult>, Error> {
-    let ModelConfig::Gpt2(config) = crate::job::assemble::model_config(job, &args.config)?;
+    let config = match crate::job::assemble::model_config(job, &args.config)? {
+        ModelConfig::Gpt2(config) => config,
+        other => {
+            return Err(Error::Argument {
+                flag: "--peer",
+                message: format!(
+                    "the PyTorch peer (bench/peers/torch_gpt2.py) runs GPT-2 models, not {}",
+                    other.family_name()
+                ),
+            })
+        }
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peers/torch_gpt2.py");
     let script = match script.is_file() {
         true => script,

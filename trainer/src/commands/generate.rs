@@ -68,12 +68,12 @@ pub struct GenerateArgs {
 
 impl GenerateArgs {
     /// Sampling settings of sample `index` (seeded with `seed + index`); generation stops at
-    /// `stop_token` (the tokenizer's end-of-text for text prompts, the config's `eos_token_id`
+    /// `stop_tokens` (the tokenizer's end-of-text for text prompts, the config's `eos_token_id`
     /// for token prompts) unless `--ignore-eos`.
     fn sampling(
         &self,
         index: usize,
-        stop_token: Option<u32>,
+        stop_tokens: Vec<u32>,
         vocab_limit: Option<usize>,
     ) -> SamplingOptions {
         SamplingOptions {
@@ -82,7 +82,11 @@ impl GenerateArgs {
             top_k: Some(self.top_k),
             top_p: Some(self.top_p),
             seed: self.seed.wrapping_add(index as u64),
-            stop_token: stop_token.filter(|_| !self.ignore_eos),
+            stop_tokens: if self.ignore_eos {
+                Vec::new()
+            } else {
+                stop_tokens
+            },
             vocab_limit,
         }
     }
@@ -144,7 +148,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
             check_tokens("--tokens", &prompt, &config)?;
             for index in 0..args.num_samples {
                 out.start_sample(index)?;
-                let sampling = args.sampling(index, config.eos_token_id(), None);
+                let sampling = args.sampling(index, config.eos_token_ids(), None);
                 let mut first = true;
                 let mut failed = None;
                 generate_with(&model, &prompt, &sampling, &device, |token| {
@@ -178,7 +182,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
                 out.start_sample(index)?;
                 let sampling = args.sampling(
                     index,
-                    Some(tokenizer.eot_token()),
+                    vec![tokenizer.eot_token()],
                     Some(tokenizer.vocab_size()),
                 );
                 stream_text(
@@ -212,7 +216,7 @@ fn stream_text(
     let mut stream = TextStream::new(tokenizer);
     let mut failed = None;
     generate_with(model, prompt, sampling, &Default::default(), |token| {
-        if Some(token) == sampling.stop_token {
+        if sampling.stop_tokens.contains(&token) {
             return ControlFlow::Break(()); // the last token anyway
         }
         let written = stream.push(token).and_then(|new| out.write(&new));

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::gpt2::Gpt2Config;
+use super::llama::{LlamaConfig, Variant};
 use crate::error::FieldError;
 
 /// A bad `config.json` or preset: names the file and the field, and says what would fix it.
@@ -64,22 +65,28 @@ pub struct PresetOverrides {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelConfig {
     Gpt2(Gpt2Config),
+    Llama(LlamaConfig),
 }
 
 impl ModelConfig {
     /// What `config.json` may name, for errors.
     pub const ARCHITECTURES: &'static str =
-        "GPT-2: model_type \"gpt2\", architectures GPT2LMHeadModel / GPT2Model";
+        "GPT-2 (model_type \"gpt2\", architectures GPT2LMHeadModel / GPT2Model), the Llama \
+         family (model_type \"llama\", \"qwen2\", \"mistral\"; LlamaForCausalLM, \
+         Qwen2ForCausalLM, MistralForCausalLM)";
 
     /// Every preset name of every family.
     pub fn presets() -> Vec<&'static str> {
-        Gpt2Config::PRESETS.to_vec()
+        [Gpt2Config::PRESETS, LlamaConfig::PRESETS].concat()
     }
 
     /// A preset by its hub-style name (case-insensitive).
     pub fn preset(name: &str) -> Result<Self, ModelConfigError> {
         if let Some(c) = Gpt2Config::preset(name) {
             return Ok(Self::Gpt2(c));
+        }
+        if let Some(c) = LlamaConfig::preset(name) {
+            return Ok(Self::Llama(c));
         }
         Err(ModelConfigError::UnknownPreset(name.to_string()))
     }
@@ -121,10 +128,18 @@ impl ModelConfig {
             Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),
         };
-        let gpt2_class = |c: &str| matches!(c, "GPT2LMHeadModel" | "GPT2Model");
-        match model_type {
-            Some("gpt2") => {}
-            Some(other) => return Err(unsupported(format!("model_type \"{other}\""))),
+        // The family: `model_type`, else the first `architectures` entry; every entry must
+        // name a class of that family.
+        let family_of_class = |c: &str| match c {
+            "GPT2LMHeadModel" | "GPT2Model" => Some(Family::Gpt2),
+            other => Variant::of_architecture(other).map(Family::Llama),
+        };
+        let family = match model_type {
+            Some("gpt2") => Family::Gpt2,
+            Some(t) => match Variant::of_model_type(t) {
+                Some(variant) => Family::Llama(variant),
+                None => return Err(unsupported(format!("model_type \"{t}\""))),
+            },
             None if classes.is_empty() && value.get("architectures").is_none() => {
                 return Err(ModelConfigError::MissingField {
                     path: path.to_path_buf(),
@@ -132,18 +147,29 @@ impl ModelConfig {
                     family: "model",
                 })
             }
-            None => {}
-        }
-        if let Some(class) = classes.iter().find(|c| !gpt2_class(c)) {
+            None => match classes.first().map(|c| (c, family_of_class(c))) {
+                Some((_, Some(family))) => family,
+                Some((class, None)) => {
+                    return Err(unsupported(format!("architectures entry \"{class}\"")))
+                }
+                // Not a list of strings: the family's parser names the field.
+                None => Family::Gpt2,
+            },
+        };
+        if let Some(class) = classes.iter().find(|c| family_of_class(c) != Some(family)) {
             return Err(unsupported(format!("architectures entry \"{class}\"")));
         }
-        Ok(Self::Gpt2(Gpt2Config::from_json(value, path)?))
+        Ok(match family {
+            Family::Gpt2 => Self::Gpt2(Gpt2Config::from_json(value, path)?),
+            Family::Llama(variant) => Self::Llama(LlamaConfig::from_json(value, variant, path)?),
+        })
     }
 
     /// The `config.json` a checkpoint of this model gets (what `transformers` reads).
     pub fn to_json(&self) -> Value {
         match self {
             Self::Gpt2(c) => c.to_json(),
+            Self::Llama(c) => c.to_json(),
         }
     }
 
@@ -151,6 +177,7 @@ impl ModelConfig {
     pub fn model_type(&self) -> &'static str {
         match self {
             Self::Gpt2(_) => "gpt2",
+            Self::Llama(c) => c.variant.model_type(),
         }
     }
 
@@ -158,6 +185,11 @@ impl ModelConfig {
     pub fn family_name(&self) -> &'static str {
         match self {
             Self::Gpt2(_) => "GPT-2",
+            Self::Llama(c) => match c.variant {
+                Variant::Llama => "Llama",
+                Variant::Qwen2 => "Qwen2",
+                Variant::Mistral => "Mistral",
+            },
         }
     }
 
@@ -165,6 +197,7 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Gpt2(c) => c.vocab_size,
+            Self::Llama(c) => c.vocab_size,
         }
     }
 
@@ -172,6 +205,7 @@ impl ModelConfig {
     pub fn max_positions(&self) -> usize {
         match self {
             Self::Gpt2(c) => c.n_positions,
+            Self::Llama(c) => c.max_position_embeddings,
         }
     }
 
@@ -179,6 +213,7 @@ impl ModelConfig {
     pub fn max_positions_field(&self) -> &'static str {
         match self {
             Self::Gpt2(_) => "n_positions",
+            Self::Llama(_) => "max_position_embeddings",
         }
     }
 
@@ -186,13 +221,16 @@ impl ModelConfig {
     pub fn num_params(&self) -> usize {
         match self {
             Self::Gpt2(c) => c.num_params(),
+            Self::Llama(c) => c.num_params(),
         }
     }
 
-    /// The end-of-text token the config records, if any.
-    pub fn eos_token_id(&self) -> Option<u32> {
+    /// The end-of-text tokens the config records (Llama 3 lists several; generation stops at
+    /// any).
+    pub fn eos_token_ids(&self) -> Vec<u32> {
         match self {
-            Self::Gpt2(c) => c.eos_token_id,
+            Self::Gpt2(c) => c.eos_token_id.into_iter().collect(),
+            Self::Llama(c) => c.eos_token_ids.clone(),
         }
     }
 
@@ -200,6 +238,7 @@ impl ModelConfig {
     pub fn projection_names(&self) -> Vec<String> {
         match self {
             Self::Gpt2(c) => super::gpt2::projection_names(c.n_layer),
+            Self::Llama(c) => super::llama::projection_names(c.num_hidden_layers),
         }
     }
 
@@ -207,6 +246,7 @@ impl ModelConfig {
     pub fn projection_names_hint(&self) -> String {
         match self {
             Self::Gpt2(_) => super::gpt2::PROJECTION_NAMES_HINT.to_string(),
+            Self::Llama(_) => super::llama::PROJECTION_NAMES_HINT.to_string(),
         }
     }
 
@@ -214,6 +254,7 @@ impl ModelConfig {
     pub fn shape_fields(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Gpt2(c) => c.shape_fields(),
+            Self::Llama(c) => c.shape_fields(),
         }
     }
 
@@ -222,6 +263,7 @@ impl ModelConfig {
     pub fn size_parts(&self) -> Vec<(&'static str, f64)> {
         match self {
             Self::Gpt2(c) => c.size_parts(),
+            Self::Llama(c) => c.size_parts(),
         }
     }
 
@@ -229,6 +271,7 @@ impl ModelConfig {
     pub fn validate(&self, path: &Path) -> Result<(), ModelConfigError> {
         match self {
             Self::Gpt2(c) => c.validate(path),
+            Self::Llama(c) => c.validate(path),
         }
     }
 
@@ -236,6 +279,7 @@ impl ModelConfig {
     pub fn with_overrides(self, o: &PresetOverrides) -> Self {
         match self {
             Self::Gpt2(c) => Self::Gpt2(c.with_overrides(o)),
+            Self::Llama(c) => Self::Llama(c.with_overrides(o)),
         }
     }
 
@@ -243,8 +287,16 @@ impl ModelConfig {
     pub fn file_tensor(&self, file_name: &str) -> FileTensor {
         match self {
             Self::Gpt2(c) => c.file_tensor(file_name),
+            Self::Llama(c) => c.file_tensor(file_name),
         }
     }
+}
+
+/// The family a `config.json` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Gpt2,
+    Llama(Variant),
 }
 
 /// What a tensor name of a checkpoint file is to the model (the variants a family's uploads

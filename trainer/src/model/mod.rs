@@ -10,10 +10,12 @@
 //! - Shared pieces: [`projection`] (the linear layers that can compute in FP8), [`names`]
 //!   (parameters by Hugging Face name), [`ops`] (fused ops with their backward), [`loss`] and
 //!   [`sampling`].
-//! - Families: [`gpt2`]. docs/design.md "Model families" says how to add one.
+//! - Families: [`gpt2`], [`llama`] (Llama, Qwen2, Mistral). docs/design.md "Model families"
+//!   says how to add one.
 
 pub mod config;
 pub mod gpt2;
+pub mod llama;
 pub mod loss;
 pub mod names;
 pub mod ops;
@@ -26,6 +28,7 @@ use fp8_backend::{Fp8Context, Fp8Policy, LayerFilterError};
 
 pub use config::{ModelConfig, ModelConfigError, PresetOverrides};
 pub use gpt2::{Activation, Gpt2, Gpt2Config};
+pub use llama::{Llama, LlamaConfig};
 pub use projection::Projection;
 
 /// What a backend needs to run a model: named FP8 linear layers and the fused ops (all
@@ -38,6 +41,9 @@ pub trait ModelBackend:
     + ops::FusedLayerNorm
     + ops::FusedCausalSoftmax
     + ops::FusedAttention
+    + ops::FusedRmsNorm
+    + ops::FusedSwiglu
+    + ops::FusedRotaryAttention
 {
 }
 impl<
@@ -46,7 +52,10 @@ impl<
             + ops::FusedGelu
             + ops::FusedLayerNorm
             + ops::FusedCausalSoftmax
-            + ops::FusedAttention,
+            + ops::FusedAttention
+            + ops::FusedRmsNorm
+            + ops::FusedSwiglu
+            + ops::FusedRotaryAttention,
     > ModelBackend for B
 {
 }
@@ -113,6 +122,7 @@ pub trait CausalLm<B: Backend>: Module<B> {
 #[derive(Module, Debug)]
 pub enum Model<B: Backend> {
     Gpt2(Gpt2<B>),
+    Llama(Llama<B>),
 }
 
 /// `$body` with `$m` bound to the family's model, whichever variant `$model` is.
@@ -120,6 +130,7 @@ macro_rules! dispatch {
     ($model:expr, $m:ident => $body:expr) => {
         match $model {
             Model::Gpt2($m) => $body,
+            Model::Llama($m) => $body,
         }
     };
 }
@@ -133,6 +144,7 @@ impl<B: Backend> Model<B> {
     ) -> Result<Self, LayerFilterError> {
         let mut model = match config {
             ModelConfig::Gpt2(c) => Self::Gpt2(Gpt2::init(c, options.dropout, device)),
+            ModelConfig::Llama(c) => Self::Llama(Llama::init(c, options.dropout, device)),
         };
         model.set_fp8(options.fp8.clone())?;
         Ok(model)
@@ -142,6 +154,7 @@ impl<B: Backend> Model<B> {
     pub fn config(&self) -> ModelConfig {
         match self {
             Self::Gpt2(m) => ModelConfig::Gpt2(m.config().clone()),
+            Self::Llama(m) => ModelConfig::Llama(m.config().clone()),
         }
     }
 

@@ -4,8 +4,10 @@
 //! ([`crate::model::CausalLm::projections`]) and [`crate::model::Model::set_fp8`] gives them
 //! their FP8 sites.
 //!
-//! The weight is `[d_input, d_output]`, exactly the layout of Hugging Face's `Conv1D` weight, so
-//! GPT-2's checkpoint tensors are used without transposing. An FP8 projection carries its
+//! The weight is kept in the checkpoint's layout, so its tensors are used without transposing:
+//! `[d_input, d_output]` for GPT-2's `Conv1D` ([`Layout::InOut`]), `[d_output, d_input]` for
+//! the `nn.Linear` of the Llama family ([`Layout::OutIn`], multiplied as a transposed view).
+//! The bias is optional (Llama has none, Qwen2 on q/k/v only). An FP8 projection carries its
 //! [`Fp8Site`] (its Hugging Face module name and the model's FP8 context) and calls
 //! [`fp8_linear`]; a projection the layer filter excludes (or any projection with FP8 off)
 //! computes `x @ W + b` itself, as one 2-D product over all rows, which in f32 gives the same
@@ -15,25 +17,54 @@ use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 use fp8_backend::{fp8_linear, Fp8LinearOps, Fp8Site};
 
-/// A Conv1D projection: `y = x @ weight + bias`.
+/// How a projection's weight is laid out (the checkpoint's layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[d_input, d_output]`: Hugging Face's `Conv1D` (GPT-2).
+    InOut,
+    /// `[d_output, d_input]`: `torch.nn.Linear` (the Llama family).
+    OutIn,
+}
+
+/// A projection: `y = x @ W + bias`, `W` the weight in [`Layout::InOut`] (or its transpose).
 #[derive(Module, Debug)]
 pub struct Projection<B: Backend> {
-    /// `[d_input, d_output]`
+    /// `[d_input, d_output]` or `[d_output, d_input]`, as `layout` says.
     pub weight: Param<Tensor<B, 2>>,
-    /// `[d_output]`
-    pub bias: Param<Tensor<B, 1>>,
+    /// `[d_output]`, when the layer has one.
+    pub bias: Option<Param<Tensor<B, 1>>>,
     /// Set when the layer computes in FP8.
     pub fp8: Option<Fp8Site>,
+    pub layout: Layout,
 }
 
 impl<B: Backend> Projection<B> {
-    /// A projection initialised as `modeling_gpt2.py`'s `_init_weights`: weight ~ N(0, std),
-    /// bias 0 (lazily allocated).
-    pub fn new(d_input: usize, d_output: usize, std: f64, device: &B::Device) -> Self {
+    /// A projection initialised as `transformers` initialises it: weight ~ N(0, std), bias 0
+    /// (lazily allocated).
+    pub fn new(
+        (d_input, d_output): (usize, usize),
+        std: f64,
+        bias: bool,
+        layout: Layout,
+        device: &B::Device,
+    ) -> Self {
+        let shape = match layout {
+            Layout::InOut => [d_input, d_output],
+            Layout::OutIn => [d_output, d_input],
+        };
         Self {
-            weight: Initializer::Normal { mean: 0.0, std }.init([d_input, d_output], device),
-            bias: Initializer::Zeros.init([d_output], device),
+            weight: Initializer::Normal { mean: 0.0, std }.init(shape, device),
+            bias: bias.then(|| Initializer::Zeros.init([d_output], device)),
             fp8: None,
+            layout,
+        }
+    }
+
+    /// `W` as `[d_input, d_output]` (a transposed view for [`Layout::OutIn`]).
+    fn in_out(&self) -> Tensor<B, 2> {
+        match self.layout {
+            Layout::InOut => self.weight.val(),
+            Layout::OutIn => self.weight.val().transpose(),
         }
     }
 }
@@ -41,16 +72,20 @@ impl<B: Backend> Projection<B> {
 impl<B: Fp8LinearOps> Projection<B> {
     /// `[..., d_input] -> [..., d_output]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let bias = self.bias.as_ref().map(|b| b.val());
         match &self.fp8 {
-            Some(site) => fp8_linear(x, self.weight.val(), Some(self.bias.val()), site),
+            Some(site) => fp8_linear(x, self.in_out(), bias, site),
             None => {
                 // One 2-D product over all rows, as `fp8_backend::kernel::linear` computes it
                 // (so a site with FP8 off gives these bits).
                 let mut dims = x.dims();
                 let d_in = dims[D - 1];
                 let rows = x.shape().num_elements() / d_in.max(1);
-                let y =
-                    x.reshape([rows, d_in]).matmul(self.weight.val()) + self.bias.val().unsqueeze();
+                let y = x.reshape([rows, d_in]).matmul(self.in_out());
+                let y = match bias {
+                    Some(bias) => y + bias.unsqueeze(),
+                    None => y,
+                };
                 dims[D - 1] = y.dims()[1];
                 y.reshape(dims)
             }

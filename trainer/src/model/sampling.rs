@@ -25,8 +25,8 @@ pub struct SamplingOptions {
     pub top_p: Option<f64>,
     /// Seed of the sampler's random stream; the same seed gives the same text.
     pub seed: u64,
-    /// Stop after emitting this token (e.g. end-of-text).
-    pub stop_token: Option<u32>,
+    /// Stop after emitting any of these tokens (end-of-text; Llama 3 has several).
+    pub stop_tokens: Vec<u32>,
     /// Only ids below this are drawn (a tokenizer smaller than the model's padded vocabulary).
     pub vocab_limit: Option<usize>,
 }
@@ -40,7 +40,7 @@ impl Default for SamplingOptions {
             top_k: Some(200),
             top_p: None,
             seed: 1337,
-            stop_token: None,
+            stop_tokens: Vec::new(),
             vocab_limit: None,
         }
     }
@@ -101,7 +101,7 @@ pub fn generate_with<B: ModelBackend>(
         );
         tokens.push(next);
         new.push(next);
-        if on_token(next).is_break() || Some(next) == options.stop_token {
+        if on_token(next).is_break() || options.stop_tokens.contains(&next) {
             break;
         }
     }

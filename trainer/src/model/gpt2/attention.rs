@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, Tensor, TensorPrimitive};
 
 use super::Gpt2Config;
-use crate::model::projection::Projection;
+use crate::model::projection::{Layout, Projection};
 use crate::model::ModelBackend;
 
 /// `attn` of a block.
@@ -34,6 +34,7 @@ impl<B: Backend> Attention<B> {
     /// Fresh attention for block `layer_idx`; `c_proj` gets the residual scaling `std / sqrt(2 * n_layer)`.
     pub fn new(config: &Gpt2Config, layer_idx: usize, dropout: f64, device: &B::Device) -> Self {
         let (c, std) = (config.n_embd, config.initializer_range);
+        let residual_std = std / (2.0 * config.n_layer as f64).sqrt();
         let mut score_divisor = 1.0;
         if config.scale_attn_weights {
             score_divisor *= (config.head_dim() as f64).sqrt();
@@ -42,8 +43,8 @@ impl<B: Backend> Attention<B> {
             score_divisor *= (layer_idx + 1) as f64;
         }
         Self {
-            c_attn: Projection::new(c, 3 * c, std, device),
-            c_proj: Projection::new(c, c, std / (2.0 * config.n_layer as f64).sqrt(), device),
+            c_attn: Projection::new((c, 3 * c), std, true, Layout::InOut, device),
+            c_proj: Projection::new((c, c), residual_std, true, Layout::InOut, device),
             attn_dropout: DropoutConfig::new(dropout).init(),
             resid_dropout: DropoutConfig::new(dropout).init(),
             n_head: config.n_head,

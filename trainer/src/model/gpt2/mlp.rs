@@ -6,7 +6,7 @@ use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
 use super::{Activation, Gpt2Config};
-use crate::model::projection::Projection;
+use crate::model::projection::{Layout, Projection};
 use crate::model::ModelBackend;
 
 /// `mlp` of a block.
@@ -26,9 +26,10 @@ impl<B: Backend> Mlp<B> {
     /// A fresh MLP; `c_proj` gets the GPT-2 residual scaling `std / sqrt(2 * n_layer)`.
     pub fn new(config: &Gpt2Config, dropout: f64, device: &B::Device) -> Self {
         let (c, f, std) = (config.n_embd, config.inner_dim(), config.initializer_range);
+        let residual_std = std / (2.0 * config.n_layer as f64).sqrt();
         Self {
-            c_fc: Projection::new(c, f, std, device),
-            c_proj: Projection::new(f, c, std / (2.0 * config.n_layer as f64).sqrt(), device),
+            c_fc: Projection::new((c, f), std, true, Layout::InOut, device),
+            c_proj: Projection::new((f, c), residual_std, true, Layout::InOut, device),
             dropout: DropoutConfig::new(dropout).init(),
             activation: config.activation_function,
         }

@@ -68,14 +68,19 @@ impl Dims {
 
 /// A pointer that tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+pub(super) struct Shared(pub(super) *mut f32);
 // SAFETY: every task writes only its own (batch, head) columns; see the callers.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, each given by its row and column strides.
+/// `dst (m x n) = lhs (m x k) * rhs (k x n)` (`dst +=` with `accumulate`), each given by its
+/// row and column strides.
+///
+/// # Safety
+/// The pointers and strides must stay inside live buffers, and nothing else may touch `dst`'s
+/// elements meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
+pub(super) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     (dst_rs, dst_cs): (usize, usize),
@@ -83,6 +88,7 @@ unsafe fn gemm(
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: *const f32,
     (rhs_rs, rhs_cs): (usize, usize),
+    accumulate: bool,
 ) {
     // SAFETY: the caller passes pointers and strides that stay inside live buffers.
     unsafe {
@@ -93,14 +99,14 @@ unsafe fn gemm(
             dst,
             dst_cs as isize,
             dst_rs as isize,
-            false,
+            accumulate,
             lhs,
             lhs_cs as isize,
             lhs_rs as isize,
             rhs,
             rhs_cs as isize,
             rhs_rs as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -126,6 +132,7 @@ fn scores(qkv: &[f32], d: &Dims, b: usize, h: usize, s: &mut [f32]) {
             (c3, 1),
             k.as_ptr(),
             (1, c3),
+            false,
         )
     };
 }
@@ -166,6 +173,7 @@ fn forward(qkv: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
                     (t, 1),
                     v.as_ptr(),
                     (3 * c, 1),
+                    false,
                 )
             };
         },
@@ -206,6 +214,7 @@ fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
                     (1, t),
                     dy.as_ptr(),
                     (c, 1),
+                    false,
                 );
                 // dP = dY V^T
                 gemm(
@@ -216,6 +225,7 @@ fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
                     (c, 1),
                     v.as_ptr(),
                     (1, c3),
+                    false,
                 );
             }
             // dS = P (dP - rowsum(P dP)) / divisor, 0 above the diagonal.
@@ -237,6 +247,7 @@ fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
                     (t, 1),
                     k.as_ptr(),
                     (c3, 1),
+                    false,
                 );
                 // dK = dS^T Q
                 gemm(
@@ -247,6 +258,7 @@ fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
                     (1, t),
                     q.as_ptr(),
                     (c3, 1),
+                    false,
                 );
             }
         },

@@ -124,6 +124,34 @@ multiversion! {
     }
 }
 
+/// `x * sigmoid(x)` (SiLU) and its derivative `sigmoid(x) (1 + x (1 - sigmoid(x)))`.
+#[inline(always)]
+fn silu_and_grad(x: f32) -> (f32, f32) {
+    let s = 1.0 / (1.0 + exp(-x));
+    (x * s, s * (1.0 + x * (1.0 - s)))
+}
+
+multiversion! {
+    /// `h = silu(g) * u`, element-wise (the SwiGLU product of a Llama MLP).
+    pub fn swiglu_forward(g: &[f32], u: &[f32], h: &mut [f32]) -> () {
+        for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
+            *h = silu_and_grad(g).0 * u;
+        }
+    }
+}
+
+multiversion! {
+    /// From `dh` (in `dg`): `dg = dh * u * silu'(g)` and `du = dh * silu(g)`, in place.
+    pub fn swiglu_backward(g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) -> () {
+        for (((dg, du), &g), &u) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u) {
+            let (silu, grad) = silu_and_grad(g);
+            let dh = *dg;
+            *du = dh * silu;
+            *dg = dh * u * grad;
+        }
+    }
+}
+
 multiversion! {
     /// `v = e^(v - shift)` in place; returns the sum of the new values.
     pub fn exp_shifted_sum(v: &mut [f32], shift: f32) -> f32 {
@@ -146,6 +174,15 @@ multiversion! {
     pub fn exp_affine(v: &mut [f32], divisor: f32, shift: f32, scale: f32) -> () {
         for x in v.iter_mut() {
             *x = exp(*x / divisor - shift) * scale;
+        }
+    }
+}
+
+multiversion! {
+    /// `v = e^(v * factor - shift)` in place.
+    pub fn exp_scaled(v: &mut [f32], factor: f32, shift: f32) -> () {
+        for x in v.iter_mut() {
+            *x = exp(*x * factor - shift);
         }
     }
 }

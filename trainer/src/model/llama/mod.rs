@@ -1,0 +1,203 @@
+//! The Llama family (Touvron et al. 2023, "Llama 2: Open Foundation and Fine-Tuned Chat
+//! Models"; Llama 3, SmolLM2, TinyLlama; Qwen2 with its q/k/v biases; Mistral with its sliding
+//! window), laid out as `transformers`' `LlamaForCausalLM` so that Burn's module tree has the
+//! Hugging Face parameter names: `model.embed_tokens.weight`,
+//! `model.layers.0.self_attn.q_proj.weight`, ..., `model.norm.weight`, and `lm_head.weight`
+//! only when the head is untied. Weights keep `nn.Linear`'s `[out, in]` layout.
+//!
+//! The family's files: `config.rs` (`config.json` in `LlamaConfig` / `Qwen2Config` /
+//! `MistralConfig` spelling, both transformers generations), `presets.rs`, `rotary.rs` (the
+//! rotary frequencies), and the modules `block.rs`, `attention.rs`, `mlp.rs`, `rms_norm.rs`.
+
+mod attention;
+mod block;
+mod config;
+mod mlp;
+mod presets;
+mod rms_norm;
+mod rotary;
+
+use std::sync::Arc;
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::Embedding;
+use burn::tensor::{backend::Backend, Int, Tensor};
+use fp8_backend::Fp8Context;
+
+use super::ops::rotary_attention::RotaryTables;
+use super::projection::Projection;
+use super::{CausalLm, ModelBackend};
+use block::DecoderLayer;
+pub use config::{LlamaConfig, RopeScaling, RopeStyle, Variant};
+use rms_norm::RmsNorm;
+
+/// The seven projections of a decoder layer, in forward order, by their name inside the layer.
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// How the names of the FP8 layers look, for layer filter errors.
+pub const PROJECTION_NAMES_HINT: &str =
+    "names look like model.layers.0.self_attn.q_proj, model.layers.0.mlp.gate_proj";
+
+/// The Hugging Face names of every projection of a model with `layers` decoder layers, in
+/// forward order.
+pub fn projection_names(layers: usize) -> Vec<String> {
+    (0..layers)
+        .flat_map(|i| PROJECTIONS.map(|p| format!("model.layers.{i}.{p}")))
+        .collect()
+}
+
+/// `model`: the token embedding, the decoder layers and the final norm (`LlamaModel`).
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    /// Token embeddings `[vocab_size, hidden_size]`; also the tied head.
+    pub embed_tokens: Embedding<B>,
+    /// `layers.0` ... `layers.{num_hidden_layers-1}`.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final RMSNorm.
+    pub norm: RmsNorm<B>,
+}
+
+/// An untied output projection, `lm_head.weight` `[vocab_size, hidden_size]`.
+#[derive(Module, Debug)]
+pub struct LmHead<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+/// A Llama-family model with its language-model head (`LlamaForCausalLM`).
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub model: LlamaModel<B>,
+    /// `None` when tied: the head is `embed_tokens` transposed, a plain matmul that stays f32.
+    pub lm_head: Option<LmHead<B>>,
+    #[module(skip)]
+    config: LlamaConfig,
+    /// The rotary cosines and sines of every position up to `max_position_embeddings` (capped:
+    /// see [`Llama::rope`]).
+    #[module(skip)]
+    rope: Arc<RotaryTables>,
+    /// The policy of the FP8 projections and what their casts recorded (shared by their sites).
+    #[module(skip)]
+    fp8: Fp8Context,
+}
+
+/// Positions whose rotary tables are built with the model; longer sequences build their own.
+const ROPE_TABLE_POSITIONS: usize = 4096;
+
+impl<B: Backend> Llama<B> {
+    /// The rotary tables for a sequence of `t` positions: the model's own, or new ones when it
+    /// is longer than they cover.
+    fn rope(&self, t: usize) -> Arc<RotaryTables> {
+        if t <= self.rope.positions() {
+            return self.rope.clone();
+        }
+        Arc::new(rope_tables(&self.config, t))
+    }
+}
+
+fn rope_tables(config: &LlamaConfig, positions: usize) -> RotaryTables {
+    let inv_freq = rotary::inv_freq(config.head_dim, config.rope_theta, &config.rope_scaling);
+    RotaryTables::new(&inv_freq, positions)
+}
+
+impl<B: Backend> CausalLm<B> for Llama<B> {
+    type Config = LlamaConfig;
+
+    /// `transformers`' `_init_weights`: N(0, initializer_range) weights and embeddings, zero
+    /// biases, RMSNorm weights one.
+    fn init(config: &LlamaConfig, dropout: f64, device: &B::Device) -> Self {
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: config.initializer_range,
+        };
+        let model = LlamaModel {
+            embed_tokens: Embedding {
+                weight: normal.init([config.vocab_size, config.hidden_size], device),
+            },
+            layers: (0..config.num_hidden_layers)
+                .map(|_| DecoderLayer::new(config, dropout, device))
+                .collect(),
+            norm: RmsNorm::new(config.hidden_size, config.rms_norm_eps, device),
+        };
+        let lm_head = (!config.tie_word_embeddings).then(|| LmHead {
+            weight: normal.init([config.vocab_size, config.hidden_size], device),
+        });
+        let positions = config.max_position_embeddings.min(ROPE_TABLE_POSITIONS);
+        Self {
+            model,
+            lm_head,
+            rope: Arc::new(rope_tables(config, positions)),
+            config: config.clone(),
+            fp8: Fp8Context::default(),
+        }
+    }
+
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn projections(&self) -> Vec<(String, &Projection<B>)> {
+        let layers = self.model.layers.iter().enumerate();
+        layers
+            .flat_map(|(i, layer)| {
+                layer
+                    .projections()
+                    .map(|(name, p)| (format!("model.layers.{i}.{name}"), p))
+            })
+            .collect()
+    }
+
+    fn projections_mut(&mut self) -> Vec<(String, &mut Projection<B>)> {
+        let layers = self.model.layers.iter_mut().enumerate();
+        layers
+            .flat_map(|(i, layer)| {
+                layer
+                    .projections_mut()
+                    .map(|(name, p)| (format!("model.layers.{i}.{name}"), p))
+            })
+            .collect()
+    }
+
+    fn fp8(&self) -> &Fp8Context {
+        &self.fp8
+    }
+
+    fn set_fp8_context(&mut self, context: Fp8Context) {
+        self.fp8 = context;
+    }
+
+    fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    where
+        B: ModelBackend,
+    {
+        let [_, t] = tokens.dims();
+        let max = self.config.max_position_embeddings;
+        assert!(
+            t <= max,
+            "sequence of {t} tokens is longer than max_position_embeddings = {max}"
+        );
+        let rope = self.rope(t);
+        let mut x = self.model.embed_tokens.forward(tokens); // (B, T, C)
+        for layer in &self.model.layers {
+            x = layer.forward(x, &rope);
+        }
+        let h = self.model.norm.forward(x);
+        let [b, t, c] = h.dims();
+        // The head is a plain matmul, never an FP8 projection: it stays f32, as in the paper.
+        let head = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.model.embed_tokens.weight.val(),
+        }; // (V, C)
+        let vocab = head.dims()[0];
+        h.reshape([b * t, c])
+            .matmul(head.transpose())
+            .reshape([b, t, vocab])
+    }
+}
