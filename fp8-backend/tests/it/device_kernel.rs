@@ -298,11 +298,11 @@ macro_rules! on_device {
     ($module:ident, $backend:ty) => {
         mod $module {
             // CUDA runs the device kernel only when asked (`fp8_backend::kernel::CUDA_KERNEL_ENV`):
-            // these tests are about that kernel. Every test sets the same value before its first
-            // cast, so their order does not matter.
+            // these tests are about that kernel. Every test asks before its first cast, so their
+            // order does not matter (`cuda_device_kernel` in common/mod.rs).
             fn device_kernel() {
                 #[cfg(feature = "cuda")]
-                std::env::set_var(fp8_backend::kernel::CUDA_KERNEL_ENV, "device");
+                crate::common::cuda_device_kernel();
             }
 
             #[test]

@@ -147,6 +147,6 @@ fn wgpu_layer_matches_ndarray() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_layer_matches_ndarray() {
-    std::env::set_var(fp8_backend::kernel::CUDA_KERNEL_ENV, "device");
+    crate::common::cuda_device_kernel();
     layer_matches_ndarray::<burn::backend::Cuda>();
 }

@@ -281,7 +281,7 @@ mod cuda {
 
     // The device kernel, not the host path CUDA takes by default (`kernel/cube.rs`).
     fn device_kernel() {
-        std::env::set_var(fp8_backend::kernel::CUDA_KERNEL_ENV, "device");
+        crate::common::cuda_device_kernel();
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! Burn: one per crate keeps test builds short and small), one module per behaviour.
 //! `cargo test -p fp8-backend --test it golden::` runs one module; the wgpu and CUDA tests need
 //! the crate's `wgpu` / `cuda` feature.
+//!
+//! The tests run on threads of one process, so what one sets for the process it sets for all.
+//! `FP8_CUDA_KERNEL` is set once, for every CUDA test (`common::cuda_device_kernel`). The FP8
+//! policy of anonymous layers is thread-local and each test runs on a thread of its own;
+//! burn-collective's group (one per backend type and process) is used by one test only (`peers`);
+//! no test seeds a backend's random number generator (every operand is computed from a fixed
+//! formula).
 
 mod common;
 

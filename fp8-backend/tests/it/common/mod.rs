@@ -1,5 +1,6 @@
-//! Helpers shared by the decorator's tests: deterministic operands, and the host-side AMAX
-//! fake quantization with the scalar reference that the expected values are built from.
+//! Helpers shared by the decorator's tests: deterministic operands, the host-side AMAX fake
+//! quantization with the scalar reference that the expected values are built from, and the
+//! switch to CUDA's device kernel.
 
 use fp8_backend::{amax_bias, quantize_scaled, Fp8Format};
 
@@ -41,4 +42,20 @@ pub fn bits<const D: usize, B: burn::tensor::backend::Backend>(
         .iter()
         .map(|x| x.to_bits())
         .collect()
+}
+
+/// Makes CUDA quantize with the device kernel (`FP8_CUDA_KERNEL=device`,
+/// `fp8_backend::kernel::CUDA_KERNEL_ENV`): the CUDA tests are about that kernel, which CUDA
+/// otherwise takes only when asked (docs/design.md "Kernels"). Every CUDA test calls this before
+/// its first cast.
+///
+/// The tests of this binary are threads of one process, and the variable is process-wide: set
+/// while another thread reads the environment (the CUDA driver does, through libc), it is a data
+/// race, and the kernel choice is read once per process anyway (`kernel/cube.rs`). So it is set
+/// once, under a `Once` that every CUDA test passes before touching CUDA: the first sets it, the
+/// others wait until it is set, and no CUDA code runs before.
+#[cfg(feature = "cuda")]
+pub fn cuda_device_kernel() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| std::env::set_var(fp8_backend::kernel::CUDA_KERNEL_ENV, "device"));
 }

@@ -13,6 +13,7 @@ pub const EXACT_COLUMNS: usize = 6;
 /// A fresh, empty directory under the system temp dir, named by this process and `name`.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fp8-trainer-train-{}-{name}", std::process::id()));
+    super::claim(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -2,7 +2,9 @@
 //! checkpoints (here), training jobs and their run directories (`jobs`), child processes and
 //! their exit (`process`).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use trainer::checkpoint::{write_safetensors, NamedTensor, WeightFiles};
 
@@ -31,9 +33,11 @@ pub fn fixture_dir() -> PathBuf {
     repo_root().join("tests/fixtures/gpt2-tiny")
 }
 
-/// A fresh, empty directory under Cargo's per-test-target scratch space.
+/// A fresh, empty directory under Cargo's per-test-target scratch space (one name per process:
+/// [`claim`]).
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    claim(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -93,4 +97,17 @@ pub fn safetensors_metadata(path: &Path) -> std::collections::BTreeMap<String, S
 /// The committed fixture checkpoint's folder as a command-line argument.
 pub fn fixture() -> String {
     fixture_dir().to_str().unwrap().to_string()
+}
+
+/// Registers a scratch folder as this process's. The tests of the binary run on threads of one
+/// process, and a scratch folder is emptied when it is handed out: two tests asking for the same
+/// name would delete each other's files. A second request for a folder panics instead.
+fn claim(dir: &Path) {
+    static CLAIMED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        claimed.insert(dir.to_path_buf()),
+        "{}: two tests ask for this scratch folder; give one of them another name",
+        dir.display()
+    );
 }
