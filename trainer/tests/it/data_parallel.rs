@@ -22,7 +22,7 @@ use crate::common::jobs::{assert_ok, exact, metrics, scratch, tiny_job, train, w
 ///
 /// (The peers' amax reduction makes no visible difference on this data: LM windows of one
 /// corpus give both halves amaxes whose power-of-two scales keep the same FP8 values in the
-/// normal range; measured without it, the same 5e-7. `fp8-backend/tests/peers.rs` shows it on
+/// normal range; measured without it, the same 5e-7. `fp8-backend/tests/it/peers.rs` shows it on
 /// rows whose magnitudes differ by 1e4.)
 const PEER_TOLERANCE: f64 = 1e-5;
 
