@@ -1,0 +1,436 @@
+//! Chat data (`{"messages": [...]}` records): rendering with ChatML and with Hugging Face style
+//! templates against hand-written text, the loss on assistant turns only (their closing tag
+//! included, the header the generation prompt writes excluded) or on every token, cutting an
+//! over-long conversation, the cache, and every error naming its file and line or field.
+
+use std::path::{Path, PathBuf};
+
+use datasets::{
+    ByteTokenizer, ChatLoss, ChatTemplateSource, DataConfig, DataError, DataKind, Dataset,
+    Gpt2Tokenizer, HfTokenizer, Tokenizer,
+};
+use serde_json::json;
+
+use crate::common;
+use crate::common::Scratch;
+
+/// The bytes tokenizer's end-of-text id, written `<EOT>` in the expected texts.
+const EOT: u32 = 256;
+
+/// HuggingFaceH4/zephyr-7b-beta's `chat_template`, as in its tokenizer_config.json: block tags
+/// on lines of their own, which `trim_blocks` / `lstrip_blocks` remove.
+const ZEPHYR: &str = "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}";
+
+/// The template `transformers` used for GPT-2 when a tokenizer had none (its old
+/// `default_chat_template`): each message's content followed by end-of-text.
+const GPT2_DEFAULT: &str =
+    "{% for message in messages %}{{ message.content }}{{ eos_token }}{% endfor %}";
+
+fn conversation() -> serde_json::Value {
+    json!({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Bye."}
+    ]})
+}
+
+fn jsonl(records: &[serde_json::Value]) -> String {
+    records.iter().map(|r| r.to_string() + "\n").collect()
+}
+
+fn text(ids: &[u32]) -> String {
+    ids.iter()
+        .map(|&t| {
+            if t == EOT {
+                "<EOT>".to_string()
+            } else {
+                char::from(t as u8).to_string()
+            }
+        })
+        .collect()
+}
+
+/// Row 0 of the first training batch: the token sequence it holds, and the targets that carry
+/// the loss, in order.
+fn first_row(ds: &Dataset) -> (Vec<u32>, Vec<u32>) {
+    let b = ds.train_loader(1).unwrap().next_batch();
+    let (attn, mask) = (b.attention_mask.unwrap(), b.loss_mask.unwrap());
+    let n = attn.iter().filter(|&&a| a).count();
+    let mut seq = b.inputs[..n].to_vec();
+    seq.push(b.targets[n - 1]);
+    let learned = (0..b.seq)
+        .filter(|&j| mask[j] > 0.0)
+        .map(|j| b.targets[j])
+        .collect();
+    (seq, learned)
+}
+
+fn chat_config(s: &Scratch, data: &Path, template: ChatTemplateSource) -> DataConfig {
+    let mut cfg = s.config(data.to_path_buf(), 256);
+    cfg.chat.template = template;
+    cfg
+}
+
+#[test]
+fn chatml_puts_the_loss_on_assistant_turns_and_their_closing_tags() {
+    let s = Scratch::new();
+    let data = s.write("chat.jsonl", jsonl(&[conversation()]));
+    let cfg = chat_config(&s, &data, ChatTemplateSource::Chatml);
+    let ds = Dataset::open(&cfg, &ByteTokenizer).unwrap();
+    assert_eq!(ds.kind(), DataKind::Chat);
+    let (seq, learned) = first_row(&ds);
+    assert_eq!(
+        text(&seq),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+         <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n\
+         <|im_start|>assistant\nBye.<|im_end|>\n"
+    );
+    // The "<|im_start|>assistant\n" header is the generation prompt: given, not learned.
+    assert_eq!(text(&learned), "Hello!<|im_end|>\nBye.<|im_end|>\n");
+}
+
+#[test]
+fn all_tokens_option_puts_the_loss_on_every_target() {
+    let s = Scratch::new();
+    let data = s.write("chat.jsonl", jsonl(&[conversation()]));
+    let mut cfg = chat_config(&s, &data, ChatTemplateSource::Chatml);
+    cfg.chat.loss = ChatLoss::All;
+    let (seq, learned) = first_row(&Dataset::open(&cfg, &ByteTokenizer).unwrap());
+    assert!(text(&seq).starts_with("<|im_start|>system\nBe brief."));
+    assert_eq!(
+        learned,
+        seq[1..],
+        "every token but the first is a target with loss"
+    );
+}
+
+#[test]
+fn hf_template_from_the_checkpoint_folder_by_default() {
+    let s = Scratch::new();
+    let data = s.write("chat.jsonl", jsonl(&[conversation()]));
+    let checkpoint = s.path("model");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    let config = json!({"chat_template": ZEPHYR, "eos_token": "</s>"});
+    std::fs::write(checkpoint.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let cfg = chat_config(&s, &data, ChatTemplateSource::Checkpoint);
+    let ds = Dataset::open_with_checkpoint(&cfg, &ByteTokenizer, Some(&checkpoint)).unwrap();
+    let (seq, learned) = first_row(&ds);
+    // eos_token is the tokenizer's end-of-text (one token), whatever the file's spelling.
+    assert_eq!(
+        text(&seq),
+        "<|system|>\nBe brief.<EOT>\n<|user|>\nHi<EOT>\n<|assistant|>\nHello!<EOT>\n\
+         <|user|>\nBye<EOT>\n<|assistant|>\nBye.<EOT>\n"
+    );
+    // The generation prompt writes "<|assistant|>\n"; the reply and its end-of-text are learned.
+    assert_eq!(text(&learned), "Hello!<EOT>\nBye.<EOT>\n");
+
+    // chat_template.jinja beside it wins (newer transformers save the template there).
+    std::fs::write(checkpoint.join("chat_template.jinja"), GPT2_DEFAULT).unwrap();
+    let ds = Dataset::open_with_checkpoint(&cfg, &ByteTokenizer, Some(&checkpoint)).unwrap();
+    let (seq, _) = first_row(&ds);
+    assert_eq!(
+        text(&seq),
+        "Be brief.<EOT>Hi<EOT>Hello!<EOT>Bye<EOT>Bye.<EOT>"
+    );
+}
+
+#[test]
+fn gpt2_style_template_file_ends_each_turn_with_the_end_of_text_token() {
+    let s = Scratch::new();
+    let data = s.write("chat.jsonl", jsonl(&[conversation()]));
+    let template = s.write("gpt2.jinja", GPT2_DEFAULT);
+    let cfg = chat_config(&s, &data, ChatTemplateSource::Path(template));
+    let gpt2 = Gpt2Tokenizer::new().unwrap();
+    let (seq, learned) = first_row(&Dataset::open(&cfg, &gpt2).unwrap());
+    let mut expected = Vec::new();
+    for part in ["Be brief.", "Hi", "Hello!", "Bye", "Bye."] {
+        expected.extend(gpt2.encode(part));
+        expected.push(50256); // <|endoftext|> as its id, not as the text's 7 BPE tokens
+    }
+    assert_eq!(seq, expected);
+    let mut want = gpt2.encode("Hello!");
+    want.push(50256);
+    want.extend(gpt2.encode("Bye."));
+    want.push(50256);
+    assert_eq!(learned, want);
+
+    // The same through the shipped tokenizer.json, whose special added token is found by its
+    // text (`Tokenizer::special_tokens`).
+    let hf =
+        HfTokenizer::from_json_file(&common::data_dir().join("gpt2/tokenizer.json"), None).unwrap();
+    assert_eq!(hf.eot_text(), "<|endoftext|>");
+    let (hf_seq, hf_learned) = first_row(&Dataset::open(&cfg, &hf).unwrap());
+    assert_eq!((hf_seq, hf_learned), (expected, want));
+}
+
+/// Longer than seq_len + 1: as a prompt/completion example is cut, the tokens before the first
+/// loss token (the prompt) lose their start, keeping at least one, then the end goes; the
+/// loss stays on the assistant text that remains.
+#[test]
+fn an_overlong_conversation_is_cut_like_an_example() {
+    let s = Scratch::new();
+    let data = s.write("chat.jsonl", jsonl(&[conversation()]));
+    let mut cfg = chat_config(&s, &data, ChatTemplateSource::Chatml);
+    let full = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+                <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n\
+                <|im_start|>assistant\nBye.<|im_end|>\n";
+    let spans: Vec<(usize, usize)> = ["Hello!<|im_end|>\n", "Bye.<|im_end|>\n"]
+        .iter()
+        .map(|t| (full.find(t).unwrap(), full.find(t).unwrap() + t.len()))
+        .collect();
+    let prompt = spans[0].0; // tokens before the first that carries the loss
+                             // (seq_len, the row's first byte): the whole completion fits in 120 with 17 prompt bytes
+                             // to spare; in 8 and 60 it does not, and one prompt byte is kept.
+    let completion = full.len() - prompt;
+    for (seq_len, first) in [(8, prompt - 1), (60, prompt - 1), (120, full.len() - 121)] {
+        assert!(completion > 60 && completion < 120);
+        cfg.seq_len = seq_len;
+        let (seq, learned) = first_row(&Dataset::open(&cfg, &ByteTokenizer).unwrap());
+        let end = (first + seq_len + 1).min(full.len());
+        assert_eq!(text(&seq), full[first..end], "seq_len {seq_len}");
+        let learned_expected: String = (first + 1..end)
+            .filter(|&k| spans.iter().any(|&(a, b)| (a..b).contains(&k)))
+            .map(|k| char::from(full.as_bytes()[k]))
+            .collect();
+        assert_eq!(text(&learned), learned_expected, "seq_len {seq_len}");
+    }
+}
+
+#[test]
+fn the_cache_keeps_the_mask_and_the_options_choose_the_cache() {
+    let s = Scratch::new();
+    let data = s.write("chat.jsonl", jsonl(&[conversation(), conversation()]));
+    let mut cfg = chat_config(&s, &data, ChatTemplateSource::Chatml);
+    let built = first_row(&Dataset::open(&cfg, &ByteTokenizer).unwrap());
+    assert_eq!(s.cache_files().len(), 1);
+    let reused = first_row(&Dataset::open(&cfg, &ByteTokenizer).unwrap());
+    assert_eq!(
+        built, reused,
+        "a reused cache gives the same tokens and mask"
+    );
+    assert_eq!(s.cache_files().len(), 1);
+    cfg.chat.loss = ChatLoss::All;
+    let all = first_row(&Dataset::open(&cfg, &ByteTokenizer).unwrap());
+    assert_ne!(all.1, built.1);
+    assert_eq!(
+        s.cache_files().len(),
+        2,
+        "another loss option is another cache"
+    );
+}
+
+/// A cache of the format before loss masks (version 1) is rebuilt, not misread.
+#[test]
+fn a_version_1_cache_is_rebuilt() {
+    assert_eq!(
+        datasets::cache::CACHE_VERSION,
+        2,
+        "bumped for the loss mask"
+    );
+    let s = Scratch::new();
+    let data = s.write("chat.jsonl", jsonl(&[conversation()]));
+    let cfg = chat_config(&s, &data, ChatTemplateSource::Chatml);
+    let built = first_row(&Dataset::open(&cfg, &ByteTokenizer).unwrap());
+    let file = s.cache_dir().join(&s.cache_files()[0]);
+    let bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"\"version\":2")
+        .expect("the header names its version");
+    let mut old = bytes.clone();
+    old[at + 10] = b'1';
+    std::fs::write(&file, &old).unwrap();
+    let reopened = first_row(&Dataset::open(&cfg, &ByteTokenizer).unwrap());
+    assert_eq!(reopened, built);
+    assert_eq!(std::fs::read(&file).unwrap(), bytes, "rebuilt as version 2");
+}
+
+/// Opens `records` (one a line) as chat data with `template`; the error's message.
+fn error_with(records: &str, template: ChatTemplateSource) -> (String, PathBuf) {
+    let s = Scratch::new();
+    let data = s.write("train.jsonl", records);
+    let cfg = chat_config(&s, &data, template);
+    let err = Dataset::open(&cfg, &ByteTokenizer).unwrap_err();
+    (err.to_string(), data)
+}
+
+fn assert_error(records: &str, template: ChatTemplateSource, at: &str, wanted: &[&str]) {
+    let (message, data) = error_with(records, template);
+    let located = format!("{}{at}", data.display());
+    assert!(message.contains(&located), "{located:?} not in: {message}");
+    for w in wanted {
+        assert!(message.contains(w), "{w:?} not in: {message}");
+    }
+}
+
+fn good() -> String {
+    json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+        .to_string()
+        + "\n"
+}
+
+#[test]
+fn bad_records_are_errors_naming_file_and_line() {
+    let cases: [(&str, &[&str]); 7] = [
+        (
+            r#"{"messages": [{"role": "tool", "content": "x"}]}"#,
+            &["messages[0]: unknown role \"tool\" (expected system, user, assistant)"],
+        ),
+        (r#"{"messages": []}"#, &["field `messages` is empty"]),
+        (
+            r#"{"messages": [{"role": "user", "content": ["a"]}]}"#,
+            &["messages[0] (role user): `content` must be a string, found an array"],
+        ),
+        (
+            r#"{"messages": [{"role": "user"}]}"#,
+            &["messages[0] (role user) has no `content`"],
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "a"}], "text": "b"}"#,
+            &["a record mixing kinds", "`messages`", "`text`"],
+        ),
+        (
+            r#"{"text": "a document"}"#,
+            &["a language-model text record in a file whose first record is chat"],
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "only a question"}]}"#,
+            &[
+                "no token to learn",
+                "built-in chatml template",
+                "data.chat.loss",
+            ],
+        ),
+    ];
+    for (bad, wanted) in cases {
+        let records = good() + "\n" + bad + "\n"; // a blank line 2: the bad record is line 3
+        assert_error(&records, ChatTemplateSource::Chatml, ":3: ", wanted);
+    }
+}
+
+#[test]
+fn template_errors_name_the_template_and_the_record() {
+    let s = Scratch::new();
+    let records = good() + &good();
+    let bad_template = |name: &str, source: &str| {
+        ChatTemplateSource::Path(s.write(&format!("{name}.jinja"), source))
+    };
+
+    // Fails to parse: minijinja's message, with the template file and its line.
+    let broken = bad_template("broken", "{% for m in messages %}\n{{ m.content }\n");
+    let (message, _) = error_with(&records, broken.clone());
+    let ChatTemplateSource::Path(path) = broken else {
+        unreachable!()
+    };
+    let origin = path.display().to_string();
+    assert!(
+        message.starts_with(&format!("{origin}: the chat template does not parse: ")),
+        "{message}"
+    );
+    assert!(message.contains(&format!("(in {origin}:2)")), "{message}");
+
+    // An undefined variable is an error (strict), naming the variable and the record.
+    let undefined = bad_template("undefined", "{{ messages[0].content }}{{ speaker }}");
+    assert_error(
+        &records,
+        undefined,
+        ":1: ",
+        &["undefined value", "undefined.jinja:1", "not set: speaker"],
+    );
+
+    // raise_exception, as HF templates use it to refuse a conversation.
+    let picky = bad_template(
+        "picky",
+        "{% for m in messages %}{% if loop.first and m.role != 'system' %}\
+         {{ raise_exception('Conversations must start with a system message') }}\
+         {% endif %}{{ m.content }}{% endfor %}",
+    );
+    assert_error(
+        &records,
+        picky,
+        ":1: ",
+        &[
+            "Conversations must start with a system message",
+            "picky.jinja",
+        ],
+    );
+
+    // A rendering that changes what came before: the count of messages first.
+    let unstable = bad_template(
+        "unstable",
+        "{{ messages | length }}:{% for m in messages %}{{ m.content }}{% endfor %}",
+    );
+    assert_error(
+        &records,
+        unstable,
+        ":1: ",
+        &[
+            "unstable.jinja is not prefix-stable",
+            "messages[1]",
+            "data.chat.loss",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_template_says_which_setting_to_give() {
+    let s = Scratch::new();
+    let data = s.write("train.jsonl", good());
+    let cfg = chat_config(&s, &data, ChatTemplateSource::Checkpoint);
+    let err = Dataset::open(&cfg, &ByteTokenizer).unwrap_err();
+    assert!(
+        matches!(&err, DataError::Config { field, .. } if field == "chat.template"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"chatml\""), "{err}");
+
+    // A checkpoint folder without one.
+    let checkpoint = s.path("model");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    std::fs::write(checkpoint.join("tokenizer_config.json"), "{}").unwrap();
+    let err = Dataset::open_with_checkpoint(&cfg, &ByteTokenizer, Some(&checkpoint)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("data config field `chat.template`"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&checkpoint.display().to_string()),
+        "{message}"
+    );
+
+    // A template file that is not there.
+    let cfg = chat_config(&s, &data, ChatTemplateSource::Path(s.path("nope.jinja")));
+    let err = Dataset::open(&cfg, &ByteTokenizer).unwrap_err();
+    assert!(err.to_string().contains("nope.jinja"), "{err}");
+}
+
+#[test]
+fn chat_config_parses_from_json_and_rejects_unknown_keys() {
+    let cfg: DataConfig = serde_json::from_str(
+        r#"{"train": "a.jsonl", "seq_len": 8,
+            "chat": {"template": {"path": "t.jinja"}, "loss": "all"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.chat.template,
+        ChatTemplateSource::Path("t.jinja".into())
+    );
+    assert_eq!(cfg.chat.loss, ChatLoss::All);
+    let cfg: DataConfig = serde_json::from_str(
+        r#"{"train": "a.jsonl", "seq_len": 8, "chat": {"template": "chatml"}}"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.chat.template, ChatTemplateSource::Chatml);
+    assert_eq!(cfg.chat.loss, ChatLoss::Assistant);
+    let err = serde_json::from_str::<DataConfig>(
+        r#"{"train": "a.jsonl", "seq_len": 8, "chat": {"templat": "chatml"}}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("templat"), "{err}");
+    // A data section without chat options writes none back (resolved configs unchanged).
+    let plain = serde_json::to_value(DataConfig::new("a.txt", 8)).unwrap();
+    assert!(plain.get("chat").is_none(), "{plain}");
+}
