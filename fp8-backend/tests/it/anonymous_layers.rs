@@ -12,8 +12,8 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 use fp8_backend::{
-    amax_bias, take_report, with_policy, Fp8, Fp8Family, Fp8Format, Fp8Policy, LayerId, LinearOp,
-    Role, DEFAULT_GRADIENT_MARGIN,
+    amax_bias, take_report, with_policy, with_policy_and_stats, Fp8, Fp8Family, Fp8Format,
+    Fp8Policy, LayerId, LinearOp, Role, DEFAULT_GRADIENT_MARGIN,
 };
 
 use crate::common::{bits, q, values};
@@ -126,7 +126,7 @@ fn plain_matmul_passes_through_untouched() {
             bits(w.grad(&grads).unwrap()),
         )
     };
-    let on = with_policy(Fp8Policy::amax().with_stats(true), || {
+    let on = with_policy_and_stats(Fp8Policy::amax(), || {
         let r = run(&s);
         assert!(take_report().records.is_empty(), "a matmul was quantized");
         r
@@ -138,7 +138,7 @@ fn plain_matmul_passes_through_untouched() {
 #[test]
 fn statistics_name_layer_gemm_and_role() {
     let s = setup();
-    let report = with_policy(Fp8Policy::amax().with_stats(true), || {
+    let report = with_policy_and_stats(Fp8Policy::amax(), || {
         run_decorated(&s);
         take_report()
     });
@@ -178,7 +178,7 @@ fn layers_are_numbered_in_forward_order_also_in_the_backward() {
     // Three layers of different widths: 6 -> 5 -> 7 -> 2. Each record's numel identifies its layer.
     let dims = [6usize, 5, 7, 2];
     let d = Default::default();
-    let report = with_policy(Fp8Policy::amax().with_stats(true), || {
+    let report = with_policy_and_stats(Fp8Policy::amax(), || {
         let mut h = Tensor::<Ad, 2>::from_data(
             TensorData::new(values(2 * dims[0], 9, 1.0), [2, dims[0]]),
             &d,

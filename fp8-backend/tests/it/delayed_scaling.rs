@@ -103,7 +103,8 @@ fn each_cast_takes_the_bias_of_the_amaxes_before_it() {
         .enumerate()
         .map(|(i, &(x, w, g))| call(10 * i as u32, x, w, g))
         .collect();
-    let context = Fp8Context::new(delayed(2, AmaxCompute::Max).with_stats(true));
+    let context = Fp8Context::new(delayed(2, AmaxCompute::Max));
+    context.set_stats(true);
     let (mut hx, mut hw, mut hg) = (Vec::new(), Vec::new(), Vec::new());
     let mut differs_from_amax = false;
     for (i, c) in calls.iter().enumerate() {

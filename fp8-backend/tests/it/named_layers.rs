@@ -140,7 +140,8 @@ fn inference_and_training_forwards_agree() {
 #[test]
 fn records_carry_the_name_of_their_layer() {
     let (a, b) = (layer(20, 1e-3), layer(40, 30.0));
-    let context = Fp8Context::new(Fp8Policy::amax().with_stats(true));
+    let context = Fp8Context::new(Fp8Policy::amax());
+    context.set_stats(true);
     let forward = |l: &Layer, name: &str| {
         let x = tensor::<Ad, 3>(&l.x, [BATCH, ROWS, IN]).require_grad();
         let w = tensor::<Ad, 2>(&l.w, [IN, OUT]).require_grad();

@@ -12,7 +12,7 @@ use crate::common::jobs::{fp8_trainer, stderr};
 use crate::common::process::assert_exit;
 use burn::backend::NdArray;
 use trainer::checkpoint::{CheckpointError, NamedTensor};
-use trainer::{load_checkpoint, ConfigError, ModelOptions};
+use trainer::{load_checkpoint, ModelConfigError, ModelOptions};
 
 /// The model runs on the FP8 decorator (with FP8 off, bit-identical to plain ndarray).
 type Cpu = fp8_backend::Fp8<NdArray<f32>>;
@@ -190,7 +190,7 @@ fn missing_config_field() {
     assert!(
         matches!(
             &error,
-            CheckpointError::Config(ConfigError::MissingField { field, .. }) if field == "n_head"
+            CheckpointError::Config(ModelConfigError::MissingField { field, .. }) if field == "n_head"
         ),
         "{error}"
     );

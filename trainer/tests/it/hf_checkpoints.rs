@@ -21,18 +21,18 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::json;
 use trainer::checkpoint::{write_safetensors, NamedTensor, WEIGHTS_INDEX_FILE};
 use trainer::model::names::param_values;
-use trainer::{load_checkpoint, save_checkpoint, Gpt2, Gpt2Config, ModelOptions};
+use trainer::{load_checkpoint, save_checkpoint, Gpt2Config, Model, ModelConfig, ModelOptions};
 
 /// The model runs on the FP8 decorator (with FP8 off, bit-identical to plain ndarray).
 type Cpu = fp8_backend::Fp8<NdArray<f32>>;
 
-fn load(dir: &Path) -> Gpt2<Cpu> {
+fn load(dir: &Path) -> Model<Cpu> {
     load_checkpoint::<Cpu>(dir, &ModelOptions::default(), &Default::default())
         .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
 /// Every parameter, by name, as raw f32 bits.
-fn bits(model: &Gpt2<Cpu>) -> Vec<(String, Vec<u32>)> {
+fn bits(model: &Model<Cpu>) -> Vec<(String, Vec<u32>)> {
     param_values(model)
         .into_iter()
         .map(|(name, data)| {
@@ -48,7 +48,7 @@ fn bits(model: &Gpt2<Cpu>) -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
-fn logits(model: &Gpt2<Cpu>) -> Vec<f32> {
+fn logits(model: &Model<Cpu>) -> Vec<f32> {
     let tokens: Vec<i64> = (0..16).map(|i| (i * 37) % 512).collect();
     let input =
         Tensor::<Cpu, 2, Int>::from_data(TensorData::new(tokens, [1, 16]), &Default::default());
@@ -185,8 +185,9 @@ fn random_model_round_trips_tied_and_untied() {
             tie_word_embeddings: tie,
             ..Gpt2Config::tiny()
         };
+        let config = ModelConfig::Gpt2(config);
         let model =
-            Gpt2::<Cpu>::new(&config, &ModelOptions::default(), &Default::default()).unwrap();
+            Model::<Cpu>::new(&config, &ModelOptions::default(), &Default::default()).unwrap();
         let dir = common::scratch_dir(&format!("random-tie-{tie}"));
         save_checkpoint(&model, &dir).unwrap();
         let names: Vec<String> = common::read_tensors(&dir.join("model.safetensors"))

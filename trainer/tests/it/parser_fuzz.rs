@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use trainer::checkpoint::WeightFiles;
 use trainer::job::assemble::model_config;
 use trainer::job::load_job_config;
-use trainer::{Error, Gpt2Config};
+use trainer::{Error, ModelConfig};
 
 use crate::common;
 
@@ -566,7 +566,7 @@ fn checkpoint_config_json() {
     ];
     check("config.json", strategy, |value| {
         std::fs::write(&path, value.to_string()).unwrap();
-        match Gpt2Config::from_file(&path) {
+        match ModelConfig::from_file(&path) {
             Ok(_) => Ok(()),
             Err(e) => refused_naming(&Error::Checkpoint(e.into()), "config.json"),
         }
