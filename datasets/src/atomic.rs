@@ -241,11 +241,13 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
             continue;
         }
         let path = entry.path();
-        // A writer holds its temporary locked: one that can be locked is abandoned.
+        // A writer holds its temporary locked: one that can be locked is abandoned, unless it
+        // is empty and new: a writer creates its temporary and then locks it, and may be
+        // between the two (a killed writer's empty file goes at a later clean-up).
         let Ok(file) = std::fs::File::open(&path) else {
             continue;
         };
-        if file.try_lock().is_err() {
+        if file.try_lock().is_err() || just_created(&file) {
             continue;
         }
         match std::fs::remove_file(&path) {
@@ -255,6 +257,18 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// How long an empty temporary counts as one a writer has created but not yet locked.
+const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `file` is empty and was modified less than [`UNLOCKED_GRACE`] ago.
+fn just_created(file: &std::fs::File) -> bool {
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    let age = meta.modified().ok().and_then(|m| m.elapsed().ok());
+    meta.len() == 0 && age.is_some_and(|age| age < UNLOCKED_GRACE)
 }
 
 /// The folder `path` is in (`.` for a bare file name).
@@ -423,6 +437,21 @@ mod tests {
             remove_stale_temporaries(&dir.path().join("absent")).unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn an_empty_new_temporary_is_kept_as_a_writer_about_to_lock_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fresh, old) = (
+            dir.path().join(".a.tok.fresh1.tmp"),
+            dir.path().join(".b.tok.old123.tmp"),
+        );
+        std::fs::write(&fresh, "").unwrap();
+        let file = std::fs::File::create(&old).unwrap();
+        file.set_modified(std::time::SystemTime::now() - 2 * UNLOCKED_GRACE)
+            .unwrap();
+        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
+        assert_eq!(names(dir.path()), [".a.tok.fresh1.tmp"]);
     }
 
     #[test]
