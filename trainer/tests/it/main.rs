@@ -36,6 +36,7 @@ mod fp8_telemetry;
 mod generate;
 mod hf_checkpoints;
 mod inference_table;
+mod llama_family;
 mod non_finite;
 mod parity;
 mod parser_fuzz;
