@@ -129,6 +129,8 @@ pub(crate) fn tokenize_file(
             line,
             message: e.to_string(),
         })?;
+        // The prompt begins with the tokenizer's beginning-of-sequence ids, if it has any.
+        let prompt = [tok.bos_prefix(), prompt].concat();
         out.push_example(&prompt, &verbalizer.tokens[label], Some(label))?;
         rows += 1;
     }

@@ -245,6 +245,7 @@ pub(crate) fn tokenize_file(
     let mut lines = Lines::open(path, cfg)?;
     let mut records = 0u64;
     let eot = tok.eot_token();
+    let bos = tok.bos_prefix();
     loop {
         let mut round = Vec::with_capacity(RECORDS_PER_ROUND);
         while round.len() < RECORDS_PER_ROUND {
@@ -276,9 +277,18 @@ pub(crate) fn tokenize_file(
                     message,
                 };
                 let enc = |s: &str| tok.try_encode(s).map_err(|e| bad(e.to_string()));
+                // A document or a prompt begins with the tokenizer's beginning-of-sequence ids,
+                // if it has any (an empty text is no document: it stays empty).
+                let begun = |s: &str| -> Result<Vec<u32>, DataError> {
+                    let ids = enc(s)?;
+                    Ok(match ids.is_empty() {
+                        true => ids,
+                        false => [bos.as_slice(), &ids].concat(),
+                    })
+                };
                 Ok(match r {
-                    Record::Text(t) => Tokenized::Document(enc(t)?),
-                    Record::Pair(p, c) => Tokenized::Pair(enc(p)?, enc(c)?),
+                    Record::Text(t) => Tokenized::Document(begun(t)?),
+                    Record::Pair(p, c) => Tokenized::Pair(begun(p)?, enc(c)?),
                     Record::Chat(messages) => {
                         let chat = chat.expect("chat data is opened with a template");
                         let (tokens, mask) = chat.tokenize(messages, tok).map_err(bad)?;

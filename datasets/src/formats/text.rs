@@ -71,7 +71,8 @@ pub fn encode_in_chunks(tok: &dyn Tokenizer, text: &str, chunk_bytes: usize) -> 
     encoded.concat()
 }
 
-/// Tokenizes one text file as a document. Returns false (and writes nothing) for an empty file.
+/// Tokenizes one text file as a document (the tokenizer's [`Tokenizer::bos_prefix`], the text,
+/// end-of-text). Returns false (and writes nothing) for an empty file.
 pub(crate) fn tokenize_file(
     path: &Path,
     tok: &dyn Tokenizer,
@@ -120,6 +121,10 @@ pub(crate) fn tokenize_file(
             // Each piece lies inside the validated prefix and is cut at ASCII bytes.
             .map(|p| tok.try_encode(std::str::from_utf8(p).expect("validated UTF-8")))
             .collect();
+        if !any && end > 0 {
+            // The document begins: the tokenizer's beginning-of-sequence ids, if it has any.
+            out.push_tokens(&tok.bos_prefix())?;
+        }
         for ids in encoded {
             let ids = ids.map_err(|source| DataError::Tokenize {
                 path: path.to_path_buf(),

@@ -27,6 +27,8 @@ pub struct HfTokenizer {
     id: String,
     vocab_size: usize,
     eot: u32,
+    /// [`Tokenizer::bos_prefix`]: what the post-processor puts before a text.
+    bos_prefix: Vec<u32>,
     chunking_safe: bool,
 }
 
@@ -133,6 +135,7 @@ impl HfTokenizer {
                 inner.get_pre_tokenizer(),
                 Some(PreTokenizerWrapper::ByteLevel(b)) if b.use_regex && !b.add_prefix_space
             );
+        let bos_prefix = post_processor_prefix(&inner).map_err(|e| parse_err(path, e))?;
         Ok(HfTokenizer {
             inner,
             original,
@@ -140,6 +143,7 @@ impl HfTokenizer {
             id,
             vocab_size,
             eot,
+            bos_prefix,
             chunking_safe,
         })
     }
@@ -188,6 +192,9 @@ impl Tokenizer for HfTokenizer {
     fn newline_chunking_safe(&self) -> bool {
         self.chunking_safe
     }
+    fn bos_prefix(&self) -> Vec<u32> {
+        self.bos_prefix.clone()
+    }
     /// `tokenizer.json` as loaded, and the `tokenizer_config.json` it came with (else one in
     /// GPT-2's layout naming its end-of-text token).
     fn checkpoint_files(
@@ -231,6 +238,22 @@ impl Tokenizer for HfTokenizer {
         out.sort();
         out
     }
+}
+
+/// The ids the post-processor puts before a text: a probe text encoded with the special tokens,
+/// up to where its ids without them begin (Llama's `<s>` / `<|begin_of_text|>`; nothing for
+/// GPT-2's byte-level post-processor).
+fn post_processor_prefix(inner: &tokenizers::Tokenizer) -> tokenizers::Result<Vec<u32>> {
+    const PROBE: &str = "probe";
+    let (with, without) = (
+        inner.encode_fast(PROBE, true)?,
+        inner.encode_fast(PROBE, false)?,
+    );
+    let (with, without) = (with.get_ids(), without.get_ids());
+    let at = (0..=with.len().saturating_sub(without.len()))
+        .find(|&i| with[i..].starts_with(without))
+        .unwrap_or(0);
+    Ok(with[..at].to_vec())
 }
 
 /// `tokenizer_config.json` in `dir`, parsed and as read, if the file exists.

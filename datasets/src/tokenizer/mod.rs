@@ -32,6 +32,14 @@ pub trait Tokenizer: Send + Sync {
     /// an error (Hugging Face decoders replace such bytes with U+FFFD instead).
     fn decode(&self, tokens: &[u32]) -> Result<String, TokenizerError>;
 
+    /// The ids the tokenizer puts before every text it encodes with its special tokens: Llama's
+    /// beginning-of-sequence token, where its `tokenizer.json` post-processor adds one (as
+    /// `transformers` encodes a text by default); none for GPT-2 and bytes. Prepended to every
+    /// document and prompt (chat templates write their own).
+    fn bos_prefix(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
     /// Like `encode`, but reports tokenizer failures instead of logging them.
     fn try_encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         Ok(self.encode(text))

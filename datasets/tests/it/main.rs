@@ -9,6 +9,7 @@ mod bad_input;
 mod cache;
 mod chat;
 mod formats;
+mod hub_tokenizers;
 mod shipped_corpora;
 mod tokenizer_export;
 mod tokenizers;

@@ -148,7 +148,9 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
             check_tokens("--tokens", &prompt, &config)?;
             for index in 0..args.num_samples {
                 out.start_sample(index)?;
-                let sampling = args.sampling(index, config.eos_token_ids(), None);
+                let mut stops = config.eos_token_ids();
+                stops.extend(generation_eos(&args.checkpoint)?);
+                let sampling = args.sampling(index, stops, None);
                 let mut first = true;
                 let mut failed = None;
                 generate_with(&model, &prompt, &sampling, &device, |token| {
@@ -170,7 +172,13 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
         }),
         (None, Some(text)) => {
             let tokenizer = choose_tokenizer(args.tokenizer.as_ref(), &args.checkpoint, &config)?;
+            // As `transformers` encodes a prompt: with the beginning-of-sequence ids its
+            // tokenizer's post-processor adds (Llama's; none for GPT-2).
             let prompt = tokenizer.encode(text);
+            let prompt = match prompt.is_empty() {
+                true => prompt,
+                false => [tokenizer.bos_prefix(), prompt].concat(),
+            };
             if prompt.is_empty() {
                 return Err(Error::Argument {
                     flag: "--prompt",
@@ -180,11 +188,9 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
             check_tokens("--prompt", &prompt, &config)?;
             for index in 0..args.num_samples {
                 out.start_sample(index)?;
-                let sampling = args.sampling(
-                    index,
-                    vec![tokenizer.eot_token()],
-                    Some(tokenizer.vocab_size()),
-                );
+                let mut stops = vec![tokenizer.eot_token()];
+                stops.extend(generation_eos(&args.checkpoint)?);
+                let sampling = args.sampling(index, stops, Some(tokenizer.vocab_size()));
                 stream_text(
                     &model,
                     &prompt,
@@ -346,6 +352,32 @@ impl<'a> TextStream<'a> {
             }
             None => String::new(),
         }
+    }
+}
+
+/// The end-of-text ids of the checkpoint's `generation_config.json` (`eos_token_id`, one or a
+/// list: Llama 3's instruct models stop at `<|eot_id|>` or `<|end_of_text|>`); none without the
+/// file.
+fn generation_eos(checkpoint: &Path) -> Result<Vec<u32>, Error> {
+    let path = checkpoint.join(crate::train::checkpoints::GENERATION_CONFIG_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Vec::new());
+    };
+    let bad = |message: String| Error::BadFile {
+        path: path.clone(),
+        message,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let id = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .ok_or_else(|| bad(format!("field `eos_token_id`: {v} is not a token id")))
+    };
+    match value.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(ids)) => ids.iter().map(id).collect(),
+        Some(one) => Ok(vec![id(one)?]),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Llama family through the trainer as GPT-2 goes through it: a Llama preset trains in
 //! FP8-AMAX, resumes bit-exactly, writes checkpoints that load again to the same bits and logits
-//! (in the config style they came in), and generates; bad Llama configs and checkpoints exit 2
+//! (in the config style they came in), and generates, stopping at any end-of-text id of a
+//! `generation_config.json` (Llama 3 lists several); bad Llama configs and checkpoints exit 2
 //! naming the file and the field or tensor. Parity with `transformers` is `parity::llama`.
 
 use std::path::{Path, PathBuf};
@@ -304,5 +305,48 @@ fn bad_llama_configs_and_checkpoints_exit_2_naming_the_field_or_tensor() {
             "[64, 64]",
             "[32, 64]",
         ],
+    );
+}
+
+/// `generate --tokens` on a copy of llama3-tiny (eos_token_id [2, 3] in its config), greedy;
+/// the new ids.
+fn greedy_ids(dir: &Path) -> Vec<u32> {
+    let out = Command::new(common::trainer_bin())
+        .args(["generate", "--checkpoint"])
+        .arg(dir)
+        .args([
+            "--tokens",
+            "5,6,7",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().split(',').map(|t| t.parse().unwrap()).collect()
+}
+
+#[test]
+fn generation_stops_at_any_end_of_text_id_of_generation_config() {
+    let dir = common::scratch_dir("llama-generation-config");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("llama3-tiny").join(file), dir.join(file)).unwrap();
+    }
+    let free = greedy_ids(&dir);
+    assert_eq!(free.len(), 12, "{free:?}");
+    // Llama 3 style: several end-of-text ids; the first id drawn that differs from those before
+    // it is made one of them.
+    let at = (1..free.len())
+        .find(|&k| !free[..k].contains(&free[k]))
+        .expect("greedy generation changes token at some point");
+    let config = json!({"bos_token_id": 1, "eos_token_id": [500, free[at]]});
+    std::fs::write(dir.join("generation_config.json"), config.to_string()).unwrap();
+    assert_eq!(
+        greedy_ids(&dir),
+        free[..=at],
+        "stops after the end-of-text id, printing it"
     );
 }
