@@ -1,6 +1,6 @@
 //! `fp8-trainer bench --config FILE`: times training steps of a job, per device and precision,
-//! and optionally the PyTorch peer (`bench/peers/torch_gpt2.py`) on the same shapes and
-//! threads, side by side in one run.
+//! and optionally the PyTorch peer of the model's family (`bench/peers/torch_gpt2.py`,
+//! `bench/peers/torch_llama.py`) on the same shapes and threads, side by side in one run.
 //!
 //! Each (device, precision) runs in a child process of its own (`--single`), so its peak
 //! memory is its own. A step is what the training loop does: forward/backward of every
@@ -382,47 +382,72 @@ fn run_peer(
     job: &JobConfig,
     device: &str,
 ) -> Result<Vec<BenchResult>, Error> {
-    let config = match crate::job::assemble::model_config(job, &args.config)? {
-        ModelConfig::Gpt2(config) => config,
-        other => {
-            return Err(Error::Argument {
-                flag: "--peer",
-                message: format!(
-                    "the PyTorch peer (bench/peers/torch_gpt2.py) runs GPT-2 models, not {}",
-                    other.family_name()
-                ),
-            })
-        }
-    };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peers/torch_gpt2.py");
-    let script = match script.is_file() {
-        true => script,
-        false => PathBuf::from("bench/peers/torch_gpt2.py"),
-    };
-    let out = std::env::temp_dir().join(format!("fp8-bench-peer-{}.json", std::process::id()));
     let threads = rayon::current_num_threads();
     let batch = job.batch_size * job.grad_accum;
-    let shapes = [
-        ("--vocab", config.vocab_size),
-        ("--n-layer", config.n_layer),
-        ("--n-embd", config.n_embd),
-        ("--n-head", config.n_head),
-        ("--n-inner", config.inner_dim()),
-        ("--n-positions", config.n_positions),
-        ("--seq", job.data.seq_len),
-        ("--batch", batch),
-        ("--steps", args.steps),
-        ("--warmup", args.warmup),
-        ("--threads", threads),
-    ];
+    let (script, shapes, cpu_modes) = match crate::job::assemble::model_config(job, &args.config)? {
+        ModelConfig::Gpt2(c) => (
+            "torch_gpt2.py",
+            vec![
+                ("--vocab", c.vocab_size.to_string()),
+                ("--n-layer", c.n_layer.to_string()),
+                ("--n-embd", c.n_embd.to_string()),
+                ("--n-head", c.n_head.to_string()),
+                ("--n-inner", c.inner_dim().to_string()),
+                ("--n-positions", c.n_positions.to_string()),
+            ],
+            "eager-f32,torchao-float8-emulate",
+        ),
+        ModelConfig::Llama(c) => (
+            "torch_llama.py",
+            vec![
+                ("--vocab", c.vocab_size.to_string()),
+                ("--n-layer", c.num_hidden_layers.to_string()),
+                ("--hidden", c.hidden_size.to_string()),
+                ("--n-head", c.num_attention_heads.to_string()),
+                ("--n-kv-head", c.num_key_value_heads.to_string()),
+                ("--head-dim", c.head_dim.to_string()),
+                ("--intermediate", c.intermediate_size.to_string()),
+                ("--rope-theta", c.rope_theta.to_string()),
+                ("--rms-eps", c.rms_norm_eps.to_string()),
+                (
+                    if c.tie_word_embeddings {
+                        "--tie"
+                    } else {
+                        "--no-tie"
+                    },
+                    String::new(),
+                ),
+            ],
+            "eager-f32,bf16-autocast,torchao-float8-emulate",
+        ),
+    };
+    let mut shapes = shapes;
+    shapes.extend([
+        ("--seq", job.data.seq_len.to_string()),
+        ("--batch", batch.to_string()),
+        ("--steps", args.steps.to_string()),
+        ("--warmup", args.warmup.to_string()),
+        ("--threads", threads.to_string()),
+    ]);
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bench/peers")
+        .join(script);
+    let script = match local.is_file() {
+        true => local,
+        false => Path::new("bench/peers").join(script),
+    };
+    let out = std::env::temp_dir().join(format!("fp8-bench-peer-{}.json", std::process::id()));
     let mut command = Command::new(python);
     command.arg(&script);
     for (flag, value) in shapes {
-        command.arg(flag).arg(value.to_string());
+        command.arg(flag);
+        if !value.is_empty() {
+            command.arg(value);
+        }
     }
     let modes = match device {
         "cuda" => "eager-f32,bf16-autocast,torchao-float8",
-        _ => "eager-f32,torchao-float8-emulate",
+        _ => cpu_modes,
     };
     command
         .args(["--device", device, "--modes", modes, "--out"])
