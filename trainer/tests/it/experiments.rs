@@ -1,7 +1,7 @@
 //! `scripts/experiments --quick`: the whole experiment pipeline of EXPERIMENTS.md on tiny
-//! models (pretraining, both fine-tuning tasks over every recipe and two seeds, the FP8
-//! inference tables, the gathered outputs), so that it cannot rot; and a second invocation
-//! reuses every finished run instead of training it again.
+//! models of both families (pretraining, the fine-tuning tasks over the recipes and two seeds,
+//! the FP8 inference tables, the gathered outputs), so that it cannot rot; and a second
+//! invocation reuses every finished run instead of training it again.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -48,8 +48,23 @@ fn quick_pipeline_runs_end_to_end_and_reuses_finished_runs() {
         "inference-pretrain-s",
         "inference-milton-s",
         "inference-author-s",
+        "pretrain-llama-s",
+        "milton-llama-s",
+        "inference-pretrain-llama-s",
+        "inference-milton-llama-s",
+        "crosseval-milton-llama-s",
     ] {
         assert!(results.contains(&format!("{stage}: ")), "{stage} timed");
+    }
+    // The Llama model: fp32 and FP8-AMAX fine-tunes over the seeds, its inference tables.
+    let llama = json(&out.join("milton-llama-s-report.json"));
+    assert_eq!(labels(&llama), ["fp32", "fp8-amax"]);
+    assert_eq!(llama["recipes"][1]["final_val_loss"]["n"], 2, "two seeds");
+    let config = json(&out.join("runs/pretrain-llama-s/checkpoints/best/config.json"));
+    assert_eq!(config["model_type"], "llama");
+    for table in ["pretrain-llama-s", "milton-llama-s"] {
+        let t = json(&out.join(format!("inference-{table}.json")));
+        assert_eq!(t["recipes"].as_array().unwrap().len(), 3 + 5, "{table}");
     }
 
     let milton = json(&out.join("milton-s-report.json"));
@@ -121,8 +136,8 @@ fn quick_pipeline_runs_end_to_end_and_reuses_finished_runs() {
         log.contains("pretrain-s: finished earlier, reused"),
         "{log}"
     );
-    for (task, runs) in [("milton", 12), ("author", 4)] {
-        let path = out.join(format!("{task}-s-compare.txt"));
+    for (task, runs) in [("milton-s", 12), ("author-s", 4), ("milton-llama-s", 4)] {
+        let path = out.join(format!("{task}-compare.txt"));
         let log = std::fs::read_to_string(path).unwrap();
         assert_eq!(
             log.matches("reused, not trained again").count(),
