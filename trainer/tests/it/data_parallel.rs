@@ -1,6 +1,6 @@
 //! Data parallelism on the CPU: `"devices": ["cpu", "cpu"]` runs two peers (threads joined by
 //! burn-collective), each on half of every batch. Two peers of 4 rows must train what one
-//! device of 8 rows trains, in fp32 and fp8-amax, also on chat data whose halves hold different
+//! device of 8 rows trains, in fp32 and fp8-amax (and a Llama in fp8-amax), also on chat data whose halves hold different
 //! numbers of loss tokens; a peer that fails must stop the job with exit code 1; two processes
 //! joined through the orchestrator train what two peers of one process train, and refuse each
 //! other when their jobs differ or time out when one never joins. (A resumed two-peer run:
@@ -25,6 +25,16 @@ use crate::common::jobs::{assert_ok, exact, metrics, scratch, tiny_job, train, w
 /// normal range; measured without it, the same 5e-7. `fp8-backend/tests/it/peers.rs` shows it on
 /// rows whose magnitudes differ by 1e4.)
 const PEER_TOLERANCE: f64 = 1e-5;
+
+/// The same for the Llama job. Its first three steps agree exactly; then AdamW's normalised
+/// update turns f32 rounding in near-zero gradient elements into whole-step differences, and the
+/// gradient norm drifts faster than GPT-2's (measured: 9e-7 at step 4, 8e-6 at step 5, 2.8e-5 at
+/// step 6; losses within 1.6e-6). What the tolerance guards against is far larger: a peer without
+/// its AdamW update, or an unweighted share, moves the step-2 loss by 7e-3 (the GPT-2 job's).
+const LLAMA_PEER_TOLERANCE: f64 = 1e-4;
+/// The Llama job's final weights (measured: 3.0e-5 apart after 6 steps; one AdamW update moves
+/// an element by up to 2 * lr = 6e-3).
+const LLAMA_WEIGHT_TOLERANCE: f32 = 1e-4;
 
 /// Largest |difference| allowed between the final weights of the two runs (weights are O(0.1);
 /// measured: 1.2e-6, the same f32 rounding as above).
@@ -54,6 +64,11 @@ pub(crate) fn run(dir: &Path, job: &Value) -> Vec<Vec<String>> {
 /// `step, tokens, train_loss, val_loss, lr, grad_norm` of two runs agree: integers and the
 /// learning rate exactly, the others to `PEER_TOLERANCE`.
 fn assert_same_training(peers: &[Vec<String>], one: &[Vec<String>]) {
+    assert_same_training_to(peers, one, PEER_TOLERANCE)
+}
+
+/// [`assert_same_training`] to `tolerance`.
+fn assert_same_training_to(peers: &[Vec<String>], one: &[Vec<String>], tolerance: f64) {
     assert_eq!(peers.len(), one.len(), "rows");
     for (p, o) in peers.iter().zip(one) {
         assert_eq!(
@@ -66,7 +81,7 @@ fn assert_same_training(peers: &[Vec<String>], one: &[Vec<String>]) {
                 (Ok(a), Ok(b)) => {
                     let rel = (a - b).abs() / b.abs().max(1e-12);
                     assert!(
-                        rel < PEER_TOLERANCE,
+                        rel < tolerance,
                         "step {} column {col}: {a} vs {b} ({rel:e})",
                         p[0]
                     );
@@ -81,12 +96,26 @@ fn final_weights(dir: &Path, name: &str) -> Vec<trainer::checkpoint::NamedTensor
     common::read_tensors(&dir.join(format!("runs/{name}/checkpoints/step-6/model.safetensors")))
 }
 
-fn two_peers_equal_one_device(mode: &str) {
-    let dir = scratch(&format!("dp-{mode}"));
-    let one = run(&dir, &job(&dir, "one", mode, 1));
-    let two = run(&dir, &job(&dir, "two", mode, 2));
+/// The tiny job's model as a Llama (4 query heads sharing 2 key/value heads).
+fn as_llama(mut job: Value) -> Value {
+    job["model"] = json!({"preset": "llama-tiny", "init_seed": 7, "vocab_size": 257,
+        "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 48});
+    job
+}
+
+/// Two peers of 4 rows against one device of 8 on `family`'s job: metrics to `tolerance`,
+/// final weights to `weight_tolerance`.
+fn two_peers_equal_one_device(
+    mode: &str,
+    family: fn(Value) -> Value,
+    tag: &str,
+    (tolerance, weight_tolerance): (f64, f32),
+) {
+    let dir = scratch(&format!("dp-{mode}{tag}"));
+    let one = run(&dir, &family(job(&dir, "one", mode, 1)));
+    let two = run(&dir, &family(job(&dir, "two", mode, 2)));
     println!("one device: {one:?}\ntwo peers: {two:?}");
-    assert_same_training(&two, &one);
+    assert_same_training_to(&two, &one, tolerance);
     // The step did move the weights, and both runs moved them alike.
     let (a, b) = (final_weights(&dir, "two"), final_weights(&dir, "one"));
     let mut worst = 0.0f32;
@@ -98,7 +127,7 @@ fn two_peers_equal_one_device(mode: &str) {
     }
     println!("{mode}: largest weight difference {worst:e}");
     assert!(
-        worst < WEIGHT_TOLERANCE,
+        worst < weight_tolerance,
         "{mode}: weights differ by {worst}"
     );
     let log = std::fs::read_to_string(dir.join("runs/two/log.txt")).unwrap();
@@ -113,12 +142,23 @@ fn two_peers_equal_one_device(mode: &str) {
 
 #[test]
 fn two_peers_of_four_rows_train_what_one_device_of_eight_trains_fp32() {
-    two_peers_equal_one_device("fp32");
+    two_peers_equal_one_device("fp32", |job| job, "", (PEER_TOLERANCE, WEIGHT_TOLERANCE));
 }
 
 #[test]
 fn two_peers_of_four_rows_train_what_one_device_of_eight_trains_fp8_amax() {
-    two_peers_equal_one_device("fp8-amax");
+    two_peers_equal_one_device(
+        "fp8-amax",
+        |job| job,
+        "",
+        (PEER_TOLERANCE, WEIGHT_TOLERANCE),
+    );
+}
+
+#[test]
+fn two_peers_of_a_llama_train_what_one_device_trains_fp8_amax() {
+    let tolerances = (LLAMA_PEER_TOLERANCE, LLAMA_WEIGHT_TOLERANCE);
+    two_peers_equal_one_device("fp8-amax", as_llama, "-llama", tolerances);
 }
 
 /// A peer that fails ends the job with exit code 1 and a message naming it; the checkpoint

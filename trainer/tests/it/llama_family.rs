@@ -350,3 +350,78 @@ fn generation_stops_at_any_end_of_text_id_of_generation_config() {
         "stops after the end-of-text id, printing it"
     );
 }
+
+#[test]
+fn layer_filters_name_llama_projections_and_eval_tables_run_on_a_llama() {
+    let dir = scratch("llama-filter");
+    let mut config = llama_job(&dir, "mlp-only");
+    config["precision"] = json!({"mode": "fp8-amax", "stats_every": 4,
+        "layers": ["model.layers.*.mlp.*", "!model.layers.0.mlp.down_proj"]});
+    let path = write_config(&dir, "mlp-only.json", &config);
+    assert_ok(&train(&path, &[], &[]));
+    let stats = std::fs::read_to_string(dir.join("runs/mlp-only/fp8_stats.csv")).unwrap();
+    let mut layers: Vec<&str> = stats
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    assert_eq!(
+        layers,
+        [
+            "model.layers.0.mlp.gate_proj",
+            "model.layers.0.mlp.up_proj",
+            "model.layers.1.mlp.down_proj",
+            "model.layers.1.mlp.gate_proj",
+            "model.layers.1.mlp.up_proj",
+        ]
+    );
+    // A pattern of GPT-2's names matches no Llama projection: refused, naming the field.
+    config["name"] = json!("gpt2-names");
+    config["precision"]["layers"] = json!(["h.*.mlp.*"]);
+    let path = write_config(&dir, "gpt2-names.json", &config);
+    assert_exit(
+        "GPT-2 layer names",
+        &train(&path, &[], &[]),
+        2,
+        &["precision.layers", "model.layers.0.self_attn.q_proj"],
+    );
+    // The FP8 inference table of the trained checkpoint: each recipe a row.
+    let out = dir.join("table.json");
+    let run = Command::new(common::trainer_bin())
+        .args(["eval", "--checkpoint"])
+        .arg(dir.join("runs/mlp-only/checkpoints/step-8"))
+        .args([
+            "--data",
+            &sonnets(),
+            "--seq-len",
+            "32",
+            "--max-batches",
+            "2",
+        ])
+        .args([
+            "--precisions",
+            "fp32,fp8-amax",
+            "--cscale-biases",
+            "0,4",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_ok(&run);
+    let table: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let recipes: Vec<&str> = (table["recipes"].as_array().unwrap().iter())
+        .map(|r| r["recipe"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        recipes,
+        ["fp32", "fp8-amax", "fp8-cscale-b0", "fp8-cscale-b4"]
+    );
+    let loss = |i: usize| table["recipes"][i]["loss"].as_f64().unwrap();
+    assert!(
+        loss(0).is_finite() && loss(1) != loss(0),
+        "FP8 changes the loss: {table}"
+    );
+}
