@@ -55,8 +55,6 @@ pub struct ChatTemplate {
     bos: String,
     eos: String,
     loss: ChatLoss,
-    /// Special-token strings and ids, longest first (a longer one wins at the same place).
-    specials: Vec<(String, u32)>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -78,7 +76,6 @@ impl ChatTemplate {
                 CHATML.into(),
                 "built-in chatml template".into(),
                 (eot.clone(), eot),
-                tok,
                 cfg.loss,
             ),
             ChatTemplateSource::Path(path) => {
@@ -87,7 +84,6 @@ impl ChatTemplate {
                     source,
                     path.display().to_string(),
                     (eot.clone(), eot),
-                    tok,
                     cfg.loss,
                 )
             }
@@ -101,13 +97,7 @@ impl ChatTemplate {
                     ));
                 };
                 let (source, origin, bos) = from_checkpoint(dir)?;
-                Self::new(
-                    source,
-                    origin,
-                    (bos.unwrap_or(eot.clone()), eot),
-                    tok,
-                    cfg.loss,
-                )
+                Self::new(source, origin, (bos.unwrap_or(eot.clone()), eot), cfg.loss)
             }
         }
     }
@@ -118,7 +108,6 @@ impl ChatTemplate {
         source: String,
         origin: String,
         (bos, eos): (String, String),
-        tok: &dyn Tokenizer,
         loss: ChatLoss,
     ) -> Result<ChatTemplate, DataError> {
         let mut env = Environment::new();
@@ -140,9 +129,6 @@ impl ChatTemplate {
                 origin: origin.clone(),
                 message: format!("the chat template does not parse: {e}"),
             })?;
-        let mut specials = tok.special_tokens();
-        specials.retain(|(s, _)| !s.is_empty());
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.cmp(b)));
         Ok(ChatTemplate {
             env,
             origin,
@@ -151,7 +137,6 @@ impl ChatTemplate {
             bos,
             eos,
             loss,
-            specials,
         })
     }
 
@@ -165,9 +150,13 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// What decides the tokens besides the tokenizer: the template's text (hashed) and `loss`.
+    /// What decides the tokens besides the tokenizer: the template's text (hashed), `loss`, and
+    /// how the rendering is encoded (`whole`; caches before it encoded message by message).
     pub(crate) fn cache_options(&self) -> String {
-        format!("template={:016x} loss={:?}", self.hash, self.loss)
+        format!(
+            "template={:016x} loss={:?} encode=whole",
+            self.hash, self.loss
+        )
     }
 
     /// `messages` rendered, as training (`add_generation_prompt` false) or inference sees them.
@@ -261,46 +250,36 @@ impl ChatTemplate {
     }
 
     /// The conversation's tokens and loss mask (1: the token carries the loss; the first token,
-    /// no target, never does).
+    /// no target, never does). The rendering is encoded whole, as `apply_chat_template` encodes
+    /// it; a token has the loss when any byte it stands for is in a span that has (the rule of
+    /// `transformers`' `return_assistant_tokens_mask`: a token that begins in a reply's header
+    /// and ends in the reply has it; one that stands for no bytes has not).
     pub fn tokenize(
         &self,
         messages: &[serde_json::Value],
         tok: &dyn Tokenizer,
     ) -> Result<(Vec<u32>, Vec<u8>), String> {
-        let (mut tokens, mut mask) = (Vec::new(), Vec::new());
-        for (text, loss) in self.spans(messages)? {
-            let ids = self.encode(&text, tok).map_err(|e| e.to_string())?;
-            mask.resize(mask.len() + ids.len(), u8::from(loss));
-            tokens.extend(ids);
+        let spans = self.spans(messages)?;
+        let (mut text, mut learned) = (String::new(), Vec::new());
+        for (piece, loss) in spans {
+            if loss && !piece.is_empty() {
+                learned.push(text.len()..text.len() + piece.len());
+            }
+            text += &piece;
+        }
+        let encoded = tok.encode_rendered(&text).map_err(|e| e.to_string())?;
+        let (mut tokens, mut mask) = (Vec::with_capacity(encoded.len()), Vec::new());
+        for (id, bytes) in encoded {
+            let loss = learned
+                .iter()
+                .any(|l| bytes.start < l.end && bytes.end > l.start);
+            tokens.push(id);
+            mask.push(u8::from(loss));
         }
         if let Some(first) = mask.first_mut() {
             *first = 0;
         }
         Ok((tokens, mask))
-    }
-
-    /// Encodes `text`, special-token strings as their ids.
-    fn encode(
-        &self,
-        mut text: &str,
-        tok: &dyn Tokenizer,
-    ) -> Result<Vec<u32>, crate::error::TokenizerError> {
-        let mut out = Vec::new();
-        while !text.is_empty() {
-            let next = self
-                .specials
-                .iter()
-                .filter_map(|(s, id)| text.find(s.as_str()).map(|at| (at, s.len(), *id)))
-                .min_by_key(|&(at, _, _)| at); // the longest at the same place: listed first
-            let Some((at, len, id)) = next else {
-                out.extend(tok.try_encode(text)?);
-                break;
-            };
-            out.extend(tok.try_encode(&text[..at])?);
-            out.push(id);
-            text = &text[at + len..];
-        }
-        Ok(out)
     }
 }
 

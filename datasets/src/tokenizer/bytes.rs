@@ -5,7 +5,9 @@ use super::export::{
     byte_chars, byte_level_bpe_json, gpt2_style_config, CheckpointFile, EOT_TEXT,
     TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
-use super::{utf8_string, Tokenizer};
+use std::ops::Range;
+
+use super::{encode_bytewise_at_specials, utf8_string, Tokenizer};
 use crate::error::TokenizerError;
 
 /// Ids 0..=255 are bytes; 256 is end-of-text.
@@ -43,6 +45,10 @@ impl Tokenizer for ByteTokenizer {
             }
         }
         utf8_string(out)
+    }
+    fn encode_rendered(&self, text: &str) -> Result<Vec<(u32, Range<usize>)>, TokenizerError> {
+        let encode = |piece: &str| Ok(self.encode(piece));
+        encode_bytewise_at_specials(text, &self.special_tokens(), encode, |_| 1)
     }
     fn newline_chunking_safe(&self) -> bool {
         true

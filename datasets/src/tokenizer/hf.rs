@@ -1,12 +1,14 @@
 //! Hugging Face tokenizers: a checkpoint's `tokenizer.json`, or GPT-2-style `vocab.json` +
 //! `merges.txt`, through the pure-Rust `tokenizers` crate (fancy-regex, no oniguruma).
 
+use std::ops::Range;
 use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::AddedToken;
 
 use super::export::{gpt2_style_config, CheckpointFile, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 use super::Tokenizer;
@@ -19,6 +21,9 @@ const EOT_CANDIDATES: [&str; 4] = ["<|endoftext|>", "<|end_of_text|>", "</s>", "
 /// A tokenizer from Hugging Face files.
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner` as `transformers` loads it for `apply_chat_template`: added tokens in the text
+    /// become their ids, the end-of-text token among them.
+    chat: tokenizers::Tokenizer,
     /// `tokenizer.json` as loaded (or, from vocab + merges, as built), before this crate's
     /// encoding settings: what a checkpoint gets back.
     original: Vec<u8>,
@@ -117,6 +122,7 @@ impl HfTokenizer {
             .with_truncation(None)
             .map_err(|e| parse_err(path, e))?;
         inner.with_padding(None);
+        let mut chat = inner.clone();
         inner.set_encode_special_tokens(true);
         let candidates: Vec<String> = match eos {
             Some(e) => vec![e],
@@ -129,6 +135,12 @@ impl HfTokenizer {
                 path: path.to_path_buf(),
                 looked_for: candidates.join(", "),
             })?;
+        if !chat.get_added_tokens_decoder().contains_key(&eot) {
+            // transformers adds a tokenizer's special tokens (those its config names) to the
+            // added vocabulary, so their strings in a chat text are found: here the end-of-text.
+            let text = inner.id_to_token(eot).unwrap_or_default();
+            chat.add_special_tokens(&[AddedToken::from(text, true)]);
+        }
         let vocab_size = inner.get_vocab_size(true).max(eot as usize + 1);
         let chunking_safe = inner.get_normalizer().is_none()
             && matches!(
@@ -138,6 +150,7 @@ impl HfTokenizer {
         let bos_prefix = post_processor_prefix(&inner).map_err(|e| parse_err(path, e))?;
         Ok(HfTokenizer {
             inner,
+            chat,
             original,
             config: None,
             id,
@@ -174,6 +187,17 @@ impl Tokenizer for HfTokenizer {
                 message: e.to_string(),
             })?;
         Ok(enc.get_ids().to_vec())
+    }
+    fn encode_rendered(&self, text: &str) -> Result<Vec<(u32, Range<usize>)>, TokenizerError> {
+        let enc = self
+            .chat
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Backend {
+                id: self.id.clone(),
+                message: e.to_string(),
+            })?;
+        let spans = enc.get_offsets().iter().map(|&(start, end)| start..end);
+        Ok(enc.get_ids().iter().copied().zip(spans).collect())
     }
     fn decode(&self, tokens: &[u32]) -> Result<String, TokenizerError> {
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {

@@ -7,6 +7,7 @@ mod gpt2;
 mod hf;
 
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -76,6 +77,56 @@ pub trait Tokenizer: Send + Sync {
     fn special_tokens(&self) -> Vec<(String, u32)> {
         vec![(self.eot_text(), self.eot_token())]
     }
+
+    /// Encodes text a chat template rendered as `transformers`' `apply_chat_template` does:
+    /// whole, in one call, its special-token strings becoming their ids; each id with the byte
+    /// range of `text` it stands for (a special token: its string's). Whole, not message by
+    /// message: a SentencePiece `▁` metaspace marks only the start of the text, and a BPE merge
+    /// may cross from one message into the next.
+    fn encode_rendered(&self, _text: &str) -> Result<Vec<(u32, Range<usize>)>, TokenizerError> {
+        Err(TokenizerError::Backend {
+            id: self.id(),
+            message: "this tokenizer cannot encode chat templates' text".into(),
+        })
+    }
+}
+
+/// [`Tokenizer::encode_rendered`] for tokenizers whose ids each stand for whole bytes of the
+/// text, in order (byte-level BPE without a normalizer, bytes): `text` is cut at the strings of
+/// `specials` (the longest where two begin at the same byte), each piece between them encoded
+/// by `encode`, and each id given the next `byte_len(id)` bytes.
+pub(crate) fn encode_bytewise_at_specials(
+    text: &str,
+    specials: &[(String, u32)],
+    encode: impl Fn(&str) -> Result<Vec<u32>, TokenizerError>,
+    byte_len: impl Fn(u32) -> usize,
+) -> Result<Vec<(u32, Range<usize>)>, TokenizerError> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < text.len() {
+        let next = specials
+            .iter()
+            .filter(|(s, _)| !s.is_empty())
+            .filter_map(|(s, id)| {
+                text[pos..]
+                    .find(s.as_str())
+                    .map(|at| (pos + at, s.len(), *id))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let end = next.map_or(text.len(), |(at, _, _)| at);
+        let mut at = pos;
+        for id in encode(&text[pos..end])? {
+            let len = byte_len(id);
+            out.push((id, at.min(end)..(at + len).min(end)));
+            at += len;
+        }
+        let Some((at, len, id)) = next else {
+            break;
+        };
+        out.push((id, at..at + len));
+        pos = at + len;
+    }
+    Ok(out)
 }
 
 impl fmt::Debug for dyn Tokenizer {

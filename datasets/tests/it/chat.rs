@@ -165,6 +165,32 @@ fn gpt2_style_template_file_ends_each_turn_with_the_end_of_text_token() {
     assert_eq!((hf_seq, hf_learned), (expected, want));
 }
 
+/// The rendering is encoded whole, as `apply_chat_template` encodes it, so a BPE token may
+/// cross from a reply's header into the reply: GPT-2 joins the header's "\n" and the reply's
+/// first "\n" into one token, which then carries the loss (as `transformers`'
+/// `return_assistant_tokens_mask` marks every token overlapping a reply).
+#[test]
+fn a_token_that_crosses_into_a_reply_is_encoded_whole_and_carries_the_loss() {
+    let s = Scratch::new();
+    let record = json!({"messages": [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "\n\nHi"}
+    ]});
+    let data = s.write("chat.jsonl", jsonl(&[record]));
+    let cfg = chat_config(&s, &data, ChatTemplateSource::Chatml);
+    let gpt2 = Gpt2Tokenizer::new().unwrap();
+    let (seq, learned) = first_row(&Dataset::open(&cfg, &gpt2).unwrap());
+    let header = "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant";
+    let reply = "\n\n\nHi<|im_end|>\n"; // the header's "\n", then the reply's text
+    assert_eq!(seq, gpt2.encode(&format!("{header}{reply}")));
+    assert_eq!(
+        gpt2.encode(reply)[0],
+        gpt2.encode("\n\n")[0],
+        "one token, two newlines"
+    );
+    assert_eq!(learned, gpt2.encode(reply));
+}
+
 /// Longer than seq_len + 1: as a prompt/completion example is cut, the tokens before the first
 /// loss token (the prompt) lose their start, keeping at least one, then the end goes; the
 /// loss stays on the assistant text that remains.

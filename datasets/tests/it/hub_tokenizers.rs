@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::common;
 
 /// Must equal `FIXTURE_VERSION` of tests/fixtures/gen_tokenizers.py.
-const FIXTURE_VERSION: u64 = 1;
+const FIXTURE_VERSION: u64 = 2;
 
 fn folder(style: &str) -> PathBuf {
     common::data_dir()
@@ -119,44 +119,45 @@ fn special_ids(r: &Value) -> Vec<u32> {
 }
 
 #[test]
-fn hub_chat_templates_render_as_apply_chat_template() {
-    for (style, ids_too) in [
-        ("llama2-style", false),
-        ("llama3-style", true),
-        ("qwen2-style", true),
-    ] {
+fn hub_chat_templates_render_and_tokenize_as_apply_chat_template() {
+    for style in ["llama2-style", "llama3-style", "qwen2-style"] {
         let r = reference(style);
         let tok = load(style);
         let config = datasets::ChatConfig::default();
         let template = ChatTemplate::resolve(&config, Some(&folder(style)), tok.as_ref()).unwrap();
+        let mut masks = 0;
         for conversation in r["conversations"].as_array().unwrap() {
             let messages = conversation["messages"].as_array().unwrap();
-            for (generation_prompt, text_key, ids_key) in [
-                (false, "text", "ids"),
-                (true, "text_generation_prompt", "ids_generation_prompt"),
-            ] {
+            for (generation_prompt, text_key) in [(false, "text"), (true, "text_generation_prompt")]
+            {
                 let text = template.render(messages, generation_prompt).unwrap();
                 assert_eq!(
                     text,
                     conversation[text_key].as_str().unwrap(),
                     "{style}: add_generation_prompt {generation_prompt}"
                 );
-                if ids_too && !generation_prompt {
-                    // A finished conversation, as training tokenizes it (by message, special
-                    // strings as their ids): apply_chat_template's ids.
-                    let all = ChatTemplate::new(
-                        template.source().to_string(),
-                        "all".into(),
-                        (bos_text(&r), tok.eot_text()),
-                        tok.as_ref(),
-                        ChatLoss::All,
-                    )
-                    .unwrap();
-                    let (tokens, _) = all.tokenize(messages, tok.as_ref()).unwrap();
-                    assert_eq!(tokens, ids(&conversation[ids_key]), "{style}: ids");
-                }
+            }
+            // The conversation as training tokenizes it (the rendering encoded whole, special
+            // strings as their ids): apply_chat_template's ids, with loss on every token or ...
+            let all = ChatTemplate::new(
+                template.source().to_string(),
+                "all".into(),
+                (bos_text(&r), tok.eot_text()),
+                ChatLoss::All,
+            )
+            .unwrap();
+            let (tokens, _) = all.tokenize(messages, tok.as_ref()).unwrap();
+            assert_eq!(tokens, ids(&conversation["ids"]), "{style}: ids");
+            // ... on the assistants' replies: the tokens return_assistant_tokens_mask marks.
+            if let Some(expected) = conversation.get("assistant_masks") {
+                let (tokens, mask) = template.tokenize(messages, tok.as_ref()).unwrap();
+                assert_eq!(tokens, ids(&conversation["ids"]), "{style}: ids");
+                let expected: Vec<u8> = ids(expected).into_iter().map(|m| m as u8).collect();
+                assert_eq!(mask, expected, "{style}: loss mask of {messages:?}");
+                masks += 1;
             }
         }
+        assert!(masks >= 2, "{style}: {masks} loss masks compared");
     }
 }
 
