@@ -99,6 +99,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A GGUF file to import.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
     /// A bad command-line argument.
     #[error("{flag}: {message}")]
     Argument { flag: &'static str, message: String },
@@ -129,6 +132,7 @@ impl Error {
             Self::Data { source, .. } | Self::DataArgument { source, .. } => source.is_bad_input(),
             Self::Tokenizer { source, .. } => source.is_bad_input(),
             Self::Checkpoint(e) => e.is_bad_input(),
+            Self::Gguf(e) => e.is_bad_input(),
             Self::RunDirInUse { .. }
             | Self::Argument { .. }
             | Self::BadFile { .. }

@@ -19,6 +19,7 @@ pub mod device;
 pub mod checkpoint;
 pub mod commands;
 pub mod error;
+pub mod gguf;
 pub mod host;
 pub mod job;
 pub mod logging;

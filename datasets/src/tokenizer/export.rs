@@ -29,7 +29,8 @@ pub struct CheckpointFile {
 }
 
 impl CheckpointFile {
-    pub(crate) fn json(name: &str, value: &Value) -> Self {
+    /// `value` as pretty JSON, ending in a newline.
+    pub fn json(name: &str, value: &Value) -> Self {
         let mut contents = serde_json::to_vec_pretty(value).expect("a JSON value serialises");
         contents.push(b'\n');
         CheckpointFile {

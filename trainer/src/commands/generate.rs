@@ -64,6 +64,11 @@ pub struct GenerateArgs {
     /// fp32 | fp8-amax | fp8-cscale.
     #[arg(long, default_value = "fp32")]
     pub precision: Precision,
+    /// --prompt is a user's message: rendered with the checkpoint's chat template (its
+    /// `tokenizer_config.json` or `chat_template.jinja`) with the generation prompt, tokenized
+    /// as `apply_chat_template` does; prints the reply.
+    #[arg(long, requires = "prompt")]
+    pub chat: bool,
 }
 
 impl GenerateArgs {
@@ -172,12 +177,14 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
         }),
         (None, Some(text)) => {
             let tokenizer = choose_tokenizer(args.tokenizer.as_ref(), &args.checkpoint, &config)?;
-            // As `transformers` encodes a prompt: with the beginning-of-sequence ids its
-            // tokenizer's post-processor adds (Llama's; none for GPT-2).
-            let prompt = tokenizer.encode(text);
-            let prompt = match prompt.is_empty() {
-                true => prompt,
-                false => [tokenizer.bos_prefix(), prompt].concat(),
+            let (prompt, shown) = match args.chat {
+                true => (chat_prompt(text, &args.checkpoint, tokenizer.as_ref())?, ""),
+                // As `transformers` encodes a prompt: with the beginning-of-sequence ids its
+                // tokenizer's post-processor adds (Llama's; none for GPT-2).
+                false => match tokenizer.encode(text) {
+                    p if p.is_empty() => (p, text.as_str()),
+                    p => ([tokenizer.bos_prefix(), p].concat(), text.as_str()),
+                },
             };
             if prompt.is_empty() {
                 return Err(Error::Argument {
@@ -194,7 +201,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
                 stream_text(
                     &model,
                     &prompt,
-                    text,
+                    shown,
                     &sampling,
                     tokenizer.as_ref(),
                     &mut out,
@@ -206,6 +213,36 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
             Ok(())
         }
     }
+}
+
+/// A user's message `text` as the chat template of `checkpoint` renders it for a reply, in
+/// ids as `apply_chat_template(..., add_generation_prompt=True)` gives them.
+fn chat_prompt(
+    text: &str,
+    checkpoint: &Path,
+    tokenizer: &dyn Tokenizer,
+) -> Result<Vec<u32>, Error> {
+    let config = datasets::ChatConfig::default();
+    let template = datasets::ChatTemplate::resolve(&config, Some(checkpoint), tokenizer).map_err(
+        |source| Error::DataArgument {
+            flag: "--chat",
+            source,
+        },
+    )?;
+    let messages = [serde_json::json!({"role": "user", "content": text})];
+    let rendered = template
+        .render(&messages, true)
+        .map_err(|message| Error::Argument {
+            flag: "--chat",
+            message,
+        })?;
+    let ids = tokenizer
+        .encode_rendered(&rendered)
+        .map_err(|source| Error::Tokenizer {
+            origin: "--chat".into(),
+            source,
+        })?;
+    Ok(ids.into_iter().map(|(id, _)| id).collect())
 }
 
 /// One sample of a text prompt: `text`, then its continuation as the tokens come (the stop

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod dump_step;
 pub mod eval;
 pub mod generate;
+pub mod import;
 pub mod logits;
 pub mod orchestrator;
 pub mod train;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Continue a prompt, streaming the text (greedy with --temperature 0, else temperature /
     /// top-k / top-p sampling; --num-samples for several).
     Generate(generate::GenerateArgs),
+    /// Write a GGUF file (llama.cpp, Ollama) as a Hugging Face folder: weights dequantized to
+    /// f32, config, tokenizer and chat template from its metadata.
+    Import(import::ImportArgs),
     /// Time training steps of a job per device and precision (and the PyTorch peer with
     /// --peer): tokens/s, GEMM share, peak memory, ratios.
     Bench(bench::BenchArgs),
@@ -104,6 +108,7 @@ pub fn run(
         Command::Logits(args) => logits::run_logits(&args).map(|()| Done::default()),
         Command::Generate(args) => generate::run_generate(&args, stdout).map(|()| Done::default()),
         Command::Bench(args) => bench::run_bench(&args).map(Done::printing),
+        Command::Import(args) => import::run_import(&args).map(|s| Done::printing(s.summary())),
         Command::Orchestrator(args) => {
             orchestrator::run_orchestrator(&args).map(|()| Done::default())
         }
