@@ -197,7 +197,8 @@ fn parse(
                 path,
                 "the header",
                 format!(
-                    "{what} {count} cannot fit in the {} bytes that follow",
+                    "{what} {count} cannot fit in the {} bytes that follow: the file is \
+                     truncated or its header is wrong",
                     r.remaining()
                 ),
             ));
@@ -506,7 +507,8 @@ impl<'a> Reader<'a> {
                     self.path,
                     what,
                     format!(
-                        "a string of {len} bytes is claimed at byte {} but only {} remain",
+                        "a string of {len} bytes is claimed at byte {} but only {} remain: the \
+                         file is truncated or the length is wrong",
                         self.pos,
                         self.remaining()
                     ),
@@ -564,7 +566,8 @@ impl<'a> Reader<'a> {
                         self.path,
                         &what,
                         format!(
-                            "an array of {count} items is claimed but only {} bytes remain",
+                            "an array of {count} items is claimed but only {} bytes remain: the file \
+                             is truncated or the length is wrong",
                             self.remaining()
                         ),
                     ));

@@ -34,6 +34,7 @@ mod experiments;
 mod fine_tuning;
 mod fp8_telemetry;
 mod generate;
+mod gguf;
 mod hf_checkpoints;
 mod inference_table;
 mod llama_family;
