@@ -11,8 +11,8 @@ use crate::common;
 use crate::common::jobs::*;
 
 /// Every shipped config runs (two steps, shrunk with `--set`) from the repository root, as the
-/// README tells users to. The Hugging Face configs cannot fetch `gpt2` or Cerebras-GPT here, so
-/// they fine-tune the tiny HF-layout fixture instead: the same config keys, data paths, the
+/// README tells users to. The Hugging Face configs cannot fetch `gpt2` or Cerebras-GPT here (nor
+/// rely on `scripts/fetch-smollm2` having run), so they fine-tune the tiny HF-layout fixture instead: the same config keys, data paths, the
 /// checkpoint-folder loading path and the checkpoint writing path.
 #[test]
 fn shipped_configs_run_from_the_repository_root() {
@@ -44,6 +44,10 @@ fn shipped_configs_run_from_the_repository_root() {
         if config["model"]["checkpoint"].is_string() {
             sets.push(format!("model.checkpoint={}", fixture.display()));
             sets.push("tokenizer=bytes".into()); // the fixture has 512 embeddings
+            if config["data"]["chat"]["template"] == "checkpoint" {
+                // The fixture has no chat template (smollm2-chat.json takes SmolLM2's).
+                sets.push("data.chat.template=chatml".into());
+            }
         }
         let mut args = vec![
             "train".to_string(),
