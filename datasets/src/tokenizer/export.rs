@@ -42,7 +42,7 @@ impl CheckpointFile {
 
 /// GPT-2's byte-to-character table (openai/gpt-2 `encoder.py`, `bytes_to_unicode`): printable
 /// bytes stand for themselves, the other 68 are shifted to U+0100 and up, in byte order.
-pub(crate) fn byte_chars() -> [char; 256] {
+pub fn byte_chars() -> [char; 256] {
     let printable = |b: u32| {
         (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
     };

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use self::bytes::ByteTokenizer;
-pub use self::export::{CheckpointFile, NATIVE_KEY, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
+pub use self::export::{
+    byte_chars, CheckpointFile, NATIVE_KEY, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
+};
 pub use self::gpt2::Gpt2Tokenizer;
 pub use self::hf::HfTokenizer;
 use crate::error::TokenizerError;

@@ -10,6 +10,6 @@ pub use error::CheckpointError;
 pub use load::{load_checkpoint, load_weights, CONFIG_FILE};
 pub use safetensors_file::{f32_from_le, WeightFiles, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
 pub use save::{
-    model_tensors, save_checkpoint, write_checkpoint_files, write_checkpoint_tensors,
+    model_tensors, save_checkpoint, staging_dir, write_checkpoint_files, write_checkpoint_tensors,
     write_safetensors, NamedTensor,
 };

@@ -35,18 +35,26 @@ pub fn save_checkpoint<B: Backend>(model: &Model<B>, dir: &Path) -> Result<(), C
         let path = path.to_path_buf();
         move |source| CheckpointError::Write { path, source }
     };
+    let (staging, retired) = staging_dir(dir).map_err(write_err(dir))?;
+    write_checkpoint_files(model, &staging)?;
+    replace_dir(&staging, dir, &retired).map_err(write_err(dir))
+}
+
+/// An empty staging folder beside `dir` (`.NAME.tmp-PID`, created with `dir`'s parent), and the
+/// name `dir` is moved to while the staging folder replaces it (`.NAME.old-PID`): for
+/// `datasets::atomic::replace_dir`, so a crash never leaves a half-written folder under `dir`.
+pub fn staging_dir(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = dir.file_name().ok_or_else(|| CheckpointError::Write {
-        path: dir.to_path_buf(),
-        source: std::io::Error::new(
+    let name = dir.file_name().ok_or_else(|| {
+        std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "checkpoint path has no directory name",
-        ),
+        )
     })?;
-    fs::create_dir_all(&parent).map_err(write_err(&parent))?;
+    fs::create_dir_all(&parent)?;
     let sibling = |tag: &str| {
         parent.join(format!(
             ".{}.{tag}-{}",
@@ -56,12 +64,10 @@ pub fn save_checkpoint<B: Backend>(model: &Model<B>, dir: &Path) -> Result<(), C
     };
     let (staging, retired) = (sibling("tmp"), sibling("old"));
     if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(write_err(&staging))?;
+        fs::remove_dir_all(&staging)?;
     }
-    fs::create_dir(&staging).map_err(write_err(&staging))?;
-    write_checkpoint_files(model, &staging)?;
-
-    replace_dir(&staging, dir, &retired).map_err(write_err(dir))
+    fs::create_dir(&staging)?;
+    Ok((staging, retired))
 }
 
 /// Writes config.json and model.safetensors into an existing directory (for callers that stage

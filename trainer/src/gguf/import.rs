@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::file::{GgufFile, TensorInfo};
 use super::{tokenizer, GgufError};
-use crate::checkpoint::{load_checkpoint, write_checkpoint_tensors, NamedTensor};
+use crate::checkpoint::{load_checkpoint, staging_dir, write_checkpoint_tensors, NamedTensor};
 use crate::device::CpuBackend;
 use crate::error::Error;
 use crate::model::{ModelConfig, ModelOptions};
@@ -114,25 +114,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, overwrite: bool) -> Result<ImportSum
         *types.entry(t.ty.name()).or_insert(0) += 1;
     }
 
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(Error::io(&parent))?;
-    let leaf = out
-        .file_name()
-        .ok_or_else(|| Error::Argument {
-            flag: "--out",
-            message: format!("{} has no folder name", out.display()),
-        })?
-        .to_string_lossy()
-        .to_string();
-    let sibling = |tag: &str| parent.join(format!(".{leaf}.{tag}-{}", std::process::id()));
-    let (staging, retired) = (sibling("tmp"), sibling("old"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(Error::io(&staging))?;
-    }
-    std::fs::create_dir(&staging).map_err(Error::io(&staging))?;
+    let (staging, retired) = staging_dir(out).map_err(Error::io(out))?;
     let written = (|| -> Result<(), Error> {
         write_checkpoint_tensors(&config, &tensors, &staging)?;
         drop(tensors);

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use datasets::tokenizer::byte_chars;
 use datasets::CheckpointFile;
 use serde_json::{json, Map, Value};
 
@@ -31,24 +32,6 @@ fn split_regex(pre: &str) -> Option<&'static str> {
         "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
         _ => None,
     }
-}
-
-/// GPT-2's byte-to-character table (`bytes_to_unicode`): printable bytes stand for themselves,
-/// the others for the characters from U+0100 on.
-fn byte_chars() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut next = 256u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        table[b as usize] = if printable {
-            char::from(b)
-        } else {
-            let c = char::from_u32(next).expect("below the surrogates");
-            next += 1;
-            c
-        };
-    }
-    table
 }
 
 /// `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` for `file`;
@@ -212,18 +195,4 @@ pub fn checkpoint_files(file: &GgufFile, context: usize) -> Result<Vec<Checkpoin
         CheckpointFile::json("tokenizer_config.json", &config),
         CheckpointFile::json("generation_config.json", &Value::Object(generation)),
     ])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_byte_table_is_gpt2s() {
-        let t = byte_chars();
-        assert_eq!(t[b' ' as usize], 'Ġ');
-        assert_eq!(t[b'\n' as usize], 'Ċ');
-        assert_eq!(t[b'A' as usize], 'A');
-        assert_eq!(t.iter().collect::<HashSet<_>>().len(), 256);
-    }
 }
