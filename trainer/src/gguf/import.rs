@@ -360,7 +360,7 @@ fn unpermute_rows(values: &[f32], t: &TensorInfo, heads: usize) -> Result<Vec<f3
     let shape = t.shape();
     let rows = shape[0];
     let cols = values.len() / rows;
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(format!(
             "its {rows} rows do not split into {heads} heads of an even size"
         ));
