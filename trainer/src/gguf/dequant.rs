@@ -162,8 +162,8 @@ fn half_at(b: &[u8], at: usize) -> f32 {
 fn q4_0(b: &[u8], y: &mut [f32]) {
     let d = half_at(b, 0);
     for (j, &q) in b[2..18].iter().enumerate() {
-        y[j] = d * f32::from(i16::from(q & 0x0F) as i8 - 8);
-        y[j + 16] = d * f32::from(i16::from(q >> 4) as i8 - 8);
+        y[j] = d * f32::from((q & 0x0F) as i8 - 8);
+        y[j + 16] = d * f32::from((q >> 4) as i8 - 8);
     }
 }
 

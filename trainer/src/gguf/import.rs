@@ -73,9 +73,8 @@ impl ImportSummary {
     pub fn summary(&self) -> String {
         let types: Vec<String> = self.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
         format!(
-            "imported {}{} ({} architecture, {:.1}M parameters; tensors: {}) into {} in {:.1} s",
+            "imported {} ({} architecture, {:.1}M parameters; tensors: {}) into {} in {:.1} s",
             self.name.as_deref().unwrap_or("the model"),
-            "",
             self.architecture,
             self.parameters as f64 / 1e6,
             types.join(", "),

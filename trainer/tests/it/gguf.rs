@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use trainer::gguf::GgufFile;
 
 use crate::common;
-use crate::common::jobs::{fp8_trainer, read_json, stderr};
+use crate::common::jobs::{fp8_trainer, logits_rows, read_json, stderr};
+use crate::common::max_abs_diff;
 use crate::common::process::assert_exit;
 
 /// Must equal `FIXTURE_VERSION` of gen_gguf.py.
@@ -85,14 +86,6 @@ fn json_ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// `fp8-trainer import` of `gguf` into a fresh scratch folder `name`; the folder.
 fn import(gguf: &Path, name: &str) -> PathBuf {
     let out = common::scratch_dir(name).join("model");
@@ -114,30 +107,12 @@ fn import(gguf: &Path, name: &str) -> PathBuf {
 
 /// `fp8-trainer logits` of `tokens` on `checkpoint`: one row per position.
 fn logits(checkpoint: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let out = checkpoint.with_file_name("logits.json");
-    let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
-    let run = fp8_trainer(&[
-        "logits",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--tokens",
-        &list.join(","),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(run.status.success(), "logits: {}", stderr(&run));
-    read_json(&out)["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
+    logits_rows(
+        checkpoint,
+        tokens,
+        "fp32",
+        &checkpoint.with_file_name("logits.json"),
+    )
 }
 
 fn sha256_f32(values: &[f32]) -> String {

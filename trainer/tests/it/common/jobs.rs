@@ -71,34 +71,53 @@ pub fn fp8_trainer(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// log-softmax (in f64, over the whole vocabulary) of the fixture's logits at each position of
-/// `tokens`, from `fp8-trainer logits` (its output file written in `dir`).
-pub fn fixture_log_probs(dir: &Path, tokens: &[u32]) -> Vec<Vec<f64>> {
+/// `fp8-trainer logits` of `tokens` on `checkpoint` in `precision`, its JSON written to `out`:
+/// one row of logits per position.
+pub fn logits_rows(
+    checkpoint: &Path,
+    tokens: &[u32],
+    precision: &str,
+    out: &Path,
+) -> Vec<Vec<f32>> {
     let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
-    let out = dir.join("logits.json");
-    let fixture = super::fixture_dir();
     let run = fp8_trainer(&[
         "logits",
         "--checkpoint",
-        fixture.to_str().unwrap(),
+        checkpoint.to_str().unwrap(),
         "--tokens",
         &list.join(","),
         "--out",
         out.to_str().unwrap(),
+        "--precision",
+        precision,
     ]);
     assert_ok(&run);
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    json["logits"]
+    read_json(out)["logits"]
         .as_array()
         .unwrap()
         .iter()
         .map(|row| {
-            let row: Vec<f64> = row
-                .as_array()
+            row.as_array()
                 .unwrap()
                 .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// log-softmax (in f64, over the whole vocabulary) of the fixture's logits at each position of
+/// `tokens`, from `fp8-trainer logits` (its output file written in `dir`).
+pub fn fixture_log_probs(dir: &Path, tokens: &[u32]) -> Vec<Vec<f64>> {
+    let rows = logits_rows(
+        &super::fixture_dir(),
+        tokens,
+        "fp32",
+        &dir.join("logits.json"),
+    );
+    rows.iter()
+        .map(|row| {
+            let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
             let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let log_sum = row.iter().map(|x| (x - max).exp()).sum::<f64>().ln() + max;
             row.iter().map(|x| x - log_sum).collect()

@@ -94,6 +94,20 @@ pub fn safetensors_metadata(path: &Path) -> std::collections::BTreeMap<String, S
     serde_json::from_value(header["__metadata__"].clone()).unwrap_or_default()
 }
 
+/// max |a - b| over the elements; NaN when either side has a NaN (so a `<=` bound fails on it,
+/// where `f32::max` would skip it).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0.0, |m: f32, (x, y)| {
+        let d = (x - y).abs();
+        if m.is_nan() || d.is_nan() {
+            f32::NAN
+        } else {
+            m.max(d)
+        }
+    })
+}
+
 /// The committed fixture checkpoint's folder as a command-line argument.
 pub fn fixture() -> String {
     fixture_dir().to_str().unwrap().to_string()
@@ -110,4 +124,11 @@ fn claim(dir: &Path) {
         "{}: two tests ask for this scratch folder; give one of them another name",
         dir.display()
     );
+}
+
+#[test]
+fn max_abs_diff_does_not_hide_a_nan() {
+    assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 2.0]), 0.5);
+    assert!(max_abs_diff(&[f32::NAN, 2.0], &[1.0, 9.0]).is_nan());
+    assert!(max_abs_diff(&[1.0, 2.0], &[1.0, f32::NAN]).is_nan());
 }

@@ -3,8 +3,8 @@
 //! gen_gpt2_fp8.py's independent FP8 model, and far enough from fp32 to tell FP8 from f32.
 
 use crate::common;
-use crate::common::fixture;
-use crate::common::jobs::{fp8_trainer, stderr};
+use crate::common::jobs::logits_rows;
+use crate::common::max_abs_diff;
 
 /// Per-element bound for logits read back from JSON (shortest round-trip f32, so exact) against
 /// the references of the same three tokens: `fp32` against transformers' (and the first three
@@ -24,37 +24,12 @@ const FP8_VS_FP32_FACTOR: f32 = 100.0;
 /// `logits` of tokens 203,290,2 in `precision`, as one flat [3 * 512] vector.
 fn logits_of(precision: &str) -> Vec<f32> {
     let out = common::scratch_dir(&format!("cli-logits-{precision}")).join("logits.json");
-    let output = fp8_trainer(&[
-        "logits",
-        "--checkpoint",
-        &fixture(),
-        "--tokens",
-        "203,290,2",
-        "--out",
-        out.to_str().unwrap(),
-        "--precision",
-        precision,
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let rows = json["logits"].as_array().unwrap();
+    let rows = logits_rows(&common::fixture_dir(), &[203, 290, 2], precision, &out);
     assert_eq!(rows.len(), 3, "one row per position");
-    rows.iter()
-        .flat_map(|r| {
-            let r = r.as_array().unwrap();
-            assert_eq!(r.len(), 512, "one logit per token of the vocabulary");
-            r.iter().map(|v| v.as_f64().unwrap() as f32)
-        })
-        .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
+    for r in &rows {
+        assert_eq!(r.len(), 512, "one logit per token of the vocabulary");
+    }
+    rows.concat()
 }
 
 /// The tensor `name` of a fixture file.

@@ -10,6 +10,7 @@ use trainer::model::names::param_grads;
 use trainer::{load_checkpoint, ModelOptions};
 
 use crate::common;
+use crate::common::max_abs_diff;
 
 /// The model runs on the FP8 decorator (with FP8 off, bit-identical to plain ndarray).
 type Cpu = Fp8<NdArray<f32>>;
@@ -83,11 +84,6 @@ impl Reference {
 
 fn max_abs(values: &[f32]) -> f32 {
     values.iter().fold(0.0, |m, v| m.max(v.abs()))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
 
 fn to_vec(data: TensorData) -> Vec<f32> {
