@@ -21,6 +21,11 @@
 //!   `Fp8<B>`'s `ModuleOps` calls under the thread-local policy): every GEMM casts its operands.
 //!
 //! With FP8 off, each function is the inner op.
+//!
+//! The named layers' operands are cast with `Fp8Kernels::fp8_quantize_operand`: on flex with
+//! AVX512_BF16 they are bf16 tensors (the same values) that `Fp8Kernels::matmul` multiplies in
+//! bf16 with f32 accumulation (docs/design.md, "The CPU FP8 GEMM"). The anonymous layers go to
+//! the inner backend's own `linear` ops, which multiply f32 tensors: their casts stay f32.
 
 use burn::tensor::ops::FloatTensor;
 
@@ -48,6 +53,21 @@ fn cast<B: Fp8Kernels>(
     match B::fp8_quantize(tensor, format, rule, stats) {
         QuantOutput::Quantized(tensor, stats) => (tensor, CastOutcome::Quantized(stats)),
         QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax)),
+    }
+}
+
+/// [`cast`] for an operand that only a named layer's GEMM reads (`Fp8Kernels::matmul`).
+fn operand_cast<B: Fp8Kernels>(
+    policy: &Fp8Policy,
+    stats: bool,
+    tensor: FloatTensor<B>,
+    role: Role,
+) -> FloatTensor<B> {
+    let Some((format, rule)) = policy.rule_for(role) else {
+        return tensor;
+    };
+    match B::fp8_quantize_operand(tensor, format, rule, stats) {
+        QuantOutput::Quantized(tensor, _) | QuantOutput::NonFinite(tensor, _) => tensor,
     }
 }
 
@@ -85,7 +105,7 @@ fn site_cast<B: Fp8Kernels>(
         (_, rule) => (rule, None),
     };
     if policy.mode != Precision::Fp8Delayed {
-        let (tensor, outcome) = match B::fp8_quantize(tensor, format, own_rule, stats) {
+        let (tensor, outcome) = match B::fp8_quantize_operand(tensor, format, own_rule, stats) {
             QuantOutput::Quantized(tensor, stats) => (tensor, CastOutcome::Quantized(stats)),
             QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax)),
         };
@@ -95,7 +115,7 @@ fn site_cast<B: Fp8Kernels>(
         .delayed_bias(site.layer(), role, policy, format)
         .map_or(own_rule, BiasRule::Constant);
     // The amax is always wanted: it joins the history (the peers' largest, with peers).
-    match B::fp8_quantize(tensor.clone(), format, rule, true) {
+    match B::fp8_quantize_operand(tensor.clone(), format, rule, true) {
         QuantOutput::Quantized(out, Some(stats)) if stats.amax.is_finite() => {
             let amax = peers_amax.unwrap_or(stats.amax);
             context.record_amax(site.layer(), role, amax, policy.amax_history_len);
@@ -198,11 +218,11 @@ pub fn site_backward<B: Fp8Kernels>(
         let w = match w {
             Operand::Cast(w) => w,
             // Cast again: the same tensor gives the same figures, already recorded.
-            Operand::Raw(w, None) => cast::<B>(policy, recording.stats, w, Role::Weight).0,
+            Operand::Raw(w, None) => operand_cast::<B>(policy, recording.stats, w, Role::Weight),
             // The forward's bias, from a history that has moved on since.
             Operand::Raw(w, Some(bias)) => {
                 let (format, _) = policy.rule_for(Role::Weight).expect("FP8 is on");
-                match B::fp8_quantize(w, format, BiasRule::Constant(bias), false) {
+                match B::fp8_quantize_operand(w, format, BiasRule::Constant(bias), false) {
                     QuantOutput::Quantized(w, _) | QuantOutput::NonFinite(w, _) => w,
                 }
             }

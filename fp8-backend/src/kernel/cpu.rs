@@ -5,6 +5,7 @@
 //! compiler vectorizes them. They agree bit for bit with the scalar reference
 //! [`crate::quantize_scaled`] (tested against the `ml_dtypes` golden data).
 
+use burn::tensor::bf16;
 use rayon::prelude::*;
 
 use crate::format::{pow2, Fp8Format};
@@ -35,7 +36,8 @@ fn amax_bits_on(isa: Isa, xs: &[f32]) -> u32 {
 
 /// The per-call constants of the cast loop.
 #[derive(Clone, Copy)]
-struct CastParams {
+#[doc(hidden)]
+pub struct CastParams {
     scale: f32,
     unscale: f32,
     max: f32,
@@ -78,11 +80,48 @@ pub fn cast_into(src: &[f32], dst: &mut [f32], format: Fp8Format, bias: i32) {
     cast_into_on(Isa::best(), src, dst, CastParams::new(format, bias));
 }
 
-fn cast_into_on(isa: Isa, src: &[f32], dst: &mut [f32], p: CastParams) {
+fn cast_into_on<D: CastOut>(isa: Isa, src: &[f32], dst: &mut [D], p: CastParams) {
     assert_eq!(src.len(), dst.len(), "cast: slices of different lengths");
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
-        .for_each(|(d, s)| cast_chunk(isa, p, s, d));
+        .for_each(|(d, s)| D::cast_chunk(isa, p, s, d));
+}
+
+/// What the cast loops write: the fake-quantized value as f32, or the same value as bf16 (an
+/// FP8 value times a power of two is exact in bf16: `kernel/bf16_gemm.rs`), the CPU FP8 GEMM's
+/// operand, written in the same pass.
+pub trait CastOut: Copy + Send + Sync + 'static {
+    #[doc(hidden)]
+    fn cast_chunk(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]);
+    #[doc(hidden)]
+    fn cast_chunk_counting(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) -> (u64, u64, u64);
+}
+
+impl CastOut for f32 {
+    fn cast_chunk(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) {
+        cast_chunk(isa, p, s, d)
+    }
+    fn cast_chunk_counting(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) -> (u64, u64, u64) {
+        cast_chunk_counting(isa, p, s, d)
+    }
+}
+
+impl CastOut for bf16 {
+    fn cast_chunk(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) {
+        cast_chunk_bf16(isa, p, s, d)
+    }
+    fn cast_chunk_counting(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) -> (u64, u64, u64) {
+        cast_chunk_counting_bf16(isa, p, s, d)
+    }
+}
+
+/// A cast's output as bf16: its upper 16 bits, which hold all of it (its lower 16 are zero),
+/// a NaN kept a NaN (quiet bit set, should its payload lie in the lower half only).
+#[inline(always)]
+fn exact_bf16(y: f32) -> bf16 {
+    let bits = y.to_bits();
+    let nan = u32::from((bits & 0x7fff_ffff) > 0x7f80_0000) << 6;
+    bf16::from_bits(((bits >> 16) | nan) as u16)
 }
 
 multiversion! {
@@ -116,6 +155,33 @@ multiversion! {
 }
 
 multiversion! {
+    /// [`cast_chunk`] writing bf16.
+    #[inline(never)]
+    fn cast_chunk_bf16(p: CastParams, s: &[f32], d: &mut [bf16]) -> () {
+        for (o, &x) in d.iter_mut().zip(s) {
+            *o = exact_bf16(p.cast(x));
+        }
+    }
+}
+
+multiversion! {
+    /// [`cast_chunk_counting`] writing bf16.
+    #[inline(never)]
+    fn cast_chunk_counting_bf16(p: CastParams, s: &[f32], d: &mut [bf16]) -> (u64, u64, u64) {
+        let (mut under, mut nonzero, mut sat) = (0u32, 0u32, 0u32);
+        for (o, &x) in d.iter_mut().zip(s) {
+            let y = p.cast(x);
+            *o = exact_bf16(y);
+            let nz = x != 0.0;
+            nonzero += nz as u32;
+            under += (nz & (y == 0.0)) as u32;
+            sat += (x.abs() * p.scale > p.max) as u32;
+        }
+        (under.into(), nonzero.into(), sat.into())
+    }
+}
+
+multiversion! {
     /// max(|x| bits) over one chunk.
     #[inline(never)]
     fn amax_chunk(s: &[f32]) -> u32 {
@@ -125,11 +191,16 @@ multiversion! {
 
 /// Like [`cast_into`], also counting underflows (non-zero in, zero out), non-zero inputs, and
 /// saturations (|x * 2^bias| > max, infinities included).
-fn cast_into_counting(isa: Isa, src: &[f32], dst: &mut [f32], p: CastParams) -> (u64, u64, u64) {
+fn cast_into_counting<D: CastOut>(
+    isa: Isa,
+    src: &[f32],
+    dst: &mut [D],
+    p: CastParams,
+) -> (u64, u64, u64) {
     assert_eq!(src.len(), dst.len(), "cast: slices of different lengths");
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
-        .map(|(d, s)| cast_chunk_counting(isa, p, s, d))
+        .map(|(d, s)| D::cast_chunk_counting(isa, p, s, d))
         .reduce(|| (0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
 }
 
@@ -141,10 +212,11 @@ pub enum HostQuant {
     NonFinite(f32),
 }
 
-/// Amax, bias and cast of one tensor's values, the way the decorator wants them.
-pub fn quantize_slice(
+/// Amax, bias and cast of one tensor's values, the way the decorator wants them, written as f32
+/// or (the same values) as bf16.
+pub fn quantize_slice<D: CastOut>(
     src: &[f32],
-    dst: &mut [f32],
+    dst: &mut [D],
     format: Fp8Format,
     rule: BiasRule,
     want_stats: bool,
@@ -152,10 +224,10 @@ pub fn quantize_slice(
     quantize_slice_on(Isa::best(), src, dst, format, rule, want_stats)
 }
 
-fn quantize_slice_on(
+fn quantize_slice_on<D: CastOut>(
     isa: Isa,
     src: &[f32],
-    dst: &mut [f32],
+    dst: &mut [D],
     format: Fp8Format,
     rule: BiasRule,
     want_stats: bool,
@@ -285,6 +357,7 @@ mod tests {
     fn check_cast_loops(isa: Isa) {
         let xs = bit_pattern_sweep();
         let mut out = vec![0.0; xs.len()];
+        let mut out16 = vec![bf16::ZERO; xs.len()];
         for f in Fp8Format::ALL {
             for bias in SWEEP_BIASES {
                 let want: Vec<f32> = xs.iter().map(|&x| quantize_scaled(x, f, bias)).collect();
@@ -318,6 +391,27 @@ mod tests {
                              (underflows, non-zero inputs, saturations)"
                         );
                     }
+                    // The bf16 loops: the same values, every one of them exact in bf16.
+                    out16.fill(bf16::from_f32(POISON));
+                    let counts16 = if counting {
+                        Some(cast_into_counting(isa, &xs, &mut out16, p))
+                    } else {
+                        cast_into_on(isa, &xs, &mut out16, p);
+                        None
+                    };
+                    if let Some(i) = (0..xs.len()).find(|&i| !same(out16[i].to_f32(), want[i])) {
+                        panic!(
+                            "{isa:?} bf16 {name} loop, {f} bias {bias}: x={:e} kernel {:e} \
+                             reference {:e}",
+                            xs[i],
+                            out16[i].to_f32(),
+                            want[i]
+                        );
+                    }
+                    assert_eq!(
+                        counts16, counts,
+                        "{isa:?} bf16 counting loop, {f} bias {bias}"
+                    );
                 }
             }
         }

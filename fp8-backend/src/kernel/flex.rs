@@ -2,9 +2,10 @@
 
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, FloatDType, Shape, TensorData, TensorMetadata};
+use burn::tensor::{bf16, DType, FloatDType, Shape, TensorData, TensorMetadata};
 
-use super::cpu::{self, HostQuant};
+use super::bf16_gemm::{self, CpuGemm, MatRef};
+use super::cpu::{self, CastOut, HostQuant};
 use super::{quantize_on_host, Fp8Kernels, QuantOutput};
 use crate::format::Fp8Format;
 use crate::scaling::BiasRule;
@@ -14,6 +15,14 @@ const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 
 impl Fp8Kernels for Flex {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (lhs, rhs) = match (lhs.dtype(), rhs.dtype()) {
+            (DType::BF16, DType::BF16) => return matmul_bf16(lhs, rhs),
+            // One operand was passed on unchanged (a non-finite amax): multiply in f32; a bf16
+            // FP8 operand widens exactly.
+            (DType::BF16, DType::F32) => (Self::float_cast(lhs, FloatDType::F32), rhs),
+            (DType::F32, DType::BF16) => (lhs, Self::float_cast(rhs, FloatDType::F32)),
+            _ => (lhs, rhs),
+        };
         let (l, r) = (lhs.layout(), rhs.layout());
         let plain = lhs.dtype() == DType::F32
             && rhs.dtype() == DType::F32
@@ -83,29 +92,89 @@ impl Fp8Kernels for Flex {
         rule: BiasRule,
         want_stats: bool,
     ) -> QuantOutput<Self> {
-        if tensor.dtype() != DType::F32 {
-            // f16 / bf16 / f64: the generic path converts through f32.
-            return quantize_on_host::<Self>(tensor, format, rule, want_stats);
+        quantize_as::<f32>(tensor, format, rule, want_stats)
+    }
+
+    fn fp8_quantize_operand(
+        tensor: FloatTensor<Self>,
+        format: Fp8Format,
+        rule: BiasRule,
+        want_stats: bool,
+    ) -> QuantOutput<Self> {
+        match CpuGemm::selected() {
+            CpuGemm::Bf16 => quantize_as::<bf16>(tensor, format, rule, want_stats),
+            CpuGemm::F32 => quantize_as::<f32>(tensor, format, rule, want_stats),
         }
-        let shape = tensor.shape();
-        // Transposed or sliced views are made contiguous once; the common case reads in place.
-        let contiguous;
-        let src = match tensor.as_slice::<f32>() {
-            Some(s) => s,
-            None => {
-                contiguous = tensor.to_contiguous();
-                contiguous
-                    .as_slice::<f32>()
-                    .expect("a contiguous f32 tensor")
-            }
-        };
-        let mut dst = vec![0.0f32; src.len()];
-        match cpu::quantize_slice(src, &mut dst, format, rule, want_stats) {
-            HostQuant::NonFinite(amax) => QuantOutput::NonFinite(tensor, amax),
-            HostQuant::Done(stats) => {
-                let out = FlexTensor::from_data(TensorData::new(dst, shape));
-                QuantOutput::Quantized(out, stats)
-            }
+    }
+}
+
+/// A 2-D product of two bf16 operands (FP8 values) into f32 on the CPU FP8 GEMM; other ranks
+/// (none of the named layers' GEMMs) widen to f32 and take flex's own.
+fn matmul_bf16(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+    let (l, r) = (lhs.layout(), rhs.layout());
+    if l.num_dims() != 2 || r.num_dims() != 2 || !bf16_gemm::supported() {
+        let widen = |t| Flex::float_cast(t, FloatDType::F32);
+        return Flex::float_matmul(widen(lhs), widen(rhs));
+    }
+    let (m, k, n) = (l.shape()[0], l.shape()[1], r.shape()[1]);
+    assert_eq!(r.shape()[0], k, "matmul: inner dimensions must match");
+    let a = MatRef::new(
+        bf16_bits(lhs.storage::<bf16>()),
+        l.start_offset(),
+        m,
+        k,
+        l.strides()[0],
+        l.strides()[1],
+    );
+    let b = MatRef::new(
+        bf16_bits(rhs.storage::<bf16>()),
+        r.start_offset(),
+        k,
+        n,
+        r.strides()[0],
+        r.strides()[1],
+    );
+    let mut out = vec![0.0f32; m * n];
+    bf16_gemm::gemm(a, b, &mut out);
+    FlexTensor::from_data(TensorData::new(out, [m, n]))
+}
+
+/// bf16 values as their bit patterns.
+fn bf16_bits(values: &[bf16]) -> &[u16] {
+    // SAFETY: `bf16` is `repr(transparent)` over `u16`: same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u16>(), values.len()) }
+}
+
+/// Amax, bias and cast of an f32 flex tensor, written as `D` (f32, or bf16 for the CPU FP8
+/// GEMM).
+fn quantize_as<D: CastOut + burn::tensor::Element + Default>(
+    tensor: FlexTensor,
+    format: Fp8Format,
+    rule: BiasRule,
+    want_stats: bool,
+) -> QuantOutput<Flex> {
+    if tensor.dtype() != DType::F32 {
+        // f16 / bf16 / f64: the generic path converts through f32.
+        return quantize_on_host::<Flex>(tensor, format, rule, want_stats);
+    }
+    let shape = tensor.shape();
+    // Transposed or sliced views are made contiguous once; the common case reads in place.
+    let contiguous;
+    let src = match tensor.as_slice::<f32>() {
+        Some(s) => s,
+        None => {
+            contiguous = tensor.to_contiguous();
+            contiguous
+                .as_slice::<f32>()
+                .expect("a contiguous f32 tensor")
+        }
+    };
+    let mut dst = vec![D::default(); src.len()];
+    match cpu::quantize_slice(src, &mut dst, format, rule, want_stats) {
+        HostQuant::NonFinite(amax) => QuantOutput::NonFinite(tensor, amax),
+        HostQuant::Done(stats) => {
+            let out = FlexTensor::from_data(TensorData::new(dst, shape));
+            QuantOutput::Quantized(out, stats)
         }
     }
 }

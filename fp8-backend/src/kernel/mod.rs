@@ -7,6 +7,7 @@
 //! bias on the GPU (on CUDA only where `FP8_CUDA_KERNEL=device` asks for it: see `cube.rs`). Any other backend opts in with
 //! `impl Fp8Kernels for MyBackend {}`.
 
+pub mod bf16_gemm;
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
@@ -64,6 +65,20 @@ pub trait Fp8Kernels: Backend {
         quantize_on_host::<Self>(tensor, format, rule, want_stats)
     }
 
+    /// [`Self::fp8_quantize`] for a tensor that goes only into [`Self::matmul`] (the operands of
+    /// a named FP8 layer's GEMMs): the same values, in whatever form this backend multiplies
+    /// FP8 operands fastest. flex on a CPU with AVX512_BF16 returns them as bf16, which its
+    /// `matmul` multiplies with `vdpbf16ps` into f32 (`bf16_gemm.rs`); the default is
+    /// `fp8_quantize` (f32 values on the FP8 grid).
+    fn fp8_quantize_operand(
+        tensor: FloatTensor<Self>,
+        format: Fp8Format,
+        rule: BiasRule,
+        want_stats: bool,
+    ) -> QuantOutput<Self> {
+        Self::fp8_quantize(tensor, format, rule, want_stats)
+    }
+
     /// The tensor's absolute maximum, read to the host (a NaN or infinity shows as such): what a
     /// data-parallel peer passes to its [`crate::AmaxReducer`] before casting with the peers'
     /// bias. The default is `B`'s own `max_abs`.
@@ -86,8 +101,9 @@ pub trait Fp8Kernels: Backend {
     }
 
     /// A matrix product: what `Fp8<B>`'s `float_matmul` and the GEMMs of named FP8 layers
-    /// compute. The default is `B`'s own; flex overrides the 2-D case (the same GEMM call as
-    /// flex's, into a buffer that is neither zeroed first nor copied after).
+    /// compute, f32 out whatever form [`Self::fp8_quantize_operand`] gave the operands. The
+    /// default is `B`'s own; flex overrides the 2-D case (the same GEMM call as flex's, into a
+    /// buffer that is neither zeroed first nor copied after; bf16 operands on `bf16_gemm`).
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }

@@ -13,6 +13,7 @@
 mod common;
 
 mod anonymous_layers;
+mod cpu_fp8_gemm;
 mod delayed_scaling;
 mod device_kernel;
 mod device_linear;

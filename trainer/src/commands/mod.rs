@@ -91,6 +91,12 @@ pub fn run(
     progress: &mut dyn Progress,
     stdout: &mut dyn std::io::Write,
 ) -> Result<Done, Error> {
+    // How FP8 operands are multiplied on the CPU: a misspelt value is bad input, said before
+    // anything runs (the backend would only warn and take the default).
+    fp8_backend::kernel::bf16_gemm::CpuGemm::from_env().map_err(|message| Error::Argument {
+        flag: fp8_backend::kernel::bf16_gemm::CPU_GEMM_ENV,
+        message,
+    })?;
     match command {
         Command::Train(args) => train::run_train(&args, stop, progress),
         Command::Compare(args) => Ok(match compare::run_compare(&args, stop, progress)? {

@@ -293,6 +293,23 @@ impl<B: DeviceBackend> Start<'_, B> {
                 }
             );
         }
+        if job.device == crate::device::Device::Cpu && job.precision.is_on() {
+            use fp8_backend::kernel::bf16_gemm::{CpuGemm, CPU_GEMM_ENV};
+            log::info!(
+                "FP8 GEMMs on the CPU: {}",
+                match CpuGemm::selected() {
+                    CpuGemm::Bf16 => "bf16 products, f32 accumulation (AVX512_BF16)".to_string(),
+                    CpuGemm::F32 => format!(
+                        "f32 ({})",
+                        if std::env::var(CPU_GEMM_ENV).is_ok_and(|v| v == "f32") {
+                            "FP8_CPU_GEMM=f32"
+                        } else {
+                            "this CPU has no AVX512_BF16"
+                        }
+                    ),
+                }
+            );
+        }
         if group.is_parallel() && job.precision.stats_every > 0 && job.precision.is_on() {
             log::info!(
                 "fp8_stats.csv describes peer 0's casts (its rows of each batch; the scales are \

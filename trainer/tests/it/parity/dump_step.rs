@@ -92,11 +92,23 @@ fn dump_step(tag: &str, precision: &Value, stats: bool) -> (PathBuf, PathBuf) {
 
 /// [`dump_step`] on `device`.
 fn dump_step_on(device: &str, tag: &str, precision: &Value, stats: bool) -> (PathBuf, PathBuf) {
+    dump_step_with(device, tag, precision, stats, &[])
+}
+
+/// [`dump_step_on`] with environment variables set for the child process.
+fn dump_step_with(
+    device: &str,
+    tag: &str,
+    precision: &Value,
+    stats: bool,
+    env: &[(&str, &str)],
+) -> (PathBuf, PathBuf) {
     let dir = common::scratch_dir(&format!("dump-step-{tag}"));
     let config = fixture_job(&dir, precision, device);
     let (out, csv) = (dir.join("step.safetensors"), dir.join("fp8_stats.csv"));
     let mut command = Command::new(common::trainer_bin());
     command
+        .envs(env.iter().copied())
         .args(["dump-step", "--config"])
         .arg(&config)
         .arg("--out")
@@ -195,7 +207,7 @@ fn dump_step_matches_the_reference_gradients_in_fp32() {
 /// within FP8_REL_TOL (the tensors in `flipped` within FP8_FLIP_REL_TOL), and the reference
 /// really is that FP8 variant: our fp32 step is at least ten times farther from it.
 fn assert_fp8_parity(tag: &str, precision: Value, reference: &str, flipped: &[&str]) {
-    assert_fp8_parity_on("cpu", tag, precision, reference, flipped, FP8_REL_TOL);
+    assert_fp8_parity_on("cpu", tag, precision, reference, flipped, FP8_REL_TOL, &[]);
 }
 
 /// [`assert_fp8_parity`] on `device`, within `tol` outside the flipped tensors.
@@ -206,11 +218,12 @@ fn assert_fp8_parity_on(
     reference: &str,
     flipped: &[&str],
     tol: f32,
+    env: &[(&str, &str)],
 ) {
     assert_fixture_version(reference);
     let fp32 = json!({"mode": "fp32"});
     let (fp32_out, _) = dump_step_on(device, &format!("{tag}-fp32"), &fp32, false);
-    let (fp8_out, _) = dump_step_on(device, tag, &precision, false);
+    let (fp8_out, _) = dump_step_with(device, tag, &precision, false, env);
     let fp32 = compare(&fp32_out, reference);
     let fp8 = compare(&fp8_out, reference);
     let unflipped = fp8.iter().filter(|(n, _)| !flipped.contains(&n.as_str()));
@@ -244,6 +257,7 @@ fn dump_step_on_ndarray_matches_the_independent_fp8_amax_reference() {
         "reference_fp8_amax.safetensors",
         &[],
         FP8_REL_TOL,
+        &[],
     );
 }
 
@@ -259,6 +273,7 @@ fn dump_step_on_cuda_matches_the_independent_fp8_amax_reference() {
         "reference_fp8_amax.safetensors",
         &[],
         FP8_FLIP_REL_TOL,
+        &[],
     );
 }
 
@@ -270,6 +285,21 @@ fn dump_step_matches_the_independent_fp8_amax_reference() {
         json!({"mode": "fp8-amax"}),
         "reference_fp8_amax.safetensors",
         &[],
+    );
+}
+
+/// FP8-AMAX with the FP8 GEMMs in f32 (`FP8_CPU_GEMM=f32`: the fallback of CPUs without
+/// AVX512_BF16, which the default run here does not take).
+#[test]
+fn dump_step_with_f32_gemms_matches_the_independent_fp8_amax_reference() {
+    assert_fp8_parity_on(
+        "cpu",
+        "amax-f32-gemm",
+        json!({"mode": "fp8-amax"}),
+        "reference_fp8_amax.safetensors",
+        &[],
+        FP8_REL_TOL,
+        &[("FP8_CPU_GEMM", "f32")],
     );
 }
 
