@@ -12,7 +12,8 @@ Modes:
   torchao-float8-emulate  torchao.float8, tensorwise scaling, power-of-two scales, the four
                           projections of every block cast to float8 and multiplied in float32
                           (emulate=True; runs on the CPU)
-  bf16-autocast           (CUDA) torch.autocast bfloat16, float32 master weights
+  bf16-autocast           torch.autocast(device, bfloat16), float32 master weights (CPU and CUDA;
+                          on the CPU, oneDNN's AVX512_BF16 GEMMs where the CPU has them)
   torchao-float8          (CUDA) as the emulated mode with real FP8 GEMMs (torch._scaled_mm,
                           emulate=False); needs compute capability 8.9 or newer
 
@@ -58,7 +59,7 @@ PRESETS = {
     "gpt2-124m": dict(vocab=50257, n_layer=12, n_embd=768, n_head=12, seq=1024, batch=1),
 }
 SHAPE_KEYS = ("vocab", "n_layer", "n_embd", "n_head", "n_inner", "n_positions", "seq", "batch")
-CPU_MODES = ("eager-f32", "torchao-float8-emulate")
+CPU_MODES = ("eager-f32", "bf16-autocast", "torchao-float8-emulate")
 CUDA_MODES = ("eager-f32", "bf16-autocast", "torchao-float8-emulate", "torchao-float8")
 FLOAT8_MODES = ("torchao-float8-emulate", "torchao-float8")
 
@@ -308,7 +309,7 @@ def run_single(mode):
     result["rss_after_setup_mb"] = peak_rss_mb()
     def autocast():  # a fresh context per step
         if mode == "bf16-autocast":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(a.device, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     gen = torch.Generator().manual_seed(SEED)  # the token stream, on the CPU for every device

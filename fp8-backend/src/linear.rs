@@ -47,6 +47,9 @@ fn cast<B: Fp8Kernels>(
     tensor: FloatTensor<B>,
     role: Role,
 ) -> (FloatTensor<B>, CastOutcome) {
+    if policy.mode == Precision::Bf16 {
+        return (B::bf16_round(tensor), CastOutcome::Skipped);
+    }
     let Some((format, rule)) = policy.rule_for(role) else {
         return (tensor, CastOutcome::Skipped);
     };
@@ -63,6 +66,9 @@ fn operand_cast<B: Fp8Kernels>(
     tensor: FloatTensor<B>,
     role: Role,
 ) -> FloatTensor<B> {
+    if policy.mode == Precision::Bf16 {
+        return B::bf16_operand(tensor);
+    }
     let Some((format, rule)) = policy.rule_for(role) else {
         return tensor;
     };
@@ -84,6 +90,10 @@ fn site_cast<B: Fp8Kernels>(
     role: Role,
 ) -> (FloatTensor<B>, CastOutcome, Option<i32>) {
     let (policy, stats) = (recording.policy.as_ref(), recording.stats);
+    if policy.mode == Precision::Bf16 {
+        // No scale, no statistics, nothing to reduce over peers.
+        return (B::bf16_operand(tensor), CastOutcome::Skipped, None);
+    }
     let Some((format, own_rule)) = policy.rule_for(role) else {
         return (tensor, CastOutcome::Skipped, None);
     };

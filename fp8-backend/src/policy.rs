@@ -36,6 +36,11 @@ pub enum Precision {
     /// Delayed scaling (Transformer Engine's recipe): each tensor's power-of-two scale from the
     /// amax history of its earlier casts (`crate::delayed`).
     Fp8Delayed,
+    /// No FP8: the linear layers' GEMM operands rounded to bfloat16 (round to nearest even, no
+    /// scale), products accumulated in f32, f32 master weights and everything else f32: the
+    /// linear layers of PyTorch's `torch.autocast(dtype=torch.bfloat16)`, the baseline FP8
+    /// users compare against.
+    Bf16,
 }
 
 impl Precision {
@@ -46,6 +51,7 @@ impl Precision {
             Self::Fp8Amax => "fp8-amax",
             Self::Fp8Cscale => "fp8-cscale",
             Self::Fp8Delayed => "fp8-delayed",
+            Self::Bf16 => "bf16",
         }
     }
 }
@@ -64,10 +70,11 @@ impl FromStr for Precision {
             "fp8-amax" => Ok(Self::Fp8Amax),
             "fp8-cscale" => Ok(Self::Fp8Cscale),
             "fp8-delayed" => Ok(Self::Fp8Delayed),
+            "bf16" => Ok(Self::Bf16),
             _ => Err(UnknownName {
                 what: "precision",
                 got: s.to_string(),
-                expected: "fp32, fp8-amax, fp8-cscale, fp8-delayed",
+                expected: "fp32, fp8-amax, fp8-cscale, fp8-delayed, bf16",
             }),
         }
     }
@@ -162,14 +169,21 @@ impl Fp8Policy {
         Self { family, ..self }
     }
 
-    /// Whether the linear ops are quantized at all.
+    /// Whether the linear ops are cast at all (to FP8, or to bf16 under `bf16`): whether the
+    /// layer filter's layers get sites.
     pub fn is_on(&self) -> bool {
         self.mode != Precision::Fp32
     }
 
+    /// Whether the linear ops are cast to FP8 (every mode but `fp32` and `bf16`): whether there
+    /// are FP8 statistics, scales and amax histories.
+    pub fn is_fp8(&self) -> bool {
+        self.is_on() && self.mode != Precision::Bf16
+    }
+
     /// Whether step `step` (1-based) samples FP8 statistics.
     pub fn samples_stats_at(&self, step: u64) -> bool {
-        self.is_on() && self.stats_every > 0 && step.is_multiple_of(self.stats_every)
+        self.is_fp8() && self.stats_every > 0 && step.is_multiple_of(self.stats_every)
     }
 
     /// The format and bias rule for a tensor of `role`; `None` when FP8 is off. Under
@@ -177,7 +191,7 @@ impl Fp8Policy {
     pub fn rule_for(&self, role: Role) -> Option<(Fp8Format, BiasRule)> {
         let margin = self.margin(role);
         let rule = match self.mode {
-            Precision::Fp32 => return None,
+            Precision::Fp32 | Precision::Bf16 => return None,
             Precision::Fp8Amax | Precision::Fp8Delayed => BiasRule::Amax { margin },
             Precision::Fp8Cscale => BiasRule::Constant(self.cscale_bias),
         };
@@ -390,6 +404,8 @@ mod tests {
         );
         assert!("fp16".parse::<Precision>().is_err());
         assert_eq!("fp8-cscale".parse::<Precision>(), Ok(Precision::Fp8Cscale));
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert_eq!(Precision::Bf16.to_string(), "bf16");
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub trait CastOut: Copy + Send + Sync + 'static {
     fn cast_chunk(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]);
     #[doc(hidden)]
     fn cast_chunk_counting(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) -> (u64, u64, u64);
+    #[doc(hidden)]
+    fn round_chunk(isa: Isa, s: &[f32], d: &mut [Self]);
 }
 
 impl CastOut for f32 {
@@ -104,6 +106,9 @@ impl CastOut for f32 {
     fn cast_chunk_counting(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) -> (u64, u64, u64) {
         cast_chunk_counting(isa, p, s, d)
     }
+    fn round_chunk(isa: Isa, s: &[f32], d: &mut [Self]) {
+        round_chunk_f32(isa, s, d)
+    }
 }
 
 impl CastOut for bf16 {
@@ -112,6 +117,9 @@ impl CastOut for bf16 {
     }
     fn cast_chunk_counting(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) -> (u64, u64, u64) {
         cast_chunk_counting_bf16(isa, p, s, d)
+    }
+    fn round_chunk(isa: Isa, s: &[f32], d: &mut [Self]) {
+        round_chunk_bf16(isa, s, d)
     }
 }
 
@@ -179,6 +187,49 @@ multiversion! {
         }
         (under.into(), nonzero.into(), sat.into())
     }
+}
+
+/// The upper 16 bits of `x` rounded to bfloat16: round to nearest, ties to even (a carry into
+/// the exponent is the right result, up to infinity); a NaN stays a NaN (quiet bit set).
+#[inline(always)]
+fn bf16_bits_rne(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { (b >> 16) | 0x40 } else { rounded }) as u16
+}
+
+multiversion! {
+    /// Rounds one chunk to bf16, written as f32.
+    #[inline(never)]
+    fn round_chunk_f32(s: &[f32], d: &mut [f32]) -> () {
+        for (o, &x) in d.iter_mut().zip(s) {
+            *o = f32::from_bits(u32::from(bf16_bits_rne(x)) << 16);
+        }
+    }
+}
+
+multiversion! {
+    /// Rounds one chunk to bf16.
+    #[inline(never)]
+    fn round_chunk_bf16(s: &[f32], d: &mut [bf16]) -> () {
+        for (o, &x) in d.iter_mut().zip(s) {
+            *o = bf16::from_bits(bf16_bits_rne(x));
+        }
+    }
+}
+
+/// Rounds `src` to bfloat16 (round to nearest even; the `bf16` precision's cast), written as f32
+/// or as bf16, in chunks across rayon's threads.
+pub fn round_bf16<D: CastOut>(src: &[f32], dst: &mut [D]) {
+    round_bf16_on(Isa::best(), src, dst)
+}
+
+fn round_bf16_on<D: CastOut>(isa: Isa, src: &[f32], dst: &mut [D]) {
+    assert_eq!(src.len(), dst.len(), "round: slices of different lengths");
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| D::round_chunk(isa, s, d));
 }
 
 multiversion! {
@@ -414,6 +465,51 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The bf16 rounding loops of build `isa` against the `half` crate's `bf16::from_f32` (round
+    /// to nearest even) over the sweep, and on the ties and carries around every exponent.
+    fn check_round_loops(isa: Isa) {
+        let mut xs = bit_pattern_sweep();
+        for e in 0u32..255 {
+            for low in [0x7fff, 0x8000, 0x8001, 0x1_7fff, 0x1_8000, 0x7f_ffff] {
+                let b = (e << 23) | low;
+                xs.extend([f32::from_bits(b), -f32::from_bits(b)]);
+            }
+        }
+        let mut as_f32 = vec![POISON; xs.len()];
+        let mut as_bf16 = vec![bf16::from_f32(POISON); xs.len()];
+        round_bf16_on(isa, &xs, &mut as_f32);
+        round_bf16_on(isa, &xs, &mut as_bf16);
+        for (i, &x) in xs.iter().enumerate() {
+            let want = bf16::from_f32(x);
+            if want.is_nan() {
+                assert!(
+                    as_bf16[i].is_nan() && as_f32[i].is_nan(),
+                    "{isa:?}: NaN {:08x}",
+                    x.to_bits()
+                );
+                continue;
+            }
+            assert_eq!(
+                as_bf16[i].to_bits(),
+                want.to_bits(),
+                "{isa:?}: {x:e} ({:08x})",
+                x.to_bits()
+            );
+            assert_eq!(
+                as_f32[i].to_bits(),
+                want.to_f32().to_bits(),
+                "{isa:?}: {x:e} as f32"
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_loops_match_the_half_crate() {
+        for isa in Isa::available() {
+            check_round_loops(isa);
         }
     }
 

@@ -95,6 +95,17 @@ impl Fp8Kernels for Flex {
         quantize_as::<f32>(tensor, format, rule, want_stats)
     }
 
+    fn bf16_round(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
+        round_as::<f32>(tensor)
+    }
+
+    fn bf16_operand(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
+        match CpuGemm::selected() {
+            CpuGemm::Bf16 => round_as::<bf16>(tensor),
+            CpuGemm::F32 => round_as::<f32>(tensor),
+        }
+    }
+
     fn fp8_quantize_operand(
         tensor: FloatTensor<Self>,
         format: Fp8Format,
@@ -106,6 +117,27 @@ impl Fp8Kernels for Flex {
             CpuGemm::F32 => quantize_as::<f32>(tensor, format, rule, want_stats),
         }
     }
+}
+
+/// The `bf16` precision's cast of an f32 flex tensor, written as `D`.
+fn round_as<D: CastOut + burn::tensor::Element + Default>(tensor: FlexTensor) -> FlexTensor {
+    if tensor.dtype() != DType::F32 {
+        return super::round_on_host::<Flex>(tensor);
+    }
+    let shape = tensor.shape();
+    let contiguous;
+    let src = match tensor.as_slice::<f32>() {
+        Some(s) => s,
+        None => {
+            contiguous = tensor.to_contiguous();
+            contiguous
+                .as_slice::<f32>()
+                .expect("a contiguous f32 tensor")
+        }
+    };
+    let mut dst = vec![D::default(); src.len()];
+    cpu::round_bf16(src, &mut dst);
+    FlexTensor::from_data(TensorData::new(dst, shape))
 }
 
 /// A 2-D product of two bf16 operands (FP8 values) into f32 on the CPU FP8 GEMM; other ranks

@@ -79,6 +79,20 @@ pub trait Fp8Kernels: Backend {
         Self::fp8_quantize(tensor, format, rule, want_stats)
     }
 
+    /// The tensor's values rounded to bfloat16 (round to nearest even), as f32 values: the
+    /// `bf16` precision's cast where an inner backend's own ops multiply (anonymous layers).
+    /// The default reads the tensor to the host and back.
+    fn bf16_round(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
+        round_on_host::<Self>(tensor)
+    }
+
+    /// [`Self::bf16_round`] for an operand only [`Self::matmul`] reads (the named layers'
+    /// GEMMs): flex on a CPU with AVX512_BF16 returns a bf16 tensor. The default is
+    /// `bf16_round`.
+    fn bf16_operand(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::bf16_round(tensor)
+    }
+
     /// The tensor's absolute maximum, read to the host (a NaN or infinity shows as such): what a
     /// data-parallel peer passes to its [`crate::AmaxReducer`] before casting with the peers'
     /// bias. The default is `B`'s own `max_abs`.
@@ -187,6 +201,26 @@ pub fn embedding_backward<B: Fp8Kernels>(
     let output_grad = B::float_reshape(output_grad, Shape::new([batch * seq, d_model]));
     let grad = B::zeros(Shape::new([n_embeddings, d_model]), &device, dtype);
     B::float_select_add(grad, 0, indices, output_grad)
+}
+
+/// Generic fallback of [`Fp8Kernels::bf16_round`]: one host round trip.
+pub fn round_on_host<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    let device = B::float_device(&tensor);
+    let shape = tensor.shape();
+    let dtype = tensor.dtype();
+    let data = burn::tensor::read_sync(B::float_into_data(tensor))
+        .expect("reading a tensor to the host for bf16 rounding");
+    let src: Vec<f32> = data
+        .convert::<f32>()
+        .into_vec()
+        .expect("a converted tensor holds f32");
+    let mut dst = vec![0.0f32; src.len()];
+    cpu::round_bf16(&src, &mut dst);
+    let mut out = TensorData::new(dst, shape);
+    if dtype != DType::F32 {
+        out = out.convert_dtype(dtype);
+    }
+    B::float_from_data(out, &device)
 }
 
 /// Generic fallback: one host round trip per tensor through the CPU kernel.

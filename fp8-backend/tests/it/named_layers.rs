@@ -108,6 +108,50 @@ fn a_named_layer_computes_the_three_fp8_gemms_exactly() {
     assert_ne!(off[0], reference(&l, Fp8Family::Graphcore)[0]);
 }
 
+/// The `bf16` precision: every operand of the three GEMMs rounded to bfloat16 (round to nearest
+/// even, by the `half` crate here), no scale; the bias gradient the plain f32 sum.
+#[test]
+fn a_named_layer_in_bf16_rounds_every_gemm_operand() {
+    let l = layer(3, 1e-3);
+    let bf = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| burn::tensor::bf16::from_f32(x).to_f32())
+            .collect()
+    };
+    let n = BATCH * ROWS;
+    let bx = tensor::<Plain, 2>(&bf(&l.x), [n, IN]);
+    let bw = tensor::<Plain, 2>(&bf(&l.w), [IN, OUT]);
+    let bg = tensor::<Plain, 2>(&bf(&l.g), [n, OUT]);
+    let y = bx.clone().matmul(bw.clone()) + tensor::<Plain, 1>(&l.b, [OUT]).unsqueeze();
+    let want = [
+        bits(y),
+        bits(bg.clone().matmul(bw.transpose())),
+        bits(bx.transpose().matmul(bg)),
+    ];
+    for cache_weights in [true, false] {
+        let policy = Fp8Policy {
+            cache_weights,
+            ..Fp8Policy::with_mode(fp8_backend::Precision::Bf16)
+        };
+        let context = Fp8Context::new(policy);
+        let got = run(&l, &context, "layer");
+        for (i, what) in ["y", "dX", "dW"].iter().enumerate() {
+            assert_eq!(
+                got[i], want[i],
+                "bf16 cache_weights {cache_weights}: {what}"
+            );
+        }
+        assert!(
+            context.take_report().records.is_empty(),
+            "bf16 casts record no FP8 statistics"
+        );
+    }
+    // The data tells bf16 from f32.
+    let off = run(&l, &Fp8Context::new(Fp8Policy::off()), "layer");
+    assert_ne!(off[0], want[0]);
+    assert_ne!(off[2], want[2]);
+}
+
 #[test]
 fn fp8_off_is_plain_f32_linear() {
     let l = layer(5, 1e-3);

@@ -395,7 +395,7 @@ fn run_peer(
                 ("--n-inner", c.inner_dim().to_string()),
                 ("--n-positions", c.n_positions.to_string()),
             ],
-            "eager-f32,torchao-float8-emulate",
+            "eager-f32,bf16-autocast,torchao-float8-emulate",
         ),
         ModelConfig::Llama(c) => (
             "torch_llama.py",

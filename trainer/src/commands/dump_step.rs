@@ -107,7 +107,7 @@ fn dump_on<B: DeviceBackend>(
         .expect("f32");
     let options = StepOptions {
         grad_accum: 1,
-        stats: args.fp8_stats.is_some() && job.precision.is_on(),
+        stats: args.fp8_stats.is_some() && job.precision.is_fp8(),
         loss_factor: None,
     };
     let shares = vec![Share::whole(loader.next_batch())];

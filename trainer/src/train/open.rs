@@ -296,7 +296,12 @@ impl<B: DeviceBackend> Start<'_, B> {
         if job.device == crate::device::Device::Cpu && job.precision.is_on() {
             use fp8_backend::kernel::bf16_gemm::{CpuGemm, CPU_GEMM_ENV};
             log::info!(
-                "FP8 GEMMs on the CPU: {}",
+                "{} GEMMs on the CPU: {}",
+                if job.precision.is_fp8() {
+                    "FP8"
+                } else {
+                    "bf16"
+                },
                 match CpuGemm::selected() {
                     CpuGemm::Bf16 => "bf16 products, f32 accumulation (AVX512_BF16)".to_string(),
                     CpuGemm::F32 => format!(
@@ -310,7 +315,7 @@ impl<B: DeviceBackend> Start<'_, B> {
                 }
             );
         }
-        if group.is_parallel() && job.precision.stats_every > 0 && job.precision.is_on() {
+        if group.is_parallel() && job.precision.stats_every > 0 && job.precision.is_fp8() {
             log::info!(
                 "fp8_stats.csv describes peer 0's casts (its rows of each batch; the scales are \
                  the peers' common ones)"
