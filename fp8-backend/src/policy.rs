@@ -80,6 +80,29 @@ impl FromStr for Precision {
     }
 }
 
+/// How the model's LM head multiplies (`precision.head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadPrecision {
+    /// A plain f32 matmul, as in the paper (and as the independent references compute it).
+    #[default]
+    F32,
+    /// Its three GEMMs with bf16 operands and f32 accumulation (the `bf16` precision's cast),
+    /// as under PyTorch's bf16 autocast, and as FP8 recipes that keep the head out of FP8 run
+    /// it (Transformer Engine and torchao inside bf16 autocast).
+    Bf16,
+}
+
+impl HeadPrecision {
+    /// The spelling of configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
 /// The `precision` section of a job config, and what the decorator works by.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,6 +137,8 @@ pub struct Fp8Policy {
     /// Log a warning when a sampled tensor saturates more than this fraction of its values
     /// (statistics steps only; 1 = never).
     pub warn_saturation: f64,
+    /// The LM head: `f32` (default, the paper's) or `bf16` (in any mode).
+    pub head: HeadPrecision,
 }
 
 impl Default for Fp8Policy {
@@ -133,6 +158,7 @@ impl Default for Fp8Policy {
             cache_weights: true,
             warn_underflow: DEFAULT_WARN_UNDERFLOW,
             warn_saturation: DEFAULT_WARN_SATURATION,
+            head: HeadPrecision::F32,
         }
     }
 }

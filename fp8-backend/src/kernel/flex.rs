@@ -1,8 +1,8 @@
 //! The direct CPU kernel for Burn's flex backend: amax and cast over the tensor's own memory.
 
-use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::flex::{Flex, FlexTensor, Layout};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{bf16, DType, FloatDType, Shape, TensorData, TensorMetadata};
+use burn::tensor::{bf16, DType, FloatDType, Shape, TensorData};
 
 use super::bf16_gemm::{self, CpuGemm, MatRef};
 use super::cpu::{self, CastOut, HostQuant};
@@ -124,20 +124,48 @@ fn round_as<D: CastOut + burn::tensor::Element + Default>(tensor: FlexTensor) ->
     if tensor.dtype() != DType::F32 {
         return super::round_on_host::<Flex>(tensor);
     }
-    let shape = tensor.shape();
     let contiguous;
-    let src = match tensor.as_slice::<f32>() {
-        Some(s) => s,
+    let (src, layout) = match elementwise_source(&tensor) {
+        Some(found) => found,
         None => {
             contiguous = tensor.to_contiguous();
-            contiguous
+            let src = contiguous
                 .as_slice::<f32>()
-                .expect("a contiguous f32 tensor")
+                .expect("a contiguous f32 tensor");
+            (src, contiguous.layout().clone())
         }
     };
     let mut dst = vec![D::default(); src.len()];
     cpu::round_bf16(src, &mut dst);
-    FlexTensor::from_data(TensorData::new(dst, shape))
+    FlexTensor::from_data(TensorData::new(dst, [src.len()])).with_layout(layout)
+}
+
+/// The f32 values an element-wise cast of `tensor` can run over in place, with the layout its
+/// result keeps: the storage itself when the tensor is a permutation of a dense buffer of
+/// exactly its elements (contiguous, or a transposed weight: the Llama family's `[out, in]`
+/// projections and the LM head, multiplied as transposed views), so that no transposed copy is
+/// made. `None` for other views (slices, broadcasts, flips), which are made contiguous first.
+fn elementwise_source(tensor: &FlexTensor) -> Option<(&[f32], Layout)> {
+    let layout = tensor.layout();
+    let storage = tensor.storage::<f32>();
+    let n = layout.num_elements();
+    if layout.start_offset() != 0 || storage.len() != n {
+        return None;
+    }
+    // Strides sorted from the innermost must be the running products of their dimensions.
+    let mut dims: Vec<(isize, usize)> = (layout.strides().iter().copied())
+        .zip(layout.shape().iter().copied())
+        .filter(|&(_, size)| size != 1)
+        .collect();
+    dims.sort_unstable();
+    let mut expected = 1isize;
+    for (stride, size) in dims {
+        if stride != expected {
+            return None;
+        }
+        expected *= size as isize;
+    }
+    Some((storage, layout.clone()))
 }
 
 /// A 2-D product of two bf16 operands (FP8 values) into f32 on the CPU FP8 GEMM; other ranks
@@ -189,24 +217,23 @@ fn quantize_as<D: CastOut + burn::tensor::Element + Default>(
         // f16 / bf16 / f64: the generic path converts through f32.
         return quantize_on_host::<Flex>(tensor, format, rule, want_stats);
     }
-    let shape = tensor.shape();
-    // Transposed or sliced views are made contiguous once; the common case reads in place.
     let contiguous;
-    let src = match tensor.as_slice::<f32>() {
-        Some(s) => s,
+    let (src, layout) = match elementwise_source(&tensor) {
+        Some(found) => found,
         None => {
             contiguous = tensor.to_contiguous();
-            contiguous
+            let src = contiguous
                 .as_slice::<f32>()
-                .expect("a contiguous f32 tensor")
+                .expect("a contiguous f32 tensor");
+            (src, contiguous.layout().clone())
         }
     };
     let mut dst = vec![D::default(); src.len()];
     match cpu::quantize_slice(src, &mut dst, format, rule, want_stats) {
         HostQuant::NonFinite(amax) => QuantOutput::NonFinite(tensor, amax),
         HostQuant::Done(stats) => {
-            let out = FlexTensor::from_data(TensorData::new(dst, shape));
-            QuantOutput::Quantized(out, stats)
+            let out = FlexTensor::from_data(TensorData::new(dst, [src.len()]));
+            QuantOutput::Quantized(out.with_layout(layout), stats)
         }
     }
 }

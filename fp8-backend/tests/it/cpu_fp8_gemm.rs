@@ -5,7 +5,7 @@
 
 use burn::backend::Flex;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use fp8_backend::kernel::bf16_gemm::{self, CpuGemm};
 use fp8_backend::{BiasRule, Fp8Format, Fp8Kernels, QuantOutput};
 
@@ -217,4 +217,71 @@ fn child_reads_an_unknown_value() {
         err.contains("\"fp16\"") && err.contains("\"bf16\""),
         "{err}"
     );
+}
+
+/// A transposed view is cast over its storage and keeps its layout (no transposed copy); the
+/// values read through the view are those of the contiguous copy's cast, for both casts and
+/// both output types; a sliced view (not dense) still casts right.
+#[test]
+fn casts_of_transposed_and_sliced_views_equal_casts_of_their_copies() {
+    let rule = BiasRule::Amax { margin: 0 };
+    let base = primitive(values(24 * 10, 8, 1.0), [24, 10]);
+    let views = [
+        ("transposed", Flex::float_swap_dims(base.clone(), 0, 1)),
+        (
+            "sliced",
+            Flex::float_slice(
+                base.clone(),
+                &[
+                    burn::tensor::Slice::new(2, Some(20), 1),
+                    burn::tensor::Slice::new(1, Some(9), 1),
+                ],
+            ),
+        ),
+    ];
+    for (name, view) in views {
+        let copy = primitive(host(view.clone()), view.shape().dims());
+        let pairs = [
+            (
+                quantized(Flex::fp8_quantize(
+                    view.clone(),
+                    Fp8Format::E4M3Fnuz,
+                    rule,
+                    false,
+                )),
+                quantized(Flex::fp8_quantize(
+                    copy.clone(),
+                    Fp8Format::E4M3Fnuz,
+                    rule,
+                    false,
+                )),
+            ),
+            (
+                quantized(Flex::fp8_quantize_operand(
+                    view.clone(),
+                    Fp8Format::E4M3Fnuz,
+                    rule,
+                    false,
+                )),
+                quantized(Flex::fp8_quantize_operand(
+                    copy.clone(),
+                    Fp8Format::E4M3Fnuz,
+                    rule,
+                    false,
+                )),
+            ),
+            (
+                Flex::bf16_round(view.clone()),
+                Flex::bf16_round(copy.clone()),
+            ),
+            (
+                Flex::bf16_operand(view.clone()),
+                Flex::bf16_operand(copy.clone()),
+            ),
+        ];
+        for (i, (of_view, of_copy)) in pairs.into_iter().enumerate() {
+            assert_eq!(of_view.shape(), of_copy.shape(), "{name} cast {i}");
+            assert_eq!(host(of_view), host(of_copy), "{name} cast {i}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub mod sampling;
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor};
-use fp8_backend::{Fp8Context, Fp8Policy, LayerFilterError};
+use fp8_backend::{Fp8Context, Fp8Policy, Fp8Site, HeadPrecision, LayerFilterError, Precision};
 
 pub use config::{ModelConfig, ModelConfigError, PresetOverrides};
 pub use gpt2::{Activation, Gpt2, Gpt2Config};
@@ -110,6 +110,9 @@ pub trait CausalLm<B: Backend>: Module<B> {
     /// Replaces the FP8 context (after new sites were given).
     fn set_fp8_context(&mut self, context: Fp8Context);
 
+    /// Gives the LM head a site of its own (`precision.head: "bf16"`), or none (f32).
+    fn set_head_site(&mut self, site: Option<Fp8Site>);
+
     /// Logits `[B, T, vocab_size]` for tokens `[B, T]` (T at most the context length).
     fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
     where
@@ -170,11 +173,20 @@ impl<B: Backend> Model<B> {
         }
         let on = |name: &str| policy.is_on() && policy.layers.matches(name);
         let context = Fp8Context::new(policy.clone());
+        // The head's GEMMs in bf16: a site under a policy of its own (no FP8, no statistics).
+        let head = (policy.head == HeadPrecision::Bf16).then(|| {
+            let head_policy = Fp8Policy {
+                cache_weights: policy.cache_weights,
+                ..Fp8Policy::with_mode(Precision::Bf16)
+            };
+            Fp8Context::new(head_policy).site("lm_head")
+        });
         dispatch!(self, m => {
             for (name, projection) in m.projections_mut() {
                 projection.fp8 = on(&name).then(|| context.site(&name));
             }
             m.set_fp8_context(context);
+            m.set_head_site(head);
         });
         Ok(())
     }

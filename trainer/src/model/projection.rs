@@ -69,6 +69,20 @@ impl<B: Backend> Projection<B> {
     }
 }
 
+/// The LM head: `h [rows, C] @ head^T` with `head` `[vocab, C]` (the tied embedding or
+/// `lm_head.weight`). A plain f32 matmul, as in the paper; with a site
+/// (`precision.head: "bf16"`), [`fp8_linear`] under the site's `bf16` policy.
+pub fn lm_head<B: Fp8LinearOps>(
+    h: Tensor<B, 2>,
+    head: Tensor<B, 2>,
+    site: Option<&Fp8Site>,
+) -> Tensor<B, 2> {
+    match site {
+        Some(site) => fp8_linear(h, head.transpose(), None, site),
+        None => h.matmul(head.transpose()),
+    }
+}
+
 impl<B: Fp8LinearOps> Projection<B> {
     /// `[..., d_input] -> [..., d_output]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {

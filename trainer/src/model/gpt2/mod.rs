@@ -16,9 +16,9 @@ mod presets;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::{backend::Backend, Int, Tensor};
-use fp8_backend::Fp8Context;
+use fp8_backend::{Fp8Context, Fp8Site};
 
-use super::projection::Projection;
+use super::projection::{lm_head, Projection};
 use super::{CausalLm, ModelBackend};
 use block::Block;
 pub use config::{Activation, Gpt2Config};
@@ -71,6 +71,9 @@ pub struct Gpt2<B: Backend> {
     /// The policy of the FP8 projections and what their casts recorded (shared by their sites).
     #[module(skip)]
     fp8: Fp8Context,
+    /// The LM head's site when its GEMMs run in bf16 (`precision.head`); `None`: f32.
+    #[module(skip)]
+    head_site: Option<Fp8Site>,
 }
 
 impl<B: Backend> CausalLm<B> for Gpt2<B> {
@@ -104,6 +107,7 @@ impl<B: Backend> CausalLm<B> for Gpt2<B> {
             lm_head,
             config: config.clone(),
             fp8: Fp8Context::default(),
+            head_site: None,
         }
     }
 
@@ -141,21 +145,23 @@ impl<B: Backend> CausalLm<B> for Gpt2<B> {
         self.fp8 = context;
     }
 
+    fn set_head_site(&mut self, site: Option<Fp8Site>) {
+        self.head_site = site;
+    }
+
     fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
         let h = self.transformer.forward(tokens, self.config.n_positions); // (B, T, C)
         let [b, t, c] = h.dims();
-        // The head is a plain matmul, never an FP8 projection: it stays f32, as in the paper.
+        // The head is never an FP8 projection: f32, as in the paper, or bf16 (`precision.head`).
         let head = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.transformer.wte.weight.val(),
         }; // (V, C)
         let vocab = head.dims()[0];
-        h.reshape([b * t, c])
-            .matmul(head.transpose())
-            .reshape([b, t, vocab])
+        lm_head(h.reshape([b * t, c]), head, self.head_site.as_ref()).reshape([b, t, vocab])
     }
 }
 

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{backend::Backend, Int, Tensor};
-use fp8_backend::Fp8Context;
+use fp8_backend::{Fp8Context, Fp8Site};
 
 use super::ops::rotary_attention::RotaryTables;
-use super::projection::Projection;
+use super::projection::{lm_head, Projection};
 use super::{CausalLm, ModelBackend};
 use block::DecoderLayer;
 pub use config::{LlamaConfig, RopeScaling, RopeStyle, Variant};
@@ -86,6 +86,9 @@ pub struct Llama<B: Backend> {
     /// The policy of the FP8 projections and what their casts recorded (shared by their sites).
     #[module(skip)]
     fp8: Fp8Context,
+    /// The LM head's site when its GEMMs run in bf16 (`precision.head`); `None`: f32.
+    #[module(skip)]
+    head_site: Option<Fp8Site>,
 }
 
 /// Positions whose rotary tables are built with the model; longer sequences build their own.
@@ -136,6 +139,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
             rope: Arc::new(rope_tables(config, positions)),
             config: config.clone(),
             fp8: Fp8Context::default(),
+            head_site: None,
         }
     }
 
@@ -173,6 +177,10 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         self.fp8 = context;
     }
 
+    fn set_head_site(&mut self, site: Option<Fp8Site>) {
+        self.head_site = site;
+    }
+
     fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
     where
         B: ModelBackend,
@@ -190,14 +198,12 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         }
         let h = self.model.norm.forward(x);
         let [b, t, c] = h.dims();
-        // The head is a plain matmul, never an FP8 projection: it stays f32, as in the paper.
+        // The head is never an FP8 projection: f32, as in the paper, or bf16 (`precision.head`).
         let head = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.model.embed_tokens.weight.val(),
         }; // (V, C)
         let vocab = head.dims()[0];
-        h.reshape([b * t, c])
-            .matmul(head.transpose())
-            .reshape([b, t, vocab])
+        lm_head(h.reshape([b * t, c]), head, self.head_site.as_ref()).reshape([b, t, vocab])
     }
 }
