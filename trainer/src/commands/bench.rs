@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use fp8_backend::Precision;
+use fp8_backend::{HeadPrecision, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{Device, DeviceBackend, TrainBackend};
@@ -45,9 +45,10 @@ pub struct BenchArgs {
     /// Untimed steps before them.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// Precisions to time (the first is the baseline of the overhead ratio).
+    /// Precisions to time (the first is the baseline of the overhead ratio); `MODE+bf16-head`
+    /// runs the mode with its LM head in bf16 (`precision.head`).
     #[arg(long, value_delimiter = ',', default_value = "fp32,fp8-amax")]
-    pub precisions: Vec<Precision>,
+    pub precisions: Vec<BenchPrecision>,
     /// Devices to time (default: the job's).
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<Device>,
@@ -62,6 +63,39 @@ pub struct BenchArgs {
     /// parent spawns).
     #[arg(long, hide = true)]
     pub single: bool,
+}
+
+/// A precision `bench` times: a mode, and how the LM head multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchPrecision {
+    pub mode: Precision,
+    pub head: HeadPrecision,
+}
+
+/// The suffix of a [`BenchPrecision`] whose head is bf16.
+const BF16_HEAD: &str = "+bf16-head";
+
+impl std::str::FromStr for BenchPrecision {
+    type Err = fp8_backend::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mode, head) = match s.strip_suffix(BF16_HEAD) {
+            Some(mode) => (mode, HeadPrecision::Bf16),
+            None => (s, HeadPrecision::F32),
+        };
+        Ok(Self {
+            mode: mode.parse()?,
+            head,
+        })
+    }
+}
+
+impl std::fmt::Display for BenchPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.head {
+            HeadPrecision::F32 => write!(f, "{}", self.mode),
+            HeadPrecision::Bf16 => write!(f, "{}{BF16_HEAD}", self.mode),
+        }
+    }
 }
 
 /// The figures of one configuration.
@@ -142,7 +176,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<String, Error> {
 fn spawn_single(
     args: &BenchArgs,
     device: Device,
-    precision: Precision,
+    precision: BenchPrecision,
 ) -> Result<BenchResult, Error> {
     let exe = std::env::current_exe().map_err(Error::io("fp8-trainer"))?;
     let mut command = Command::new(&exe);
@@ -159,7 +193,7 @@ fn spawn_single(
         ])
         .args([
             "--precisions",
-            precision.as_str(),
+            &precision.to_string(),
             "--devices",
             device.name(),
             "--single",
@@ -189,7 +223,8 @@ fn bench_single(args: &BenchArgs, mut job: JobConfig) -> Result<BenchResult, Err
             message: "needs one --precisions and one --devices".into(),
         });
     };
-    job.precision.mode = precision;
+    job.precision.mode = precision.mode;
+    job.precision.head = precision.head;
     job.precision.stats_every = 0;
     job.device = *device;
     check::device(&job, &args.config)?;
@@ -271,7 +306,10 @@ where
         log::info!(
             "bench {} {}: step {i}{}: loss {:.4}, {:.3} s",
             job.device.name(),
-            job.precision.mode,
+            BenchPrecision {
+                mode: job.precision.mode,
+                head: job.precision.head
+            },
             if timed { "" } else { " (warmup)" },
             out.loss,
             elapsed
@@ -295,7 +333,11 @@ where
             1 => job.device.name().into(),
             n => format!("{} x{n}", job.device.name()),
         },
-        precision: job.precision.mode.to_string(),
+        precision: BenchPrecision {
+            mode: job.precision.mode,
+            head: job.precision.head,
+        }
+        .to_string(),
         threads: rayon::current_num_threads(),
         params: model.config().num_params(),
         tokens_per_step,
@@ -364,13 +406,18 @@ fn peer_device(device: Device) -> Option<&'static str> {
     }
 }
 
-/// The peer's name for our precision (its mode and precision labels) on a device.
-fn peer_counterpart(device: &str, precision: &str) -> Option<&'static str> {
-    match (device, precision) {
-        (_, "fp32") => Some("torch eager-f32"),
-        ("cpu", "fp8-amax") => Some("torch torchao-float8-emulate"),
-        ("cuda", "fp8-amax") => Some("torch torchao-float8"),
-        _ => None,
+/// The peer's programs to compare our precision with on a device: its counterpart, and for
+/// FP8 and bf16 also torch's bf16 autocast (the baseline FP8 users compare against).
+fn peer_counterparts(device: &str, precision: &str) -> Vec<&'static str> {
+    let mode = precision.strip_suffix(BF16_HEAD).unwrap_or(precision);
+    match (device, mode) {
+        (_, "fp32") => vec!["torch eager-f32"],
+        (_, "bf16") => vec!["torch bf16-autocast"],
+        ("cpu", m) if m.starts_with("fp8") => {
+            vec!["torch torchao-float8-emulate", "torch bf16-autocast"]
+        }
+        ("cuda", m) if m.starts_with("fp8") => vec!["torch torchao-float8", "torch bf16-autocast"],
+        _ => vec![],
     }
 }
 
@@ -560,13 +607,15 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
     let mut ratios = Vec::new();
     for r in results
         .iter()
-        .filter(|r| r.program == "fp8-trainer" && r.precision == "fp8-amax")
+        .filter(|r| r.program == "fp8-trainer" && r.precision != "fp32")
     {
         if let Some(f32) = find("fp8-trainer", &r.device, "fp32") {
             ratios.push(format!(
-                "FP8 overhead on {}: fp8-amax / fp32 step time {:.3}",
+                "{} / fp32 step time on {}: {:.3} (peak memory {:.2}x)",
+                r.precision,
                 r.device,
-                r.step_time_median_s / f32.step_time_median_s
+                r.step_time_median_s / f32.step_time_median_s,
+                r.peak_rss_mb / f32.peak_rss_mb
             ));
         }
     }
@@ -574,12 +623,14 @@ fn table(job: &JobConfig, args: &BenchArgs, results: &[BenchResult]) -> String {
         let Some(peer_device) = r.device.parse::<Device>().ok().and_then(peer_device) else {
             continue;
         };
-        let peer = peer_counterpart(peer_device, &r.precision).and_then(|program| {
-            results
-                .iter()
-                .find(|p| p.program == program && p.device == peer_device)
-        });
-        if let Some(p) = peer {
+        let peers = peer_counterparts(peer_device, &r.precision)
+            .into_iter()
+            .filter_map(|program| {
+                results
+                    .iter()
+                    .find(|p| p.program == program && p.device == peer_device)
+            });
+        for p in peers {
             let memory = match (r.gpu_mem_mb, p.gpu_mem_mb) {
                 (Some(ours), Some(theirs)) => format!("GPU memory {:.2}x", ours / theirs),
                 _ => format!("peak memory {:.2}x", r.peak_rss_mb / p.peak_rss_mb),
