@@ -262,7 +262,7 @@ impl<B: DeviceBackend> Start<'_, B> {
         let global_batch = job.batch_size * group.total();
         let tokens_per_step = global_batch * job.grad_accum * job.data.seq_len;
         log::info!(
-            "{} {}: {} parameters, precision {} on {}, {} FP8 layers, {} steps of \
+            "{} {}: {} parameters, precision {}{} on {}, {} {} layers, {} steps of \
              {tokens_per_step} tokens ({} x {} x {}), {} training tokens",
             if self.resume.is_some() {
                 "resuming"
@@ -272,8 +272,17 @@ impl<B: DeviceBackend> Start<'_, B> {
             job.name,
             self.model.config().num_params(),
             job.precision.mode,
+            match job.precision.head {
+                fp8_backend::HeadPrecision::F32 => "",
+                fp8_backend::HeadPrecision::Bf16 => " (LM head bf16)",
+            },
             self.devices(),
             self.model.fp8_layers().len(),
+            if job.precision.mode == Precision::Bf16 {
+                "bf16"
+            } else {
+                "FP8"
+            },
             self.total_steps,
             global_batch,
             job.grad_accum,
