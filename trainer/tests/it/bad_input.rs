@@ -239,3 +239,18 @@ fn a_token_cache_that_cannot_be_written_exits_1() {
     let out = with_file_size_limit(&mut cmd, 64 * 1024).output().unwrap();
     assert_exit("disk full while caching", &out, 1, &["cache"]);
 }
+
+/// An `FP8_CPU_GEMM` that is not `bf16`, `f32` or `auto` is bad input, named before anything runs.
+#[test]
+fn an_unknown_fp8_cpu_gemm_exits_2_naming_it() {
+    let out = common::scratch_dir("cli-bad-cpu-gemm").join("logits.json");
+    let output = Command::new(common::trainer_bin())
+        .env("FP8_CPU_GEMM", "fp16")
+        .args(["logits", "--checkpoint", &fixture(), "--tokens", "1,2"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_exit("FP8_CPU_GEMM=fp16", &output, 2, &["FP8_CPU_GEMM", "\"fp16\""]);
+    assert!(!out.exists(), "nothing written");
+}
