@@ -297,6 +297,29 @@ unsafe impl Sync for SendPtr {}
 /// Packs rows `i0..i1`, K `pc..pc+kc` of `a` into micro-panels of MR rows: pair `p` of row `i` of
 /// a panel at `p * MR + i`, zeros beyond the edges.
 fn pack_a(a: &MatRef<'_>, i0: usize, i1: usize, pc: usize, kc: usize, dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn wide(
+            a: &MatRef<'_>,
+            i0: usize,
+            i1: usize,
+            pc: usize,
+            kc: usize,
+            dst: &mut [u32],
+        ) {
+            pack_a_body(a, i0, i1, pc, kc, dst)
+        }
+        // SAFETY: `gemm` runs only where `supported()` (AVX-512 F and BW among them).
+        unsafe { wide(a, i0, i1, pc, kc, dst) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pack_a_body(a, i0, i1, pc, kc, dst)
+}
+
+/// [`pack_a`]'s loops, compiled once more for AVX-512 (the packing loops vectorize there).
+#[inline(always)]
+fn pack_a_body(a: &MatRef<'_>, i0: usize, i1: usize, pc: usize, kc: usize, dst: &mut [u32]) {
     let kp = kc.div_ceil(2);
     for (t, panel) in dst.chunks_exact_mut(MR * kp).enumerate() {
         let r0 = i0 + t * MR;
@@ -348,6 +371,29 @@ fn pack_a(a: &MatRef<'_>, i0: usize, i1: usize, pc: usize, kc: usize, dst: &mut 
 /// Packs columns `j0..j1` (at most NR), K `pc..pc+kc` of `b`: pair `p` of column `j` at
 /// `p * NR + j`, zeros beyond the edges.
 fn pack_b(b: &MatRef<'_>, pc: usize, kc: usize, j0: usize, j1: usize, dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn wide(
+            b: &MatRef<'_>,
+            pc: usize,
+            kc: usize,
+            j0: usize,
+            j1: usize,
+            dst: &mut [u32],
+        ) {
+            pack_b_body(b, pc, kc, j0, j1, dst)
+        }
+        // SAFETY: as in `pack_a`.
+        unsafe { wide(b, pc, kc, j0, j1, dst) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pack_b_body(b, pc, kc, j0, j1, dst)
+}
+
+/// [`pack_b`]'s loops (see [`pack_a_body`]).
+#[inline(always)]
+fn pack_b_body(b: &MatRef<'_>, pc: usize, kc: usize, j0: usize, j1: usize, dst: &mut [u32]) {
     let kp = kc.div_ceil(2);
     let nr = j1 - j0;
     if b.rs == 1 {

@@ -251,6 +251,11 @@ fn an_unknown_fp8_cpu_gemm_exits_2_naming_it() {
         .arg(&out)
         .output()
         .unwrap();
-    assert_exit("FP8_CPU_GEMM=fp16", &output, 2, &["FP8_CPU_GEMM", "\"fp16\""]);
+    assert_exit(
+        "FP8_CPU_GEMM=fp16",
+        &output,
+        2,
+        &["FP8_CPU_GEMM", "\"fp16\""],
+    );
     assert!(!out.exists(), "nothing written");
 }
