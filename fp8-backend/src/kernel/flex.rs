@@ -124,8 +124,18 @@ fn round_as<D: CastOut + burn::tensor::Element + Default>(tensor: FlexTensor) ->
     if tensor.dtype() != DType::F32 {
         return super::round_on_host::<Flex>(tensor);
     }
+    elementwise(&tensor, cpu::round_bf16::<D>).0
+}
+
+/// Runs the element-wise `cast` of an f32 tensor's values into a new buffer of `D`, and returns
+/// it as a tensor laid out as the input (over the storage in place where
+/// [`elementwise_source`] allows, else over a contiguous copy), with what `cast` returned.
+fn elementwise<D: burn::tensor::Element + Default, R>(
+    tensor: &FlexTensor,
+    cast: impl FnOnce(&[f32], &mut [D]) -> R,
+) -> (FlexTensor, R) {
     let contiguous;
-    let (src, layout) = match elementwise_source(&tensor) {
+    let (src, layout) = match elementwise_source(tensor) {
         Some(found) => found,
         None => {
             contiguous = tensor.to_contiguous();
@@ -136,8 +146,12 @@ fn round_as<D: CastOut + burn::tensor::Element + Default>(tensor: FlexTensor) ->
         }
     };
     let mut dst = vec![D::default(); src.len()];
-    cpu::round_bf16(src, &mut dst);
-    FlexTensor::from_data(TensorData::new(dst, [src.len()])).with_layout(layout)
+    let out = cast(src, &mut dst);
+    let n = dst.len();
+    (
+        FlexTensor::from_data(TensorData::new(dst, [n])).with_layout(layout),
+        out,
+    )
 }
 
 /// The f32 values an element-wise cast of `tensor` can run over in place, with the layout its
@@ -217,23 +231,11 @@ fn quantize_as<D: CastOut + burn::tensor::Element + Default>(
         // f16 / bf16 / f64: the generic path converts through f32.
         return quantize_on_host::<Flex>(tensor, format, rule, want_stats);
     }
-    let contiguous;
-    let (src, layout) = match elementwise_source(&tensor) {
-        Some(found) => found,
-        None => {
-            contiguous = tensor.to_contiguous();
-            let src = contiguous
-                .as_slice::<f32>()
-                .expect("a contiguous f32 tensor");
-            (src, contiguous.layout().clone())
-        }
-    };
-    let mut dst = vec![D::default(); src.len()];
-    match cpu::quantize_slice(src, &mut dst, format, rule, want_stats) {
+    let (out, result) = elementwise(&tensor, |src, dst: &mut [D]| {
+        cpu::quantize_slice(src, dst, format, rule, want_stats)
+    });
+    match result {
         HostQuant::NonFinite(amax) => QuantOutput::NonFinite(tensor, amax),
-        HostQuant::Done(stats) => {
-            let out = FlexTensor::from_data(TensorData::new(dst, [src.len()]));
-            QuantOutput::Quantized(out.with_layout(layout), stats)
-        }
+        HostQuant::Done(stats) => QuantOutput::Quantized(out, stats),
     }
 }
