@@ -8,23 +8,12 @@
 //! Each shape runs in the three layouts of the linear layer's GEMMs: forward `X W`
 //! (both row-major), dX `dY W^T` (B transposed), dW `X^T dY` (A transposed).
 
+mod common;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
+use common::median_time;
 use fp8_backend::kernel::bf16_gemm::{self, MatRef};
-
-fn median_time(reps: usize, mut f: impl FnMut()) -> Duration {
-    f();
-    let mut times: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[reps / 2]
-}
 
 /// Deterministic values on the E4M3 grid (small integers times powers of two), as f32 and bf16.
 fn operand(len: usize, seed: u64) -> (Vec<f32>, Vec<u16>) {

@@ -12,30 +12,19 @@
 //!    `Autodiff<Fp8<NdArray>>` with FP8-AMAX against FP8 off (the targets: at least 50 % of copy
 //!    bandwidth, at most 1.25x the f32 step).
 
+mod common;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Distribution, Tensor, TensorData};
+use common::median_time;
 use fp8_backend::kernel::cpu;
 use fp8_backend::{BiasRule, Fp8, Fp8Format, Fp8Kernels, Fp8Policy};
 use rayon::prelude::*;
-
-/// Median of `reps` timed runs after one warm-up.
-fn median_time(reps: usize, mut f: impl FnMut()) -> Duration {
-    f();
-    let mut times: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[reps / 2]
-}
 
 fn gbps(bytes: usize, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / 1e9

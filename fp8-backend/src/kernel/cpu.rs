@@ -97,6 +97,9 @@ pub trait CastOut: Copy + Send + Sync + 'static {
     fn cast_chunk_counting(isa: Isa, p: CastParams, s: &[f32], d: &mut [Self]) -> (u64, u64, u64);
     #[doc(hidden)]
     fn round_chunk(isa: Isa, s: &[f32], d: &mut [Self]);
+    /// A cast's output (an f32 on the FP8 grid times a power of two) as `Self`, exactly.
+    #[doc(hidden)]
+    fn from_cast(y: f32) -> Self;
 }
 
 impl CastOut for f32 {
@@ -108,6 +111,10 @@ impl CastOut for f32 {
     }
     fn round_chunk(isa: Isa, s: &[f32], d: &mut [Self]) {
         round_chunk_f32(isa, s, d)
+    }
+    #[inline(always)]
+    fn from_cast(y: f32) -> Self {
+        y
     }
 }
 
@@ -121,15 +128,38 @@ impl CastOut for bf16 {
     fn round_chunk(isa: Isa, s: &[f32], d: &mut [Self]) {
         round_chunk_bf16(isa, s, d)
     }
+    /// Its upper 16 bits, which hold all of it (its lower 16 are zero), a NaN kept a NaN (quiet
+    /// bit set, should its payload lie in the lower half only).
+    #[inline(always)]
+    fn from_cast(y: f32) -> Self {
+        let bits = y.to_bits();
+        let nan = u32::from((bits & 0x7fff_ffff) > 0x7f80_0000) << 6;
+        bf16::from_bits(((bits >> 16) | nan) as u16)
+    }
 }
 
-/// A cast's output as bf16: its upper 16 bits, which hold all of it (its lower 16 are zero),
-/// a NaN kept a NaN (quiet bit set, should its payload lie in the lower half only).
+/// The cast loop over one chunk, writing `D` (inlined into each build of the chunk functions).
 #[inline(always)]
-fn exact_bf16(y: f32) -> bf16 {
-    let bits = y.to_bits();
-    let nan = u32::from((bits & 0x7fff_ffff) > 0x7f80_0000) << 6;
-    bf16::from_bits(((bits >> 16) | nan) as u16)
+fn cast_loop<D: CastOut>(p: CastParams, s: &[f32], d: &mut [D]) {
+    for (o, &x) in d.iter_mut().zip(s) {
+        *o = D::from_cast(p.cast(x));
+    }
+}
+
+/// [`cast_loop`], also counting (underflows, non-zero inputs, saturations).
+#[inline(always)]
+fn cast_loop_counting<D: CastOut>(p: CastParams, s: &[f32], d: &mut [D]) -> (u64, u64, u64) {
+    // u32 counters per chunk (CHUNK < 2^32) vectorize better than u64.
+    let (mut under, mut nonzero, mut sat) = (0u32, 0u32, 0u32);
+    for (o, &x) in d.iter_mut().zip(s) {
+        let y = p.cast(x);
+        *o = D::from_cast(y);
+        let nz = x != 0.0;
+        nonzero += nz as u32;
+        under += (nz & (y == 0.0)) as u32;
+        sat += (x.abs() * p.scale > p.max) as u32;
+    }
+    (under.into(), nonzero.into(), sat.into())
 }
 
 multiversion! {
@@ -138,9 +168,7 @@ multiversion! {
     /// vectorize (measured: 6x slower).
     #[inline(never)]
     fn cast_chunk(p: CastParams, s: &[f32], d: &mut [f32]) -> () {
-        for (o, &x) in d.iter_mut().zip(s) {
-            *o = p.cast(x);
-        }
+        cast_loop(p, s, d)
     }
 }
 
@@ -148,17 +176,7 @@ multiversion! {
     /// The cast loop, also counting (underflows, non-zero inputs, saturations).
     #[inline(never)]
     fn cast_chunk_counting(p: CastParams, s: &[f32], d: &mut [f32]) -> (u64, u64, u64) {
-        // u32 counters per chunk (CHUNK < 2^32) vectorize better than u64.
-        let (mut under, mut nonzero, mut sat) = (0u32, 0u32, 0u32);
-        for (o, &x) in d.iter_mut().zip(s) {
-            let y = p.cast(x);
-            *o = y;
-            let nz = x != 0.0;
-            nonzero += nz as u32;
-            under += (nz & (y == 0.0)) as u32;
-            sat += (x.abs() * p.scale > p.max) as u32;
-        }
-        (under.into(), nonzero.into(), sat.into())
+        cast_loop_counting(p, s, d)
     }
 }
 
@@ -166,9 +184,7 @@ multiversion! {
     /// [`cast_chunk`] writing bf16.
     #[inline(never)]
     fn cast_chunk_bf16(p: CastParams, s: &[f32], d: &mut [bf16]) -> () {
-        for (o, &x) in d.iter_mut().zip(s) {
-            *o = exact_bf16(p.cast(x));
-        }
+        cast_loop(p, s, d)
     }
 }
 
@@ -176,16 +192,7 @@ multiversion! {
     /// [`cast_chunk_counting`] writing bf16.
     #[inline(never)]
     fn cast_chunk_counting_bf16(p: CastParams, s: &[f32], d: &mut [bf16]) -> (u64, u64, u64) {
-        let (mut under, mut nonzero, mut sat) = (0u32, 0u32, 0u32);
-        for (o, &x) in d.iter_mut().zip(s) {
-            let y = p.cast(x);
-            *o = exact_bf16(y);
-            let nz = x != 0.0;
-            nonzero += nz as u32;
-            under += (nz & (y == 0.0)) as u32;
-            sat += (x.abs() * p.scale > p.max) as u32;
-        }
-        (under.into(), nonzero.into(), sat.into())
+        cast_loop_counting(p, s, d)
     }
 }
 
