@@ -21,6 +21,7 @@ use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior, 
 
 use crate::error::DataError;
 use crate::hash::Fnv64;
+use crate::input::{read_text_limited, CONFIG_LIMIT};
 use crate::spec::{ChatConfig, ChatLoss, ChatTemplateSource};
 use crate::tokenizer::Tokenizer;
 
@@ -43,6 +44,12 @@ const VARIABLES: [&str; 6] = [
     "tools",
     "documents",
 ];
+
+/// The most template instructions (minijinja's fuel) one rendering may run. Real chat
+/// templates run a few hundred per message (measured below: `fuel_of_a_real_template_...`), so
+/// this allows conversations of tens of thousands of messages while a template that loops
+/// without end fails within about a second.
+pub const TEMPLATE_FUEL: u64 = 50_000_000;
 
 /// A compiled chat template and what rendering and tokenizing with it needs.
 pub struct ChatTemplate {
@@ -79,7 +86,8 @@ impl ChatTemplate {
                 cfg.loss,
             ),
             ChatTemplateSource::Path(path) => {
-                let source = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+                let source = read_text_limited(path, CONFIG_LIMIT, "chat template")
+                    .map_err(|e| DataError::io(path, e))?;
                 Self::new(
                     source,
                     path.display().to_string(),
@@ -116,6 +124,9 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // A template that loops (or recurses) without end is an error, not a job that never
+        // finishes preparing its data.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |message: String| -> Result<Value, _> {
             Err(JinjaError::new(
@@ -176,6 +187,13 @@ impl ChatTemplate {
         };
         template.render(ctx).map_err(|e| {
             let mut message = format!("chat template {}: {e}", self.origin);
+            if e.kind() == ErrorKind::OutOfFuel {
+                message += &format!(
+                    " (it ran more than {TEMPLATE_FUEL} template instructions for one \
+                     conversation of {} messages: a loop that does not end?)",
+                    messages.len()
+                );
+            }
             if e.kind() == ErrorKind::UndefinedError {
                 let mut unknown: Vec<String> = template
                     .undeclared_variables(false)
@@ -293,9 +311,10 @@ fn from_checkpoint(dir: &Path) -> Result<(String, String, Option<String>), DataE
         origin: config_path.display().to_string(),
         message,
     };
-    let config: Option<serde_json::Value> = if config_path.is_file() {
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|e| DataError::io(&config_path, e))?;
+    // `exists`, not `is_file`: a FIFO or a link to a device is refused, not taken as absent.
+    let config: Option<serde_json::Value> = if config_path.exists() {
+        let text = read_text_limited(&config_path, CONFIG_LIMIT, "tokenizer config")
+            .map_err(|e| DataError::io(&config_path, e))?;
         Some(serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?)
     } else {
         None
@@ -306,8 +325,9 @@ fn from_checkpoint(dir: &Path) -> Result<(String, String, Option<String>), DataE
         None => None,
     });
     let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        let source = std::fs::read_to_string(&jinja).map_err(|e| DataError::io(&jinja, e))?;
+    if jinja.exists() {
+        let source = read_text_limited(&jinja, CONFIG_LIMIT, "chat template")
+            .map_err(|e| DataError::io(&jinja, e))?;
         return Ok((source, jinja.display().to_string(), bos));
     }
     let origin = format!("{} key `chat_template`", config_path.display());

@@ -106,6 +106,19 @@ impl Dataset {
         };
         let chat = match kind {
             DataKind::Chat => Some(ChatTemplate::resolve(&config.chat, checkpoint, tokenizer)?),
+            // Settings that would be ignored are refused: the user meant chat data.
+            _ if !config.chat.is_default() => {
+                return Err(DataError::config(
+                    "chat",
+                    format!(
+                        "chat settings are given, but the data is {} data, not conversations \
+                         (`{{\"{}\": [...]}}` records); remove `data.chat` or point `data.train` \
+                         at chat data",
+                        kind.name(),
+                        config.jsonl.messages_field
+                    ),
+                ))
+            }
             _ => None,
         };
         let spec = BuildSpec {

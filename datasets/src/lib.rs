@@ -21,6 +21,7 @@ pub mod error;
 pub mod examples;
 mod formats;
 pub mod hash;
+pub mod input;
 mod json;
 mod kind;
 pub mod loader;

@@ -42,6 +42,8 @@ pub fn resolve(paths: &Paths, format: DataFormat) -> Result<Vec<SourceFile>, Dat
                 });
             }
         } else {
+            // A FIFO would block the job and a device never end: data files are regular.
+            crate::input::open_regular(path).map_err(|e| DataError::io(path, e))?;
             out.push(SourceFile {
                 format: format.resolve(path)?,
                 path: path.clone(),

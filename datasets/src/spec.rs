@@ -199,7 +199,7 @@ pub struct ChatConfig {
 }
 
 impl ChatConfig {
-    fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         *self == ChatConfig::default()
     }
 }

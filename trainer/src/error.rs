@@ -137,10 +137,9 @@ impl Error {
             | Self::Argument { .. }
             | Self::BadFile { .. }
             | Self::DeviceUnavailable(_) => true,
-            Self::Io { .. }
-            | Self::NonFinite { .. }
-            | Self::NonFiniteCheckpoint { .. }
-            | Self::Plot { .. } => false,
+            // A file refused before it was read (a FIFO, a device, over its size limit).
+            Self::Io { source, .. } => datasets::input::is_refused(source),
+            Self::NonFinite { .. } | Self::NonFiniteCheckpoint { .. } | Self::Plot { .. } => false,
         };
         if bad_input {
             Exit::BadInput

@@ -29,14 +29,23 @@ static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 /// Installs the logger (once per process; later calls change nothing).
 pub fn init(terminal: TerminalSink) {
-    let ours = std::env::var(LOG_LEVEL_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(LevelFilter::Info);
+    let setting = std::env::var(LOG_LEVEL_ENV).ok();
+    let parsed = setting.as_deref().map(str::parse::<LevelFilter>);
+    let ours = match parsed {
+        Some(Ok(level)) => level,
+        _ => LevelFilter::Info,
+    };
     if LOGGER.set(Logger { terminal, ours }).is_ok() {
         let logger = LOGGER.get().expect("just set");
         if log::set_logger(logger).is_ok() {
             log::set_max_level(ours.max(LevelFilter::Warn));
+        }
+        if let (Some(value), Some(Err(_))) = (setting, parsed) {
+            // A typo should not silently give the default level.
+            log::warn!(
+                "{LOG_LEVEL_ENV}={value:?} is not a log level (off, error, warn, info, debug, \
+                 trace); using info"
+            );
         }
     }
 }

@@ -63,9 +63,19 @@ fn main() -> ExitCode {
         let flag = stop.clone();
         let handler = move || {
             if flag.swap(true, Ordering::SeqCst) {
-                Exit::Interrupted.now(
+                Exit::Interrupted.now(if trainer::train::checkpoints::resumable() {
                     "second interrupt: stopping at once; the step in progress is not saved \
-                     (the run's last complete checkpoint is kept: continue with --resume)",
+                     (the run's last complete checkpoint is kept: continue with --resume)"
+                } else {
+                    "second interrupt: stopping at once; the step in progress is not saved, \
+                     and the job had no checkpoint yet: there is nothing to resume, start it \
+                     again"
+                });
+            }
+            if trainer::train::preparing() {
+                Exit::Interrupted.now(
+                    "interrupted while the job was being prepared (run directory, data, model): \
+                     nothing to save yet; stopping now",
                 );
             }
         };

@@ -44,10 +44,12 @@ impl std::fmt::Debug for HfTokenizer {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TokenizerError> {
-    std::fs::read(path).map_err(|source| TokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::input::read_limited(path, crate::input::TOKENIZER_LIMIT, "tokenizer file").map_err(
+        |source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 fn parse_err(path: &Path, e: impl std::fmt::Display) -> TokenizerError {
@@ -285,7 +287,8 @@ pub(super) fn read_tokenizer_config(
     dir: &Path,
 ) -> Result<Option<(serde_json::Value, Vec<u8>)>, TokenizerError> {
     let path = dir.join(TOKENIZER_CONFIG_FILE);
-    if !path.is_file() {
+    // `exists`: a FIFO or a device here is refused by `read`, not taken as absent.
+    if !path.exists() {
         return Ok(None);
     }
     let bytes = read(&path)?;

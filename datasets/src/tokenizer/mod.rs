@@ -232,12 +232,13 @@ pub fn tokenizer_from_checkpoint_dir(
     let eos = config.as_ref().and_then(|(value, _)| hf::eos_of(value));
     let raw_config = config.map(|(_, bytes)| bytes);
     let json = dir.join(TOKENIZER_FILE);
-    if json.is_file() {
+    // `exists`, not `is_file`: a FIFO or a device is refused (`hf::read`), not skipped.
+    if json.exists() {
         let tokenizer = HfTokenizer::from_json_file(&json, eos)?;
         return Ok(Some(Box::new(tokenizer.with_config(raw_config))));
     }
     let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
-    if vocab.is_file() && merges.is_file() {
+    if vocab.exists() && merges.exists() {
         let tokenizer = HfTokenizer::from_vocab_merges(&vocab, &merges, eos)?;
         return Ok(Some(Box::new(tokenizer.with_config(raw_config))));
     }

@@ -460,3 +460,99 @@ fn chat_config_parses_from_json_and_rejects_unknown_keys() {
     let plain = serde_json::to_value(DataConfig::new("a.txt", 8)).unwrap();
     assert!(plain.get("chat").is_none(), "{plain}");
 }
+
+/// Runs `f` on a thread of its own; `None` if it has not returned after `limit` (a hang, which
+/// would otherwise stall the suite instead of failing it).
+fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = send.send(f());
+    });
+    receive.recv_timeout(limit).ok()
+}
+
+/// Generous against the ~1 s the fuel allows: only a template that runs unbounded misses it.
+const HANG: std::time::Duration = std::time::Duration::from_secs(120);
+
+#[test]
+fn a_template_that_does_not_end_is_an_error_naming_it() {
+    let s = Scratch::new();
+    let records = good();
+    // 10^10 iterations: hours without a budget.
+    let source = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}\
+                  {% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}";
+    let template = ChatTemplateSource::Path(s.write("endless.jinja", source));
+    let data = s.write("train.jsonl", &records);
+    let cfg = chat_config(&s, &data, template);
+    let message = within(HANG, move || {
+        Dataset::open(&cfg, &ByteTokenizer).unwrap_err().to_string()
+    })
+    .expect("the endless template was still rendering after two minutes");
+    for wanted in ["endless.jinja", "out of fuel", "a loop that does not end?"] {
+        assert!(message.contains(wanted), "{wanted:?} not in: {message}");
+    }
+}
+
+#[test]
+fn a_long_conversation_renders_within_the_template_budget() {
+    // 20,000 messages through a real template (zephyr's) in one rendering: the budget is far
+    // from what real templates use.
+    let template = datasets::ChatTemplate::new(
+        ZEPHYR.into(),
+        "zephyr".into(),
+        (String::new(), "</s>".into()),
+        ChatLoss::Assistant,
+    )
+    .unwrap();
+    let messages: Vec<serde_json::Value> = (0..20_000)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            json!({"role": role, "content": format!("message {i}")})
+        })
+        .collect();
+    let text = template.render(&messages, false).unwrap();
+    assert!(
+        text.ends_with("message 19999</s>\n"),
+        "{}",
+        &text[text.len() - 40..]
+    );
+}
+
+#[test]
+fn chat_settings_on_data_that_is_not_chat_are_refused() {
+    let s = Scratch::new();
+    let data = s.write("train.txt", "plain text, not conversations\n");
+    let cfg = chat_config(&s, &data, ChatTemplateSource::Chatml);
+    let message = Dataset::open(&cfg, &ByteTokenizer).unwrap_err().to_string();
+    for wanted in ["`chat`", "language-model text", "remove `data.chat`"] {
+        assert!(message.contains(wanted), "{wanted:?} not in: {message}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_template_path_that_is_a_fifo_or_a_device_is_refused_without_reading() {
+    let s = Scratch::new();
+    let data = s.write("train.jsonl", good());
+    let fifo = s.path("template.jinja");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for (path, kind) in [
+        (fifo, "FIFO"),
+        (PathBuf::from("/dev/zero"), "character device"),
+    ] {
+        let cfg = chat_config(&s, &data, ChatTemplateSource::Path(path.clone()));
+        let message = within(HANG, move || {
+            Dataset::open(&cfg, &ByteTokenizer).unwrap_err().to_string()
+        })
+        .expect("reading the template did not return");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains(kind), "{kind:?} not in: {message}");
+    }
+}

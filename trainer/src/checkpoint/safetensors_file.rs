@@ -1,7 +1,6 @@
 //! Memory-mapped `model.safetensors` files, single or sharded, read with the `safetensors` crate.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -66,7 +65,12 @@ impl WeightFiles {
             path: index.to_path_buf(),
             reason,
         };
-        let text = std::fs::read_to_string(index).map_err(|source| CheckpointError::Io {
+        let text = datasets::input::read_text_limited(
+            index,
+            datasets::input::CONFIG_LIMIT,
+            "safetensors index",
+        )
+        .map_err(|source| CheckpointError::Io {
             path: index.into(),
             source,
         })?;
@@ -111,10 +115,11 @@ impl WeightFiles {
         let mut files: Vec<(PathBuf, Mmap)> = Vec::new();
         let mut tensors: BTreeMap<String, TensorEntry> = BTreeMap::new();
         for path in paths {
-            let file = File::open(path).map_err(|source| CheckpointError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let file =
+                datasets::input::open_regular(path).map_err(|source| CheckpointError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
             // SAFETY: the file is only read; a concurrent writer could change the bytes under us,
             // which Hugging Face's own loaders accept as well. We write checkpoints by rename.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|source| CheckpointError::Io {

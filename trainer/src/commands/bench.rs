@@ -39,8 +39,8 @@ pub struct BenchArgs {
     /// Config overrides: key.sub=value.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Timed steps per configuration.
-    #[arg(long, default_value_t = 5)]
+    /// Timed steps per configuration (at least 1: a median of none is no figure).
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub steps: usize,
     /// Untimed steps before them.
     #[arg(long, default_value_t = 2)]

@@ -3,7 +3,7 @@
 //! the gradient of every parameter under its Hugging Face name in the Hugging Face layout
 //! (Conv1D weights `[in, out]`) — llm.c's debug-state habit, for parity against PyTorch.
 //!
-//! `--tokens FILE` replaces the first batch with `B*T + 1` token ids (a JSON list, or a JSON
+//! `--tokens FILE` replaces the first batch with exactly `B*T + 1` token ids (a JSON list, or a JSON
 //! object with a `tokens` list such as the fixture's `reference.json`), read as a data window.
 
 use std::path::{Path, PathBuf};
@@ -76,12 +76,16 @@ fn dump_on<B: DeviceBackend>(
                 });
             }
             let needed = job.batch_size * job.data.seq_len + 1;
-            if tokens.len() < needed {
+            // Exactly: a longer list would be cut without a word (a list for another shape).
+            if tokens.len() != needed {
                 return Err(Error::BadFile {
                     path: path.clone(),
                     message: format!(
-                        "{} tokens, but batch_size * seq_len + 1 = {needed} are needed",
-                        tokens.len()
+                        "{} tokens, but batch_size * seq_len + 1 = {needed} = {} * {} + 1 are \
+                         needed (one batch, as a data window)",
+                        tokens.len(),
+                        job.batch_size,
+                        job.data.seq_len
                     ),
                 });
             }
@@ -158,7 +162,8 @@ fn read_tokens(path: &Path) -> Result<Vec<u32>, Error> {
         message,
     };
     // An input file the user names: missing, unreadable or not text is bad input (exit 2).
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read the token list: {e}")))?;
+    let bytes = datasets::input::read_limited(path, datasets::input::CONFIG_LIMIT, "token list")
+        .map_err(|e| bad(format!("cannot read the token list: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         bad(format!(

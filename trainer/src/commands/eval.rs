@@ -52,7 +52,8 @@ pub struct EvalArgs {
         long,
         value_delimiter = ',',
         allow_hyphen_values = true,
-        value_name = "BIAS,..."
+        value_name = "BIAS,...",
+        value_parser = super::cscale_bias_arg
     )]
     pub cscale_biases: Vec<i32>,
     /// Tokenizer with --data: gpt2, bytes, or a tokenizer.json / folder (default: the checkpoint's).

@@ -154,7 +154,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
             for index in 0..args.num_samples {
                 out.start_sample(index)?;
                 let mut stops = config.eos_token_ids();
-                stops.extend(generation_eos(&args.checkpoint)?);
+                stops.extend(generation_eos(&args.checkpoint, config.vocab_size())?);
                 let sampling = args.sampling(index, stops, None);
                 let mut first = true;
                 let mut failed = None;
@@ -196,7 +196,7 @@ pub fn run_generate(args: &GenerateArgs, out: &mut dyn Write) -> Result<(), Erro
             for index in 0..args.num_samples {
                 out.start_sample(index)?;
                 let mut stops = vec![tokenizer.eot_token()];
-                stops.extend(generation_eos(&args.checkpoint)?);
+                stops.extend(generation_eos(&args.checkpoint, config.vocab_size())?);
                 let sampling = args.sampling(index, stops, Some(tokenizer.vocab_size()));
                 stream_text(
                     &model,
@@ -395,10 +395,16 @@ impl<'a> TextStream<'a> {
 /// The end-of-text ids of the checkpoint's `generation_config.json` (`eos_token_id`, one or a
 /// list: Llama 3's instruct models stop at `<|eot_id|>` or `<|end_of_text|>`); none without the
 /// file.
-fn generation_eos(checkpoint: &Path) -> Result<Vec<u32>, Error> {
+fn generation_eos(checkpoint: &Path, vocab_size: usize) -> Result<Vec<u32>, Error> {
     let path = checkpoint.join(crate::train::checkpoints::GENERATION_CONFIG_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(Vec::new());
+    let text = match datasets::input::read_text_limited(
+        &path,
+        datasets::input::CONFIG_LIMIT,
+        "generation config",
+    ) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&path)(e)),
     };
     let bad = |message: String| Error::BadFile {
         path: path.clone(),
@@ -409,7 +415,13 @@ fn generation_eos(checkpoint: &Path) -> Result<Vec<u32>, Error> {
     let id = |v: &serde_json::Value| {
         v.as_u64()
             .and_then(|id| u32::try_from(id).ok())
-            .ok_or_else(|| bad(format!("field `eos_token_id`: {v} is not a token id")))
+            .filter(|&id| (id as usize) < vocab_size)
+            .ok_or_else(|| {
+                bad(format!(
+                    "field `eos_token_id`: {v} is not a token id of this model (vocab_size = \
+                     {vocab_size})"
+                ))
+            })
     };
     match value.get("eos_token_id") {
         None | Some(serde_json::Value::Null) => Ok(Vec::new()),

@@ -165,6 +165,23 @@ pub fn check_tokens(flag: &'static str, tokens: &[u32], model: &ModelConfig) -> 
     Ok(())
 }
 
+/// One FP8-CSCALE bias of `--cscale-biases` (clap's parser: a bad one is a usage error, exit
+/// 2): the range `precision.cscale_bias` takes in a job config.
+pub fn cscale_bias_arg(s: &str) -> Result<i32, String> {
+    let max = fp8_backend::MAX_BIAS;
+    let bias: i32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an integer bias"))?;
+    if !(-max..=max).contains(&bias) {
+        return Err(format!(
+            "{bias} is outside -{max} ..= {max} (scales 2^-{max} ..= 2^{max}), the range of \
+             `precision.cscale_bias`"
+        ));
+    }
+    Ok(bias)
+}
+
 /// The FP8 policy of `--precision`: the job config's defaults for that mode (Graphcore
 /// formats, margins 0/0/3, CSCALE bias 0, every layer).
 fn policy_of(precision: Precision) -> Fp8Policy {

@@ -139,7 +139,8 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
+        // Checked before it is opened: opening a FIFO would wait for a writer.
+        let file = datasets::input::open_regular(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             return Err(GgufError::bad(path, "the file", "is not a regular file"));

@@ -55,7 +55,9 @@ impl GgufError {
     pub fn is_bad_input(&self) -> bool {
         match self {
             Self::Bad { .. } => true,
-            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            Self::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::NotFound || datasets::input::is_refused(source)
+            }
         }
     }
 }

@@ -9,16 +9,27 @@ use datasets::{Dataset, SplitName};
 
 use super::{BestMetric, InitOptimizer, JobConfig, JobConfigError};
 use crate::device::Device;
+use crate::model::config::physical_memory;
 use crate::model::ModelConfig;
+
+/// Bytes a step holds for each of its tokens before the model sees them: the id and the target
+/// as `u32` in the batch and as the backend's 64-bit integers in the tensors, and the f32 loss
+/// mask (a lower bound: what any step needs, whatever the model).
+const STEP_BYTES_PER_TOKEN: f64 = 28.0;
 
 /// What can be checked of the config alone, right after it is parsed: the relations serde
 /// cannot check.
 pub fn config(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
     let err = |field: &str, message: &str| Err(JobConfigError::field(path, field, message));
-    if c.name.is_empty() || c.name.contains(['/', '\\']) || c.name.starts_with('.') {
+    if c.name.is_empty()
+        || c.name.contains(['/', '\\'])
+        || c.name.starts_with('.')
+        || c.name.contains(char::is_control)
+    {
         return err(
             "name",
-            "must be a plain folder name (no slashes, not empty)",
+            "must be a plain folder name (no slashes, no control characters such as NUL, not \
+             empty, not starting with a dot)",
         );
     }
     let mut seen = Vec::new();
@@ -108,6 +119,28 @@ pub fn config(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
     }
     if c.grad_accum == 0 {
         return err("grad_accum", "must be at least 1");
+    }
+    // A step's batches are held at once (token ids, targets, loss mask): a count that cannot
+    // fit is refused here, not when its allocation aborts the process.
+    let memory = physical_memory().unwrap_or(isize::MAX as u64) as f64;
+    let step_tokens = c.batch_size as f64 * c.grad_accum as f64 * c.data.seq_len as f64;
+    if step_tokens * STEP_BYTES_PER_TOKEN > memory {
+        let field = if c.grad_accum > c.batch_size {
+            "grad_accum"
+        } else {
+            "batch_size"
+        };
+        return err(
+            field,
+            &format!(
+                "batch_size {} x grad_accum {} x data.seq_len {} = {step_tokens:.3e} tokens a \
+                 step, more than this machine's {:.1} GiB of memory can hold",
+                c.batch_size,
+                c.grad_accum,
+                c.data.seq_len,
+                memory / (1u64 << 30) as f64
+            ),
+        );
     }
     match (c.steps, c.epochs) {
         (Some(_), Some(_)) => return err("steps", "give `steps` or `epochs`, not both"),
@@ -209,9 +242,30 @@ pub fn model(
     vocab: usize,
 ) -> Result<(), JobConfigError> {
     if job.model.preset.is_some() {
-        model_size(model, path)?;
+        // (A checkpoint's `config.json` had the same check when it was read.)
+        model
+            .check_size(path, "model.")
+            .map_err(|e| JobConfigError::Field(e))?;
     }
     let err = |field: &str, message: String| Err(JobConfigError::field(path, field, message));
+    // A micro-batch's logits (f32, one row per token) must fit, or their allocation aborts.
+    let memory = physical_memory().unwrap_or(isize::MAX as u64) as f64;
+    let logits = job.batch_size as f64 * job.data.seq_len as f64 * model.vocab_size() as f64 * 4.0;
+    if logits > memory {
+        return err(
+            "batch_size",
+            format!(
+                "batch_size {} x data.seq_len {} x the vocabulary's {} entries: the logits of one \
+                 micro-batch alone ({:.1} GiB) exceed this machine's {:.1} GiB of memory; use a \
+                 smaller batch_size and a larger grad_accum",
+                job.batch_size,
+                job.data.seq_len,
+                model.vocab_size(),
+                logits / (1u64 << 30) as f64,
+                memory / (1u64 << 30) as f64
+            ),
+        );
+    }
     if vocab > model.vocab_size() {
         return err(
             "model.vocab_size",
@@ -251,41 +305,6 @@ pub fn model(
         }
     }
     Ok(())
-}
-
-/// Refuses a model whose weights alone (f32) exceed this machine's memory, naming the field
-/// that makes it so large: allocating it would abort the process instead.
-fn model_size(model: &ModelConfig, path: &Path) -> Result<(), JobConfigError> {
-    let parts = model.size_parts();
-    let params: f64 = parts.iter().map(|p| p.1).sum();
-    let bytes = params * 4.0;
-    let limit = physical_memory().unwrap_or(isize::MAX as u64) as f64;
-    if bytes <= limit {
-        return Ok(());
-    }
-    let (field, _) = parts
-        .iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .expect("a model has parts");
-    let gib = |b: f64| b / (1u64 << 30) as f64;
-    Err(JobConfigError::field(
-        path,
-        &format!("model.{field}"),
-        format!(
-            "the model would have {params:.3e} parameters, {:.1} GiB as f32 before gradients \
-             and optimizer state, more than this machine's {:.1} GiB of memory",
-            gib(bytes),
-            gib(limit)
-        ),
-    ))
-}
-
-/// Total physical memory (Linux: `MemTotal` of /proc/meminfo), if known.
-fn physical_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 /// On `--resume`: the job's model (`wanted`) must have the shape of the run's checkpoint

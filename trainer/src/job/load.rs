@@ -11,10 +11,12 @@ use super::{JobConfig, JobConfigError};
 /// Reads `path`, applies `overrides` (`key.sub=value`; the value is JSON if it parses, else a
 /// string), and checks the result.
 pub fn load_job_config(path: &Path, overrides: &[String]) -> Result<JobConfig, JobConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| JobConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        datasets::input::read_text_limited(path, datasets::input::CONFIG_LIMIT, "job config")
+            .map_err(|source| JobConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
     let mut value: Value = serde_json::from_str(&text).map_err(|e| JobConfigError::Syntax {
         path: path.to_path_buf(),
         message: e.to_string(),

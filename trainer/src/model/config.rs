@@ -93,10 +93,12 @@ impl ModelConfig {
 
     /// Reads a checkpoint's `config.json`; its `model_type` (or `architectures`) picks the family.
     pub fn from_file(path: &Path) -> Result<Self, ModelConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            datasets::input::read_text_limited(path, datasets::input::CONFIG_LIMIT, "model config")
+                .map_err(|source| ModelConfigError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
         let value: Value =
             serde_json::from_str(&text).map_err(|source| ModelConfigError::Json {
                 path: path.to_path_buf(),
@@ -159,10 +161,14 @@ impl ModelConfig {
         if let Some(class) = classes.iter().find(|c| family_of_class(c) != Some(family)) {
             return Err(unsupported(format!("architectures entry \"{class}\"")));
         }
-        Ok(match family {
+        let config = match family {
             Family::Gpt2 => Self::Gpt2(Gpt2Config::from_json(value, path)?),
             Family::Llama(variant) => Self::Llama(LlamaConfig::from_json(value, variant, path)?),
-        })
+        };
+        // Before anything is allocated for it: a tampered `config.json` (a billion layers)
+        // must not take the machine down.
+        config.check_size(path, "")?;
+        Ok(config)
     }
 
     /// The `config.json` a checkpoint of this model gets (what `transformers` reads).
@@ -267,6 +273,35 @@ impl ModelConfig {
         }
     }
 
+    /// Refuses a model whose weights alone (f32) exceed this machine's memory, naming the field
+    /// (`prefix` + its name: `model.n_layer` in a job config, `n_layer` in a `config.json`)
+    /// that makes it so large: allocating it would abort the process, or take the machine
+    /// down, instead.
+    pub fn check_size(&self, path: &Path, prefix: &str) -> Result<(), FieldError> {
+        let parts = self.size_parts();
+        let params: f64 = parts.iter().map(|p| p.1).sum();
+        let bytes = params * 4.0;
+        let limit = physical_memory().unwrap_or(isize::MAX as u64) as f64;
+        if bytes <= limit {
+            return Ok(());
+        }
+        let (field, _) = parts
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("a model has parts");
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        Err(FieldError::new(
+            path,
+            &format!("{prefix}{field}"),
+            format!(
+                "the model would have {params:.3e} parameters, {:.1} GiB as f32 before \
+                 gradients and optimizer state, more than this machine's {:.1} GiB of memory",
+                gib(bytes),
+                gib(limit)
+            ),
+        ))
+    }
+
     /// Checks the relations between fields (positive sizes, heads divide the width, ...).
     pub fn validate(&self, path: &Path) -> Result<(), ModelConfigError> {
         match self {
@@ -312,4 +347,12 @@ pub enum FileTensor {
         embedding: String,
         shape: Vec<usize>,
     },
+}
+
+/// Total physical memory (Linux: `MemTotal` of /proc/meminfo), if known.
+pub(crate) fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

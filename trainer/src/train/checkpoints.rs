@@ -16,6 +16,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::backend::Backend;
 use datasets::{CheckpointFile, LoaderState};
@@ -42,6 +43,15 @@ pub const AMAX_HISTORY_FILE: &str = "fp8_amax_history.safetensors";
 pub const BEST_DIR: &str = "best";
 /// Environment variable of the test-only fault injection (see the module docs).
 pub const FAIL_CHECKPOINT_ENV: &str = "FP8_TRAINER_FAIL_CHECKPOINT_AT";
+
+/// Whether this process's job has a checkpoint to continue from (it wrote one, or resumed
+/// from one): what a second Ctrl-C may promise (`--resume`).
+static RESUMABLE: AtomicBool = AtomicBool::new(false);
+
+/// True once the running job has a complete training checkpoint (written or resumed from).
+pub fn resumable() -> bool {
+    RESUMABLE.load(Ordering::SeqCst)
+}
 
 /// `trainer_state/state.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,6 +175,7 @@ pub fn save_training_checkpoint<B: Backend, O: HostTensors>(
 ) -> Result<PathBuf, Error> {
     let name = format!("step-{}", state.step);
     let target = write_training_checkpoint(checkpoints, &name, model, optimizer, state, extra)?;
+    RESUMABLE.store(true, Ordering::SeqCst);
     let all = list_checkpoints(checkpoints);
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
         fs::remove_dir_all(old).map_err(Error::io(old))?;
@@ -207,51 +218,97 @@ fn write_training_checkpoint<B: Backend, O: HostTensors>(
     let step = state.step;
     let staging = checkpoints.join(format!(".{name}.tmp"));
     fs::create_dir(&staging).map_err(Error::io(&staging))?;
-    write_checkpoint_tensors(&model.config(), &tensors, &staging)?;
-    for file in extra {
-        let path = staging.join(&file.name);
-        datasets::atomic::write_atomic(&path, &file.contents).map_err(Error::io(&path))?;
+    // A write that fails (a full disk) leaves no half-written folder behind; the next start
+    // would remove it, but the run directory should be as the README says meanwhile.
+    let written = (|| -> Result<PathBuf, Error> {
+        write_checkpoint_tensors(&model.config(), &tensors, &staging)?;
+        for file in extra {
+            let path = staging.join(&file.name);
+            datasets::atomic::write_atomic(&path, &file.contents).map_err(Error::io(&path))?;
+        }
+
+        if std::env::var(FAIL_CHECKPOINT_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(step)
+        {
+            log::error!(
+                "{FAIL_CHECKPOINT_ENV}={step}: aborting while the checkpoint is half written"
+            );
+            std::process::abort();
+        }
+
+        let state_dir = staging.join(TRAINER_STATE_DIR);
+        fs::create_dir(&state_dir).map_err(Error::io(&state_dir))?;
+        let moments = state_dir.join("optimizer.safetensors");
+        optimizer
+            .save_moments(&moments)
+            .map_err(Error::io(&moments))?;
+        save_amax_histories(&state_dir, model)?;
+        let state_path = state_dir.join("state.json");
+        let text = serde_json::to_string_pretty(state).expect("state serialises");
+        datasets::atomic::write_atomic(&state_path, text.as_bytes())
+            .map_err(Error::io(&state_path))?;
+
+        let target = checkpoints.join(name);
+        let retired = checkpoints.join(format!(".{name}.old"));
+        datasets::atomic::replace_dir(&staging, &target, &retired).map_err(Error::io(&target))?;
+        Ok(target)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_dir_all(&staging);
     }
-
-    if std::env::var(FAIL_CHECKPOINT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        == Some(step)
-    {
-        log::error!("{FAIL_CHECKPOINT_ENV}={step}: aborting while the checkpoint is half written");
-        std::process::abort();
-    }
-
-    let state_dir = staging.join(TRAINER_STATE_DIR);
-    fs::create_dir(&state_dir).map_err(Error::io(&state_dir))?;
-    let moments = state_dir.join("optimizer.safetensors");
-    optimizer
-        .save_moments(&moments)
-        .map_err(Error::io(&moments))?;
-    save_amax_histories(&state_dir, model)?;
-    let state_path = state_dir.join("state.json");
-    let text = serde_json::to_string_pretty(state).expect("state serialises");
-    datasets::atomic::write_atomic(&state_path, text.as_bytes()).map_err(Error::io(&state_path))?;
-
-    let target = checkpoints.join(name);
-    let retired = checkpoints.join(format!(".{name}.old"));
-    datasets::atomic::replace_dir(&staging, &target, &retired).map_err(Error::io(&target))?;
-    Ok(target)
+    written
 }
 
 /// Reads `trainer_state/` of a checkpoint into `optimizer` (on `device`) and returns the state.
+/// What it loads is checked first (exit 2, naming the file): both files present, a state whose
+/// step is the one its `step-N` folder names, finite moments.
 pub fn load_training_state<O: HostTensors>(
     dir: &Path,
     optimizer: &mut AdamW<O>,
     device: &O::Device,
 ) -> Result<TrainerState, Error> {
     let state_path = dir.join(TRAINER_STATE_DIR).join("state.json");
-    let text = fs::read_to_string(&state_path).map_err(Error::io(&state_path))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
-        path: state_path.clone(),
-        message: format!("bad training state: {e}"),
-    })?;
     let moments = dir.join(TRAINER_STATE_DIR).join("optimizer.safetensors");
+    for path in [&state_path, &moments] {
+        if !path.exists() {
+            return Err(Error::BadFile {
+                path: path.clone(),
+                message: "missing: a checkpoint's training state is `trainer_state/state.json` \
+                          and `trainer_state/optimizer.safetensors`, written together; this \
+                          checkpoint is incomplete or was edited"
+                    .into(),
+            });
+        }
+    }
+    let text = datasets::input::read_text_limited(
+        &state_path,
+        datasets::input::CONFIG_LIMIT,
+        "training state",
+    )
+    .map_err(Error::io(&state_path))?;
+    let bad_state = |message: String| Error::BadFile {
+        path: state_path.clone(),
+        message: format!("bad training state: {message}"),
+    };
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| bad_state(e.to_string()))?;
+    let folder_step = dir
+        .file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("step-")?.parse::<u64>().ok());
+    if let Some(folder_step) = folder_step.filter(|&s| s != state.step) {
+        return Err(bad_state(format!(
+            "`step` is {} but the checkpoint folder is `step-{folder_step}`; resuming would \
+             repeat or skip steps",
+            state.step
+        )));
+    }
+    if state.skipped_steps > state.step {
+        return Err(bad_state(format!(
+            "`skipped_steps` ({}) exceeds `step` ({})",
+            state.skipped_steps, state.step
+        )));
+    }
     optimizer.load_moments(&moments, device)?;
     optimizer.t = state.adam_t;
     Ok(state)
@@ -293,7 +350,8 @@ pub fn load_amax_histories<B: Backend>(dir: &Path, model: &Model<B>) -> Result<(
         path: path.clone(),
         message: format!("bad FP8 amax history: {message}"),
     };
-    let bytes = fs::read(&path).map_err(Error::io(&path))?;
+    let bytes =
+        datasets::input::read_limited(&path, u64::MAX, "amax history").map_err(Error::io(&path))?;
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let layers = model.fp8_layers();
     let mut histories = Vec::new();
@@ -371,6 +429,7 @@ pub fn resume_point(
         None => return Ok(None),
         Some(point) => point,
     };
+    RESUMABLE.store(true, Ordering::SeqCst);
     let later = list_checkpoints(ckpt_root)
         .into_iter()
         .filter(|(s, _)| *s > point.0)
@@ -454,7 +513,12 @@ fn own_checkpoint(ckpt_root: &Path, dir: &Path) -> Result<(u64, PathBuf), Error>
         )));
     }
     let state_path = dir.join(TRAINER_STATE_DIR).join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(Error::io(&state_path))?;
+    let text = datasets::input::read_text_limited(
+        &state_path,
+        datasets::input::CONFIG_LIMIT,
+        "training state",
+    )
+    .map_err(Error::io(&state_path))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::BadFile {
         path: state_path.clone(),
         message: format!("bad training state: {e}"),

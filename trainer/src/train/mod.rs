@@ -102,6 +102,34 @@ pub enum TrainOutcome {
     Interrupted { step: u64, run_dir: PathBuf },
 }
 
+/// True while a job is being prepared (`Run::open` up to the first change to its run
+/// directory: the data read and tokenized, the model built or loaded): nothing is at stake yet, so the first Ctrl-C, SIGTERM or SIGHUP
+/// ends the process at once instead of waiting for the phase to end (a tokenizer pass over a
+/// large corpus, a slow chat template). Stopping there is what a kill would do, and the only
+/// writes of that phase (token caches) are atomic renames; the run lock goes with the process.
+static PREPARING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the running job is being prepared (see [`PREPARING`]); the signal handler asks.
+pub fn preparing() -> bool {
+    PREPARING.load(Ordering::SeqCst)
+}
+
+/// Clears [`PREPARING`] when the preparation ends (dropped), on every path.
+pub(crate) struct Preparing;
+
+impl Preparing {
+    pub(crate) fn start() -> Self {
+        PREPARING.store(true, Ordering::SeqCst);
+        Preparing
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        PREPARING.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Runs a job on the device its config names.
 pub fn run_training(
     opts: &TrainOptions,

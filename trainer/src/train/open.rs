@@ -37,6 +37,8 @@ where
     /// run directory, says what will run and starts the other data-parallel peers.
     pub(super) fn open(opts: &'a TrainOptions, devices: Vec<B::Device>) -> Result<Self, Error> {
         let job = &opts.job;
+        // (A signal that came before this only set `stop`: the job stops once prepared.)
+        let preparing = super::Preparing::start();
         let device = devices[0].clone();
         let group = Group {
             devices,
@@ -90,7 +92,9 @@ where
             source,
         })?;
 
-        // The job's first step can run: only now may the run directory change.
+        // The job's first step can run: only now may the run directory change, and from here a
+        // signal is answered by the training loop (a checkpoint), not by ending the process.
+        drop(preparing);
         let lock = match early_lock {
             Some(lock) => lock,
             None => {

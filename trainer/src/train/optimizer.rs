@@ -251,7 +251,8 @@ impl<B: HostTensors> AdamW<B> {
             path: path.to_path_buf(),
             message: format!("bad optimizer state: {message}"),
         };
-        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        let bytes = datasets::input::read_limited(path, u64::MAX, "optimizer state")
+            .map_err(Error::io(path))?;
         let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         for s in &mut self.slots {
             for (tag, target) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
@@ -268,6 +269,20 @@ impl<B: HostTensors> AdamW<B> {
                     )));
                 }
                 let values = f32_from_le(view.data());
+                // NaN moments would make every step non-finite (each one skipped); a negative
+                // second moment has no square root. Neither is ever written.
+                let bad_value = if tag == "exp_avg" {
+                    values.iter().position(|v| !v.is_finite())
+                } else {
+                    values.iter().position(|v| !(v.is_finite() && *v >= 0.0))
+                };
+                if let Some(at) = bad_value {
+                    return Err(bad(format!(
+                        "tensor `{name}` holds {} at index {at}; moments are finite{}",
+                        values[at],
+                        if tag == "exp_avg" { "" } else { " and >= 0" }
+                    )));
+                }
                 let n = values.len();
                 *target = Tensor::from_data(TensorData::new(values, [n]), device);
             }

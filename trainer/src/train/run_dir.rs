@@ -318,7 +318,7 @@ pub fn remove_leftovers(root: &Path) -> Result<(), Error> {
 
 /// The rows of a CSV file written by this module (none when the file does not exist).
 pub fn read_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Error> {
-    let file = match File::open(path) {
+    let file = match datasets::input::open_regular(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(path)(e)),
@@ -349,9 +349,10 @@ pub fn write_resolved_config(
 ) -> Result<Vec<String>, Error> {
     let path = root.join("config.json");
     let new = serde_json::to_value(job).expect("config serialises");
-    let old: Option<serde_json::Value> = fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let old: Option<serde_json::Value> =
+        datasets::input::read_text_limited(&path, datasets::input::CONFIG_LIMIT, "job config")
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
     let mut changes = Vec::new();
     if let Some(old) = &old {
         diff_json("", old, &new, &mut changes);

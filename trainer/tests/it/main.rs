@@ -41,6 +41,7 @@ mod llama_family;
 mod non_finite;
 mod parity;
 mod parser_fuzz;
+mod red_team;
 mod resume;
 mod run_dir_safety;
 mod shipped_configs;

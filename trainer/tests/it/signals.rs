@@ -161,6 +161,9 @@ fn a_second_ctrl_c_stops_at_once() {
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("second"), "{err}");
     assert!(err.contains("not saved"), "says the truth: {err}");
+    // No checkpoint exists yet: `--resume` would have nothing to continue from.
+    assert!(err.contains("nothing to resume"), "{err}");
+    assert!(!err.contains("--resume"), "{err}");
     assert!(!run.join("checkpoints/step-1").exists(), "{err}");
 }
 

@@ -48,7 +48,8 @@ pub struct CompareArgs {
         long,
         value_delimiter = ',',
         allow_hyphen_values = true,
-        value_name = "BIAS,..."
+        value_name = "BIAS,...",
+        value_parser = crate::commands::cscale_bias_arg
     )]
     pub cscale_biases: Vec<i32>,
     /// Comma-separated seeds, e.g. 1,2,3: every recipe runs once per seed, with `seed`,

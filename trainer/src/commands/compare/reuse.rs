@@ -72,7 +72,11 @@ impl RunAction {
 /// exactly as `train` wrote them.
 fn config_difference(root: &Path, job: &JobConfig) -> Result<Option<String>, Error> {
     let path = root.join("config.json");
-    let old: Value = match std::fs::read_to_string(&path) {
+    let old: Value = match datasets::input::read_text_limited(
+        &path,
+        datasets::input::CONFIG_LIMIT,
+        "job config",
+    ) {
         Ok(text) => serde_json::from_str(&text).map_err(|e| Error::BadFile {
             path: path.clone(),
             message: format!("not valid JSON: {e}"),
@@ -125,7 +129,9 @@ fn first_difference(key: String, old: &Value, new: &Value) -> Option<String> {
 /// A checkpoint's `trainer_state/state.json`.
 fn read_trainer_state(checkpoint: &Path) -> Result<TrainerState, Error> {
     let path: PathBuf = checkpoint.join(TRAINER_STATE_DIR).join("state.json");
-    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    let text =
+        datasets::input::read_text_limited(&path, datasets::input::CONFIG_LIMIT, "training state")
+            .map_err(Error::io(&path))?;
     serde_json::from_str(&text).map_err(|e| Error::BadFile {
         path,
         message: format!("bad training state: {e}"),
