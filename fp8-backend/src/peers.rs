@@ -14,6 +14,11 @@
 //! model on the same shapes does), so an implementation can be a collective operation; the
 //! trainer's is an all-reduce of burn-collective.
 
+/// Begins the panic message of a failed collective operation (a peer or a node stopped, or its
+/// connection broke). A cast cannot return an error through Burn's ops, so it panics; the
+/// trainer's binary recognises this prefix and ends the process with exit 1 and the message.
+pub const COLLECTIVE_FAILED: &str = "the data-parallel collective failed";
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_collective::{PeerId, ReduceOperation};
@@ -72,7 +77,12 @@ where
             local.into_primitive().tensor(),
             ReduceOperation::Sum,
         )
-        .unwrap_or_else(|e| panic!("peer {}: the amax all-reduce failed: {e:?}", self.slot));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{COLLECTIVE_FAILED}: peer {}: the amax all-reduce: {e:?}",
+                self.slot
+            )
+        });
         let summed = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed));
         // A slot holds one peer's amax plus zeros: exact.
         max_of(

@@ -28,7 +28,10 @@ fn never_purge() {
 }
 
 /// Burn's wgpu runtime panics (on its own thread) when no GPU adapter exists; say what to do
-/// instead of printing a backtrace. Every other panic keeps the default report.
+/// instead of printing a backtrace. burn-collective and burn-communication panic (on their
+/// own threads) when a node of a multi-node group dies or its connection breaks: the job ends
+/// with exit 1 and says so (the last complete checkpoint stays). Every other panic keeps the
+/// default report.
 fn report_missing_gpu_adapter() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -38,6 +41,22 @@ fn report_missing_gpu_adapter() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
+        let location = info.location();
+        let file = location.map_or("", |l| l.file());
+        let collective = message.starts_with(fp8_backend::peers::COLLECTIVE_FAILED);
+        if collective || file.contains("burn-collective") || file.contains("burn-communication") {
+            let at = location.map_or(String::new(), |l| format!(" ({}:{})", l.file(), l.line()));
+            let lead = if collective {
+                ""
+            } else {
+                "the data-parallel group failed: "
+            };
+            Exit::Failure.now(&format!(
+                "{lead}{message}{at}. A peer or node stopped, or its connection broke; this \
+                 process stops too (the run's last complete checkpoint is kept: continue with \
+                 --resume once every node can run)"
+            ));
+        }
         if message.contains("No possible adapter available") {
             Exit::Failure.now(
                 "device `wgpu`: no usable GPU adapter (Vulkan, Metal or DX12) was found. \
@@ -83,7 +102,7 @@ fn main() -> ExitCode {
             log::warn!("cannot install the Ctrl-C handler: {e}");
         }
     }
-    match run(cli.command, stop, &mut progress, &mut std::io::stdout()) {
+    let code = match run(cli.command, stop, &mut progress, &mut std::io::stdout()) {
         Ok(done) => {
             if let Some(output) = done.output.filter(|o| !o.is_empty()) {
                 println!("{output}");
@@ -97,5 +116,20 @@ fn main() -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())
         }
+    };
+    report_peak_memory();
+    code
+}
+
+/// Test-only knob (`trainer/tests/it/main.rs`): with `FP8_TRAINER_REPORT_PEAK_RSS=1` the process
+/// ends by printing its peak resident memory (`VmHWM`, this process's own since `exec`; a
+/// parent's `wait4` also counts the image it was started from).
+fn report_peak_memory() {
+    if std::env::var_os("FP8_TRAINER_REPORT_PEAK_RSS").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(kib) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+        eprintln!("peak RSS: {}", kib.trim());
     }
 }

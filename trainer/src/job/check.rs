@@ -70,6 +70,14 @@ pub fn config(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
         if nodes.timeout_s == 0 {
             return err("nodes.timeout_s", "must be at least 1 second");
         }
+        if nodes.host().is_none() {
+            return err("nodes.address", &format!("`{}` has no host", nodes.address));
+        }
+        if let Some(file) = &nodes.secret_file {
+            if let Err(e) = super::spec::read_secret(file) {
+                return err("nodes.secret_file", &e);
+            }
+        }
     }
     match (&c.model.checkpoint, &c.model.preset) {
         (Some(_), Some(_)) => return err("model", "give `checkpoint` or `preset`, not both"),

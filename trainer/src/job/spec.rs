@@ -7,7 +7,7 @@
 //!  "precision": {"mode": "fp8-amax"}, "steps": 300}
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::device::{Device, DeviceSlot};
 use datasets::{DataConfig, TokenizerSpec};
@@ -245,6 +245,12 @@ pub struct NodesConfig {
     /// runs, before the job stops with exit code 1.
     #[serde(default = "default_node_timeout")]
     pub timeout_s: u64,
+    /// A file holding the group's shared secret (at least 16 bytes, readable by its owner
+    /// only; e.g. `head -c 32 /dev/urandom | base64 > secret`), which the orchestrator
+    /// (`--secret-file`) and every node hold: each connection is then authenticated with it
+    /// (docs/design.md, "Data parallelism"). Without it, anyone who reaches the ports can join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
 }
 
 fn default_node_timeout() -> u64 {
@@ -256,6 +262,11 @@ impl NodesConfig {
     pub fn data_port(&self) -> Option<u16> {
         port_of(&self.address)
     }
+
+    /// The host of `address`: what this node's tensor service binds.
+    pub fn host(&self) -> Option<&str> {
+        host_of(&self.address)
+    }
 }
 
 /// The port of `ws://HOST:PORT` (an optional path after it).
@@ -263,6 +274,54 @@ pub fn port_of(address: &str) -> Option<u16> {
     let rest = address.strip_prefix("ws://")?;
     let host_port = rest.split('/').next()?;
     host_port.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The host of `ws://HOST:PORT` (brackets of an IPv6 host removed).
+pub fn host_of(address: &str) -> Option<&str> {
+    let rest = address.strip_prefix("ws://")?;
+    let host = rest.split('/').next()?.rsplit_once(':')?.0;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+/// The shortest secret accepted: 128 bits of a random source.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Reads a shared-secret file (`nodes.secret_file`, `orchestrator --secret-file`): a regular
+/// file that only its owner may read or write, holding at least [`MIN_SECRET_BYTES`] bytes
+/// (surrounding whitespace, a trailing newline, is not part of it).
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = datasets::input::read_limited(path, 4096, "secret file")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{}: group or others may access it (mode {:o}); a secret is for its owner \
+                 only: chmod 600 it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    let secret = bytes.trim_ascii().to_vec();
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "{}: {} bytes, fewer than the {MIN_SECRET_BYTES} a secret needs (e.g. `head -c 32 \
+             /dev/urandom | base64 > FILE`)",
+            path.display(),
+            secret.len()
+        ));
+    }
+    Ok(secret)
 }
 
 /// What a non-finite loss, gradient or FP8 amax does.

@@ -92,13 +92,38 @@ impl<D> Group<D> {
     }
 }
 
+/// Where this node's tensor service listens (the host of `nodes.address`, not every interface)
+/// and the group's shared secret, for burn-communication's servers and clients; the port must
+/// be free (burn-collective would only report a node that never joined).
+fn configure_network(nodes: &NodesConfig) -> Result<(), String> {
+    let host = nodes.host().expect("checked when the job was loaded");
+    let port = nodes.data_port().expect("checked when the job was loaded");
+    std::net::TcpListener::bind((host, port)).map_err(|e| {
+        format!(
+            "nodes.address: this node cannot listen on {host}:{port} ({e}); give it a free \
+             port of one of this machine's addresses"
+        )
+    })?;
+    burn_communication::websocket::auth::set_bind_host(host.to_string());
+    if let Some(file) = &nodes.secret_file {
+        let secret =
+            crate::job::spec::read_secret(file).map_err(|e| format!("nodes.secret_file: {e}"))?;
+        burn_communication::websocket::auth::set_secret(secret);
+    }
+    Ok(())
+}
+
 /// A fingerprint of what must be the same on every node: the job without the settings that
-/// are a node's own (`nodes.rank`, `nodes.address`, `out_dir`, the device indices).
+/// are a node's own (`nodes.rank`, `nodes.address`, `nodes.secret_file`, `out_dir`, the
+/// device indices).
 pub fn job_fingerprint(job: &JobConfig) -> u64 {
     let mut value = serde_json::to_value(job).expect("a job serialises");
     if let Some(nodes) = value.get_mut("nodes").and_then(|n| n.as_object_mut()) {
         nodes.remove("rank");
         nodes.remove("address");
+        // Where each node keeps the secret is its own; the secret itself is checked by the
+        // handshake.
+        nodes.remove("secret_file");
     }
     if let Some(object) = value.as_object_mut() {
         object.remove("out_dir");
@@ -179,7 +204,12 @@ fn sum_over_peers<B: Backend>(peer: usize, flat: Tensor<B, 1>, what: &str) -> Te
         flat.into_primitive().tensor(),
         ReduceOperation::Sum,
     )
-    .unwrap_or_else(|e| panic!("peer {peer}: {what} failed: {e:?}"));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{}: peer {peer}: {what}: {e:?}",
+            fp8_backend::peers::COLLECTIVE_FAILED
+        )
+    });
     Tensor::from_primitive(TensorPrimitive::Float(summed))
 }
 
@@ -236,6 +266,9 @@ impl Peers {
         B::Device: Send + Sync,
     {
         let lock = ONE_GROUP.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(nodes) = &group.nodes {
+            configure_network(nodes).map_err(Mismatch)?;
+        }
         let devices = &group.devices;
         let local = devices.len();
         let total = group.total();
@@ -457,29 +490,60 @@ fn join<B: Fp8Kernels>(
     config: CollectiveConfig,
     device: B::Device,
 ) -> Result<(), Mismatch> {
-    burn_collective::register::<Fp8<B>>(PeerId::from(place.peer as u32), device.clone(), config)
-        .unwrap_or_else(|e| {
-            panic!(
-                "peer {}: registering with burn-collective failed: {e:?}",
+    if let Err(e) =
+        burn_collective::register::<Fp8<B>>(PeerId::from(place.peer as u32), device.clone(), config)
+    {
+        // The orchestrator's refusals are the user's setup: said plainly (exit 2).
+        let why = format!("{e:?}");
+        let message = if why.contains("OrchestratorBusy") {
+            "the orchestrator is serving another job whose nodes have all joined; it serves one \
+             job at a time: start another orchestrator (another port) or wait for that job"
+                .to_string()
+        } else if why.contains("DoubleRegister") {
+            "nodes.address: another node of this job registered with the same address; every \
+             node needs its own `nodes.address`"
+                .to_string()
+        } else if why.contains("RegisterParamsMismatch") {
+            "nodes.count: the orchestrator is gathering a job of another node count".to_string()
+        } else {
+            format!(
+                "peer {}: registering with burn-collective failed: {why}",
                 place.peer
             )
-        });
+        };
+        return Err(Mismatch(message));
+    }
     let Some(nodes) = place.nodes else {
         return Ok(());
     };
     let local = place.total / nodes;
     let node = place.slot / local;
-    let mut pieces = vec![0.0f32; 4 * nodes];
+    // Per node: four 16-bit pieces of the fingerprint, and a count of the nodes with that rank
+    // (two nodes given one rank would train the same rows and no node the others').
+    const SLOTS: usize = 5;
+    let mut pieces = vec![0.0f32; SLOTS * nodes];
     if place.peer == 0 {
         for k in 0..4 {
-            pieces[4 * node + k] = ((place.fingerprint >> (16 * k)) & 0xffff) as f32;
+            pieces[SLOTS * node + k] = ((place.fingerprint >> (16 * k)) & 0xffff) as f32;
         }
+        pieces[SLOTS * node + 4] = 1.0;
     }
-    let flat = Tensor::<Fp8<B>, 1>::from_data(TensorData::new(pieces, [4 * nodes]), &device);
+    let len = pieces.len();
+    let flat = Tensor::<Fp8<B>, 1>::from_data(TensorData::new(pieces, [len]), &device);
     let summed = sum_over_peers(place.peer, flat, "the job check's all-reduce");
     let all: Vec<f32> = summed.into_data().convert::<f32>().into_vec().expect("f32");
+    let shared: Vec<String> = (0..nodes)
+        .filter(|&n| all[SLOTS * n + 4] > 1.0)
+        .map(|n| format!("rank {n} is given to {} nodes", all[SLOTS * n + 4]))
+        .collect();
+    if !shared.is_empty() {
+        return Err(Mismatch(format!(
+            "nodes.rank: {}; every node needs its own rank, 0 to nodes.count - 1",
+            shared.join(", ")
+        )));
+    }
     let fingerprint =
-        |n: usize| (0..4).fold(0u64, |f, k| f | ((all[4 * n + k] as u64) << (16 * k)));
+        |n: usize| (0..4).fold(0u64, |f, k| f | ((all[SLOTS * n + k] as u64) << (16 * k)));
     let differ: Vec<String> = (0..nodes)
         .filter(|&n| fingerprint(n) != place.fingerprint)
         .map(|n| n.to_string())

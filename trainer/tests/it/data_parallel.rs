@@ -211,7 +211,7 @@ fn peers_weigh_their_rows_by_loss_tokens_on_chat_data() {
 }
 
 /// Free TCP ports on the loopback address (bound, read, released).
-fn free_ports<const N: usize>() -> [u16; N] {
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
     let listeners: Vec<std::net::TcpListener> = (0..N)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -220,15 +220,21 @@ fn free_ports<const N: usize>() -> [u16; N] {
 
 /// Every network wait of these tests is bounded: a process still running after this is killed
 /// and the test fails.
-const PROCESS_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+pub(crate) const PROCESS_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// `fp8-trainer orchestrator --port PORT`, killed when dropped.
-struct Orchestrator(std::process::Child);
+pub(crate) struct Orchestrator(pub(crate) std::process::Child);
 
 impl Orchestrator {
-    fn start(port: u16) -> Self {
+    pub(crate) fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// The orchestrator on `port` with more arguments (`--secret-file FILE`).
+    pub(crate) fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = std::process::Command::new(common::trainer_bin())
             .args(["orchestrator", "--port", &port.to_string()])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -245,7 +251,7 @@ impl Drop for Orchestrator {
 }
 
 /// Runs `train --config` for each config at once; their outputs, each within `PROCESS_LIMIT`.
-fn train_together(configs: &[std::path::PathBuf]) -> Vec<std::process::Output> {
+pub(crate) fn train_together(configs: &[std::path::PathBuf]) -> Vec<std::process::Output> {
     let children: Vec<std::process::Child> = configs
         .iter()
         .map(|config| {
@@ -276,7 +282,7 @@ fn train_together(configs: &[std::path::PathBuf]) -> Vec<std::process::Output> {
 
 /// Node `rank` of two, with one peer, joined through the orchestrator on `ports[0]`; each
 /// node writes its own run directory (`runs-<rank>`).
-fn node_job(dir: &Path, ports: [u16; 3], rank: usize, timeout_s: u64) -> Value {
+pub(crate) fn node_job(dir: &Path, ports: [u16; 3], rank: usize, timeout_s: u64) -> Value {
     let mut job = job(dir, "nodes", "fp8-amax", 2);
     job["devices"] = json!(["cpu"]);
     job["out_dir"] = json!(dir.join(format!("runs-{rank}")));
@@ -288,7 +294,7 @@ fn node_job(dir: &Path, ports: [u16; 3], rank: usize, timeout_s: u64) -> Value {
     job
 }
 
-fn said(out: &std::process::Output) -> String {
+pub(crate) fn said(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

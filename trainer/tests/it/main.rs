@@ -16,7 +16,8 @@
 //! Test-only environment knobs of the binary (documented in `trainer/src/train/`):
 //! `FP8_TRAINER_FAIL_CHECKPOINT_AT=N` aborts while checkpoint N is half written;
 //! `FP8_TRAINER_INJECT_NAN_STEP=N` (`_INF_STEP=N`) multiplies the loss of step N by NaN (+inf);
-//! `FP8_TRAINER_INJECT_PEER_PANIC=P:N` makes data-parallel peer P panic at step N.
+//! `FP8_TRAINER_INJECT_PEER_PANIC=P:N` makes data-parallel peer P panic at step N;
+//! `FP8_TRAINER_REPORT_PEAK_RSS=1` prints the process's peak RSS (`VmHWM`) as it ends.
 
 mod common;
 
@@ -38,6 +39,7 @@ mod gguf;
 mod hf_checkpoints;
 mod inference_table;
 mod llama_family;
+mod node_security;
 mod non_finite;
 mod parity;
 mod parser_fuzz;

@@ -28,10 +28,8 @@ const REFUSAL_RSS_KB: i64 = 100 * 1024;
 /// aborts at this size instead of taking the machine down.
 const CHILD_ADDRESS_SPACE: u64 = 8 << 30;
 
-/// `fp8-trainer` with its address space capped at [`CHILD_ADDRESS_SPACE`], to be given its
-/// arguments and run by [`run_measured`]. Started through `sh` (`ulimit -v`, then `exec`), not
-/// with a `pre_exec` hook: that hook makes the child a `fork` of this test process, and the
-/// kernel counts the forked image (this process's whole RSS) in the child's `ru_maxrss`.
+/// `fp8-trainer` with its address space capped at [`CHILD_ADDRESS_SPACE`] (`sh`'s `ulimit -v`,
+/// then `exec`), to be given its arguments and run by [`run_measured`].
 fn limited() -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -43,36 +41,25 @@ fn limited() -> Command {
     cmd
 }
 
-/// Runs `cmd` (from [`limited`]); its output and its peak resident memory in KiB (`wait4`'s
-/// `ru_maxrss` of this child: `sh`, then the trainer it became).
+/// Runs `cmd` (from [`limited`]); its output and its peak resident memory in KiB, as the
+/// trainer reports it (`FP8_TRAINER_REPORT_PEAK_RSS`: its own `VmHWM`; `wait4`'s `ru_maxrss`
+/// would count the image of this test process that the child was started from).
 fn run_measured(cmd: &mut Command) -> (Output, i64) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let out = cmd
+        .env("FP8_TRAINER_REPORT_PEAK_RSS", "1")
+        .output()
         .unwrap();
-    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
+    let err = stderr(&out);
+    let kib = err
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("peak RSS: ")?
+                .strip_suffix(" kB")?
+                .parse()
+                .ok()
         })
-    };
-    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
-    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
-    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
-    // SAFETY: waits for our own child, writing into the two locals.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as libc::pid_t, "wait4");
-    use std::os::unix::process::ExitStatusExt;
-    let output = Output {
-        status: std::process::ExitStatus::from_raw(status),
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    };
-    (output, usage.ru_maxrss)
+        .unwrap_or_else(|| panic!("no peak RSS reported: {err}"));
+    (out, kib)
 }
 
 /// A job fine-tuning the checkpoint `checkpoint` on the sonnets with the bytes tokenizer.

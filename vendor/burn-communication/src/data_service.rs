@@ -245,21 +245,37 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
             match channel.recv().await {
                 Ok(message) => {
                     if let Some(msg) = message {
+                        // Patched (fp8-trainer): bytes from the network are untrusted; a
+                        // message that is not a tensor request, or a peer that goes away,
+                        // closes this connection (was: panics of this task).
                         let bytes = msg.data;
-                        let msg: DataServiceMessage = rmp_serde::from_slice(&bytes)
-                            .expect("Can deserialize messages from the websocket.");
-                        let DataServiceMessage::TensorRequest(transfer_id) = msg else {
-                            panic!("Received a message that wasn't a tensor request! {msg:?}");
+                        let transfer_id = match rmp_serde::from_slice(&bytes) {
+                            Ok(DataServiceMessage::TensorRequest(transfer_id)) => transfer_id,
+                            Ok(other) => {
+                                log::warn!("[Data Service] dropped a connection: {other:?}");
+                                return;
+                            }
+                            Err(e) => {
+                                log::warn!("[Data Service] dropped a connection: {e}");
+                                return;
+                            }
                         };
-                        let bytes = self.get_exposed_tensor_bytes(transfer_id).await.unwrap();
-
-                        channel.send(Message::new(bytes)).await.unwrap();
+                        let Some(bytes) = self.get_exposed_tensor_bytes(transfer_id).await else {
+                            return;
+                        };
+                        if let Err(e) = channel.send(Message::new(bytes)).await {
+                            log::warn!("[Data Service] the peer left during a download: {e:?}");
+                            return;
+                        }
                     } else {
                         log::info!("Closed connection");
                         return;
                     }
                 }
-                Err(err) => panic!("Failed to receive message from websocket: {err:?}"),
+                Err(err) => {
+                    log::warn!("[Data Service] dropped a connection: {err:?}");
+                    return;
+                }
             };
         }
         log::info!("[Data Service] Closing connection for download.");

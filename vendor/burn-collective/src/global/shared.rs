@@ -105,6 +105,9 @@ pub enum GlobalCollectiveError {
     RegisterParamsMismatch,
     /// Trying to register while already registered
     DoubleRegister,
+    /// Patched (fp8-trainer): every node of another job is registered; the orchestrator serves
+    /// one job at a time.
+    OrchestratorBusy,
     /// Trying to aggregate a different way than is currently being done
     AllReduceParamsMismatch,
 

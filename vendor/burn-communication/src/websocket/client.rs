@@ -42,7 +42,54 @@ async fn connect_ws(address: Address, route: String) -> Option<WsClientChannel> 
     .await
     .ok()?;
 
+    // Patched (fp8-trainer): the client's side of the handshake (`auth`).
+    let stream = match handshake(stream).await {
+        Ok(stream) => stream,
+        Err(why) => {
+            log::warn!("{address}: {why}");
+            return None;
+        }
+    };
     Some(WsClientChannel { inner: stream })
+}
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Patched (fp8-trainer): answers the server's challenge and checks its proof (nothing without
+/// a secret).
+async fn handshake(mut stream: Stream) -> Result<Stream, String> {
+    let Some(secret) = super::auth::secret() else {
+        return Ok(stream);
+    };
+    let outcome = tokio::time::timeout(super::auth::HANDSHAKE_TIMEOUT, async {
+        let challenge = binary(&mut stream).await?;
+        let (own, answer) = super::auth::client_answer(secret, &challenge)?;
+        let sent = stream.send(tungstenite::Message::Binary(answer.into())).await;
+        sent.map_err(|e| format!("cannot answer the challenge: {e}"))?;
+        let proof = binary(&mut stream).await?;
+        super::auth::client_check(secret, &challenge, &own, &proof)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(why)) => Err(format!("connection refused in the handshake: {why}")),
+        Err(_) => Err(format!(
+            "no handshake within {:?} (does the other side have the same secret?)",
+            super::auth::HANDSHAKE_TIMEOUT
+        )),
+    }
+}
+
+/// The next message, which must be binary.
+async fn binary(stream: &mut Stream) -> Result<bytes::Bytes, String> {
+    match stream.next().await {
+        Some(Ok(tungstenite::Message::Binary(data))) => Ok(data),
+        None | Some(Ok(tungstenite::Message::Close(_))) => {
+            Err("the server closed the connection (another secret, or none?)".into())
+        }
+        Some(Ok(_)) => Err("a message that is not binary".into()),
+        Some(Err(e)) => Err(e.to_string()),
+    }
 }
 pub struct WsClientChannel {
     inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -67,7 +114,8 @@ impl CommunicationChannel for WsClientChannel {
                 Err(err) => Err(WsClientError::Tungstenite(err)),
                 msg => Err(WsClientError::UnknownMessage(format!("{msg:?}"))),
             },
-            None => todo!(),
+            // Patched (fp8-trainer): the peer went away (was `todo!()`).
+            None => Ok(None),
         }
     }
 

@@ -1,3 +1,4 @@
+pub mod auth;
 mod base;
 mod client;
 mod server;

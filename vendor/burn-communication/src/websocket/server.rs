@@ -7,12 +7,14 @@ use crate::{
 use axum::{
     Router,
     extract::{
-        State, WebSocketUpgrade,
+        ConnectInfo, State, WebSocketUpgrade,
         ws::{self, WebSocket},
     },
     routing::get,
 };
 use futures::StreamExt;
+
+use super::auth;
 
 #[derive(Clone, Debug)]
 pub struct WsServer {
@@ -43,7 +45,14 @@ impl ProtocolServer for WsServer {
     {
         init_logging();
 
-        let address = format!("0.0.0.0:{}", self.port);
+        // Patched (fp8-trainer): the host the job names (`auth::set_bind_host`, loopback by
+        // default), not every interface.
+        let host = auth::bind_host();
+        let address = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", self.port)
+        } else {
+            format!("{host}:{}", self.port)
+        };
         log::info!("Starting server {address}");
 
         let listener = tokio::net::TcpListener::bind(address).await?;
@@ -71,15 +80,62 @@ impl ProtocolServer for WsServer {
             format!("/{path}")
         };
 
-        let method = get(|ws: WebSocketUpgrade, _: State<()>| async {
-            ws.on_upgrade(async move |socket| {
-                callback(WsServerChannel { inner: socket }).await;
-            })
-        });
+        let method = get(
+            |ws: WebSocketUpgrade, ConnectInfo(peer): ConnectInfo<SocketAddr>, _: State<()>| async move {
+                ws.on_upgrade(async move |socket| {
+                    // Patched (fp8-trainer): a peer that fails the handshake is closed before
+                    // the route reads anything from it.
+                    if let Some(socket) = accept(socket, peer).await {
+                        callback(WsServerChannel { inner: socket }).await;
+                    }
+                })
+            },
+        );
 
         self.router = self.router.route(&path, method);
 
         self
+    }
+}
+
+/// Patched (fp8-trainer): the server's side of the handshake (`auth`); `None` closes `socket`.
+async fn accept(mut socket: WebSocket, peer: SocketAddr) -> Option<WebSocket> {
+    let Some(secret) = auth::secret() else {
+        return Some(socket);
+    };
+    let outcome = tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, async {
+        let challenge = auth::nonce()?;
+        let sent = socket.send(ws::Message::Binary(challenge.to_vec().into())).await;
+        sent.map_err(|e| format!("cannot send the challenge: {e}"))?;
+        let answer = match socket.next().await {
+            Some(Ok(ws::Message::Binary(answer))) => answer,
+            other => return Err(format!("no answer to the challenge ({})", describe(other))),
+        };
+        let proof = auth::server_check(secret, &challenge, &answer)?;
+        let sent = socket.send(ws::Message::Binary(proof.into())).await;
+        sent.map_err(|e| format!("cannot send the proof: {e}"))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => Some(socket),
+        Ok(Err(why)) => {
+            log::warn!("refused a connection from {peer}: {why}");
+            None
+        }
+        Err(_) => {
+            log::warn!("refused a connection from {peer}: no handshake within {:?}", auth::HANDSHAKE_TIMEOUT);
+            None
+        }
+    }
+}
+
+/// What came instead of a binary message, for a refusal's log line.
+fn describe(message: Option<Result<ws::Message, axum::Error>>) -> String {
+    match message {
+        None => "the connection closed".into(),
+        Some(Err(e)) => e.to_string(),
+        Some(Ok(ws::Message::Close(_))) => "a close frame".into(),
+        Some(Ok(_)) => "a message that is not binary".into(),
     }
 }
 
@@ -100,7 +156,8 @@ impl CommunicationChannel for WsServerChannel {
                 Err(err) => Err(WsServerError::Axum(err)),
                 msg => Err(WsServerError::UnknownMessage(format!("{msg:?}"))),
             },
-            None => todo!(),
+            // Patched (fp8-trainer): the peer went away (was `todo!()`).
+            None => Ok(None),
         }
     }
 

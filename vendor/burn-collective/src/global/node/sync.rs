@@ -99,12 +99,23 @@ impl<P: Protocol> SyncService<P> {
     }
 
     pub async fn handle_sync_connection<C: CommunicationChannel>(&self, mut channel: C) {
-        let msg = channel.recv().await.unwrap();
-        let Some(msg) = msg else {
-            return;
+        // Patched (fp8-trainer): bytes from the network are untrusted. A connection that fails
+        // or sends what is not a sync request is dropped (was: `unwrap`, a panic).
+        let msg = match channel.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("sync: dropped a connection: {e:?}");
+                return;
+            }
         };
-
-        let msg = rmp_serde::from_slice::<SyncRequest>(&msg.data).unwrap();
+        let msg = match rmp_serde::from_slice::<SyncRequest>(&msg.data) {
+            Ok(msg) => msg,
+            Err(e) => {
+                log::warn!("sync: dropped a message that is not a sync request: {e}");
+                return;
+            }
+        };
 
         self.add_syncing_peer(msg.0);
 

@@ -4,7 +4,7 @@ use tokio::sync::Mutex;
 
 use crate::global::{
     orchestrator::state::GlobalCollectiveState,
-    shared::{CollectiveMessage, GlobalCollectiveError},
+    shared::{CollectiveMessage, GlobalCollectiveError, SessionId},
 };
 use burn_communication::{
     CommunicationChannel, Message, ProtocolServer, util::os_shutdown_signal, websocket::WsServer,
@@ -76,9 +76,13 @@ impl GlobalOrchestrator {
             return Err(GlobalCollectiveError::FirstMsgNotInit);
         };
 
-        let mut receiver = {
+        let receiver = {
             let mut state = self.state.lock().await;
             state.get_session_responder(id)
+        };
+        // Patched (fp8-trainer): a second response connection for a session is refused.
+        let Some(mut receiver) = receiver else {
+            return Err(GlobalCollectiveError::InvalidMessage);
         };
 
         while let Some(response) = receiver.recv().await {
@@ -98,7 +102,20 @@ impl GlobalOrchestrator {
         log::info!("[Request Handler] On new connection.");
 
         let mut session_id = None;
+        let result = self.serve_requests::<S>(&mut stream, &mut session_id).await;
+        // Patched (fp8-trainer): a node whose connection ends (it finished, died, or was a
+        // stranger) is forgotten, so its registration cannot block later jobs.
+        if let Some(id) = session_id {
+            self.state.lock().await.drop_session(id);
+        }
+        result
+    }
 
+    async fn serve_requests<S: ProtocolServer>(
+        &self,
+        stream: &mut S::Channel,
+        session_id: &mut Option<SessionId>,
+    ) -> Result<(), GlobalCollectiveError> {
         loop {
             let packet = stream.recv().await?;
             let Some(msg) = packet else {
@@ -113,7 +130,7 @@ impl GlobalOrchestrator {
             match msg {
                 CollectiveMessage::Init(id) => {
                     state.init_session(id);
-                    session_id = Some(id);
+                    *session_id = Some(id);
                 }
                 CollectiveMessage::Request(request_id, remote_request) => {
                     let session_id = session_id.ok_or(GlobalCollectiveError::FirstMsgNotInit)?;

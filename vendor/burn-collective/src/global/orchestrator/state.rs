@@ -27,7 +27,11 @@ impl Session {
     }
 
     async fn respond(&mut self, response: CollectiveMessageResponse) {
-        self.response_sender.send(response).await.unwrap();
+        // Patched (fp8-trainer): a node whose response connection is gone gets nothing (was a
+        // panic of the orchestrator).
+        if self.response_sender.send(response).await.is_err() {
+            log::warn!("a response to a node that has gone was dropped");
+        }
     }
 }
 
@@ -70,15 +74,14 @@ impl GlobalCollectiveState {
     }
 
     /// Create the session with given id if necessary, and get the response receiver
+    /// (Patched (fp8-trainer): `None` when a connection already took it, instead of a panic of
+    /// the orchestrator on a second response connection for one session).
     pub(crate) fn get_session_responder(
         &mut self,
         id: SessionId,
-    ) -> Receiver<CollectiveMessageResponse> {
+    ) -> Option<Receiver<CollectiveMessageResponse>> {
         self.init_session(id);
-        let session = self.sessions.get_mut(&id).unwrap();
-        let response_recv = session.response_receiver.take();
-
-        response_recv.unwrap()
+        self.sessions.get_mut(&id)?.response_receiver.take()
     }
 
     pub(crate) async fn respond(
@@ -86,8 +89,10 @@ impl GlobalCollectiveState {
         session_id: SessionId,
         response: CollectiveMessageResponse,
     ) {
-        let session = self.sessions.get_mut(&session_id).unwrap();
-        session.respond(response).await;
+        // Patched (fp8-trainer): nothing for a session that has gone (was a panic).
+        if let Some(session) = self.sessions.get_mut(&session_id) {
+            session.respond(response).await;
+        }
     }
 
     /// Process an incoming node's request
@@ -121,6 +126,26 @@ impl GlobalCollectiveState {
         }
     }
 
+    /// Patched (fp8-trainer): forgets a node whose connection closed without `Finish` (it died,
+    /// or a stranger left): its registration would otherwise block every later job (a
+    /// `DoubleRegister` of its address, or a group that never completes). The last node gone
+    /// frees the orchestrator for a job of another size.
+    pub(crate) fn drop_session(&mut self, session_id: SessionId) {
+        if let Some(node_id) = self.registered_nodes.remove(&session_id) {
+            log::warn!("node {node_id:?} left without finishing; it is unregistered");
+            self.node_addresses.remove(&node_id);
+            if let Some(peers) = self.node_peers.remove(&node_id) {
+                self.num_global_peers = self.num_global_peers.saturating_sub(peers.len() as u32);
+            }
+        }
+        self.register_requests.retain(|(session, _, _)| *session != session_id);
+        self.sessions.remove(&session_id);
+        if self.registered_nodes.is_empty() {
+            self.cur_num_nodes = None;
+            self.num_global_peers = 0;
+        }
+    }
+
     /// Un-register a node. Any pending requests will be cancelled, returning error responses.
     async fn finish(
         &mut self,
@@ -134,6 +159,11 @@ impl GlobalCollectiveState {
         self.node_addresses.remove(&node_id);
         self.node_peers.remove(&node_id);
         self.num_global_peers = 0;
+        // Patched (fp8-trainer): the last node gone frees the orchestrator for a job of another
+        // size.
+        if self.registered_nodes.is_empty() {
+            self.cur_num_nodes = None;
+        }
 
         let mut register_requests = vec![];
         core::mem::swap(&mut register_requests, &mut self.register_requests);
@@ -172,8 +202,18 @@ impl GlobalCollectiveState {
         num_nodes: u32,
         peers: Vec<PeerId>,
     ) -> Result<(), GlobalCollectiveError> {
+        // Patched (fp8-trainer): every check before the state changes (a refused register left
+        // its session counted), and a group that is complete refuses newcomers.
+        if self.registered_nodes.contains_key(&session_id)
+            || self.node_addresses.values().any(|addr| node_addr == *addr)
+        {
+            return Err(GlobalCollectiveError::DoubleRegister);
+        }
         match &self.cur_num_nodes {
             Some(cur_num_nodes) => {
+                if self.registered_nodes.len() >= *cur_num_nodes as usize {
+                    return Err(GlobalCollectiveError::OrchestratorBusy);
+                }
                 if *cur_num_nodes != num_nodes {
                     return Err(GlobalCollectiveError::RegisterParamsMismatch);
                 }
@@ -185,11 +225,12 @@ impl GlobalCollectiveState {
 
         self.num_global_peers += peers.len() as u32;
 
-        let node_id: NodeId = self.registered_nodes.len().into();
+        // Patched (fp8-trainer): the smallest free id (ids of nodes that left are reused).
+        let node_id: NodeId = (0u32..)
+            .map(NodeId::from)
+            .find(|id| !self.node_addresses.contains_key(id))
+            .expect("a free node id");
         self.registered_nodes.insert(session_id, node_id);
-        if self.node_addresses.values().any(|addr| node_addr == *addr) {
-            return Err(GlobalCollectiveError::DoubleRegister);
-        }
         self.node_addresses.insert(node_id, node_addr);
         self.node_peers.insert(node_id, peers);
 

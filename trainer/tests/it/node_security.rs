@@ -1,0 +1,372 @@
+//! Multi-node jobs that only their members can join (issue 28): the orchestrator and the
+//! nodes listen on the host they are given (loopback by default), a group with a shared secret
+//! refuses every connection that fails the handshake before reading what it sends, bytes from
+//! strangers do not disturb the job, a node that dies ends the others with exit 1, and a secret
+//! file others can read, a busy port or port 0 exit 2 naming what is wrong.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common;
+use crate::common::jobs::*;
+use crate::data_parallel::{free_ports, node_job, said, train_together, Orchestrator};
+
+/// A secret file (mode 600 unless `mode` says otherwise) holding `secret`.
+fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port` (at most 60 s).
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a stranger sends a node: a websocket upgrade on `route`, then a binary frame of
+/// garbage and a frame header claiming 8 GiB. Errors are ignored (the node may refuse early).
+fn send_garbage(port: u16, route: &str) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let upgrade = format!(
+        "GET {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    if stream.write_all(upgrade.as_bytes()).is_err() {
+        return;
+    }
+    let mut response = [0u8; 1024];
+    let _ = stream.read(&mut response);
+    // A masked binary frame of 100 bytes (0x82: FIN + binary; 0x80 | 100: masked, length).
+    let mut frame = vec![0x82, 0x80 | 100, 1, 2, 3, 4];
+    frame.extend((0..100u8).map(|i| i.wrapping_mul(37) ^ 0xab));
+    // A frame header claiming 8 GiB (127: a 64-bit length follows), and a few bytes of it.
+    frame.extend([0x82, 0x80 | 127]);
+    frame.extend((8u64 << 30).to_be_bytes());
+    frame.extend([9, 9, 9, 9, 1, 2, 3]);
+    let _ = stream.write_all(&frame);
+    let _ = stream.read(&mut response);
+}
+
+#[test]
+fn a_node_without_the_secret_is_refused_and_the_job_is_not_disturbed() {
+    let dir = scratch("nodes-secret");
+    let [orchestrator_port, port0, port1, stranger_port] = free_ports::<4>();
+    let ports = [orchestrator_port, port0, port1];
+    let secret = secret_file(&dir, "secret", "correct horse battery staple 42", 0o600);
+    let other = secret_file(&dir, "other", "another secret of enough bytes", 0o600);
+    let _orchestrator = Orchestrator::start_with(
+        orchestrator_port,
+        &["--secret-file", secret.to_str().unwrap()],
+    );
+    wait_listening(orchestrator_port);
+
+    // The stranger brings the job's config (as rank 1) with another secret, first.
+    let mut stranger = node_job(&dir, ports, 1, 15);
+    stranger["out_dir"] = json!(dir.join("runs-stranger"));
+    stranger["nodes"]["address"] = json!(format!("ws://127.0.0.1:{stranger_port}"));
+    stranger["nodes"]["secret_file"] = json!(other);
+    let stranger = write_config(&dir, "stranger.json", &stranger);
+    let stranger = std::thread::spawn(move || train_together(&[stranger]).remove(0));
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Garbage at both nodes' routes all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let garbage = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for port in [port0, port1] {
+                    for route in ["/sync", "/data"] {
+                        send_garbage(port, route);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let configs: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut job = node_job(&dir, ports, rank, 60);
+            job["nodes"]["secret_file"] = json!(secret);
+            write_config(&dir, &format!("node{rank}.json"), &job)
+        })
+        .collect();
+    let outs = train_together(&configs);
+    stop.store(true, Ordering::SeqCst);
+    garbage.join().unwrap();
+    for out in &outs {
+        assert_eq!(out.status.code(), Some(0), "{}", said(out));
+        assert!(!said(out).contains("panicked"), "{}", said(out));
+    }
+    assert_eq!(
+        exact(&metrics(&dir.join("runs-0/nodes"))),
+        exact(&metrics(&dir.join("runs-1/nodes"))),
+        "the two members trained together"
+    );
+    let stranger = stranger.join().unwrap();
+    let told = said(&stranger);
+    assert_eq!(stranger.status.code(), Some(1), "{told}");
+    assert!(
+        told.contains("handshake") || told.contains("another secret"),
+        "{told}"
+    );
+    assert!(!told.contains("panicked"), "{told}");
+    assert!(
+        !dir.join("runs-stranger/nodes/checkpoints").exists(),
+        "{told}"
+    );
+}
+
+/// A non-loopback address of this machine, if it has one.
+fn lan_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("10.255.255.255:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[test]
+fn the_orchestrator_listens_on_loopback_unless_told_otherwise() {
+    let Some(lan) = lan_address() else {
+        println!("skipped: this machine has no address but loopback");
+        return;
+    };
+    let [port] = free_ports::<1>();
+    let _orchestrator = Orchestrator::start(port);
+    wait_listening(port);
+    let from_outside = TcpStream::connect_timeout(&(lan, port).into(), Duration::from_secs(2));
+    assert!(
+        from_outside.is_err(),
+        "the orchestrator answers on {lan}:{port}, not only on loopback"
+    );
+}
+
+#[test]
+fn secret_files_others_can_read_or_too_short_exit_2() {
+    let dir = scratch("nodes-bad-secret");
+    let ports = free_ports::<3>();
+    for (name, secret, mode, needle) in [
+        (
+            "readable",
+            "a secret of enough bytes here",
+            0o644,
+            "chmod 600",
+        ),
+        ("short", "short", 0o600, "fewer than the 16"),
+    ] {
+        let file = secret_file(&dir, name, secret, mode);
+        let mut job = node_job(&dir, ports, 0, 5);
+        job["nodes"]["secret_file"] = json!(file);
+        let config = write_config(&dir, &format!("{name}.json"), &job);
+        let out = train(&config, &[], &[]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", said(&out));
+        assert!(said(&out).contains("nodes.secret_file"), "{}", said(&out));
+        assert!(said(&out).contains(needle), "{}", said(&out));
+        let orchestrator = fp8_trainer(&[
+            "orchestrator",
+            "--port",
+            &ports[0].to_string(),
+            "--secret-file",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            orchestrator.status.code(),
+            Some(2),
+            "{}",
+            said(&orchestrator)
+        );
+        assert!(
+            said(&orchestrator).contains(needle),
+            "{}",
+            said(&orchestrator)
+        );
+    }
+}
+
+#[test]
+fn busy_ports_and_port_0_exit_2_naming_the_port() {
+    let dir = scratch("nodes-busy");
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = fp8_trainer(&["orchestrator", "--port", &port.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        said(&out)
+    );
+    assert!(!said(&out).contains("listening"), "{}", said(&out));
+    let out = fp8_trainer(&["orchestrator", "--port", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("--port"), "{}", said(&out));
+
+    // A node whose own port is taken: said, not "a node has not joined" after the timeout.
+    let [orchestrator_port, other] = free_ports::<2>();
+    let _orchestrator = Orchestrator::start(orchestrator_port);
+    let config = write_config(
+        &dir,
+        "node.json",
+        &node_job(&dir, [orchestrator_port, port, other], 0, 30),
+    );
+    let started = Instant::now();
+    let out = train(&config, &[], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("nodes.address"), "{}", said(&out));
+    assert!(
+        said(&out).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        said(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "before the timeout"
+    );
+    drop(busy);
+}
+
+#[test]
+fn a_node_killed_mid_job_ends_the_other_with_exit_1() {
+    let dir = scratch("nodes-killed");
+    let ports = free_ports::<3>();
+    let _orchestrator = Orchestrator::start(ports[0]);
+    let configs: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut job = node_job(&dir, ports, rank, 20);
+            job["steps"] = json!(100_000);
+            job["eval_every"] = json!(0);
+            job["checkpoint_every"] = json!(5);
+            write_config(&dir, &format!("node{rank}.json"), &job)
+        })
+        .collect();
+    let spawn = |config: &PathBuf| {
+        std::process::Command::new(common::trainer_bin())
+            .args(["train", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut node0 = crate::common::process::Job(spawn(&configs[0]));
+    let mut node1 = crate::common::process::Job(spawn(&configs[1]));
+    crate::common::process::wait_for_log_line(&dir.join("runs-0/nodes"), "step 6/");
+    node1.kill().unwrap();
+    let _ = node1.wait();
+    let killed = Instant::now();
+    let waited = crate::common::process::wait_at_most(&mut node0.0, Duration::from_secs(120));
+    let err = crate::common::process::child_stderr(&mut node0.0);
+    let (status, _) = waited.unwrap_or_else(|| panic!("node 0 did not stop: {err}"));
+    println!(
+        "node 0 stopped {:?} after node 1 was killed",
+        killed.elapsed()
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(20 + 30),
+        "within nodes.timeout_s"
+    );
+    // Its checkpoints are complete ones.
+    let checkpoints = dir.join("runs-0/nodes/checkpoints");
+    for entry in std::fs::read_dir(&checkpoints).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("step-"), "left behind: {name}");
+        assert!(path.join("trainer_state/state.json").is_file(), "{name}");
+    }
+}
+
+#[test]
+fn two_nodes_given_one_rank_exit_2_naming_it() {
+    let dir = scratch("nodes-same-rank");
+    let ports = free_ports::<3>();
+    let _orchestrator = Orchestrator::start(ports[0]);
+    let first = node_job(&dir, ports, 0, 60);
+    let mut second = node_job(&dir, ports, 0, 60);
+    second["out_dir"] = json!(dir.join("runs-second"));
+    second["nodes"]["address"] = json!(format!("ws://127.0.0.1:{}", ports[2]));
+    let configs = [
+        write_config(&dir, "first.json", &first),
+        write_config(&dir, "second.json", &second),
+    ];
+    for out in train_together(&configs) {
+        assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+        assert!(
+            said(&out).contains("nodes.rank: rank 0 is given to 2 nodes"),
+            "{}",
+            said(&out)
+        );
+        assert!(!said(&out).contains("panicked"), "{}", said(&out));
+    }
+}
+
+/// Starts `train --config` in the background (killed when dropped).
+fn spawn_node(config: &Path) -> crate::common::process::Job {
+    crate::common::process::Job(
+        std::process::Command::new(common::trainer_bin())
+            .args(["train", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn an_orchestrator_serves_one_job_at_a_time_and_the_next_after_a_crash() {
+    let dir = scratch("nodes-one-job");
+    let [orchestrator_port, a0, a1, b0, b1, c0, c1] = free_ports::<7>();
+    let _orchestrator = Orchestrator::start(orchestrator_port);
+    // Job A runs (long), on its two nodes.
+    let long = |rank: usize, ports: [u16; 3], name: &str| {
+        let mut job = node_job(&dir, ports, rank, 60);
+        job["name"] = json!(name);
+        job["steps"] = json!(100_000);
+        job["eval_every"] = json!(0);
+        job["checkpoint_every"] = json!(0);
+        write_config(&dir, &format!("{name}{rank}.json"), &job)
+    };
+    let a = [orchestrator_port, a0, a1];
+    let mut nodes_a = [spawn_node(&long(0, a, "a")), spawn_node(&long(1, a, "a"))];
+    crate::common::process::wait_for_log_line(&dir.join("runs-0/a"), "step 2/");
+
+    // A node of job B is refused at once, saying why.
+    let mut b = node_job(&dir, [orchestrator_port, b0, b1], 0, 60);
+    b["name"] = json!("b");
+    let out = train(&write_config(&dir, "b0.json", &b), &[], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("serving another job"), "{}", said(&out));
+
+    // Job A's nodes die; job C then runs on the same orchestrator.
+    for node in &mut nodes_a {
+        node.kill().unwrap();
+        let _ = node.wait();
+    }
+    let configs: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut job = node_job(&dir, [orchestrator_port, c0, c1], rank, 60);
+            job["name"] = json!("c");
+            write_config(&dir, &format!("c{rank}.json"), &job)
+        })
+        .collect();
+    for out in train_together(&configs) {
+        assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    }
+}
