@@ -35,13 +35,13 @@ fn wait_listening(port: u16) {
     }
 }
 
-/// What a stranger sends a node: a websocket upgrade on `route`, then a binary frame of
-/// garbage and a frame header claiming 8 GiB. Errors are ignored (the node may refuse early).
-fn send_garbage(port: u16, route: &str) {
+/// Opens a websocket on `route` of 127.0.0.1:`port` and sends each of `messages` as a masked
+/// binary frame; errors are ignored (the other side may refuse early).
+fn send_frames(port: u16, route: &str, messages: &[Vec<u8>]) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let upgrade = format!(
         "GET {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -52,15 +52,161 @@ fn send_garbage(port: u16, route: &str) {
     }
     let mut response = [0u8; 1024];
     let _ = stream.read(&mut response);
-    // A masked binary frame of 100 bytes (0x82: FIN + binary; 0x80 | 100: masked, length).
+    for message in messages {
+        let mask = [0x5a, 0xc3, 0x11, 0x7e];
+        let mut frame = vec![0x82]; // FIN, binary
+        match message.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n => {
+                frame.push(0x80 | 126);
+                frame.extend((n as u16).to_be_bytes());
+            }
+        }
+        frame.extend(mask);
+        frame.extend(message.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        if stream.write_all(&frame).is_err() {
+            return;
+        }
+    }
+    let _ = stream.read(&mut response);
+}
+
+/// What a stranger sends a node: a binary frame of garbage (not a message of the protocol: it
+/// begins with a MessagePack string), then a frame header claiming 8 GiB.
+fn send_garbage(port: u16, route: &str) {
+    let garbage: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37) ^ 0xab).collect();
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend((8u64 << 30).to_be_bytes());
+    huge.extend([9, 9, 9, 9, 1, 2, 3]);
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    drop(stream.set_read_timeout(Some(Duration::from_millis(500))));
+    let upgrade = format!(
+        "GET {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    if stream.write_all(upgrade.as_bytes()).is_err() {
+        return;
+    }
+    let mut response = [0u8; 1024];
+    let _ = stream.read(&mut response);
     let mut frame = vec![0x82, 0x80 | 100, 1, 2, 3, 4];
-    frame.extend((0..100u8).map(|i| i.wrapping_mul(37) ^ 0xab));
-    // A frame header claiming 8 GiB (127: a 64-bit length follows), and a few bytes of it.
-    frame.extend([0x82, 0x80 | 127]);
-    frame.extend((8u64 << 30).to_be_bytes());
-    frame.extend([9, 9, 9, 9, 1, 2, 3]);
+    frame.extend(
+        garbage
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    frame.extend(huge);
     let _ = stream.write_all(&frame);
     let _ = stream.read(&mut response);
+}
+
+/// Sends garbage to both nodes' routes until the returned flag is set.
+fn garbage_until_stopped(ports: [u16; 2]) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for port in ports {
+                    for route in ["/sync", "/data"] {
+                        send_garbage(port, route);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    (stop, thread)
+}
+
+#[test]
+fn garbage_at_the_nodes_routes_does_not_disturb_a_job_without_a_secret() {
+    // Without a secret the garbage reaches the routes' decoders, which must drop it (they
+    // panicked: sync.rs:102, data_service.rs:250).
+    let dir = scratch("nodes-garbage");
+    let ports = free_ports::<3>();
+    let _orchestrator = Orchestrator::start(ports[0]);
+    let (stop, garbage) = garbage_until_stopped([ports[1], ports[2]]);
+    let configs: Vec<_> = (0..2)
+        .map(|rank| {
+            write_config(
+                &dir,
+                &format!("node{rank}.json"),
+                &node_job(&dir, ports, rank, 60),
+            )
+        })
+        .collect();
+    let outs = train_together(&configs);
+    stop.store(true, Ordering::SeqCst);
+    garbage.join().unwrap();
+    for out in &outs {
+        assert_eq!(out.status.code(), Some(0), "{}", said(out));
+        assert!(!said(out).contains("panicked"), "{}", said(out));
+    }
+    assert_eq!(
+        exact(&metrics(&dir.join("runs-0/nodes"))),
+        exact(&metrics(&dir.join("runs-1/nodes")))
+    );
+}
+
+/// Messages the orchestrator's decoder is fed: seeded, of every length to 300 bytes, most
+/// beginning with a MessagePack array, map or integer marker so that decoding goes past the
+/// first byte.
+fn fuzz_messages(seed: u64, count: usize) -> Vec<Vec<u8>> {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..count)
+        .map(|_| {
+            let len = (next() % 300) as usize;
+            let mut message: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(first) = message.first_mut() {
+                let markers = [0x91, 0x92, 0x93, 0x81, 0x82, 0x00, 0x01, 0xdc, 0xde, 0xc4];
+                if next() % 4 != 0 {
+                    *first = markers[(next() % markers.len() as u64) as usize];
+                }
+            }
+            message
+        })
+        .collect()
+}
+
+#[test]
+fn the_orchestrator_survives_fuzzed_messages_and_then_serves_a_job() {
+    let dir = scratch("nodes-fuzz");
+    let ports = free_ports::<3>();
+    let mut orchestrator = Orchestrator::start(ports[0]);
+    wait_listening(ports[0]);
+    // 2,000 messages in 500 connections, to both routes (bounded: a few seconds).
+    let messages = fuzz_messages(0x5eed_f00d, 2000);
+    for (i, batch) in messages.chunks(4).enumerate() {
+        let route = if i % 2 == 0 { "/request" } else { "/response" };
+        send_frames(ports[0], route, batch);
+    }
+    assert!(
+        orchestrator.0.try_wait().unwrap().is_none(),
+        "the orchestrator ended while fuzzed"
+    );
+    let configs: Vec<_> = (0..2)
+        .map(|rank| {
+            write_config(
+                &dir,
+                &format!("node{rank}.json"),
+                &node_job(&dir, ports, rank, 60),
+            )
+        })
+        .collect();
+    for out in train_together(&configs) {
+        assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    }
 }
 
 #[test]
@@ -86,20 +232,7 @@ fn a_node_without_the_secret_is_refused_and_the_job_is_not_disturbed() {
     std::thread::sleep(Duration::from_secs(2));
 
     // Garbage at both nodes' routes all along.
-    let stop = Arc::new(AtomicBool::new(false));
-    let garbage = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                for port in [port0, port1] {
-                    for route in ["/sync", "/data"] {
-                        send_garbage(port, route);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let (stop, garbage) = garbage_until_stopped([port0, port1]);
     let configs: Vec<_> = (0..2)
         .map(|rank| {
             let mut job = node_job(&dir, ports, rank, 60);
