@@ -62,8 +62,9 @@ pub struct EvalArgs {
     /// Tokens per sequence with --data (default min(256, n_positions)).
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// Sequences (or classification examples) per batch.
-    #[arg(long, default_value_t = 8)]
+    /// Sequences (or classification examples) per batch (at least 1; its logits must fit in
+    /// memory).
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
     /// Batches to evaluate (0 = all).
     #[arg(long, default_value_t = 0)]
@@ -222,7 +223,15 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalOutcome, Error> {
     };
     let data = open_data_from(&job, origin)?;
     let vocab = data.tokenizer.vocab_size();
+    // Eval's batches are --batch-size rows: checked (their logits must fit) as a job's are.
+    job.batch_size = args.batch_size;
     check::model(&job, &config_path, &model_config, vocab).map_err(|e| match e {
+        JobConfigError::Field(FieldError { field, message, .. }) if field == "batch_size" => {
+            Error::Argument {
+                flag: "--batch-size",
+                message,
+            }
+        }
         // With --data there is no job config: name the flag the setting came from.
         JobConfigError::Field(FieldError { field, message, .. }) if from_flags => Error::Argument {
             flag: match field.as_str() {

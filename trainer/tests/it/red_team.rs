@@ -462,3 +462,19 @@ fn an_unknown_log_level_is_warned_about() {
         "{err}"
     );
 }
+
+#[test]
+fn an_eval_batch_that_cannot_fit_or_is_empty_exits_2() {
+    // Its logits (10^8 rows x 64 positions x 512 entries) would abort the process.
+    let data = common::repo_root().join("datasets/data/shakespeare_milton/shakespeare_sonnets.txt");
+    for size in ["100000000", "0"] {
+        let mut cmd = limited();
+        cmd.args(["eval", "--checkpoint", &common::fixture(), "--tokenizer", "bytes"])
+            .arg("--data")
+            .arg(&data)
+            .args(["--batch-size", size]);
+        let out = cmd.output().unwrap();
+        assert_exit(&format!("--batch-size {size}"), &out, 2, &["--batch-size"]);
+    }
+}
+
