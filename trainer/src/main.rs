@@ -93,8 +93,8 @@ fn main() -> ExitCode {
             }
             if trainer::train::preparing() {
                 Exit::Interrupted.now(
-                    "interrupted while the job was being prepared (run directory, data, model): \
-                     nothing to save yet; stopping now",
+                    "interrupted while the job was being prepared (data, model, the other nodes \
+                     joining): nothing to save yet; stopping now",
                 );
             }
         };

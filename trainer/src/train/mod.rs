@@ -103,7 +103,8 @@ pub enum TrainOutcome {
 }
 
 /// True while a job is being prepared (`Run::open` up to the first change to its run
-/// directory: the data read and tokenized, the model built or loaded): nothing is at stake yet, so the first Ctrl-C, SIGTERM or SIGHUP
+/// directory: the data read and tokenized, the model built or loaded; and again while its
+/// data-parallel peers and nodes join, up to `nodes.timeout_s`): nothing is at stake yet, so the first Ctrl-C, SIGTERM or SIGHUP
 /// ends the process at once instead of waiting for the phase to end (a tokenizer pass over a
 /// large corpus, a slow chat template). Stopping there is what a kill would do, and the only
 /// writes of that phase (token caches) are atomic renames; the run lock goes with the process.

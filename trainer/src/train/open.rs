@@ -115,13 +115,18 @@ where
         };
         start.log();
 
-        // The peers wait for each other at registration: nothing else may fail after it.
+        // The peers wait for each other at registration: nothing else may fail after it. Until
+        // every node has joined (up to `nodes.timeout_s`) there is nothing to save either: a
+        // signal ends the process at once, as while preparing.
         let peers = match group.is_parallel() {
             false => None,
-            true => Some(
-                Peers::start::<B>(&model, &optimizer, &group)
-                    .map_err(|m| Error::field(&opts.config_path, "nodes", m.0))?,
-            ),
+            true => {
+                let joining = super::Preparing::start();
+                let peers = Peers::start::<B>(&model, &optimizer, &group)
+                    .map_err(|m| Error::field(&opts.config_path, "nodes", m.0))?;
+                drop(joining);
+                Some(peers)
+            }
         };
         Ok(Self {
             job,

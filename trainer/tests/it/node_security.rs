@@ -503,3 +503,23 @@ fn an_orchestrator_serves_one_job_at_a_time_and_the_next_after_a_crash() {
         assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     }
 }
+
+#[test]
+fn a_signal_while_waiting_for_the_other_nodes_stops_at_once() {
+    // Joining waits up to nodes.timeout_s (here 300 s) for the other nodes; a SIGTERM from a
+    // job scheduler must not wait that long.
+    let dir = scratch("nodes-signal-joining");
+    let ports = free_ports::<3>();
+    let _orchestrator = Orchestrator::start(ports[0]);
+    let config = write_config(&dir, "node0.json", &node_job(&dir, ports, 0, 300));
+    let mut node = spawn_node(&config);
+    crate::common::process::wait_for_log_line(&dir.join("runs-0/nodes"), "starting nodes");
+    std::thread::sleep(Duration::from_millis(500));
+    crate::common::process::signal(&node, libc::SIGTERM);
+    let waited = crate::common::process::wait_at_most(&mut node.0, Duration::from_secs(30));
+    let err = crate::common::process::child_stderr(&mut node.0);
+    let (status, took) = waited.unwrap_or_else(|| panic!("SIGTERM ignored while joining: {err}"));
+    println!("stopped {took:?} after SIGTERM");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("the other nodes joining"), "{err}");
+}

@@ -469,12 +469,17 @@ fn an_eval_batch_that_cannot_fit_or_is_empty_exits_2() {
     let data = common::repo_root().join("datasets/data/shakespeare_milton/shakespeare_sonnets.txt");
     for size in ["100000000", "0"] {
         let mut cmd = limited();
-        cmd.args(["eval", "--checkpoint", &common::fixture(), "--tokenizer", "bytes"])
-            .arg("--data")
-            .arg(&data)
-            .args(["--batch-size", size]);
+        cmd.args([
+            "eval",
+            "--checkpoint",
+            &common::fixture(),
+            "--tokenizer",
+            "bytes",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .args(["--batch-size", size]);
         let out = cmd.output().unwrap();
         assert_exit(&format!("--batch-size {size}"), &out, 2, &["--batch-size"]);
     }
 }
-
