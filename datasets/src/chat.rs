@@ -11,9 +11,12 @@
 //! text that message `i` adds is its span. An assistant message's span carries the loss, its
 //! closing tag or end-of-text included (so the model learns to stop), except the header that the
 //! generation prompt (`add_generation_prompt=true` after `messages[..i]`) writes, which inference
-//! supplies. Each span is tokenized on its own, so no token straddles two messages, as at
-//! inference, where the prompt is tokenized and the reply generated. With `loss: "all"` the
-//! conversation is rendered once and every token carries the loss.
+//! supplies. The whole rendering is encoded at once, as `apply_chat_template` encodes it, and a
+//! token carries the loss when a byte it stands for is in a span that does. With `loss: "all"` the
+//! conversation is rendered once and every token carries the loss. For training data the prefixes
+//! are rendered only as far as a row of `seq_len` tokens can reach
+//! ([`ChatTemplate::with_window`]), so a conversation costs one rendering of its whole plus the
+//! prefixes a row covers, not one rendering per message.
 
 use std::path::Path;
 
@@ -46,9 +49,9 @@ const VARIABLES: [&str; 6] = [
 ];
 
 /// The most template instructions (minijinja's fuel) one rendering may run. Real chat
-/// templates run a few hundred per message (measured below: `fuel_of_a_real_template_...`), so
-/// this allows conversations of tens of thousands of messages while a template that loops
-/// without end fails within about a second.
+/// templates run a few hundred per message (zephyr's renders 20,000 messages within it:
+/// `datasets/tests/it/chat.rs`), while a template that loops without end fails within about a
+/// second.
 pub const TEMPLATE_FUEL: u64 = 50_000_000;
 
 /// A compiled chat template and what rendering and tokenizing with it needs.
@@ -62,6 +65,9 @@ pub struct ChatTemplate {
     bos: String,
     eos: String,
     loss: ChatLoss,
+    /// Tokens a training row holds after a conversation's prompt (`seq_len`): the masks of
+    /// later tokens, which no row reaches, are not worked out ([`ChatTemplate::with_window`]).
+    window: Option<usize>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -148,7 +154,19 @@ impl ChatTemplate {
             bos,
             eos,
             loss,
+            window: None,
         })
+    }
+
+    /// This template for rows of `seq_len` tokens. A row holds at most `seq_len` tokens after
+    /// a conversation's prompt (the tokens before the first that carries the loss; `Batch`'s
+    /// `set_masked_row`), so the assistant spans are worked out only up to there: the rendering
+    /// of every prefix, `messages[..=i]`, which made a conversation's cost quadratic in its
+    /// length, stops at the first message that begins after the last token a row can hold. The
+    /// masks of the tokens after it are 0 (no row reads them); the tokens are all kept.
+    pub fn with_window(mut self, seq_len: usize) -> Self {
+        self.window = Some(seq_len);
+        self
     }
 
     /// Where the template came from.
@@ -164,8 +182,11 @@ impl ChatTemplate {
     /// What decides the tokens besides the tokenizer: the template's text (hashed), `loss`, and
     /// how the rendering is encoded (`whole`; caches before it encoded message by message).
     pub(crate) fn cache_options(&self) -> String {
+        let window = self
+            .window
+            .map_or(String::new(), |w| format!(" window={w}"));
         format!(
-            "template={:016x} loss={:?} encode=whole",
+            "template={:016x} loss={:?} encode=whole{window}",
             self.hash, self.loss
         )
     }
@@ -221,9 +242,33 @@ impl ChatTemplate {
         if self.loss == ChatLoss::All {
             return Ok(vec![(self.render(messages, false)?, true)]);
         }
+        self.spans_until(messages, None, |_| None)
+    }
+
+    /// [`ChatTemplate::spans`], rendering prefixes only until the text reaches the byte that
+    /// `limit` returns for the byte where the first span with the loss begins (`None`: all).
+    /// `full`, the whole conversation's rendering when the caller has it, gets the text after
+    /// the last prefix rendered as one span without the loss.
+    fn spans_until(
+        &self,
+        messages: &[serde_json::Value],
+        full: Option<&str>,
+        mut limit: impl FnMut(usize) -> Option<usize>,
+    ) -> Result<Vec<(String, bool)>, String> {
         let mut spans = Vec::with_capacity(messages.len() + 1);
         let mut before = String::new(); // the rendering of messages[..i]
+        let mut stop_at: Option<usize> = None;
         for i in 0..messages.len() {
+            if let (Some(stop), Some(full)) = (stop_at, full) {
+                if before.len() >= stop {
+                    // No row reaches the messages from here on.
+                    if !full.starts_with(&before) {
+                        return Err(self.not_prefix_stable(i, &before, full));
+                    }
+                    spans.push((full[before.len()..].to_string(), false));
+                    return Ok(spans);
+                }
+            }
             let upto = self.render(&messages[..=i], false)?;
             if !upto.starts_with(&before) {
                 return Err(self.not_prefix_stable(i, &before, &upto));
@@ -237,12 +282,21 @@ impl ChatTemplate {
                     Ok(g) if g.starts_with(&before) && upto.starts_with(&g) => g.len(),
                     _ => before.len(),
                 } - before.len();
+                if stop_at.is_none() && header < added.len() {
+                    stop_at = limit(before.len() + header);
+                }
                 spans.push((added[..header].to_string(), false));
                 spans.push((added[header..].to_string(), true));
             } else {
                 spans.push((added.to_string(), false));
             }
             before = upto;
+        }
+        if let Some(full) = full {
+            // Every message rendered: the whole rendering is the last prefix.
+            if full != before {
+                return Err(self.not_prefix_stable(messages.len(), &before, full));
+            }
         }
         Ok(spans)
     }
@@ -277,15 +331,37 @@ impl ChatTemplate {
         messages: &[serde_json::Value],
         tok: &dyn Tokenizer,
     ) -> Result<(Vec<u32>, Vec<u8>), String> {
-        let spans = self.spans(messages)?;
-        let (mut text, mut learned) = (String::new(), Vec::new());
-        for (piece, loss) in spans {
-            if loss && !piece.is_empty() {
-                learned.push(text.len()..text.len() + piece.len());
-            }
-            text += &piece;
-        }
+        let text = self.render(messages, false)?;
         let encoded = tok.encode_rendered(&text).map_err(|e| e.to_string())?;
+        let spans = match self.loss {
+            ChatLoss::All => vec![(text.clone(), true)],
+            // With a window: spans up to the end of the last token a row can hold, the
+            // `window`-th token from the first one that carries the loss.
+            ChatLoss::Assistant => self.spans_until(messages, Some(&text), |first_learned| {
+                let window = self.window?;
+                // The first token with the loss (the ids' byte ranges are contiguous, so it is
+                // the first that ends after the span's first byte): the row's prompt ends there.
+                // Token 0 never carries the loss (no target); the prompt then ends at a later
+                // one: no early stop.
+                let first = encoded.partition_point(|(_, bytes)| bytes.end <= first_learned);
+                if first == 0 {
+                    return None;
+                }
+                let last = (first + window).min(encoded.len());
+                Some(match last {
+                    0 => 0,
+                    n => encoded[n - 1].1.end,
+                })
+            })?,
+        };
+        let mut learned = Vec::new();
+        let mut at = 0;
+        for (piece, loss) in &spans {
+            if *loss && !piece.is_empty() {
+                learned.push(at..at + piece.len());
+            }
+            at += piece.len();
+        }
         let (mut tokens, mut mask) = (Vec::with_capacity(encoded.len()), Vec::new());
         for (id, bytes) in encoded {
             let loss = learned

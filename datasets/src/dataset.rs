@@ -105,7 +105,10 @@ impl Dataset {
             _ => None,
         };
         let chat = match kind {
-            DataKind::Chat => Some(ChatTemplate::resolve(&config.chat, checkpoint, tokenizer)?),
+            DataKind::Chat => Some(
+                ChatTemplate::resolve(&config.chat, checkpoint, tokenizer)?
+                    .with_window(config.seq_len),
+            ),
             // Settings that would be ignored are refused: the user meant chat data.
             _ if !config.chat.is_default() => {
                 return Err(DataError::config(

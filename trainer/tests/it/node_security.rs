@@ -35,73 +35,67 @@ fn wait_listening(port: u16) {
     }
 }
 
-/// Opens a websocket on `route` of 127.0.0.1:`port` and sends each of `messages` as a masked
-/// binary frame; errors are ignored (the other side may refuse early).
-fn send_frames(port: u16, route: &str, messages: &[Vec<u8>]) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+/// A websocket on `route` of 127.0.0.1:`port` (the upgrade sent, the answer read), or `None`
+/// when nothing accepts the connection.
+fn open_websocket(port: u16, route: &str) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .ok()?;
     let upgrade = format!(
         "GET {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     );
-    if stream.write_all(upgrade.as_bytes()).is_err() {
-        return;
-    }
+    stream.write_all(upgrade.as_bytes()).ok()?;
     let mut response = [0u8; 1024];
     let _ = stream.read(&mut response);
-    for message in messages {
-        let mask = [0x5a, 0xc3, 0x11, 0x7e];
-        let mut frame = vec![0x82]; // FIN, binary
-        match message.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n => {
-                frame.push(0x80 | 126);
-                frame.extend((n as u16).to_be_bytes());
-            }
+    Some(stream)
+}
+
+/// A masked binary websocket frame holding `message` (the mask applied, as clients must).
+fn frame(message: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0xc3, 0x11, 0x7e];
+    let mut frame = vec![0x82]; // FIN, binary
+    match message.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend((n as u16).to_be_bytes());
         }
-        frame.extend(mask);
-        frame.extend(message.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        if stream.write_all(&frame).is_err() {
+    }
+    frame.extend(mask);
+    frame.extend(message.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Sends each of `messages` on a websocket to `route`; errors are ignored (the other side may
+/// refuse early).
+fn send_frames(port: u16, route: &str, messages: &[Vec<u8>]) {
+    let Some(mut stream) = open_websocket(port, route) else {
+        return;
+    };
+    for message in messages {
+        if stream.write_all(&frame(message)).is_err() {
             return;
         }
     }
-    let _ = stream.read(&mut response);
+    let _ = stream.read(&mut [0u8; 1024]);
 }
 
 /// What a stranger sends a node: a binary frame of garbage (not a message of the protocol: it
-/// begins with a MessagePack string), then a frame header claiming 8 GiB.
+/// begins with a MessagePack string), then a frame header claiming 8 GiB and a few bytes.
 fn send_garbage(port: u16, route: &str) {
-    let garbage: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37) ^ 0xab).collect();
-    let mut huge = vec![0x82, 0x80 | 127];
-    huge.extend((8u64 << 30).to_be_bytes());
-    huge.extend([9, 9, 9, 9, 1, 2, 3]);
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Some(mut stream) = open_websocket(port, route) else {
         return;
     };
-    drop(stream.set_read_timeout(Some(Duration::from_millis(500))));
-    let upgrade = format!(
-        "GET {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
-    );
-    if stream.write_all(upgrade.as_bytes()).is_err() {
-        return;
-    }
-    let mut response = [0u8; 1024];
-    let _ = stream.read(&mut response);
-    let mut frame = vec![0x82, 0x80 | 100, 1, 2, 3, 4];
-    frame.extend(
-        garbage
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
-    );
-    frame.extend(huge);
-    let _ = stream.write_all(&frame);
-    let _ = stream.read(&mut response);
+    let garbage: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37) ^ 0xab).collect();
+    let mut bytes = frame(&garbage);
+    bytes.extend([0x82, 0x80 | 127]);
+    bytes.extend((8u64 << 30).to_be_bytes());
+    bytes.extend([9, 9, 9, 9, 1, 2, 3]);
+    let _ = stream.write_all(&bytes);
+    let _ = stream.read(&mut [0u8; 1024]);
 }
 
 /// Sends garbage to both nodes' routes until the returned flag is set.

@@ -142,7 +142,6 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         remote: Address,
         transfer_id: TensorTransferId,
     ) -> Option<TensorData> {
-
         let stream = self.get_data_stream(remote).await;
         let mut stream = stream.lock().await;
 

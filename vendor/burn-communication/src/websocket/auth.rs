@@ -66,20 +66,38 @@ pub(crate) fn nonce() -> Result<[u8; LEN], String> {
 }
 
 /// The client's answer to the server's nonce: its nonce and its MAC.
-pub(crate) fn client_answer(secret: &[u8], server_nonce: &[u8]) -> Result<([u8; LEN], Vec<u8>), String> {
+pub(crate) fn client_answer(
+    secret: &[u8],
+    server_nonce: &[u8],
+) -> Result<([u8; LEN], Vec<u8>), String> {
     if server_nonce.len() != LEN {
-        return Err(format!("a challenge of {} bytes, not {LEN}", server_nonce.len()));
+        return Err(format!(
+            "a challenge of {} bytes, not {LEN}",
+            server_nonce.len()
+        ));
     }
     let own = nonce()?;
     let mut answer = own.to_vec();
-    answer.extend(mac(secret, b"client", server_nonce, &own).finalize().into_bytes());
+    answer.extend(
+        mac(secret, b"client", server_nonce, &own)
+            .finalize()
+            .into_bytes(),
+    );
     Ok((own, answer))
 }
 
 /// The server's check of a client's answer; on success, the server's proof for the client.
-pub(crate) fn server_check(secret: &[u8], server_nonce: &[u8], answer: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn server_check(
+    secret: &[u8],
+    server_nonce: &[u8],
+    answer: &[u8],
+) -> Result<Vec<u8>, String> {
     if answer.len() != 2 * LEN {
-        return Err(format!("an answer of {} bytes, not {}", answer.len(), 2 * LEN));
+        return Err(format!(
+            "an answer of {} bytes, not {}",
+            answer.len(),
+            2 * LEN
+        ));
     }
     let (client_nonce, tag) = answer.split_at(LEN);
     mac(secret, b"client", server_nonce, client_nonce)
@@ -92,7 +110,12 @@ pub(crate) fn server_check(secret: &[u8], server_nonce: &[u8], answer: &[u8]) ->
 }
 
 /// The client's check of the server's proof.
-pub(crate) fn client_check(secret: &[u8], server_nonce: &[u8], own: &[u8], proof: &[u8]) -> Result<(), String> {
+pub(crate) fn client_check(
+    secret: &[u8],
+    server_nonce: &[u8],
+    own: &[u8],
+    proof: &[u8],
+) -> Result<(), String> {
     mac(secret, b"server", own, server_nonce)
         .verify_slice(proof)
         .map_err(|_| "the server does not hold the secret".to_string())

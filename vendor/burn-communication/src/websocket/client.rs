@@ -64,7 +64,9 @@ async fn handshake(mut stream: Stream) -> Result<Stream, String> {
     let outcome = tokio::time::timeout(super::auth::HANDSHAKE_TIMEOUT, async {
         let challenge = binary(&mut stream).await?;
         let (own, answer) = super::auth::client_answer(secret, &challenge)?;
-        let sent = stream.send(tungstenite::Message::Binary(answer.into())).await;
+        let sent = stream
+            .send(tungstenite::Message::Binary(answer.into()))
+            .await;
         sent.map_err(|e| format!("cannot answer the challenge: {e}"))?;
         let proof = binary(&mut stream).await?;
         super::auth::client_check(secret, &challenge, &own, &proof)

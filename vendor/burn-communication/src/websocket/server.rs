@@ -105,7 +105,9 @@ async fn accept(mut socket: WebSocket, peer: SocketAddr) -> Option<WebSocket> {
     };
     let outcome = tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, async {
         let challenge = auth::nonce()?;
-        let sent = socket.send(ws::Message::Binary(challenge.to_vec().into())).await;
+        let sent = socket
+            .send(ws::Message::Binary(challenge.to_vec().into()))
+            .await;
         sent.map_err(|e| format!("cannot send the challenge: {e}"))?;
         let answer = match socket.next().await {
             Some(Ok(ws::Message::Binary(answer))) => answer,
@@ -123,7 +125,10 @@ async fn accept(mut socket: WebSocket, peer: SocketAddr) -> Option<WebSocket> {
             None
         }
         Err(_) => {
-            log::warn!("refused a connection from {peer}: no handshake within {:?}", auth::HANDSHAKE_TIMEOUT);
+            log::warn!(
+                "refused a connection from {peer}: no handshake within {:?}",
+                auth::HANDSHAKE_TIMEOUT
+            );
             None
         }
     }

@@ -138,7 +138,8 @@ impl GlobalCollectiveState {
                 self.num_global_peers = self.num_global_peers.saturating_sub(peers.len() as u32);
             }
         }
-        self.register_requests.retain(|(session, _, _)| *session != session_id);
+        self.register_requests
+            .retain(|(session, _, _)| *session != session_id);
         self.sessions.remove(&session_id);
         if self.registered_nodes.is_empty() {
             self.cur_num_nodes = None;
