@@ -206,7 +206,8 @@ fn the_orchestrator_survives_fuzzed_messages_and_then_serves_a_job() {
 #[test]
 fn a_node_without_the_secret_is_refused_and_the_job_is_not_disturbed() {
     let dir = scratch("nodes-secret");
-    let [orchestrator_port, port0, port1, stranger_port] = free_ports::<4>();
+    let [orchestrator_port, port0, port1, stranger0, stranger1] = free_ports::<5>();
+    let stranger_ports = [stranger0, stranger1];
     let ports = [orchestrator_port, port0, port1];
     let secret = secret_file(&dir, "secret", "correct horse battery staple 42", 0o600);
     let other = secret_file(&dir, "other", "another secret of enough bytes", 0o600);
@@ -216,13 +217,22 @@ fn a_node_without_the_secret_is_refused_and_the_job_is_not_disturbed() {
     );
     wait_listening(orchestrator_port);
 
-    // The stranger brings the job's config (as rank 1) with another secret, first.
-    let mut stranger = node_job(&dir, ports, 1, 15);
-    stranger["out_dir"] = json!(dir.join("runs-stranger"));
-    stranger["nodes"]["address"] = json!(format!("ws://127.0.0.1:{stranger_port}"));
-    stranger["nodes"]["secret_file"] = json!(other);
-    let stranger = write_config(&dir, "stranger.json", &stranger);
-    let stranger = std::thread::spawn(move || train_together(&[stranger]).remove(0));
+    // Two strangers bring the job's config (as rank 1), first: one with another secret, one
+    // with none.
+    let strangers: Vec<_> = [Some(&other), None]
+        .into_iter()
+        .enumerate()
+        .map(|(k, secret)| {
+            let mut stranger = node_job(&dir, ports, 1, 15);
+            stranger["out_dir"] = json!(dir.join(format!("runs-stranger{k}")));
+            stranger["nodes"]["address"] = json!(format!("ws://127.0.0.1:{}", stranger_ports[k]));
+            if let Some(secret) = secret {
+                stranger["nodes"]["secret_file"] = json!(secret);
+            }
+            let stranger = write_config(&dir, &format!("stranger{k}.json"), &stranger);
+            std::thread::spawn(move || train_together(&[stranger]).remove(0))
+        })
+        .collect();
     std::thread::sleep(Duration::from_secs(2));
 
     // Garbage at both nodes' routes all along.
@@ -246,18 +256,15 @@ fn a_node_without_the_secret_is_refused_and_the_job_is_not_disturbed() {
         exact(&metrics(&dir.join("runs-1/nodes"))),
         "the two members trained together"
     );
-    let stranger = stranger.join().unwrap();
-    let told = said(&stranger);
-    assert_eq!(stranger.status.code(), Some(1), "{told}");
-    assert!(
-        told.contains("handshake") || told.contains("another secret"),
-        "{told}"
-    );
-    assert!(!told.contains("panicked"), "{told}");
-    assert!(
-        !dir.join("runs-stranger/nodes/checkpoints").exists(),
-        "{told}"
-    );
+    for (k, stranger) in strangers.into_iter().enumerate() {
+        let stranger = stranger.join().unwrap();
+        let told = said(&stranger);
+        assert_eq!(stranger.status.code(), Some(1), "stranger {k}: {told}");
+        assert!(told.contains("handshake"), "stranger {k}: {told}");
+        assert!(!told.contains("panicked"), "stranger {k}: {told}");
+        let checkpoints = dir.join(format!("runs-stranger{k}/nodes/checkpoints"));
+        assert!(!checkpoints.exists(), "stranger {k}: {told}");
+    }
 }
 
 /// A non-loopback address of this machine, if it has one.

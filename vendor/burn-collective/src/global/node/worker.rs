@@ -222,8 +222,16 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                                 break;
                             };
 
-                            let response: CollectiveMessageResponse = rmp_serde::from_slice(&response.data)
-                                .expect("Can deserialize messages from the websocket.");
+                            // Patched (fp8-trainer): the likely cause, said (an orchestrator
+                            // that requires a shared secret sends its challenge first).
+                            let response: CollectiveMessageResponse =
+                                rmp_serde::from_slice(&response.data).unwrap_or_else(|e| {
+                                    panic!(
+                                        "the orchestrator sent what is not a response ({e}): \
+                                         does it require a shared secret (a handshake) that \
+                                         this node lacks? Set nodes.secret_file"
+                                    )
+                                });
                             let state_resp = state.lock().await;
                             let response_callback = state_resp
                                 .requests
