@@ -142,30 +142,37 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         remote: Address,
         transfer_id: TensorTransferId,
     ) -> Option<TensorData> {
-        let stream = self.get_data_stream(remote).await;
+        // Patched (fp8-trainer): a peer that cannot be reached, goes away or answers what is
+        // not a tensor is a lost peer (`None`: the caller's `PeerLost`), not a panic.
+        let stream = self.get_data_stream(remote.clone()).await?;
         let mut stream = stream.lock().await;
 
         // Send the download request with the download id
         let bytes: bytes::Bytes =
             rmp_serde::to_vec(&DataServiceMessage::TensorRequest(transfer_id))
-                .unwrap()
+                .expect("a request serialises")
                 .into();
-        stream
-            .send(Message::new(bytes))
-            .await
-            .expect("Failed to send download id");
+        if let Err(e) = stream.send(Message::new(bytes)).await {
+            log::warn!("{remote}: cannot send a download request: {e:?}");
+            return None;
+        }
         if let Ok(msg) = stream.recv().await {
             let Some(msg) = msg else {
                 log::warn!("Received None message from the websocket, closing connection.");
                 return None;
             };
 
-            let DataServiceMessage::Tensor(data) = rmp_serde::from_slice(&msg.data)
-                .expect("Can deserialize messages from the websocket.")
-            else {
-                panic!("Message should have been TensorData")
+            return match rmp_serde::from_slice(&msg.data) {
+                Ok(DataServiceMessage::Tensor(data)) => Some(data),
+                Ok(other) => {
+                    log::warn!("{remote}: sent {other:?} instead of a tensor");
+                    None
+                }
+                Err(e) => {
+                    log::warn!("{remote}: sent what is not a tensor: {e}");
+                    None
+                }
             };
-            return Some(data);
         }
         log::warn!("Closed connection");
         None
@@ -175,10 +182,10 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
     async fn get_data_stream(
         &self,
         address: Address,
-    ) -> Arc<Mutex<<P::Client as ProtocolClient>::Channel>> {
+    ) -> Option<Arc<Mutex<<P::Client as ProtocolClient>::Channel>>> {
         let mut streams = self.channels.lock().await;
         match streams.get(&address) {
-            Some(stream) => stream.clone(),
+            Some(stream) => Some(stream.clone()),
             None => {
                 // Open a new WebSocket connection to the address. Patched (fp8-trainer): a
                 // node can learn a peer's address before the peer's server listens, so the
@@ -193,13 +200,14 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
                 }
 
                 let Some(stream) = stream else {
-                    panic!("Failed to connect to data server at {address:?}");
+                    log::warn!("cannot connect to the data server at {address} (30 s)");
+                    return None;
                 };
 
                 let stream = Arc::new(Mutex::new(stream));
                 streams.insert(address.clone(), stream.clone());
 
-                stream
+                Some(stream)
             }
         }
     }

@@ -52,8 +52,9 @@ where
             })
             .collect::<FuturesUnordered<_>>();
 
-        for _ in children {
-            let res = downloads.next().await.unwrap().unwrap();
+        // Patched (fp8-trainer): a child that is lost is an error (was `unwrap`, a panic).
+        while let Some(res) = downloads.next().await {
+            let res = res?;
             if res.shape() != shape {
                 return Err(GlobalCollectiveError::PeerSentIncoherentTensor);
             }
