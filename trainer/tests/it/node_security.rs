@@ -117,21 +117,15 @@ fn garbage_until_stopped(ports: [u16; 2]) -> (Arc<AtomicBool>, std::thread::Join
     (stop, thread)
 }
 
-#[test]
-fn garbage_at_the_nodes_routes_does_not_disturb_a_job_without_a_secret() {
-    // Without a secret the garbage reaches the routes' decoders, which must drop it (they
-    // panicked: sync.rs:102, data_service.rs:250).
-    let dir = scratch("nodes-garbage");
-    let ports = free_ports::<3>();
-    let _orchestrator = Orchestrator::start(ports[0]);
+/// Trains the two nodes of [`node_job`] (each config through `edit`) while garbage goes to
+/// both nodes' routes; asserts that both finish (exit 0, no panic) with the same metrics.
+fn two_nodes_under_garbage(dir: &Path, ports: [u16; 3], edit: impl Fn(&mut serde_json::Value)) {
     let (stop, garbage) = garbage_until_stopped([ports[1], ports[2]]);
     let configs: Vec<_> = (0..2)
         .map(|rank| {
-            write_config(
-                &dir,
-                &format!("node{rank}.json"),
-                &node_job(&dir, ports, rank, 60),
-            )
+            let mut job = node_job(dir, ports, rank, 60);
+            edit(&mut job);
+            write_config(dir, &format!("node{rank}.json"), &job)
         })
         .collect();
     let outs = train_together(&configs);
@@ -143,8 +137,19 @@ fn garbage_at_the_nodes_routes_does_not_disturb_a_job_without_a_secret() {
     }
     assert_eq!(
         exact(&metrics(&dir.join("runs-0/nodes"))),
-        exact(&metrics(&dir.join("runs-1/nodes")))
+        exact(&metrics(&dir.join("runs-1/nodes"))),
+        "the two members trained together"
     );
+}
+
+#[test]
+fn garbage_at_the_nodes_routes_does_not_disturb_a_job_without_a_secret() {
+    // Without a secret the garbage reaches the routes' decoders, which must drop it (they
+    // panicked: sync.rs:102, data_service.rs:250).
+    let dir = scratch("nodes-garbage");
+    let ports = free_ports::<3>();
+    let _orchestrator = Orchestrator::start(ports[0]);
+    two_nodes_under_garbage(&dir, ports, |_| {});
 }
 
 /// Messages the orchestrator's decoder is fed: seeded, of every length to 300 bytes, most
@@ -236,26 +241,9 @@ fn a_node_without_the_secret_is_refused_and_the_job_is_not_disturbed() {
     std::thread::sleep(Duration::from_secs(2));
 
     // Garbage at both nodes' routes all along.
-    let (stop, garbage) = garbage_until_stopped([port0, port1]);
-    let configs: Vec<_> = (0..2)
-        .map(|rank| {
-            let mut job = node_job(&dir, ports, rank, 60);
-            job["nodes"]["secret_file"] = json!(secret);
-            write_config(&dir, &format!("node{rank}.json"), &job)
-        })
-        .collect();
-    let outs = train_together(&configs);
-    stop.store(true, Ordering::SeqCst);
-    garbage.join().unwrap();
-    for out in &outs {
-        assert_eq!(out.status.code(), Some(0), "{}", said(out));
-        assert!(!said(out).contains("panicked"), "{}", said(out));
-    }
-    assert_eq!(
-        exact(&metrics(&dir.join("runs-0/nodes"))),
-        exact(&metrics(&dir.join("runs-1/nodes"))),
-        "the two members trained together"
-    );
+    two_nodes_under_garbage(&dir, ports, |job| {
+        job["nodes"]["secret_file"] = json!(secret)
+    });
     for (k, stranger) in strangers.into_iter().enumerate() {
         let stranger = stranger.join().unwrap();
         let told = said(&stranger);

@@ -77,16 +77,7 @@ fn a_checkpoint_claiming_a_billion_layers_exits_2_at_once_in_little_memory() {
     });
     let config = checkpoint.join("config.json");
     let mut generate = limited();
-    generate
-        .args([
-            "generate",
-            "--max-new-tokens",
-            "1",
-            "--tokens",
-            "1,2",
-            "--checkpoint",
-        ])
-        .arg(&checkpoint);
+    generate.args(GENERATE_ONE_TOKEN).arg(&checkpoint);
     let job = write_config(&dir, "job.json", &checkpoint_job(&dir, "big", &checkpoint));
     let mut train = limited();
     train.args(["train", "--config"]).arg(&job);
@@ -127,17 +118,20 @@ fn counts_that_cannot_fit_in_memory_exit_2_naming_the_field() {
     assert_exit("logits", &out, 2, &["field `batch_size`", "logits"]);
 }
 
+/// `generate` of one token after `1,2`, on the checkpoint that follows.
+const GENERATE_ONE_TOKEN: [&str; 6] = [
+    "generate",
+    "--max-new-tokens",
+    "1",
+    "--tokens",
+    "1,2",
+    "--checkpoint",
+];
+
 /// `generate` on `checkpoint`, stopped after [`HANG`]; its exit code and stderr.
 fn generate_on(checkpoint: &Path) -> (Option<i32>, String) {
     let mut child = Command::new(common::trainer_bin())
-        .args([
-            "generate",
-            "--max-new-tokens",
-            "1",
-            "--tokens",
-            "1,2",
-            "--checkpoint",
-        ])
+        .args(GENERATE_ONE_TOKEN)
         .arg(checkpoint)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
