@@ -294,6 +294,24 @@ pub(crate) fn node_job(dir: &Path, ports: [u16; 3], rank: usize, timeout_s: u64)
     job
 }
 
+/// The configs of both nodes of [`node_job`] (each through `edit`), written as
+/// `{name}-{rank}.json` in `dir`.
+pub(crate) fn node_configs(
+    dir: &Path,
+    ports: [u16; 3],
+    timeout_s: u64,
+    edit: impl Fn(&mut Value),
+) -> Vec<std::path::PathBuf> {
+    (0..2)
+        .map(|rank| {
+            let mut job = node_job(dir, ports, rank, timeout_s);
+            edit(&mut job);
+            let name = job["name"].as_str().unwrap().to_string();
+            write_config(dir, &format!("{name}-{rank}.json"), &job)
+        })
+        .collect()
+}
+
 pub(crate) fn said(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -310,16 +328,7 @@ fn two_nodes_on_loopback_train_what_two_peers_of_one_process_train() {
     let local = run(&dir, &job(&dir, "local", "fp8-amax", 2));
     let ports = free_ports::<3>();
     let _orchestrator = Orchestrator::start(ports[0]);
-    let configs: Vec<_> = (0..2)
-        .map(|rank| {
-            write_config(
-                &dir,
-                &format!("node{rank}.json"),
-                &node_job(&dir, ports, rank, 60),
-            )
-        })
-        .collect();
-    let outs = train_together(&configs);
+    let outs = train_together(&node_configs(&dir, ports, 60, |_| {}));
     for out in &outs {
         assert_eq!(out.status.code(), Some(0), "{}", said(out));
     }

@@ -15,7 +15,9 @@ use serde_json::json;
 
 use crate::common;
 use crate::common::jobs::*;
-use crate::data_parallel::{free_ports, node_job, said, train_together, Orchestrator};
+use crate::data_parallel::{
+    free_ports, node_configs, node_job, said, train_together, Orchestrator,
+};
 
 /// A secret file (mode 600 unless `mode` says otherwise) holding `secret`.
 fn secret_file(dir: &Path, name: &str, secret: &str, mode: u32) -> PathBuf {
@@ -121,14 +123,7 @@ fn garbage_until_stopped(ports: [u16; 2]) -> (Arc<AtomicBool>, std::thread::Join
 /// both nodes' routes; asserts that both finish (exit 0, no panic) with the same metrics.
 fn two_nodes_under_garbage(dir: &Path, ports: [u16; 3], edit: impl Fn(&mut serde_json::Value)) {
     let (stop, garbage) = garbage_until_stopped([ports[1], ports[2]]);
-    let configs: Vec<_> = (0..2)
-        .map(|rank| {
-            let mut job = node_job(dir, ports, rank, 60);
-            edit(&mut job);
-            write_config(dir, &format!("node{rank}.json"), &job)
-        })
-        .collect();
-    let outs = train_together(&configs);
+    let outs = train_together(&node_configs(dir, ports, 60, edit));
     stop.store(true, Ordering::SeqCst);
     garbage.join().unwrap();
     for out in &outs {
@@ -194,16 +189,7 @@ fn the_orchestrator_survives_fuzzed_messages_and_then_serves_a_job() {
         orchestrator.0.try_wait().unwrap().is_none(),
         "the orchestrator ended while fuzzed"
     );
-    let configs: Vec<_> = (0..2)
-        .map(|rank| {
-            write_config(
-                &dir,
-                &format!("node{rank}.json"),
-                &node_job(&dir, ports, rank, 60),
-            )
-        })
-        .collect();
-    for out in train_together(&configs) {
+    for out in train_together(&node_configs(&dir, ports, 60, |_| {})) {
         assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     }
 }
@@ -367,15 +353,11 @@ fn a_node_killed_mid_job_ends_the_other_with_exit_1() {
     let dir = scratch("nodes-killed");
     let ports = free_ports::<3>();
     let _orchestrator = Orchestrator::start(ports[0]);
-    let configs: Vec<_> = (0..2)
-        .map(|rank| {
-            let mut job = node_job(&dir, ports, rank, 20);
-            job["steps"] = json!(100_000);
-            job["eval_every"] = json!(0);
-            job["checkpoint_every"] = json!(5);
-            write_config(&dir, &format!("node{rank}.json"), &job)
-        })
-        .collect();
+    let configs = node_configs(&dir, ports, 20, |job| {
+        job["steps"] = json!(100_000);
+        job["eval_every"] = json!(0);
+        job["checkpoint_every"] = json!(5);
+    });
     let spawn = |config: &PathBuf| {
         std::process::Command::new(common::trainer_bin())
             .args(["train", "--config"])
@@ -481,14 +463,8 @@ fn an_orchestrator_serves_one_job_at_a_time_and_the_next_after_a_crash() {
         node.kill().unwrap();
         let _ = node.wait();
     }
-    let configs: Vec<_> = (0..2)
-        .map(|rank| {
-            let mut job = node_job(&dir, [orchestrator_port, c0, c1], rank, 60);
-            job["name"] = json!("c");
-            write_config(&dir, &format!("c{rank}.json"), &job)
-        })
-        .collect();
-    for out in train_together(&configs) {
+    let c = [orchestrator_port, c0, c1];
+    for out in train_together(&node_configs(&dir, c, 60, |job| job["name"] = json!("c"))) {
         assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     }
 }

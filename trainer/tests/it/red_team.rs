@@ -437,14 +437,7 @@ fn bench_with_no_timed_steps_exits_2() {
 #[test]
 fn an_unknown_log_level_is_warned_about() {
     let out = Command::new(common::trainer_bin())
-        .args([
-            "generate",
-            "--max-new-tokens",
-            "1",
-            "--tokens",
-            "1,2",
-            "--checkpoint",
-        ])
+        .args(GENERATE_ONE_TOKEN)
         .arg(common::fixture())
         .env("FP8_TRAINER_LOG", "bogus")
         .output()
