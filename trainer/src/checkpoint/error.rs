@@ -94,6 +94,13 @@ pub enum CheckpointError {
         index: usize,
         value: f32,
     },
+    #[error("{path}: {message}")]
+    BadAdapter { path: PathBuf, message: String },
+    #[error(
+        "{path}: tensor `{tensor}` is not a LoRA factor of this model's adapted projections \
+         (an adapter of another model, or of other target_modules?)"
+    )]
+    UnexpectedAdapterTensor { path: PathBuf, tensor: String },
     #[error("cannot write checkpoint {path}: {source}")]
     Write {
         path: PathBuf,

@@ -15,21 +15,91 @@ use burn::tensor::{backend::Backend, TensorData};
 use super::error::CheckpointError;
 use super::safetensors_file::WeightFiles;
 use crate::model::config::FileTensor;
-use crate::model::names::{param_shapes, replace_params};
+use crate::model::lora;
+use crate::model::names::{param_shapes, replace_params, replace_params_where};
 use crate::model::{Model, ModelConfig, ModelOptions};
 
 /// The architecture file of a checkpoint directory.
 pub const CONFIG_FILE: &str = "config.json";
 
-/// Loads `DIR/config.json` and `DIR/model.safetensors` (or its shards).
+/// Loads `DIR/config.json` and `DIR/model.safetensors` (or its shards); or, for a LoRA adapter
+/// folder (`adapter_config.json`, [`lora`]), its base checkpoint with the adapter on.
 pub fn load_checkpoint<B: Backend>(
     dir: &Path,
     options: &ModelOptions,
     device: &B::Device,
 ) -> Result<Model<B>, CheckpointError> {
+    if lora::is_adapter_dir(dir) {
+        let (config, base) = adapter_and_base(dir)?;
+        let mut model = load_checkpoint(&base, options, device)?;
+        model.add_lora(&config.lora, 0);
+        return load_adapter_weights(model, dir, device);
+    }
     let config = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
     let weights = WeightFiles::open_dir(dir)?;
     load_weights(&config, &weights, options, device)
+}
+
+/// An adapter folder's settings and the base checkpoint folder it names (itself a full
+/// checkpoint, not another adapter).
+pub fn adapter_and_base(
+    dir: &Path,
+) -> Result<(lora::AdapterConfig, std::path::PathBuf), CheckpointError> {
+    let bad = |(path, message)| CheckpointError::BadAdapter { path, message };
+    let config = lora::read_adapter_config(dir).map_err(bad)?;
+    let base = lora::base_dir(dir, &config).map_err(bad)?;
+    Ok((config, base))
+}
+
+/// Replaces the model's LoRA factors with those of `DIR/adapter_model.safetensors` (PEFT's
+/// names): every factor present with its shape and finite values, no other tensor.
+pub fn load_adapter_weights<B: Backend>(
+    model: Model<B>,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Model<B>, CheckpointError> {
+    let path = dir.join(lora::ADAPTER_WEIGHTS_FILE);
+    let weights = WeightFiles::open_files(std::slice::from_ref(&path), path.clone())?;
+    let expected: BTreeMap<String, Vec<usize>> = param_shapes(&model)
+        .into_iter()
+        .filter(|(name, _)| lora::is_adapter_param(name))
+        .collect();
+    for name in weights.names() {
+        if !lora::our_name(name).is_some_and(|ours| expected.contains_key(&ours)) {
+            return Err(CheckpointError::UnexpectedAdapterTensor {
+                path: path.clone(),
+                tensor: name.to_string(),
+            });
+        }
+    }
+    for (ours, shape) in &expected {
+        let file_name = lora::peft_name(ours);
+        if weights.entry(&file_name).is_none() {
+            return Err(CheckpointError::MissingTensor {
+                path: path.clone(),
+                tensor: file_name,
+            });
+        }
+        check_shape(&weights, &file_name, shape)?;
+    }
+    replace_params_where(
+        model,
+        lora::is_adapter_param,
+        |name, shape| {
+            let file_name = lora::peft_name(name);
+            let values = weights.read_f32(&file_name)?;
+            if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(CheckpointError::NonFinite {
+                    path: path.clone(),
+                    tensor: file_name,
+                    index,
+                    value,
+                });
+            }
+            Ok(TensorData::new(values, shape.to_vec()))
+        },
+        device,
+    )
 }
 
 /// Builds a model for `config` with the tensors of `weights`.

@@ -18,7 +18,8 @@ use safetensors::{Dtype, View};
 use super::error::CheckpointError;
 use super::load::CONFIG_FILE;
 use super::safetensors_file::WEIGHTS_FILE;
-use crate::model::names::param_values;
+use crate::model::lora;
+use crate::model::names::{param_values, param_values_where};
 use crate::model::{Model, ModelConfig};
 
 /// An f32 tensor to write: name, shape, values (row-major).
@@ -81,7 +82,20 @@ pub fn write_checkpoint_files<B: Backend>(
 
 /// Every parameter of `model` on the host, by Hugging Face name, in module order.
 pub fn model_tensors<B: Backend>(model: &Model<B>) -> Vec<NamedTensor> {
-    param_values(model)
+    named_tensors(param_values(model))
+}
+
+/// The LoRA factors of `model` on the host, by PEFT's names (`adapter_model.safetensors`).
+pub fn adapter_tensors<B: Backend>(model: &Model<B>) -> Vec<NamedTensor> {
+    let mut tensors = named_tensors(param_values_where(model, lora::is_adapter_param));
+    for t in &mut tensors {
+        t.name = lora::peft_name(&t.name);
+    }
+    tensors
+}
+
+fn named_tensors(values: Vec<(String, burn::tensor::TensorData)>) -> Vec<NamedTensor> {
+    values
         .into_iter()
         .map(|(name, data)| NamedTensor {
             name,

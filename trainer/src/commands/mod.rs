@@ -9,6 +9,7 @@ pub mod eval;
 pub mod generate;
 pub mod import;
 pub mod logits;
+pub mod merge;
 pub mod orchestrator;
 pub mod train;
 
@@ -54,6 +55,8 @@ pub enum Command {
     /// Write a GGUF file (llama.cpp, Ollama) as a Hugging Face folder: weights dequantized to
     /// f32, config, tokenizer and chat template from its metadata.
     Import(import::ImportArgs),
+    /// Merge a LoRA adapter folder (PEFT's layout) into its base: a full Hugging Face folder.
+    Merge(merge::MergeArgs),
     /// Time training steps of a job per device and precision (and the PyTorch peer with
     /// --peer): tokens/s, GEMM share, peak memory, ratios.
     Bench(bench::BenchArgs),
@@ -115,6 +118,7 @@ pub fn run(
         Command::Generate(args) => generate::run_generate(&args, stdout).map(|()| Done::default()),
         Command::Bench(args) => bench::run_bench(&args).map(Done::printing),
         Command::Import(args) => import::run_import(&args).map(|s| Done::printing(s.summary())),
+        Command::Merge(args) => merge::run_merge(&args).map(Done::printing),
         Command::Orchestrator(args) => {
             orchestrator::run_orchestrator(&args).map(|()| Done::default())
         }

@@ -96,8 +96,12 @@ pub fn model_options(job: &JobConfig) -> ModelOptions {
     }
 }
 
-/// The architecture of a checkpoint folder.
+/// The architecture of a checkpoint folder (an adapter folder's: its base's).
 pub fn model_config_of_checkpoint(dir: &Path) -> Result<ModelConfig, Error> {
+    if crate::model::lora::is_adapter_dir(dir) {
+        let (_, base) = crate::checkpoint::adapter_and_base(dir)?;
+        return model_config_of_checkpoint(&base);
+    }
     let path = dir.join(crate::checkpoint::CONFIG_FILE);
     ModelConfig::from_file(&path).map_err(|e| Error::Checkpoint(e.into()))
 }
@@ -138,6 +142,87 @@ pub fn model_config(job: &JobConfig, config: &Path) -> Result<ModelConfig, Error
 /// with `model.init_seed`. A preset is always initialised on [`INIT_DEVICE`] and then copied
 /// to the device, so a seed gives the same initial weights on every device.
 pub fn build_model<B: fp8_backend::Fp8Kernels>(
+    job: &JobConfig,
+    config: &Path,
+    vocab: usize,
+    device: &B::Device,
+) -> Result<Model<TrainBackend<B>>, Error> {
+    let model = build_base::<B>(job, config, vocab, device)?;
+    with_adapters(job, config, model)
+}
+
+/// The job's model with its LoRA adapters (`lora`; [`crate::model::lora`]) and its base frozen:
+/// fresh adapters (`A` drawn from `model.init_seed`, `B` zero), or those of `model.checkpoint`
+/// when it is an adapter folder (whose settings must then be the job's). Without `lora`, the
+/// model as it is (full fine-tuning), which an adapter folder cannot be.
+pub fn with_adapters<BB: burn::tensor::backend::Backend>(
+    job: &JobConfig,
+    config: &Path,
+    mut model: Model<BB>,
+) -> Result<Model<BB>, Error> {
+    let adapter_dir = job
+        .model
+        .checkpoint
+        .as_ref()
+        .filter(|d| crate::model::lora::is_adapter_dir(d));
+    let field =
+        |field: &str, message: String| Error::from(JobConfigError::field(config, field, message));
+    match (&job.lora, adapter_dir) {
+        (None, None) => Ok(model),
+        (None, Some(dir)) => Err(field(
+            "model.checkpoint",
+            format!(
+                "{} is a LoRA adapter folder: give the job a `lora` section with its settings \
+                 to train the adapter further, or merge it into its base first (`fp8-trainer \
+                 merge`) to fine-tune every weight",
+                dir.display()
+            ),
+        )),
+        (Some(ours), Some(dir)) => {
+            let (theirs, _) = crate::checkpoint::adapter_and_base(dir)?;
+            let theirs = theirs.lora;
+            let c = model.config();
+            let adapted = |l: &crate::model::lora::LoraConfig| -> Vec<String> {
+                let targets = l.targets(c.lora_default_targets());
+                c.projection_names()
+                    .into_iter()
+                    .filter(|n| targets.matches(n))
+                    .collect()
+            };
+            let differs = [
+                ("r", ours.r != theirs.r),
+                ("lora_alpha", ours.lora_alpha != theirs.lora_alpha),
+                ("lora_dropout", ours.lora_dropout != theirs.lora_dropout),
+                ("use_rslora", ours.use_rslora != theirs.use_rslora),
+                ("target_modules", adapted(ours) != adapted(&theirs)),
+            ];
+            if let Some((key, _)) = differs.iter().find(|(_, d)| *d) {
+                return Err(field(
+                    &format!("lora.{key}"),
+                    format!(
+                        "differs from the adapter's in {} ({}); an adapter is trained further \
+                         with its own settings",
+                        dir.display(),
+                        crate::model::lora::ADAPTER_CONFIG_FILE
+                    ),
+                ));
+            }
+            Ok(model.freeze_base())
+        }
+        (Some(lora), None) => {
+            let adapted = model.add_lora(lora, job.model.init_seed);
+            log::info!(
+                "LoRA: {adapted} projections adapted (r {}, scaling {}), base frozen",
+                lora.r,
+                lora.scaling()
+            );
+            Ok(model.freeze_base())
+        }
+    }
+}
+
+/// The job's base model (before [`with_adapters`]).
+fn build_base<B: fp8_backend::Fp8Kernels>(
     job: &JobConfig,
     config: &Path,
     vocab: usize,

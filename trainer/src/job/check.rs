@@ -32,6 +32,9 @@ pub fn config(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
              empty, not starting with a dot)",
         );
     }
+    if let Some((field, message)) = c.lora.as_ref().and_then(|l| l.problem()) {
+        return err(&format!("lora.{field}"), &message);
+    }
     let mut seen = Vec::new();
     for slot in &c.devices {
         let gpu = !matches!(slot.kind, Device::Cpu | Device::Ndarray);
@@ -85,11 +88,12 @@ pub fn config(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
         _ => {}
     }
     if let Some(dir) = &c.model.checkpoint {
-        if !dir.join("config.json").is_file() {
+        if !dir.join("config.json").is_file() && !crate::model::lora::is_adapter_dir(dir) {
             return err(
                 "model.checkpoint",
                 &format!(
-                    "{} holds no config.json (expected a Hugging Face checkpoint folder)",
+                    "{} holds no config.json (expected a Hugging Face checkpoint folder, or a \
+                     LoRA adapter folder with its adapter_config.json)",
                     dir.display()
                 ),
             );
@@ -293,6 +297,21 @@ pub fn model(
                 model.max_positions()
             ),
         );
+    }
+    if let Some(lora) = &job.lora {
+        let names = model.projection_names();
+        let targets = lora.targets(model.lora_default_targets());
+        if let Some(name) = targets.unmatched(&names) {
+            return err(
+                "lora.target_modules",
+                format!(
+                    "`{name}` names no projection of this {} model ({}; a \
+                     name matches a module name or its last dot-separated parts)",
+                    model.family_name(),
+                    model.projection_names_hint()
+                ),
+            );
+        }
     }
     if job.precision.is_on() {
         let names = model.projection_names();

@@ -28,6 +28,11 @@ pub struct JobConfig {
     pub tokenizer: Option<TokenizerSpec>,
     /// Corpus, split, windows (the `datasets` crate's section).
     pub data: DataConfig,
+    /// LoRA: train adapters on a frozen base instead of every weight (PEFT's `LoraConfig`:
+    /// `r`, `lora_alpha`, `lora_dropout`, `target_modules`, `use_rslora`; `crate::model::lora`).
+    /// Checkpoints are then PEFT adapter folders. Absent: full fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::model::lora::LoraConfig>,
     /// Numeric precision of the projections and FP8 options: the FP8 decorator's own policy
     /// (`mode`, `family`, margins, `layers`, `stats_every`; see `fp8_backend::Fp8Policy`).
     #[serde(default)]

@@ -248,6 +248,21 @@ impl ModelConfig {
         }
     }
 
+    /// PEFT's default `target_modules` of the family (peft.utils.constants,
+    /// `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+    pub fn lora_default_targets(&self) -> &'static [&'static str] {
+        match self {
+            Self::Gpt2(_) => &["c_attn"],
+            Self::Llama(_) => &["q_proj", "v_proj"],
+        }
+    }
+
+    /// Whether the family's projection weights are `[in, out]` (GPT-2's Conv1D: PEFT's
+    /// `fan_in_fan_out`).
+    pub fn lora_fan_in_fan_out(&self) -> bool {
+        matches!(self, Self::Gpt2(_))
+    }
+
     /// How the projections' names look, for layer filter errors.
     pub fn projection_names_hint(&self) -> String {
         match self {

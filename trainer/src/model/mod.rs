@@ -16,6 +16,7 @@
 pub mod config;
 pub mod gpt2;
 pub mod llama;
+pub mod lora;
 pub mod loss;
 pub mod names;
 pub mod ops;
@@ -194,6 +195,49 @@ impl<B: Backend> Model<B> {
     /// The FP8 context of the model's projections: the policy in force and their records.
     pub fn fp8(&self) -> &Fp8Context {
         dispatch!(self, m => m.fp8())
+    }
+
+    /// Gives every projection that `config`'s targets name a fresh LoRA adapter (`A` drawn
+    /// from `seed`, `B` zero; [`lora`]); returns how many. The base stays trainable until
+    /// [`Model::freeze_base`].
+    pub fn add_lora(&mut self, config: &lora::LoraConfig, seed: u64) -> usize {
+        let targets = config.targets(self.config().lora_default_targets());
+        let branch = projection::LoraBranch {
+            scaling: config.scaling(),
+            dropout: burn::nn::DropoutConfig::new(config.lora_dropout).init(),
+        };
+        let r = config.r;
+        dispatch!(self, m => {
+            let mut adapted = 0;
+            for (name, p) in m.projections_mut() {
+                if targets.matches(&name) {
+                    let (d_input, _) = p.dims();
+                    let a = lora::initial_a(seed, &format!("{name}.lora_a.weight"), r, d_input);
+                    p.add_lora(r, a, branch.clone());
+                    adapted += 1;
+                }
+            }
+            adapted
+        })
+    }
+
+    /// Whether the model carries LoRA adapters.
+    pub fn has_lora(&self) -> bool {
+        dispatch!(self, m => m.projections().iter().any(|(_, p)| p.lora.is_some()))
+    }
+
+    /// Only the adapters take gradients (LoRA's frozen base).
+    pub fn freeze_base(self) -> Self {
+        names::set_trainable(self, lora::is_adapter_param)
+    }
+
+    /// Every adapter merged into its projection's weight (`W + scaling * B @ A`) and removed.
+    pub fn merge_lora(&mut self) {
+        dispatch!(self, m => {
+            for (_, p) in m.projections_mut() {
+                p.merge_lora();
+            }
+        });
     }
 
     /// Hugging Face names of the FP8 projections, in forward order.

@@ -58,8 +58,16 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<us
 
 /// Every float parameter's value: (HF name, data), in module order.
 pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, TensorData)> {
-    struct Values(Path, Vec<(String, TensorData)>);
-    impl<B: Backend> ModuleVisitor<B> for Values {
+    param_values_where(module, |_| true)
+}
+
+/// [`param_values`] of the parameters `select` names (the others are not read).
+pub fn param_values_where<B: Backend, M: Module<B>>(
+    module: &M,
+    select: impl Fn(&str) -> bool,
+) -> Vec<(String, TensorData)> {
+    struct Values<S>(Path, Vec<(String, TensorData)>, S);
+    impl<B: Backend, S: Fn(&str) -> bool> ModuleVisitor<B> for Values<S> {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.0.enter(name, container_type);
         }
@@ -67,10 +75,13 @@ pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Tensor
             self.0.exit(container_type);
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.1.push((self.0.name(), param.val().into_data()));
+            let name = self.0.name();
+            if (self.2)(&name) {
+                self.1.push((name, param.val().into_data()));
+            }
         }
     }
-    let mut visitor = Values(Path::default(), Vec::new());
+    let mut visitor = Values(Path::default(), Vec::new(), select);
     module.visit(&mut visitor);
     visitor.1
 }
@@ -115,6 +126,24 @@ pub fn param_grad_tensors<B: AutodiffBackend, M: Module<B>>(
     visitor.1
 }
 
+/// Every float parameter marked as taking a gradient or not, by HF name (`trainable`): a
+/// frozen parameter takes no part in the backward pass and has no optimizer state.
+pub fn set_trainable<B: Backend, M: Module<B>>(module: M, trainable: impl Fn(&str) -> bool) -> M {
+    struct Mark<F>(Path, F);
+    impl<B: Backend, F: Fn(&str) -> bool> ModuleMapper<B> for Mark<F> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.0.exit(container_type);
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.set_require_grad((self.1)(&self.0.name()))
+        }
+    }
+    module.map(&mut Mark(Path::default(), trainable))
+}
+
 /// Replaces every float parameter with the tensor `source` gives for its HF name and shape.
 /// `source` sees the expected shape and returns the new value or an error; the first error
 /// stops the replacement (later parameters keep their lazy initial values) and is returned.
@@ -123,14 +152,25 @@ pub fn replace_params<B: Backend, M: Module<B>, E>(
     source: impl FnMut(&str, &[usize]) -> Result<TensorData, E>,
     device: &B::Device,
 ) -> Result<M, E> {
-    struct Replace<'a, F, E, D> {
+    replace_params_where(module, |_| true, source, device)
+}
+
+/// [`replace_params`] for the parameters `select` names only (the others are kept as they are).
+pub fn replace_params_where<B: Backend, M: Module<B>, E>(
+    module: M,
+    select: impl Fn(&str) -> bool,
+    source: impl FnMut(&str, &[usize]) -> Result<TensorData, E>,
+    device: &B::Device,
+) -> Result<M, E> {
+    struct Replace<'a, S, F, E, D> {
         path: Path,
+        select: S,
         source: F,
         error: Option<E>,
         device: &'a D,
     }
-    impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<TensorData, E>, E> ModuleMapper<B>
-        for Replace<'_, F, E, B::Device>
+    impl<B: Backend, S: Fn(&str) -> bool, F: FnMut(&str, &[usize]) -> Result<TensorData, E>, E>
+        ModuleMapper<B> for Replace<'_, S, F, E, B::Device>
     {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.path.enter(name, container_type);
@@ -139,7 +179,7 @@ pub fn replace_params<B: Backend, M: Module<B>, E>(
             self.path.exit(container_type);
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            if self.error.is_some() {
+            if self.error.is_some() || !(self.select)(&self.path.name()) {
                 return param;
             }
             let shape = param.lazy_shape().to_vec();
@@ -157,6 +197,7 @@ pub fn replace_params<B: Backend, M: Module<B>, E>(
     }
     let mut mapper = Replace {
         path: Path::default(),
+        select,
         source,
         error: None,
         device,

@@ -14,7 +14,8 @@
 //! bits as an FP8 site whose policy is off.
 
 use burn::module::{Initializer, Module, Param};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::nn::Dropout;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 use fp8_backend::{fp8_linear, Fp8LinearOps, Fp8Site};
 
 /// How a projection's weight is laid out (the checkpoint's layout).
@@ -33,9 +34,32 @@ pub struct Projection<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     /// `[d_output]`, when the layer has one.
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// A LoRA adapter's `A` (`[r, d_input]`, PEFT's `lora_A.weight`), when the layer has one
+    /// ([`super::lora`]).
+    pub lora_a: Option<LoraFactor<B>>,
+    /// The adapter's `B` (`[d_output, r]`, PEFT's `lora_B.weight`).
+    pub lora_b: Option<LoraFactor<B>>,
+    /// The adapter's scaling and dropout.
+    pub lora: Option<LoraBranch>,
     /// Set when the layer computes in FP8.
     pub fp8: Option<Fp8Site>,
     pub layout: Layout,
+}
+
+/// One factor of a LoRA adapter (a module of its own, so that its parameter is named
+/// `{projection}.lora_a.weight`, PEFT's `lora_A.weight`).
+#[derive(Module, Debug)]
+pub struct LoraFactor<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+/// What an adapter applies besides its factors.
+#[derive(Clone, Debug)]
+pub struct LoraBranch {
+    /// `lora_alpha / r` (or `/ sqrt(r)`).
+    pub scaling: f64,
+    /// On the adapter's input, while training.
+    pub dropout: Dropout,
 }
 
 impl<B: Backend> Projection<B> {
@@ -55,9 +79,56 @@ impl<B: Backend> Projection<B> {
         Self {
             weight: Initializer::Normal { mean: 0.0, std }.init(shape, device),
             bias: bias.then(|| Initializer::Zeros.init([d_output], device)),
+            lora_a: None,
+            lora_b: None,
+            lora: None,
             fp8: None,
             layout,
         }
+    }
+
+    /// `(d_input, d_output)`.
+    pub fn dims(&self) -> (usize, usize) {
+        let [a, b] = self.weight.lazy_shape().dims::<2>();
+        match self.layout {
+            Layout::InOut => (a, b),
+            Layout::OutIn => (b, a),
+        }
+    }
+
+    /// Gives the projection a LoRA adapter: `A` with `a_values` (`[r, d_input]`), `B` zero.
+    pub fn add_lora(&mut self, r: usize, a_values: Vec<f32>, branch: LoraBranch) {
+        let (d_input, d_output) = self.dims();
+        let device = self.weight.lazy_device();
+        let a = Tensor::from_data(TensorData::new(a_values, [r, d_input]), &device);
+        self.lora_a = Some(LoraFactor {
+            weight: Param::from_tensor(a),
+        });
+        self.lora_b = Some(LoraFactor {
+            weight: Param::from_tensor(Tensor::zeros([d_output, r], &device)),
+        });
+        self.lora = Some(branch);
+    }
+
+    /// `W + scaling * (B @ A)` in the weight's layout, and the adapter removed (`merge`).
+    pub fn merge_lora(&mut self) {
+        let (Some(a), Some(b), Some(branch)) =
+            (self.lora_a.take(), self.lora_b.take(), self.lora.take())
+        else {
+            return;
+        };
+        let delta = b
+            .weight
+            .val()
+            .matmul(a.weight.val())
+            .mul_scalar(branch.scaling);
+        let delta = match self.layout {
+            Layout::InOut => delta.transpose(),
+            Layout::OutIn => delta,
+        };
+        let id = self.weight.id;
+        let merged = self.weight.val() + delta;
+        self.weight = Param::initialized(id, merged);
     }
 
     /// `W` as `[d_input, d_output]` (a transposed view for [`Layout::OutIn`]).
@@ -86,6 +157,27 @@ pub fn lm_head<B: Fp8LinearOps>(
 impl<B: Fp8LinearOps> Projection<B> {
     /// `[..., d_input] -> [..., d_output]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let y = self.base_forward(x.clone());
+        match (&self.lora_a, &self.lora_b, &self.lora) {
+            (Some(a), Some(b), Some(branch)) => {
+                // PEFT's order: lora_B(lora_A(dropout(x))) * scaling, added to the base output.
+                let mut dims = x.dims();
+                let d_in = dims[D - 1];
+                let rows = x.shape().num_elements() / d_in.max(1);
+                let x = branch.dropout.forward(x.reshape([rows, d_in]));
+                let down = x.matmul(a.weight.val().transpose());
+                let up = down
+                    .matmul(b.weight.val().transpose())
+                    .mul_scalar(branch.scaling);
+                dims[D - 1] = up.dims()[1];
+                y + up.reshape(dims)
+            }
+            _ => y,
+        }
+    }
+
+    /// The projection without its adapter.
+    fn base_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         match &self.fp8 {
             Some(site) => fp8_linear(x, self.in_out(), bias, site),

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::optimizer::AdamW;
 use crate::checkpoint::{
-    f32_from_le, model_tensors, write_checkpoint_tensors, write_safetensors, NamedTensor,
+    adapter_tensors, f32_from_le, model_tensors, write_checkpoint_tensors, write_safetensors,
+    NamedTensor,
 };
 use crate::error::Error;
 use crate::host::HostTensors;
@@ -203,7 +204,13 @@ fn write_training_checkpoint<B: Backend, O: HostTensors>(
     state: &TrainerState,
     extra: &[CheckpointFile],
 ) -> Result<PathBuf, Error> {
-    let tensors = model_tensors(model);
+    // A LoRA job's checkpoint is a PEFT adapter folder: the adapters alone (its
+    // adapter_config.json is one of the `extra` files), the frozen base being the job's.
+    let adapter = model.has_lora();
+    let tensors = match adapter {
+        true => adapter_tensors(model),
+        false => model_tensors(model),
+    };
     if let Some(p) = tensors
         .iter()
         .find(|t| t.values.iter().any(|v| !v.is_finite()))
@@ -221,7 +228,12 @@ fn write_training_checkpoint<B: Backend, O: HostTensors>(
     // A write that fails (a full disk) leaves no half-written folder behind; the next start
     // would remove it, but the run directory should be as the README says meanwhile.
     let written = (|| -> Result<PathBuf, Error> {
-        write_checkpoint_tensors(&model.config(), &tensors, &staging)?;
+        if adapter {
+            let path = staging.join(crate::model::lora::ADAPTER_WEIGHTS_FILE);
+            write_safetensors(&path, &tensors).map_err(Error::io(&path))?;
+        } else {
+            write_checkpoint_tensors(&model.config(), &tensors, &staging)?;
+        }
         for file in extra {
             let path = staging.join(&file.name);
             datasets::atomic::write_atomic(&path, &file.contents).map_err(Error::io(&path))?;

@@ -332,7 +332,7 @@ where
         if !grad_norm.is_finite() {
             let first = out
                 .first_non_finite()
-                .map(|i| self.optimizer.slots[i].name.as_str());
+                .and_then(|i| self.optimizer.param_name(i));
             let name = first.unwrap_or("?");
             reasons.push(format!("non-finite gradient (first in `{name}`)"));
         }

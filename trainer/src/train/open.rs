@@ -61,7 +61,13 @@ where
             opts.overwrite,
         )?;
         let model = load_model::<B>(opts, resume.as_ref(), data.tokenizer.vocab_size(), &device)?;
-        let mut optimizer = AdamW::new(param_shapes(&model), &device);
+        // LoRA: moments for the adapters only (the base is frozen).
+        let lora = job.lora.is_some();
+        let mut optimizer = AdamW::new_for(
+            param_shapes(&model),
+            |name| !lora || crate::model::lora::is_adapter_param(name),
+            &device,
+        );
         // Every batch holds `batch_size` rows per peer, on every node.
         let global_batch = job.batch_size * group.total();
         let mut loader = data
@@ -82,7 +88,7 @@ where
             &data,
             &device,
         )?;
-        let checkpoint_files = self_contained_files(
+        let mut checkpoint_files = self_contained_files(
             data.tokenizer.as_ref(),
             data.dataset.chat_template(),
             &model.config(),
@@ -91,6 +97,9 @@ where
             origin: format!("{}: field `tokenizer`", opts.config_path.display()),
             source,
         })?;
+        if let Some(lora) = &job.lora {
+            checkpoint_files.push(adapter_config_file(job, lora, &model.config())?);
+        }
 
         // The job's first step can run: only now may the run directory change, and from here a
         // signal is answered by the training loop (a checkpoint), not by ending the process.
@@ -165,6 +174,42 @@ fn load_model<B: DeviceBackend>(
     let Some(resume) = resume else {
         return build_model::<B>(job, config, vocab, device);
     };
+    let adapter = crate::model::lora::is_adapter_dir(&resume.dir);
+    match (job.lora.is_some(), adapter) {
+        (true, true) => {
+            // The job's base (its checkpoint or preset) with the adapters resumed from.
+            check_same_adapter(job, config, &resume.dir)?;
+            let model = build_model::<B>(job, config, vocab, device)?;
+            return Ok(crate::checkpoint::load_adapter_weights(
+                model,
+                &resume.dir,
+                device,
+            )?);
+        }
+        (true, false) => {
+            return Err(Error::field(
+                config,
+                "lora",
+                format!(
+                    "the run's checkpoint {} holds a whole model, not a LoRA adapter: it was \
+                     trained without `lora`; resume it without, or start a new run",
+                    resume.dir.display()
+                ),
+            ))
+        }
+        (false, true) => {
+            return Err(Error::field(
+                config,
+                "lora",
+                format!(
+                    "is absent, but the run's checkpoint {} is a LoRA adapter: resume it with \
+                     the `lora` section it was trained with",
+                    resume.dir.display()
+                ),
+            ))
+        }
+        (false, false) => {}
+    }
     let theirs = model_config_of_checkpoint(&resume.dir)?;
     check::same_shape(
         job,
@@ -179,6 +224,64 @@ fn load_model<B: DeviceBackend>(
         &model_options(job),
         device,
     )?)
+}
+
+/// `adapter_config.json` of the job's checkpoints: its LoRA settings (the targets spelled out
+/// when the family's default was taken) and the base: `model.checkpoint`'s folder as an
+/// absolute path (an adapter folder's own base), none for a preset.
+fn adapter_config_file(
+    job: &JobConfig,
+    lora: &crate::model::lora::LoraConfig,
+    model: &crate::model::ModelConfig,
+) -> Result<datasets::CheckpointFile, Error> {
+    let base = match &job.model.checkpoint {
+        None => None,
+        Some(dir) => {
+            let base = match crate::model::lora::is_adapter_dir(dir) {
+                true => crate::checkpoint::adapter_and_base(dir)?.1,
+                false => dir.clone(),
+            };
+            Some(std::fs::canonicalize(&base).map_err(Error::io(&base))?)
+        }
+    };
+    let value = crate::model::lora::adapter_config_json(
+        lora,
+        &lora.targets(model.lora_default_targets()),
+        base.as_deref().and_then(Path::to_str),
+        model.lora_fan_in_fan_out(),
+    );
+    let mut contents = serde_json::to_vec_pretty(&value).expect("JSON serialises");
+    contents.push(b'\n');
+    Ok(datasets::CheckpointFile {
+        name: crate::model::lora::ADAPTER_CONFIG_FILE.into(),
+        contents,
+    })
+}
+
+/// The adapter checkpoint resumed from has the job's LoRA settings (`adapter_config.json`).
+fn check_same_adapter(job: &JobConfig, config: &Path, dir: &Path) -> Result<(), Error> {
+    let ours = job.lora.as_ref().expect("a LoRA job");
+    let theirs = crate::model::lora::read_adapter_config(dir)
+        .map_err(|(path, message)| Error::BadFile { path, message })?
+        .lora;
+    let differs = [
+        ("r", ours.r != theirs.r),
+        ("lora_alpha", ours.lora_alpha != theirs.lora_alpha),
+        ("lora_dropout", ours.lora_dropout != theirs.lora_dropout),
+        ("use_rslora", ours.use_rslora != theirs.use_rslora),
+    ];
+    match differs.iter().find(|(_, d)| *d) {
+        Some((key, _)) => Err(Error::field(
+            config,
+            &format!("lora.{key}"),
+            format!(
+                "differs from the run's checkpoint {} (its {}); resuming continues that run",
+                dir.display(),
+                crate::model::lora::ADAPTER_CONFIG_FILE
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The training state to start from: the checkpoint's on `--resume` (AdamW's moments, the

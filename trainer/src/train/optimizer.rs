@@ -149,10 +149,14 @@ pub struct Slot<B: Backend> {
     pub v: Tensor<B, 1>,
 }
 
-/// The optimizer: the moments of every parameter (in module order) and the update count.
+/// The optimizer: the moments of every trained parameter (in module order) and the update
+/// count.
 #[derive(Clone, Debug)]
 pub struct AdamW<B: Backend> {
     pub slots: Vec<Slot<B>>,
+    /// For each parameter of the model (module order), its slot: `None` for a frozen one
+    /// (LoRA's base), which has no moments.
+    pub slot_of: Vec<Option<usize>>,
     /// Updates applied so far (bias correction uses `t + 1` for the next one).
     pub t: u64,
 }
@@ -161,7 +165,28 @@ impl<B: HostTensors> AdamW<B> {
     /// Zero moments for parameters `(name, shape)`; matrices (rank >= 2) decay, vectors do not
     /// (nanoGPT's `configure_optimizers`: biases and layer norms are 1-D).
     pub fn new(params: Vec<(String, Vec<usize>)>, device: &B::Device) -> Self {
-        let slots = params
+        Self::new_for(params, |_| true, device)
+    }
+
+    /// [`AdamW::new`] for the parameters `trained` names; the others (module order kept) get
+    /// no slot.
+    pub fn new_for(
+        params: Vec<(String, Vec<usize>)>,
+        trained: impl Fn(&str) -> bool,
+        device: &B::Device,
+    ) -> Self {
+        let mut slot_of = Vec::with_capacity(params.len());
+        let mut kept = Vec::new();
+        for (name, shape) in params {
+            match trained(&name) {
+                true => {
+                    slot_of.push(Some(kept.len()));
+                    kept.push((name, shape));
+                }
+                false => slot_of.push(None),
+            }
+        }
+        let slots = kept
             .into_iter()
             .map(|(name, shape)| {
                 let n = shape.iter().product::<usize>();
@@ -174,7 +199,17 @@ impl<B: HostTensors> AdamW<B> {
                 }
             })
             .collect();
-        Self { slots, t: 0 }
+        Self {
+            slots,
+            slot_of,
+            t: 0,
+        }
+    }
+
+    /// The name of parameter `index` (module order) when it is trained.
+    pub fn param_name(&self, index: usize) -> Option<&str> {
+        let slot = (*self.slot_of.get(index)?)?;
+        Some(self.slots[slot].name.as_str())
     }
 
     /// Counts the next update and returns its coefficients for decayed and undecayed
@@ -198,7 +233,7 @@ impl<B: HostTensors> AdamW<B> {
         [decayed, base]
     }
 
-    /// Updates parameter `index` (flattened) with `grad` under the step's `coefficients`
+    /// Updates parameter `index` (module order; flattened) with `grad` under the step's `coefficients`
     /// (from [`AdamW::begin_step`]); returns the new value.
     pub fn update(
         &mut self,
@@ -207,7 +242,8 @@ impl<B: HostTensors> AdamW<B> {
         grad: Tensor<B, 1>,
         coefficients: &[Coefficients; 2],
     ) -> Tensor<B, 1> {
-        let slot = &mut self.slots[index];
+        let slot = self.slot_of[index].expect("a parameter with a gradient is trained");
+        let slot = &mut self.slots[slot];
         let c = &coefficients[usize::from(!slot.decay)];
         let (m, v) = (slot.m.clone(), slot.v.clone());
         // The slot's handles are replaced below; dropping them first leaves the moments unshared.

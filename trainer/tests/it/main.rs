@@ -39,6 +39,7 @@ mod gguf;
 mod hf_checkpoints;
 mod inference_table;
 mod llama_family;
+mod lora;
 mod node_security;
 mod non_finite;
 mod parity;
