@@ -47,6 +47,10 @@ as `fp8-trainer bench`:
   python bench/peers/torch_llama.py --preset llama-quickstart --threads 2 --out llama-quickstart.json
   python bench/peers/torch_llama.py --preset smollm2-135m     --threads 2 --steps 5 --warmup 1 --out smollm2.json
   python bench/peers/torch_llama.py --preset smollm2-135m --device cuda --out smollm2-cuda.json
+  python bench/peers/torch_llama.py --preset smollm2-360m --lora-r 16 --modes eager-f32 --threads 2
+With --lora-r, PEFT LoRA adapters (peft's inject_adapter_in_model, alpha 2r, dropout 0) on the
+projections --lora-targets names (all seven by default), the rest frozen: PyTorch + PEFT's LoRA
+fine-tuning step, the peer of a job with a `lora` section (needs `pip install peft`).
 Explicit shape flags override the preset's (`--preset llama-quickstart --batch 16`, `--no-tie`).
 
 Measured: time.perf_counter around each whole step (forward, loss, backward, clip, AdamW step,
@@ -79,6 +83,9 @@ PRESETS = {
     # HuggingFaceTB/SmolLM2-135M: rope_theta 100000 and a tied head, as its config.json
     "smollm2-135m": dict(vocab=49152, n_layer=30, hidden=576, n_head=9, n_kv_head=3,
                          intermediate=1536, seq=512, batch=4, tie=True, rope_theta=100000.0),
+    # HuggingFaceTB/SmolLM2-360M: 32 layers, 960 wide, 15 query / 5 key-value heads
+    "smollm2-360m": dict(vocab=49152, n_layer=32, hidden=960, n_head=15, n_kv_head=5,
+                         intermediate=2560, seq=512, batch=4, tie=True, rope_theta=100000.0),
 }
 SHAPE_KEYS = ("vocab", "n_layer", "hidden", "n_head", "n_kv_head", "head_dim", "intermediate",
               "seq", "batch")
@@ -123,6 +130,12 @@ def parse_args():
     p.add_argument("--rms-eps", type=float, help="RMSNorm epsilon (default 1e-5)")
     p.add_argument("--tie", action=argparse.BooleanOptionalAction,
                    help="LM head tied to embed_tokens (default untied, or the preset's)")
+    p.add_argument("--lora-r", type=int,
+                   help="train PEFT LoRA adapters of this rank on a frozen base (peft's "
+                        "inject_adapter_in_model; modes eager-f32 and bf16-autocast)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 * rank)")
+    p.add_argument("--lora-targets", default="all-linear",
+                   help="comma list of projection names (q_proj, ...) or all-linear")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
@@ -358,9 +371,29 @@ def convert_float8(model, emulate):
     return info
 
 
+def add_lora(model):
+    """PEFT LoRA adapters on the layer projections, the rest frozen (PEFT's own injection into
+    a plain torch module: the same LoraLayer forward as get_peft_model on LlamaForCausalLM)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    a = ARGS
+    names = [n.split(".")[-1] for n in PROJECTIONS]
+    targets = names if a.lora_targets == "all-linear" else a.lora_targets.split(",")
+    config = LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha or 2 * a.lora_r, lora_dropout=0.0,
+                        target_modules=targets)
+    inject_adapter_in_model(config, model)
+    for name, p in model.named_parameters():
+        p.requires_grad = "lora_" in name
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    import peft
+    return dict(r=a.lora_r, lora_alpha=config.lora_alpha, target_modules=targets,
+                trainable_params=trainable, peft=peft.__version__)
+
+
 def make_optimizer(model):
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     groups = [dict(params=decay, weight_decay=WEIGHT_DECAY), dict(params=no_decay, weight_decay=0.0)]
     return torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS)  # foreach: torch's default
 
@@ -414,6 +447,10 @@ def run_single(mode):
         except ImportError as e:
             raise RuntimeError(f"torchao is unavailable ({e}); pip install torchao==0.18.0") from e
         result["float8"] = convert_float8(model, emulate=(mode == "torchao-float8-emulate"))
+    if a.lora_r:
+        if mode in FLOAT8_MODES:
+            raise RuntimeError("--lora-r runs eager-f32 and bf16-autocast only")
+        result["lora"] = add_lora(model)
     opt = make_optimizer(model)
     # model and optimizer built, no step yet (AdamW's state comes at the first step). Building
     # the optimizer imports torch._dynamo, sympy and triton (~900 modules, ~160 MB in 2.15).
@@ -647,6 +684,10 @@ def child_argv(mode):
     argv.append("--tie" if ARGS.tie else "--no-tie")
     if ARGS.threads is not None:
         argv += ["--threads", str(ARGS.threads)]
+    if ARGS.lora_r:
+        argv += ["--lora-r", str(ARGS.lora_r), "--lora-targets", ARGS.lora_targets]
+        if ARGS.lora_alpha is not None:
+            argv += ["--lora-alpha", repr(ARGS.lora_alpha)]
     return argv
 
 

@@ -469,6 +469,26 @@ fn run_peer(
         ),
     };
     let mut shapes = shapes;
+    let mut cpu_modes = cpu_modes;
+    if let Some(lora) = &job.lora {
+        // PyTorch + PEFT on the same adapters (the Llama peer; float8 has no LoRA mode there).
+        if script != "torch_llama.py" {
+            return Err(Error::Argument {
+                flag: "--peer",
+                message: "the PyTorch peer runs LoRA jobs of the Llama family only".into(),
+            });
+        }
+        let targets = match lora.targets(&["q_proj", "v_proj"]) {
+            crate::model::lora::TargetModules::AllLinear => "all-linear".to_string(),
+            crate::model::lora::TargetModules::Names(names) => names.join(","),
+        };
+        shapes.extend([
+            ("--lora-r", lora.r.to_string()),
+            ("--lora-alpha", lora.lora_alpha.to_string()),
+            ("--lora-targets", targets),
+        ]);
+        cpu_modes = "eager-f32,bf16-autocast";
+    }
     shapes.extend([
         ("--seq", job.data.seq_len.to_string()),
         ("--batch", batch.to_string()),

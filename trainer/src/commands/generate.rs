@@ -223,7 +223,8 @@ fn chat_prompt(
     tokenizer: &dyn Tokenizer,
 ) -> Result<Vec<u32>, Error> {
     let config = datasets::ChatConfig::default();
-    let template = datasets::ChatTemplate::resolve(&config, Some(checkpoint), tokenizer).map_err(
+    let checkpoint = crate::model::lora::tokenizer_dir(checkpoint);
+    let template = datasets::ChatTemplate::resolve(&config, Some(&checkpoint), tokenizer).map_err(
         |source| Error::DataArgument {
             flag: "--chat",
             source,
@@ -441,7 +442,7 @@ fn choose_tokenizer(
     };
     let tokenizer = match spec {
         Some(spec) => load_tokenizer(spec).map_err(flag_err("--tokenizer"))?,
-        None => match tokenizer_from_checkpoint_dir(checkpoint)
+        None => match tokenizer_from_checkpoint_dir(&crate::model::lora::tokenizer_dir(checkpoint))
             .map_err(flag_err(&checkpoint.display().to_string()))?
         {
             Some(tokenizer) => tokenizer,

@@ -69,7 +69,13 @@ pub fn open_data_from(job: &JobConfig, origin: DataOrigin) -> Result<JobData, Er
         origin: tok_origin.clone(),
         source,
     };
-    let tokenizer = match (&job.tokenizer, &job.model.checkpoint) {
+    // (An adapter folder without tokenizer files has its base's.)
+    let checkpoint = job
+        .model
+        .checkpoint
+        .as_deref()
+        .map(crate::model::lora::tokenizer_dir);
+    let tokenizer = match (&job.tokenizer, &checkpoint) {
         (Some(spec), _) => load_tokenizer(spec).map_err(tok_err)?,
         (None, Some(dir)) => match tokenizer_from_checkpoint_dir(dir).map_err(tok_err)? {
             Some(t) => t,
@@ -78,7 +84,7 @@ pub fn open_data_from(job: &JobConfig, origin: DataOrigin) -> Result<JobData, Er
         (None, None) => load_tokenizer(&TokenizerSpec::Gpt2).map_err(tok_err)?,
     };
     // Conversations take the checkpoint's chat template by default (tokenizer_config.json).
-    let checkpoint = job.model.checkpoint.as_deref();
+    let checkpoint = checkpoint.as_deref();
     let dataset = Dataset::open_with_checkpoint(&job.data, tokenizer.as_ref(), checkpoint)
         .map_err(|e| origin.error(e))?;
     Ok(JobData {

@@ -348,6 +348,20 @@ pub fn base_dir(adapter_dir: &Path, config: &AdapterConfig) -> Result<PathBuf, (
         })
 }
 
+/// Where a checkpoint folder's tokenizer files are: the folder itself, or for an adapter folder
+/// without them (PEFT saves none), its base's.
+pub fn tokenizer_dir(dir: &Path) -> PathBuf {
+    let has_tokenizer = ["tokenizer.json", "tokenizer_config.json", "vocab.json"]
+        .iter()
+        .any(|f| dir.join(f).is_file());
+    if is_adapter_dir(dir) && !has_tokenizer {
+        if let Ok(base) = read_adapter_config(dir).and_then(|c| base_dir(dir, &c)) {
+            return base;
+        }
+    }
+    dir.to_path_buf()
+}
+
 /// `adapter_config.json` for an adapter trained here: PEFT's keys (`peft_type`, `task_type`,
 /// the LoRA settings, `base_model_name_or_path`, `fan_in_fan_out` for GPT-2's Conv1D layers).
 pub fn adapter_config_json(

@@ -2,7 +2,9 @@
 //! self-contained Hugging Face checkpoint (config.json, model.safetensors, generation_config.json,
 //! tokenizer.json, tokenizer_config.json) and `trainer_state/` (state.json: step, tokens, data
 //! position, RNG rule; optimizer.safetensors: AdamW moments; under `fp8-delayed`,
-//! fp8_amax_history.safetensors: every FP8 tensor's amax history).
+//! fp8_amax_history.safetensors: every FP8 tensor's amax history). A LoRA job's checkpoint is a
+//! PEFT adapter folder instead of a whole model (adapter_config.json, adapter_model.safetensors:
+//! the adapters alone; `crate::model::lora`), with the same tokenizer files and training state.
 //!
 //! A checkpoint is written into `checkpoints/.step-N.tmp/` and renamed when complete, so a crash
 //! while writing never leaves a half checkpoint that [`latest_checkpoint`] would pick: it only

@@ -24,7 +24,7 @@ use crate::common::jobs::{assert_ok, exact, metrics, scratch, tiny_job, train, w
 /// corpus give both halves amaxes whose power-of-two scales keep the same FP8 values in the
 /// normal range; measured without it, the same 5e-7. `fp8-backend/tests/it/peers.rs` shows it on
 /// rows whose magnitudes differ by 1e4.)
-const PEER_TOLERANCE: f64 = 1e-5;
+pub(crate) const PEER_TOLERANCE: f64 = 1e-5;
 
 /// The same for the Llama job. Its first three steps agree exactly; then AdamW's normalised
 /// update turns f32 rounding in near-zero gradient elements into whole-step differences, and the
@@ -38,7 +38,7 @@ const LLAMA_WEIGHT_TOLERANCE: f32 = 1e-4;
 
 /// Largest |difference| allowed between the final weights of the two runs (weights are O(0.1);
 /// measured: 1.2e-6, the same f32 rounding as above).
-const WEIGHT_TOLERANCE: f32 = 1e-5;
+pub(crate) const WEIGHT_TOLERANCE: f32 = 1e-5;
 
 pub(crate) fn job(dir: &Path, name: &str, mode: &str, peers: usize) -> Value {
     let mut job = tiny_job(dir, name);
@@ -68,7 +68,7 @@ fn assert_same_training(peers: &[Vec<String>], one: &[Vec<String>]) {
 }
 
 /// [`assert_same_training`] to `tolerance`.
-fn assert_same_training_to(peers: &[Vec<String>], one: &[Vec<String>], tolerance: f64) {
+pub(crate) fn assert_same_training_to(peers: &[Vec<String>], one: &[Vec<String>], tolerance: f64) {
     assert_eq!(peers.len(), one.len(), "rows");
     for (p, o) in peers.iter().zip(one) {
         assert_eq!(

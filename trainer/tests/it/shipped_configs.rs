@@ -70,8 +70,13 @@ fn shipped_configs_run_from_the_repository_root() {
         for r in &rows[1..] {
             assert!(r[2].parse::<f64>().unwrap().is_finite(), "{name}: {r:?}");
         }
+        // A LoRA job's checkpoint is an adapter folder.
+        let weights = match config["lora"].is_object() {
+            true => "adapter_model.safetensors",
+            false => "model.safetensors",
+        };
         assert!(
-            run.join("checkpoints/step-2/model.safetensors").is_file(),
+            run.join("checkpoints/step-2").join(weights).is_file(),
             "{name}"
         );
         assert!(run.join("loss.png").is_file(), "{name}");
