@@ -21,10 +21,6 @@ use crate::common::{self, read_tensors};
 
 type Cpu = Fp8<NdArray<f32>>;
 
-fn fixture(name: &str) -> PathBuf {
-    common::repo_root().join("tests/fixtures").join(name)
-}
-
 /// A tiny Llama job (preset `llama-tiny` resized: 2 layers 32 wide, 4 query heads sharing 2
 /// key/value heads, MLP 48) on the sonnets with the byte tokenizer, in `dir/runs/<name>`.
 fn llama_job(dir: &Path, name: &str) -> Value {
@@ -135,13 +131,16 @@ fn saved_llama_checkpoints_load_to_the_same_bits_in_their_config_style() {
         ("mistral-tiny", "rope_parameters"),
     ] {
         let options = ModelOptions::default();
-        let model = load_checkpoint::<Cpu>(&fixture(name), &options, &Default::default()).unwrap();
+        let model =
+            load_checkpoint::<Cpu>(&common::fixture_named(name), &options, &Default::default())
+                .unwrap();
         let dir = common::scratch_dir(&format!("llama-save-{name}"));
         save_checkpoint(&model, &dir).unwrap();
-        let theirs: Vec<String> = read_tensors(&fixture(name).join("model.safetensors"))
-            .into_iter()
-            .map(|t| t.name)
-            .collect();
+        let theirs: Vec<String> =
+            read_tensors(&common::fixture_named(name).join("model.safetensors"))
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
         let ours: Vec<String> = read_tensors(&dir.join("model.safetensors"))
             .into_iter()
             .map(|t| t.name)
@@ -151,7 +150,7 @@ fn saved_llama_checkpoints_load_to_the_same_bits_in_their_config_style() {
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
         let source: Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture(name).join("config.json")).unwrap(),
+            &std::fs::read_to_string(common::fixture_named(name).join("config.json")).unwrap(),
         )
         .unwrap();
         assert!(written.get(style_key).is_some(), "{name}: {written}");
@@ -179,10 +178,14 @@ fn saved_llama_checkpoints_load_to_the_same_bits_in_their_config_style() {
     // A transformers 4 config is written back in its own style.
     let v4 = common::scratch_dir("llama-save-v4");
     for file in ["model.safetensors"] {
-        std::fs::copy(fixture("llama3-tiny").join(file), v4.join(file)).unwrap();
+        std::fs::copy(
+            common::fixture_named("llama3-tiny").join(file),
+            v4.join(file),
+        )
+        .unwrap();
     }
     std::fs::copy(
-        fixture("llama3-tiny").join("config_v4.json"),
+        common::fixture_named("llama3-tiny").join("config_v4.json"),
         v4.join("config.json"),
     )
     .unwrap();
@@ -205,12 +208,13 @@ fn logits_of_edited(
     tensors: impl FnOnce(&mut Vec<trainer::checkpoint::NamedTensor>),
 ) -> (std::process::Output, PathBuf) {
     let dir = common::scratch_dir(&format!("llama-bad-{tag}"));
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap())
-            .unwrap();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture_named(name).join("config.json")).unwrap(),
+    )
+    .unwrap();
     edit(&mut config);
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut weights = read_tensors(&fixture(name).join("model.safetensors"));
+    let mut weights = read_tensors(&common::fixture_named(name).join("model.safetensors"));
     tensors(&mut weights);
     write_safetensors(&dir.join("model.safetensors"), &weights).unwrap();
     let out = Command::new(common::trainer_bin())
@@ -333,7 +337,11 @@ fn greedy_ids(dir: &Path) -> Vec<u32> {
 fn generation_stops_at_any_end_of_text_id_of_generation_config() {
     let dir = common::scratch_dir("llama-generation-config");
     for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("llama3-tiny").join(file), dir.join(file)).unwrap();
+        std::fs::copy(
+            common::fixture_named("llama3-tiny").join(file),
+            dir.join(file),
+        )
+        .unwrap();
     }
     let free = greedy_ids(&dir);
     assert_eq!(free.len(), 12, "{free:?}");

@@ -34,10 +34,6 @@ const GRAD_REL_TOL: f32 = 1e-4;
 /// (data_parallel's measurement).
 const LORA_PEER_TOLERANCE: f64 = 1e-4;
 
-fn fixture(name: &str) -> PathBuf {
-    common::repo_root().join("tests/fixtures").join(name)
-}
-
 /// The LoRA settings `gen_lora.py` gave each fixture adapter (as a job's `lora` section).
 fn fixture_lora(base: &str) -> Value {
     match base {
@@ -69,7 +65,7 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 fn peft_adapters_load_to_peft_logits() {
     for base in ["gpt2-tiny", "llama-tiny"] {
         let dir = scratch(&format!("lora-logits-{base}"));
-        let adapter = fixture(&format!("{base}-lora"));
+        let adapter = common::fixture_named(&format!("{base}-lora"));
         let reference = read_tensors(&adapter.join("reference.safetensors"));
         let logits = &reference.iter().find(|t| t.name == "logits").unwrap();
         let (seq, vocab) = (logits.shape[1], logits.shape[2]);
@@ -81,8 +77,13 @@ fn peft_adapters_load_to_peft_logits() {
         eprintln!("{base}: adapter logits rel {r:.3e}");
         assert!(r <= LOGITS_REL_TOL, "{base}: logits rel {r:e}");
         // The adapter is applied: the base alone is far from these logits.
-        let base_logits: Vec<f32> =
-            logits_rows(&fixture(base), tokens, "fp32", &dir.join("b.json")).concat();
+        let base_logits: Vec<f32> = logits_rows(
+            &common::fixture_named(base),
+            tokens,
+            "fp32",
+            &dir.join("b.json"),
+        )
+        .concat();
         assert!(
             rel(&base_logits, expected) > 1e-3,
             "{base}: the adapter changes the logits"
@@ -92,7 +93,7 @@ fn peft_adapters_load_to_peft_logits() {
 
 /// `dump-step` of a job that trains the fixture adapter further, on the fixture batch.
 fn dump_adapter_step(base: &str, precision: &str, dir: &Path) -> PathBuf {
-    let adapter = fixture(&format!("{base}-lora"));
+    let adapter = common::fixture_named(&format!("{base}-lora"));
     std::fs::create_dir_all(dir).unwrap();
     let config = json!({
         "name": "dump", "out_dir": dir.join("runs"),
@@ -123,7 +124,9 @@ fn adapter_gradients_equal_peft_with_the_base_frozen() {
     for base in ["gpt2-tiny", "llama-tiny"] {
         let dir = scratch(&format!("lora-grads-{base}"));
         let ours = read_tensors(&dump_adapter_step(base, "fp32", &dir));
-        let reference = read_tensors(&fixture(&format!("{base}-lora/reference.safetensors")));
+        let reference = read_tensors(&common::fixture_named(&format!(
+            "{base}-lora/reference.safetensors"
+        )));
         // Exactly the reference's tensors: loss, logits and one gradient per adapter factor
         // (none for the frozen base).
         let names = peft_names(&ours);
@@ -448,7 +451,7 @@ fn bad_lora_settings_exit_2_naming_the_field() {
     }
 
     // An adapter folder as model.checkpoint: trained further only with its own settings.
-    let adapter = fixture("gpt2-tiny-lora");
+    let adapter = common::fixture_named("gpt2-tiny-lora");
     let mut job = lora_job(&dir, "adapter-without-lora", 2);
     job["model"]["checkpoint"] = json!(adapter);
     job.as_object_mut().unwrap().remove("lora");
@@ -482,7 +485,7 @@ fn edited_adapter(
     edit: impl FnOnce(&mut Value),
     tensors: impl FnOnce(&mut Vec<trainer::checkpoint::NamedTensor>),
 ) -> PathBuf {
-    let from = fixture("gpt2-tiny-lora");
+    let from = common::fixture_named("gpt2-tiny-lora");
     let to = dir.join(name);
     std::fs::create_dir_all(&to).unwrap();
     let mut config = read_json(&from.join("adapter_config.json"));

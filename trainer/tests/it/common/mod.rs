@@ -30,7 +30,13 @@ pub fn trainer_bin() -> PathBuf {
 
 /// `tests/fixtures/gpt2-tiny`, made by `tests/fixtures/gen_gpt2.py`.
 pub fn fixture_dir() -> PathBuf {
-    repo_root().join("tests/fixtures/gpt2-tiny")
+    fixture_named("gpt2-tiny")
+}
+
+/// `tests/fixtures/NAME` (llama-tiny, gpt2-tiny-lora, ...; tests/README.md says which
+/// generator made each).
+pub fn fixture_named(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(name)
 }
 
 /// A fresh, empty directory under Cargo's per-test-target scratch space (one name per process:

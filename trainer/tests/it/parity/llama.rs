@@ -48,10 +48,6 @@ const FP8_REL_TOL: f32 = 1e-4;
 /// steps).
 const CURVE_REL_TOL: f64 = 1e-4;
 
-fn fixture(name: &str) -> PathBuf {
-    common::repo_root().join("tests/fixtures").join(name)
-}
-
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -85,10 +81,10 @@ fn with_v4_config(name: &str) -> PathBuf {
         "reference.json",
         "reference.safetensors",
     ] {
-        std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
+        std::fs::copy(common::fixture_named(name).join(file), dir.join(file)).unwrap();
     }
     std::fs::copy(
-        fixture(name).join("config_v4.json"),
+        common::fixture_named(name).join("config_v4.json"),
         dir.join("config.json"),
     )
     .unwrap();
@@ -98,10 +94,10 @@ fn with_v4_config(name: &str) -> PathBuf {
 #[test]
 fn logits_and_loss_match_transformers_for_every_variant_and_config_style() {
     let dirs = [
-        fixture("llama-tiny"),
-        fixture("llama3-tiny"),
-        fixture("qwen2-tiny"),
-        fixture("mistral-tiny"),
+        common::fixture_named("llama-tiny"),
+        common::fixture_named("llama3-tiny"),
+        common::fixture_named("qwen2-tiny"),
+        common::fixture_named("mistral-tiny"),
         with_v4_config("llama-tiny"),
         with_v4_config("llama3-tiny"),
     ];
@@ -155,7 +151,7 @@ fn dump_step(name: &str, precision: &str) -> Vec<trainer::checkpoint::NamedTenso
         common::repo_root().join("datasets/data/shakespeare_milton/shakespeare_sonnets.txt");
     let config = json!({
         "name": "dump", "out_dir": dir.join("runs"),
-        "model": {"checkpoint": fixture(name)},
+        "model": {"checkpoint": common::fixture_named(name)},
         "tokenizer": "bytes",
         "data": {"train": sonnets, "seq_len": 64, "cache_dir": dir.join("cache")},
         "precision": {"mode": precision},
@@ -170,7 +166,7 @@ fn dump_step(name: &str, precision: &str) -> Vec<trainer::checkpoint::NamedTenso
         .arg("--out")
         .arg(&out)
         .arg("--tokens")
-        .arg(fixture(name).join("reference.json"))
+        .arg(common::fixture_named(name).join("reference.json"))
         .output()
         .unwrap();
     assert!(
@@ -185,7 +181,7 @@ fn dump_step(name: &str, precision: &str) -> Vec<trainer::checkpoint::NamedTenso
 /// which must hold exactly those tensors in their shapes; the worst relative difference.
 fn assert_dump_matches(name: &str, precision: &str, reference: &str, tol: f32) {
     let ours = dump_step(name, precision);
-    let theirs = common::read_tensors(&fixture(name).join(reference));
+    let theirs = common::read_tensors(&common::fixture_named(name).join(reference));
     let mut names: Vec<&str> = ours.iter().map(|t| t.name.as_str()).collect();
     let mut want: Vec<&str> = theirs.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
@@ -239,7 +235,7 @@ fn dump_step_gradients_match_the_independent_fp8_amax_reference() {
 
 #[test]
 fn twenty_adamw_steps_match_torch() {
-    let dir = fixture("llama-tiny");
+    let dir = common::fixture_named("llama-tiny");
     let curve = read_json(&dir.join("adamw_curve.json"));
     assert_eq!(curve["fixture_version"].as_u64(), Some(FIXTURE_VERSION));
     let (b, t) = (
