@@ -186,23 +186,13 @@ pub fn with_adapters<BB: burn::tensor::backend::Backend>(
         )),
         (Some(ours), Some(dir)) => {
             let (theirs, _) = crate::checkpoint::adapter_and_base(dir)?;
-            let theirs = theirs.lora;
             let c = model.config();
-            let adapted = |l: &crate::model::lora::LoraConfig| -> Vec<String> {
-                let targets = l.targets(c.lora_default_targets());
-                c.projection_names()
-                    .into_iter()
-                    .filter(|n| targets.matches(n))
-                    .collect()
-            };
-            let differs = [
-                ("r", ours.r != theirs.r),
-                ("lora_alpha", ours.lora_alpha != theirs.lora_alpha),
-                ("lora_dropout", ours.lora_dropout != theirs.lora_dropout),
-                ("use_rslora", ours.use_rslora != theirs.use_rslora),
-                ("target_modules", adapted(ours) != adapted(&theirs)),
-            ];
-            if let Some((key, _)) = differs.iter().find(|(_, d)| *d) {
+            let differs = ours.first_difference(
+                &theirs.lora,
+                &c.projection_names(),
+                c.lora_default_targets(),
+            );
+            if let Some(key) = differs {
                 return Err(field(
                     &format!("lora.{key}"),
                     format!(

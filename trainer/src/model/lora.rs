@@ -147,6 +147,32 @@ impl LoraConfig {
     }
 }
 
+impl LoraConfig {
+    /// The first setting in which `other` differs from this one, by its key: `r`,
+    /// `lora_alpha`, `lora_dropout`, `use_rslora`, or `target_modules` when the two adapt other
+    /// projections among `projections` (each with the family's default targets).
+    pub fn first_difference(
+        &self,
+        other: &LoraConfig,
+        projections: &[String],
+        family_default: &[&str],
+    ) -> Option<&'static str> {
+        let adapted = |l: &LoraConfig| -> Vec<&String> {
+            let targets = l.targets(family_default);
+            projections.iter().filter(|n| targets.matches(n)).collect()
+        };
+        [
+            ("r", self.r != other.r),
+            ("lora_alpha", self.lora_alpha != other.lora_alpha),
+            ("lora_dropout", self.lora_dropout != other.lora_dropout),
+            ("use_rslora", self.use_rslora != other.use_rslora),
+            ("target_modules", adapted(self) != adapted(other)),
+        ]
+        .into_iter()
+        .find_map(|(key, differs)| differs.then_some(key))
+    }
+}
+
 impl TargetModules {
     /// Whether the projection `module` (its Hugging Face module name) is adapted.
     pub fn matches(&self, module: &str) -> bool {

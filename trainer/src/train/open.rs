@@ -264,14 +264,9 @@ fn check_same_adapter(job: &JobConfig, config: &Path, dir: &Path) -> Result<(), 
     let theirs = crate::model::lora::read_adapter_config(dir)
         .map_err(|(path, message)| Error::BadFile { path, message })?
         .lora;
-    let differs = [
-        ("r", ours.r != theirs.r),
-        ("lora_alpha", ours.lora_alpha != theirs.lora_alpha),
-        ("lora_dropout", ours.lora_dropout != theirs.lora_dropout),
-        ("use_rslora", ours.use_rslora != theirs.use_rslora),
-    ];
-    match differs.iter().find(|(_, d)| *d) {
-        Some((key, _)) => Err(Error::field(
+    let c = model_config(job, config)?;
+    match ours.first_difference(&theirs, &c.projection_names(), c.lora_default_targets()) {
+        Some(key) => Err(Error::field(
             config,
             &format!("lora.{key}"),
             format!(
