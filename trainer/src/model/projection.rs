@@ -157,10 +157,10 @@ pub fn lm_head<B: Fp8LinearOps>(
 impl<B: Fp8LinearOps> Projection<B> {
     /// `[..., d_input] -> [..., d_output]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let y = self.base_forward(x.clone());
         match (&self.lora_a, &self.lora_b, &self.lora) {
             (Some(a), Some(b), Some(branch)) => {
                 // PEFT's order: lora_B(lora_A(dropout(x))) * scaling, added to the base output.
+                let y = self.base_forward(x.clone());
                 let mut dims = x.dims();
                 let d_in = dims[D - 1];
                 let rows = x.shape().num_elements() / d_in.max(1);
@@ -172,7 +172,8 @@ impl<B: Fp8LinearOps> Projection<B> {
                 dims[D - 1] = up.dims()[1];
                 y + up.reshape(dims)
             }
-            _ => y,
+            // (Without an adapter, `x` is not held beyond the base's own use of it.)
+            _ => self.base_forward(x),
         }
     }
 
