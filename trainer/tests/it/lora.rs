@@ -5,13 +5,12 @@
 //! adapter folders exit 2 naming the field or tensor.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
 
 use crate::common::jobs::{
-    assert_ok, exact, fp8_trainer, logits_rows, metrics, read_json, scratch, sonnets, train,
-    write_config,
+    assert_ok, dump_step, exact, fp8_trainer, logits_rows, metrics, read_json, scratch, sonnets,
+    train, write_config,
 };
 use crate::common::{self, max_abs_diff, process::assert_exit, read_tensors};
 
@@ -105,18 +104,7 @@ fn dump_adapter_step(base: &str, precision: &str, dir: &Path) -> PathBuf {
         "batch_size": 2, "steps": 1
     });
     let path = write_config(dir, "job.json", &config);
-    let out = dir.join("step.safetensors");
-    let run = Command::new(common::trainer_bin())
-        .args(["dump-step", "--config"])
-        .arg(&path)
-        .arg("--out")
-        .arg(&out)
-        .arg("--tokens")
-        .arg(adapter.join("reference.json"))
-        .output()
-        .unwrap();
-    assert_ok(&run);
-    out
+    dump_step(&path, &adapter.join("reference.json"), dir)
 }
 
 #[test]

@@ -132,6 +132,23 @@ pub fn write_config(dir: &Path, file: &str, config: &Value) -> PathBuf {
     path
 }
 
+/// `fp8-trainer dump-step` of the job `config` on the batch of `tokens` (a reference.json), into
+/// `dir/step.safetensors`, which it returns (the run must succeed).
+pub fn dump_step(config: &Path, tokens: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join("step.safetensors");
+    let run = Command::new(super::trainer_bin())
+        .args(["dump-step", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(&out)
+        .arg("--tokens")
+        .arg(tokens)
+        .output()
+        .unwrap();
+    assert_ok(&run);
+    out
+}
+
 /// `fp8-trainer train --config config EXTRA...` with `env` set; its output.
 pub fn train(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(super::trainer_bin())

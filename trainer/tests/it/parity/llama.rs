@@ -9,7 +9,6 @@
 //! (gen_llama_adamw_curve.py).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -159,22 +158,8 @@ fn dump_step(name: &str, precision: &str) -> Vec<trainer::checkpoint::NamedTenso
     });
     let path = dir.join("job.json");
     std::fs::write(&path, config.to_string()).unwrap();
-    let out = dir.join("step.safetensors");
-    let run = Command::new(common::trainer_bin())
-        .args(["dump-step", "--config"])
-        .arg(&path)
-        .arg("--out")
-        .arg(&out)
-        .arg("--tokens")
-        .arg(common::fixture_named(name).join("reference.json"))
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    common::read_tensors(&out)
+    let tokens = common::fixture_named(name).join("reference.json");
+    common::read_tensors(&common::jobs::dump_step(&path, &tokens, &dir))
 }
 
 /// Every tensor of `reference` (loss, logits, each gradient by its HF name) against the dump,
