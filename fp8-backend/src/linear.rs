@@ -36,7 +36,7 @@ use crate::policy::{Fp8Policy, Precision};
 use crate::profile::gemm;
 use crate::report::{CastOutcome, LayerId, LinearOp};
 use crate::scaling::{amax_bias, BiasRule};
-use crate::site::{Fp8Site, Recording};
+use crate::site::{CastRecompute, Fp8Site, Recording};
 
 /// Casts one operand to the format of its role under `policy` (with its statistics when
 /// `stats`). A tensor whose amax is not finite comes back unchanged (the caller reports it;
@@ -98,6 +98,29 @@ fn site_cast<B: Fp8Kernels>(
         return (tensor, CastOutcome::Skipped, None);
     };
     let context = site.context();
+    // The gradient is cast once per use: only forward casts are recomputed.
+    let recompute = match role {
+        Role::Gradient => CastRecompute::Normal,
+        _ => context.cast_recompute(site.layer(), role),
+    };
+    if let CastRecompute::Replay(logged) = recompute {
+        // The logged pass's cast again: same operand, nothing recorded or reduced.
+        let rule = match logged {
+            Some(Some(bias)) => BiasRule::Constant(bias),
+            Some(None) => return (tensor, CastOutcome::Skipped, None),
+            None => own_rule,
+        };
+        return match B::fp8_quantize_operand(tensor, format, rule, false) {
+            QuantOutput::Quantized(t, _) | QuantOutput::NonFinite(t, _) => {
+                (t, CastOutcome::Skipped, logged.flatten())
+            }
+        };
+    }
+    let log = |bias: Option<i32>| {
+        if recompute == CastRecompute::Log {
+            context.log_cast(site.layer(), role, bias);
+        }
+    };
     // With peers, one reduction per activation or gradient cast whose bias comes from an amax,
     // on every path, so the peers' collective calls stay in step (weights are the same on all).
     let reducer = (role != Role::Weight)
@@ -107,9 +130,15 @@ fn site_cast<B: Fp8Kernels>(
         (Some(reducer), BiasRule::Amax { margin }) => {
             let amax = reducer.reduce_max(B::fp8_amax(tensor.clone()));
             match amax_bias(amax, format, margin) {
-                Ok(bias) => (BiasRule::Constant(bias), Some(amax)),
+                Ok(bias) => {
+                    log(Some(bias));
+                    (BiasRule::Constant(bias), Some(amax))
+                }
                 // Non-finite on some peer: every peer passes the tensor on unchanged.
-                Err(_) => return (tensor, CastOutcome::NonFinite(amax), None),
+                Err(_) => {
+                    log(None);
+                    return (tensor, CastOutcome::NonFinite(amax), None);
+                }
             }
         }
         (_, rule) => (rule, None),
@@ -129,15 +158,20 @@ fn site_cast<B: Fp8Kernels>(
         QuantOutput::Quantized(out, Some(stats)) if stats.amax.is_finite() => {
             let amax = peers_amax.unwrap_or(stats.amax);
             context.record_amax(site.layer(), role, amax, policy.amax_history_len);
+            log(Some(stats.bias));
             let outcome = CastOutcome::Quantized(recording.stats.then_some(stats));
             (out, outcome, Some(stats.bias))
         }
         // A non-finite amax under a history's bias: passed on unchanged, as under FP8-AMAX.
         QuantOutput::Quantized(_, stats) => {
             let amax = stats.map_or(f32::NAN, |s| s.amax);
+            log(None);
             (tensor, CastOutcome::NonFinite(amax), None)
         }
-        QuantOutput::NonFinite(tensor, amax) => (tensor, CastOutcome::NonFinite(amax), None),
+        QuantOutput::NonFinite(tensor, amax) => {
+            log(None);
+            (tensor, CastOutcome::NonFinite(amax), None)
+        }
     }
 }
 

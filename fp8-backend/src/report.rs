@@ -130,6 +130,6 @@ pub(crate) enum CastOutcome {
     Quantized(Option<QuantStats>),
     /// Passed on unchanged: its amax was not finite.
     NonFinite(f32),
-    /// Not cast: FP8 is off.
+    /// Not cast (FP8 is off), or cast again by a recomputed forward (recorded the first time).
     Skipped,
 }

@@ -7,6 +7,7 @@
 //! snapshot, so a step's forward and backward always agree and nothing depends on the order or
 //! the thread in which Burn's autodiff runs the backward pass.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -32,6 +33,34 @@ struct Shared {
     histories: AmaxHistories,
     /// Data-parallel peers' amax reduction (`crate::peers`); `None` on a single device.
     reducer: Option<Arc<dyn AmaxReducer>>,
+    /// Forward casts of a pass that will be recomputed (activation checkpointing).
+    casts: CastLog,
+}
+
+/// The forward casts of a pass that activation checkpointing recomputes: the first forward
+/// logs the bias of every cast whose bias is not a function of the tensor alone (a history's,
+/// under `fp8-delayed`, or the data-parallel peers' largest amax), and the recomputed forward
+/// casts again with the logged biases, recording nothing (no statistics, no history, no peer
+/// reduction), so it produces the first forward's operands bit for bit.
+#[derive(Default)]
+enum CastLog {
+    #[default]
+    Off,
+    Logging(HashMap<(LayerId, Role), Option<i32>>),
+    Replaying(HashMap<(LayerId, Role), Option<i32>>),
+}
+
+/// What a forward cast does under the context's [`CastLog`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CastRecompute {
+    /// An ordinary cast (recorded as usual).
+    Normal,
+    /// A first forward: log the bias where it does not follow from the tensor alone.
+    Log,
+    /// A recomputed forward: `Some(Some(bias))` the logged bias, `Some(None)` passed on
+    /// unchanged (its amax was not finite), `None` nothing logged (the bias is the tensor's
+    /// own amax's, computed again).
+    Replay(Option<Option<i32>>),
 }
 
 impl Fp8Context {
@@ -135,6 +164,52 @@ impl Fp8Context {
     /// Replaces every amax history (what a resumed run restores).
     pub fn restore_amax_histories(&self, histories: Vec<AmaxHistory>) {
         self.lock().histories.restore(histories)
+    }
+
+    /// Starts a forward pass that activation checkpointing will recompute: its casts are
+    /// logged (see [`Fp8Context::replay_forward_casts`]). The statistics and histories record
+    /// this pass as usual.
+    pub fn log_forward_casts(&self) {
+        self.lock().casts = CastLog::Logging(HashMap::new());
+    }
+
+    /// From now on the forward casts are the logged pass's again: each layer's operands take
+    /// the logged biases and record nothing (each layer is cast once per pass, so a layer and
+    /// role name one logged cast). Until [`Fp8Context::end_cast_log`].
+    ///
+    /// # Panics
+    /// Without a logged pass.
+    pub fn replay_forward_casts(&self) {
+        let mut shared = self.lock();
+        match std::mem::take(&mut shared.casts) {
+            CastLog::Logging(log) | CastLog::Replaying(log) => {
+                shared.casts = CastLog::Replaying(log)
+            }
+            CastLog::Off => panic!("replay_forward_casts without log_forward_casts"),
+        }
+    }
+
+    /// Casts are ordinary again; the log is dropped.
+    pub fn end_cast_log(&self) {
+        self.lock().casts = CastLog::Off;
+    }
+
+    /// What a forward cast of `layer`'s `role` does under the cast log.
+    pub(crate) fn cast_recompute(&self, layer: &LayerId, role: Role) -> CastRecompute {
+        match &self.lock().casts {
+            CastLog::Off => CastRecompute::Normal,
+            CastLog::Logging(_) => CastRecompute::Log,
+            CastLog::Replaying(log) => {
+                CastRecompute::Replay(log.get(&(layer.clone(), role)).copied())
+            }
+        }
+    }
+
+    /// Logs the bias a forward cast used (`None`: passed on unchanged).
+    pub(crate) fn log_cast(&self, layer: &LayerId, role: Role, bias: Option<i32>) {
+        if let CastLog::Logging(log) = &mut self.lock().casts {
+            log.insert((layer.clone(), role), bias);
+        }
     }
 
     /// Until the guard is dropped, casts use the amax histories but add nothing to them (an

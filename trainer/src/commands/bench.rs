@@ -286,6 +286,8 @@ where
             grad_accum: job.grad_accum,
             stats: false,
             loss_factor: None,
+            activation_checkpointing: job.activation_checkpointing,
+            seed: job.seed,
         };
         let out =
             parallel::step_gradients::<B>(peers.as_ref(), &model, &mut loader, &options, &device);

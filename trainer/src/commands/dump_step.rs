@@ -113,6 +113,8 @@ fn dump_on<B: DeviceBackend>(
         grad_accum: 1,
         stats: args.fp8_stats.is_some() && job.precision.is_fp8(),
         loss_factor: None,
+        activation_checkpointing: job.activation_checkpointing,
+        seed: job.seed,
     };
     let shares = vec![Share::whole(loader.next_batch())];
     let out = gradients(&model, shares, &options, &device, None);

@@ -113,6 +113,11 @@ pub struct JobConfig {
     /// What a NaN/inf loss, gradient or FP8 amax does: `skip` the step or `stop` the job.
     #[serde(default)]
     pub non_finite: NonFinitePolicy,
+    /// Keep only each block's input through the forward and recompute the block in the
+    /// backward (`torch.utils.checkpoint` per block): activation memory of one block instead of
+    /// all, for about one more forward pass. Same gradients (see `train::step`).
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 /// The model: exactly one of `checkpoint` (an HF folder or one of ours) and `preset`.

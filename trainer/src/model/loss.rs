@@ -35,8 +35,17 @@ pub fn batch_loss<B: ModelBackend>(
     batch: &Batch,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    let (inputs, targets, mask) = batch_tensors::<B>(batch, device);
-    let logits = model.forward(inputs);
+    let (inputs, _, _) = batch_tensors::<B>(batch, device);
+    logits_loss(model.forward(inputs), batch, device)
+}
+
+/// [`batch_loss`] of the batch's logits `[B, T, V]`.
+pub fn logits_loss<B: ModelBackend>(
+    logits: Tensor<B, 3>,
+    batch: &Batch,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let (_, targets, mask) = batch_tensors::<B>(batch, device);
     let [b, t, v] = logits.dims();
     let weight = batch.loss_mask.as_ref().map(|m| m.iter().sum::<f32>());
     let fused = Arc::new(Targets {

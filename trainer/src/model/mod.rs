@@ -114,10 +114,41 @@ pub trait CausalLm<B: Backend>: Module<B> {
     /// Gives the LM head a site of its own (`precision.head: "bf16"`), or none (f32).
     fn set_head_site(&mut self, site: Option<Fp8Site>);
 
+    /// Transformer blocks between [`CausalLm::embed`] and [`CausalLm::head`].
+    fn blocks(&self) -> usize;
+
+    /// Hidden states `[B, T, C]` entering the first block, for tokens `[B, T]`.
+    ///
+    /// # Panics
+    /// If T exceeds the context length (callers validate user input first).
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    where
+        B: ModelBackend;
+
+    /// Whether an embedding parameter takes a gradient (not under LoRA's frozen base).
+    fn embeddings_trainable(&self) -> bool;
+
+    /// Whether a parameter of block `index` takes a gradient.
+    fn block_trainable(&self, index: usize) -> bool;
+
+    /// Block `index` on hidden states `[B, T, C]`.
+    fn block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3>
+    where
+        B: ModelBackend;
+
+    /// Logits `[B, T, vocab_size]` from the last block's hidden states (final norm and LM head).
+    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3>
+    where
+        B: ModelBackend;
+
     /// Logits `[B, T, vocab_size]` for tokens `[B, T]` (T at most the context length).
     fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
     where
-        B: ModelBackend;
+        B: ModelBackend,
+    {
+        let x = (0..self.blocks()).fold(self.embed(tokens), |x, i| self.block(i, x));
+        self.head(x)
+    }
 }
 
 /// A language model of any family: the type the trainer uses. Its variants add no level to
@@ -257,6 +288,36 @@ impl<B: ModelBackend> Model<B> {
     /// If T exceeds the context length (callers validate user input first).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         dispatch!(self, m => m.forward(tokens))
+    }
+
+    /// Transformer blocks (see [`CausalLm::blocks`]: a forward is `embed`, each block, `head`).
+    pub fn blocks(&self) -> usize {
+        dispatch!(self, m => m.blocks())
+    }
+
+    /// Hidden states entering the first block ([`CausalLm::embed`]).
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        dispatch!(self, m => m.embed(tokens))
+    }
+
+    /// Whether an embedding parameter takes a gradient ([`CausalLm::embeddings_trainable`]).
+    pub fn embeddings_trainable(&self) -> bool {
+        dispatch!(self, m => m.embeddings_trainable())
+    }
+
+    /// Whether a parameter of block `index` takes a gradient ([`CausalLm::block_trainable`]).
+    pub fn block_trainable(&self, index: usize) -> bool {
+        dispatch!(self, m => m.block_trainable(index))
+    }
+
+    /// Block `index` ([`CausalLm::block`]).
+    pub fn block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        dispatch!(self, m => m.block(index, x))
+    }
+
+    /// Logits from the last block's hidden states ([`CausalLm::head`]).
+    pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        dispatch!(self, m => m.head(x))
     }
 
     /// Mean next-token cross-entropy of `tokens` against `targets` (both `[B, T]`), and the

@@ -126,6 +126,19 @@ pub fn param_grad_tensors<B: AutodiffBackend, M: Module<B>>(
     visitor.1
 }
 
+/// Whether any parameter of `module` takes a gradient.
+pub fn any_trainable<B: Backend, M: Module<B>>(module: &M) -> bool {
+    struct Any(bool);
+    impl<B: Backend> ModuleVisitor<B> for Any {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0 |= param.is_require_grad();
+        }
+    }
+    let mut any = Any(false);
+    module.visit(&mut any);
+    any.0
+}
+
 /// Every float parameter marked as taking a gradient or not, by HF name (`trainable`): a
 /// frozen parameter takes no part in the backward pass and has no optimizer state.
 pub fn set_trainable<B: Backend, M: Module<B>>(module: M, trainable: impl Fn(&str) -> bool) -> M {

@@ -292,7 +292,8 @@ where
     /// same dropout masks); counts the step.
     fn forward_backward(&mut self) -> StepGrads<Fp8<B>> {
         let step = self.state.step + 1;
-        TrainBackend::<B>::seed(&self.device, self.job.seed.wrapping_add(self.state.step));
+        let seed = self.job.seed.wrapping_add(self.state.step);
+        TrainBackend::<B>::seed(&self.device, seed);
         let model = self
             .model
             .as_ref()
@@ -304,6 +305,8 @@ where
                 .inject_at
                 .filter(|(at, _)| *at == step)
                 .map(|(_, factor)| factor),
+            activation_checkpointing: self.job.activation_checkpointing,
+            seed,
         };
         let out = parallel::step_gradients::<B>(
             self.peers.as_ref(),

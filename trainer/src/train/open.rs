@@ -431,6 +431,12 @@ impl<B: DeviceBackend> Start<'_, B> {
                 }
             );
         }
+        if job.activation_checkpointing {
+            log::info!(
+                "activation checkpointing: each block's input kept, the block recomputed in the \
+                 backward"
+            );
+        }
         if group.is_parallel() && job.precision.stats_every > 0 && job.precision.is_fp8() {
             log::info!(
                 "fp8_stats.csv describes peer 0's casts (its rows of each batch; the scales are \

@@ -218,6 +218,9 @@ enum Command {
     /// Forward/backward of these micro-batch shares (and the all-reduce).
     Step {
         shares: Vec<Share>,
+        /// Activation checkpointing, and the step's seed (see [`StepOptions`]).
+        activation_checkpointing: bool,
+        seed: u64,
     },
     /// Apply AdamW to the last step's gradients (absent when the step is skipped).
     Update {
@@ -381,9 +384,14 @@ impl Peers {
     }
 
     /// Sends each other local peer its shares of the step's micro-batches.
-    fn send_step(&self, shares: Vec<Vec<Share>>) {
+    fn send_step(&self, shares: Vec<Vec<Share>>, options: &StepOptions) {
         for (worker, shares) in self.workers.iter().zip(shares) {
-            send(worker, Command::Step { shares });
+            let command = Command::Step {
+                shares,
+                activation_checkpointing: options.activation_checkpointing,
+                seed: options.seed,
+            };
+            send(worker, command);
         }
     }
 
@@ -431,7 +439,7 @@ pub fn step_gradients<B: DeviceBackend>(
             peer.push(share);
         }
     }
-    peers.send_step(theirs);
+    peers.send_step(theirs, options);
     // Only the step's casts are the peers' business: evaluations are peer 0's alone.
     model.fp8().set_amax_reducer(Some(peers.amax.clone()));
     let out = step::gradients(
@@ -626,7 +634,11 @@ fn worker<B: DeviceBackend>(
     let mut steps = 0u64;
     while let Ok(command) = inbox.recv() {
         match command {
-            Command::Step { shares } => {
+            Command::Step {
+                shares,
+                activation_checkpointing,
+                seed,
+            } => {
                 steps += 1;
                 if panic_at == Some(steps) {
                     panic!("injected failure at step {steps} ({INJECT_PEER_PANIC_ENV})");
@@ -637,6 +649,8 @@ fn worker<B: DeviceBackend>(
                     grad_accum: shares.len(),
                     stats: false,
                     loss_factor: None,
+                    activation_checkpointing,
+                    seed,
                 };
                 let out = step::gradients(
                     current,

@@ -3,7 +3,7 @@
 //! micro-batches there, and a step reads back one small tensor (the loss and each gradient's
 //! sum of squares, for the non-finite check and global-norm clipping).
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::optimizer::{AdamW, Coefficients};
 use crate::host::HostTensors;
-use crate::model::loss::batch_loss;
+use crate::model::loss::{batch_loss, batch_tensors, logits_loss};
 use crate::model::names::param_grad_tensors;
 use crate::model::ops::vmath::{self, Isa};
 use crate::model::{Model, ModelBackend};
@@ -67,6 +67,13 @@ pub struct StepOptions {
     pub stats: bool,
     /// Test-only: the loss is multiplied by this before the backward (see [`INJECT_NAN_ENV`]).
     pub loss_factor: Option<f32>,
+    /// Keep only each block's input through the forward; recompute the block in the backward
+    /// ([`checkpointed_gradients`]).
+    pub activation_checkpointing: bool,
+    /// The step's seed (the backend's RNG was seeded with it). With activation checkpointing,
+    /// each block's dropout masks are drawn from a seed derived from it, in both of the block's
+    /// forwards.
+    pub seed: u64,
 }
 
 /// A peer's part of one micro-batch.
@@ -150,30 +157,32 @@ where
     for (micro, share) in shares.into_iter().enumerate() {
         fp8.set_stats(options.stats && micro == 0);
         tokens += share.tokens;
-        let mut loss = batch_loss(model, &share.batch, device);
-        if share.weight != 1.0 {
-            loss = loss.mul_scalar(share.weight);
-        }
-        if let Some(factor) = options.loss_factor {
-            loss = loss.mul_scalar(factor);
-        }
-        let value = loss.clone().inner();
+        let scale = |mut loss: Tensor<B, 1>| {
+            if share.weight != 1.0 {
+                loss = loss.mul_scalar(share.weight);
+            }
+            if let Some(factor) = options.loss_factor {
+                loss = loss.mul_scalar(factor);
+            }
+            loss
+        };
+        let (value, micro) = if options.activation_checkpointing {
+            let seed = options.seed ^ (micro as u64).wrapping_mul(SEGMENT_SEED_STRIDE);
+            checkpointed_gradients(model, &share.batch, scale, grad_accum, seed, device)
+        } else {
+            let loss = scale(batch_loss(model, &share.batch, device));
+            let value = loss.clone().inner();
+            let grads = loss.div_scalar(grad_accum as f32).backward();
+            (value, gradient_list(param_grad_tensors(model, &grads)))
+        };
         loss_sum = Some(match loss_sum {
             Some(s) => s + value,
             None => value,
         });
-        let grads = loss.div_scalar(grad_accum as f32).backward();
-        let micro = param_grad_tensors(model, &grads);
-        drop(grads);
         if sum.is_empty() {
-            sum = micro.into_iter().map(|(_, g)| g).collect();
+            sum = micro;
         } else {
-            for (acc, (_, g)) in sum.iter_mut().zip(micro) {
-                *acc = match (acc.take(), g) {
-                    (Some(a), Some(g)) => Some(a + g),
-                    (a, g) => a.or(g),
-                };
-            }
+            add_gradients(&mut sum, micro);
         }
     }
     fp8.set_stats(false);
@@ -188,6 +197,143 @@ where
         sum_squares,
         tokens,
         report: fp8.take_report(),
+    }
+}
+
+/// Odd constant (2^64 / golden ratio) spreading micro-batch and block numbers over seeds.
+const SEGMENT_SEED_STRIDE: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Gradients in module order (one per parameter, `None` where it took no part).
+type GradientList<B> = Vec<Option<Tensor<B, 1>>>;
+
+fn gradient_list<B: Backend>(named: Vec<(String, Option<Tensor<B, 1>>)>) -> GradientList<B> {
+    named.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Adds `more` (same parameters, same order) into `sum`.
+fn add_gradients<B: Backend>(sum: &mut GradientList<B>, more: GradientList<B>) {
+    for (acc, g) in sum.iter_mut().zip(more) {
+        *acc = match (acc.take(), g) {
+            (Some(a), Some(g)) => Some(a + g),
+            (a, g) => a.or(g),
+        };
+    }
+}
+
+/// One micro-batch's loss (`scale`d, before the division by `grad_accum`) and the gradients of
+/// the scaled loss divided by `grad_accum`, with activation checkpointing per block:
+///
+/// 1. a forward with nothing tracked (no graph, no saved activations) that keeps each
+///    block's input, `L + 1` tensors of `[B, T, C]`; its FP8 casts are logged
+///    ([`fp8_backend::Fp8Context::log_forward_casts`]);
+/// 2. the head and the loss on the last block's output, tracked from there: their backward
+///    gives the gradient `dy` of that output;
+/// 3. for each block, last first: the block again on its kept input, tracked, its casts
+///    replayed from the log (the same FP8 operands, recorded once), and the backward of
+///    `sum(y * dy)`, whose gradient with respect to `y` is `dy` exactly; the input's gradient
+///    is the next `dy`;
+/// 4. the embeddings, the same way (when they take a gradient).
+///
+/// Each block's dropout masks are drawn from its own seed, set again before its second
+/// forward, so both forwards of a block compute the same function. Every parameter's
+/// gradient is the sum of its segments' (the tied embedding: the head's and the
+/// embeddings'), so gradients equal those of [`batch_loss`]'s one backward: the same ops on
+/// the same values, with dropout off (with dropout on, the masks are other draws).
+pub fn checkpointed_gradients<B: AutodiffBackend + ModelBackend>(
+    model: &Model<B>,
+    batch: &Batch,
+    scale: impl Fn(Tensor<B, 1>) -> Tensor<B, 1>,
+    grad_accum: usize,
+    seed: u64,
+    device: &B::Device,
+) -> (Tensor<B::InnerBackend, 1>, GradientList<B::InnerBackend>) {
+    let reseed = |segment: usize| {
+        B::seed(
+            device,
+            seed.wrapping_add((segment as u64 + 1).wrapping_mul(SEGMENT_SEED_STRIDE)),
+        )
+    };
+    let (tokens, _, _) = batch_tensors::<B>(batch, device);
+    let blocks = model.blocks();
+    let fp8 = model.fp8();
+    // With data-parallel peers, every peer's backward of a segment is over before any peer
+    // starts the next: burn-autodiff cleans up after a backward by locking every graph, and a
+    // peer inside its next backward holds its graph while it waits in a collective (a gradient
+    // cast's amax reduction), so without this the two would wait on each other.
+    let barrier = || {
+        if let Some(peers) = fp8.amax_reducer() {
+            peers.reduce_max(0.0);
+        }
+    };
+
+    // 1. Untracked forward, keeping each block's input. (A lazy parameter's clone would draw
+    // values of its own: every parameter is initialised in place first.)
+    model.visit(&mut Materialize);
+    let untracked = model.clone().no_grad();
+    fp8.log_forward_casts();
+    reseed(0);
+    let mut kept = vec![untracked.embed(tokens.clone()).inner()];
+    for i in 0..blocks {
+        reseed(i + 1);
+        let x = Tensor::from_inner(kept[i].clone());
+        kept.push(untracked.block(i, x).inner());
+    }
+    drop(untracked);
+
+    // 2. Head and loss.
+    let h = Tensor::<B, 3>::from_inner(kept.pop().expect("the last block's output")).require_grad();
+    let loss = scale(logits_loss(model.head(h.clone()), batch, device));
+    let value = loss.clone().inner();
+    let grads = loss.div_scalar(grad_accum as f32).backward();
+    let mut dy = h.grad(&grads).expect("the head's input takes a gradient");
+    let mut sum = gradient_list(param_grad_tensors(model, &grads));
+    drop(grads);
+    barrier();
+
+    // 3. Each block recomputed, then its backward. A block's input takes a gradient only when
+    // something under it trains (under LoRA's frozen base, not the first block's: as in one
+    // graph, whose embeddings would not be tracked, its projections then compute no dX).
+    let mut below = Vec::with_capacity(blocks);
+    let mut trains = model.embeddings_trainable();
+    for i in 0..blocks {
+        below.push(trains);
+        trains |= model.block_trainable(i);
+    }
+    fp8.replay_forward_casts();
+    for i in (0..blocks).rev() {
+        if !below[i] && !model.block_trainable(i) {
+            break;
+        }
+        reseed(i + 1);
+        let x = Tensor::<B, 3>::from_inner(kept.pop().expect("block input"));
+        let x = if below[i] { x.require_grad() } else { x };
+        let y = model.block(i, x.clone());
+        let grads = (y * Tensor::from_inner(dy.clone())).sum().backward();
+        add_gradients(&mut sum, gradient_list(param_grad_tensors(model, &grads)));
+        barrier();
+        if !below[i] {
+            break;
+        }
+        dy = x.grad(&grads).expect("a block's input takes a gradient");
+    }
+    fp8.end_cast_log();
+
+    // 4. Embeddings.
+    if model.embeddings_trainable() {
+        reseed(0);
+        let x = model.embed(tokens);
+        let grads = (x * Tensor::from_inner(dy)).sum().backward();
+        add_gradients(&mut sum, gradient_list(param_grad_tensors(model, &grads)));
+    }
+    (value, sum)
+}
+
+/// Initialises every lazy parameter of a module in place.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 
@@ -328,4 +474,99 @@ where
         coefficients,
     };
     model.map(&mut update)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::backend::Backend;
+    use datasets::Batch;
+    use fp8_backend::{Fp8, Fp8Policy, Precision};
+
+    use super::*;
+    use crate::model::{ModelConfig, ModelOptions};
+
+    type Ad = Autodiff<Fp8<Flex>>;
+
+    fn batch() -> Batch {
+        let (rows, seq) = (2, 16);
+        let token = |i: usize| ((i * 37 + 11) % 250) as u32;
+        Batch {
+            inputs: (0..rows * seq).map(token).collect(),
+            targets: (0..rows * seq).map(|i| token(i + 1)).collect(),
+            loss_mask: None,
+            attention_mask: None,
+            batch: rows,
+            seq,
+        }
+    }
+
+    fn flat(grads: &GradientList<Fp8<Flex>>) -> Vec<Vec<f32>> {
+        let host = |g: &Tensor<Fp8<Flex>, 1>| g.clone().into_data().to_vec::<f32>().unwrap();
+        grads
+            .iter()
+            .map(|g| g.as_ref().map_or(vec![], host))
+            .collect()
+    }
+
+    /// The gradients of one backward over the whole graph, each block's (and the embeddings')
+    /// dropout masks drawn from the seeds [`checkpointed_gradients`] gives them.
+    fn reference(model: &Model<Ad>, batch: &Batch, seed: u64) -> GradientList<Fp8<Flex>> {
+        let device = Default::default();
+        let reseed = |segment: u64| {
+            Ad::seed(
+                &device,
+                seed.wrapping_add((segment + 1).wrapping_mul(SEGMENT_SEED_STRIDE)),
+            )
+        };
+        let (tokens, _, _) = batch_tensors::<Ad>(batch, &device);
+        reseed(0);
+        let mut x = model.embed(tokens);
+        for i in 0..model.blocks() {
+            reseed(i as u64 + 1);
+            x = model.block(i, x);
+        }
+        let loss = logits_loss(model.head(x), batch, &device);
+        gradient_list(param_grad_tensors(model, &loss.backward()))
+    }
+
+    /// With dropout on, a block's second forward must draw the masks of its first: then the
+    /// checkpointed gradients are those of the whole graph under the same masks, bit for bit
+    /// (the same ops on the same values; the tied embedding's two parts add commutatively).
+    /// Masks drawn afresh would give gradients of another function: off by O(1). The models
+    /// are fresh presets, so their parameters are lazy (see [`Materialize`]).
+    #[test]
+    fn checkpointed_gradients_equal_one_backward_under_the_same_dropout_masks() {
+        let device = Default::default();
+        for (preset, mode) in [
+            ("tiny", Precision::Fp8Amax),
+            ("llama-tiny", Precision::Fp32),
+        ] {
+            let options = ModelOptions {
+                dropout: 0.3,
+                fp8: Fp8Policy::with_mode(mode),
+            };
+            let config = ModelConfig::preset(preset).unwrap();
+            let model = Model::<Ad>::new(&config, &options, &device).unwrap();
+            let batch = batch();
+            let seed = 99;
+            let (_, ours) = checkpointed_gradients(&model, &batch, |l| l, 1, seed, &device);
+            let (ours, theirs) = (flat(&ours), flat(&reference(&model, &batch, seed)));
+            // And without the same masks, the gradients do differ.
+            let other = flat(&reference(&model, &batch, seed + 1));
+            let mut worst = 0f32;
+            let mut moved = 0f32;
+            for ((a, b), c) in ours.iter().zip(&theirs).zip(&other) {
+                assert_eq!(a.len(), b.len());
+                let scale = b.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+                for ((x, y), z) in a.iter().zip(b).zip(c) {
+                    worst = worst.max((x - y).abs() / scale);
+                    moved = moved.max((z - y).abs() / scale);
+                }
+            }
+            println!("{preset}: checkpointed vs one backward {worst:e}; other masks {moved:e}");
+            assert_eq!(worst, 0.0, "{preset}");
+            assert!(moved > 1e-2, "{preset}: dropout changed nothing ({moved})");
+        }
+    }
 }

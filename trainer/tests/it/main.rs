@@ -22,6 +22,7 @@
 mod common;
 
 mod accumulation;
+mod activation_checkpointing;
 mod bad_checkpoints;
 mod bad_input;
 mod best_and_early_stopping;

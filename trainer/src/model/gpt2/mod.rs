@@ -149,11 +149,49 @@ impl<B: Backend> CausalLm<B> for Gpt2<B> {
         self.head_site = site;
     }
 
-    fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    fn blocks(&self) -> usize {
+        self.transformer.h.len()
+    }
+
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
-        let h = self.transformer.forward(tokens, self.config.n_positions); // (B, T, C)
+        let [_, t] = tokens.dims();
+        let n_positions = self.config.n_positions;
+        assert!(
+            t <= n_positions,
+            "sequence of {t} tokens is longer than n_positions = {n_positions}"
+        );
+        let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &tokens.device()).reshape([1, t]);
+        let transformer = &self.transformer;
+        // (B, T, C) + (1, T, C), broadcast over the batch.
+        transformer
+            .drop
+            .forward(transformer.wte.forward(tokens) + transformer.wpe.forward(positions))
+    }
+
+    fn embeddings_trainable(&self) -> bool {
+        let t = &self.transformer;
+        t.wte.weight.is_require_grad() || t.wpe.weight.is_require_grad()
+    }
+
+    fn block_trainable(&self, index: usize) -> bool {
+        super::names::any_trainable(&self.transformer.h[index])
+    }
+
+    fn block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3>
+    where
+        B: ModelBackend,
+    {
+        self.transformer.h[index].forward(x)
+    }
+
+    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3>
+    where
+        B: ModelBackend,
+    {
+        let h = self.transformer.ln_f.forward(x); // (B, T, C)
         let [b, t, c] = h.dims();
         // The head is never an FP8 projection: f32, as in the paper, or bf16 (`precision.head`).
         let head = match &self.lm_head {
@@ -162,25 +200,5 @@ impl<B: Backend> CausalLm<B> for Gpt2<B> {
         }; // (V, C)
         let vocab = head.dims()[0];
         lm_head(h.reshape([b * t, c]), head, self.head_site.as_ref()).reshape([b, t, vocab])
-    }
-}
-
-impl<B: ModelBackend> Gpt2Model<B> {
-    /// Final hidden states `[B, T, n_embd]`.
-    pub fn forward(&self, tokens: Tensor<B, 2, Int>, n_positions: usize) -> Tensor<B, 3> {
-        let [_, t] = tokens.dims();
-        assert!(
-            t <= n_positions,
-            "sequence of {t} tokens is longer than n_positions = {n_positions}"
-        );
-        let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &tokens.device()).reshape([1, t]);
-        // (B, T, C) + (1, T, C), broadcast over the batch.
-        let mut x = self
-            .drop
-            .forward(self.wte.forward(tokens) + self.wpe.forward(positions));
-        for block in &self.h {
-            x = block.forward(x);
-        }
-        self.ln_f.forward(x)
     }
 }

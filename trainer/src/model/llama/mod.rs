@@ -181,7 +181,11 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         self.head_site = site;
     }
 
-    fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    fn blocks(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
@@ -191,11 +195,29 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
             t <= max,
             "sequence of {t} tokens is longer than max_position_embeddings = {max}"
         );
-        let rope = self.rope(t);
-        let mut x = self.model.embed_tokens.forward(tokens); // (B, T, C)
-        for layer in &self.model.layers {
-            x = layer.forward(x, &rope);
-        }
+        self.model.embed_tokens.forward(tokens) // (B, T, C)
+    }
+
+    fn embeddings_trainable(&self) -> bool {
+        self.model.embed_tokens.weight.is_require_grad()
+    }
+
+    fn block_trainable(&self, index: usize) -> bool {
+        super::names::any_trainable(&self.model.layers[index])
+    }
+
+    fn block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3>
+    where
+        B: ModelBackend,
+    {
+        let rope = self.rope(x.dims()[1]);
+        self.model.layers[index].forward(x, &rope)
+    }
+
+    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3>
+    where
+        B: ModelBackend,
+    {
         let h = self.model.norm.forward(x);
         let [b, t, c] = h.dims();
         // The head is never an FP8 projection: f32, as in the paper, or bf16 (`precision.head`).

@@ -220,6 +220,16 @@ fn dump_step_gradients_match_the_independent_fp8_amax_reference() {
 
 #[test]
 fn twenty_adamw_steps_match_torch() {
+    twenty_adamw_steps(false);
+}
+
+/// The same curve with each block recomputed in the backward (activation checkpointing).
+#[test]
+fn twenty_adamw_steps_with_activation_checkpointing_match_torch() {
+    twenty_adamw_steps(true);
+}
+
+fn twenty_adamw_steps(activation_checkpointing: bool) {
     let dir = common::fixture_named("llama-tiny");
     let curve = read_json(&dir.join("adamw_curve.json"));
     assert_eq!(curve["fixture_version"].as_u64(), Some(FIXTURE_VERSION));
@@ -245,6 +255,8 @@ fn twenty_adamw_steps_match_torch() {
         grad_accum: 1,
         stats: false,
         loss_factor: None,
+        activation_checkpointing,
+        seed: 0,
     };
     let max_norm = curve["max_norm"].as_f64().unwrap();
     let mut worst = 0f64;
