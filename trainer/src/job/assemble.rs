@@ -227,6 +227,7 @@ fn build_base<B: fp8_backend::Fp8Kernels>(
     let options = model_options(job);
     let c = model_config(job, config)?;
     check::model(job, config, &c, vocab)?;
+    check::training_memory(job, config, &c)?;
     if let Some(dir) = &job.model.checkpoint {
         return Ok(load_checkpoint::<TrainBackend<B>>(dir, &options, device)?);
     }

@@ -334,6 +334,19 @@ pub fn model(
     Ok(())
 }
 
+/// The job's training fits this machine's memory (`super::memory`), or it is refused with what
+/// would fit.
+pub fn training_memory(
+    job: &JobConfig,
+    path: &Path,
+    model: &ModelConfig,
+) -> Result<(), JobConfigError> {
+    match physical_memory() {
+        Some(memory) => super::memory::check(job, path, model, memory as f64),
+        None => Ok(()),
+    }
+}
+
 /// On `--resume`: the job's model (`wanted`) must have the shape of the run's checkpoint
 /// (`checkpoint`, in `dir`), since resuming continues that model; names every field that
 /// differs.

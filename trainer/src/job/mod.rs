@@ -7,6 +7,7 @@ pub mod assemble;
 pub mod check;
 mod error;
 pub mod load;
+pub mod memory;
 pub mod spec;
 
 pub use error::JobConfigError;

@@ -207,6 +207,51 @@ impl ModelConfig {
         }
     }
 
+    /// Transformer blocks.
+    pub fn layers(&self) -> usize {
+        match self {
+            Self::Gpt2(c) => c.n_layer,
+            Self::Llama(c) => c.num_hidden_layers,
+        }
+    }
+
+    /// The hidden states' width.
+    pub fn width(&self) -> usize {
+        match self {
+            Self::Gpt2(c) => c.n_embd,
+            Self::Llama(c) => c.hidden_size,
+        }
+    }
+
+    /// Every projection's Hugging Face module name (as [`ModelConfig::projection_names`]),
+    /// input and output width.
+    pub fn projection_shapes(&self) -> Vec<(String, usize, usize)> {
+        let widths: Vec<(usize, usize)> = match self {
+            Self::Gpt2(c) => {
+                let (e, f) = (c.n_embd, c.inner_dim());
+                vec![(e, 3 * e), (e, e), (e, f), (f, e)]
+            }
+            Self::Llama(c) => {
+                let (h, f) = (c.hidden_size, c.intermediate_size);
+                let (q, kv) = (
+                    c.num_attention_heads * c.head_dim,
+                    c.num_key_value_heads * c.head_dim,
+                );
+                vec![(h, q), (h, kv), (h, kv), (q, h), (h, f), (h, f), (f, h)]
+            }
+        };
+        let names = self.projection_names();
+        let per_layer = widths.len();
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let (i, o) = widths[k % per_layer];
+                (name, i, o)
+            })
+            .collect()
+    }
+
     /// The context length: the longest sequence the model takes.
     pub fn max_positions(&self) -> usize {
         match self {
@@ -365,7 +410,17 @@ pub enum FileTensor {
 }
 
 /// Total physical memory (Linux: `MemTotal` of /proc/meminfo), if known.
+/// Test-only: the machine's memory in bytes, in place of `MemTotal` (so that the memory checks'
+/// tests do not depend on the machine).
+pub const PHYSICAL_MEMORY_ENV: &str = "FP8_TRAINER_PHYSICAL_MEMORY_BYTES";
+
 pub(crate) fn physical_memory() -> Option<u64> {
+    if let Some(bytes) = std::env::var(PHYSICAL_MEMORY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Some(bytes);
+    }
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

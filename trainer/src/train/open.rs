@@ -219,6 +219,7 @@ fn load_model<B: DeviceBackend>(
         &resume.dir,
     )?;
     check::model(job, config, &theirs, vocab)?;
+    check::training_memory(job, config, &theirs)?;
     Ok(load_checkpoint::<TrainBackend<B>>(
         &resume.dir,
         &model_options(job),

@@ -17,7 +17,8 @@
 //! `FP8_TRAINER_FAIL_CHECKPOINT_AT=N` aborts while checkpoint N is half written;
 //! `FP8_TRAINER_INJECT_NAN_STEP=N` (`_INF_STEP=N`) multiplies the loss of step N by NaN (+inf);
 //! `FP8_TRAINER_INJECT_PEER_PANIC=P:N` makes data-parallel peer P panic at step N;
-//! `FP8_TRAINER_REPORT_PEAK_RSS=1` prints the process's peak RSS (`VmHWM`) as it ends.
+//! `FP8_TRAINER_REPORT_PEAK_RSS=1` prints the process's peak RSS (`VmHWM`) as it ends;
+//! `FP8_TRAINER_PHYSICAL_MEMORY_BYTES=N` stands in for the machine's memory in the memory checks.
 
 mod common;
 
@@ -41,6 +42,7 @@ mod hf_checkpoints;
 mod inference_table;
 mod llama_family;
 mod lora;
+mod memory_check;
 mod node_security;
 mod non_finite;
 mod parity;
