@@ -243,7 +243,7 @@ fn build_base<B: fp8_backend::Fp8Kernels>(
     // Parameters are initialised lazily: draw them now, in module order, so the values depend
     // only on the seed (not on which command touches them first).
     let mut initial: std::collections::HashMap<String, burn::tensor::TensorData> =
-        crate::model::names::param_values(&cpu)
+        crate::model::names::into_param_values(cpu)
             .into_iter()
             .collect();
     let model = Model::<TrainBackend<B>>::new(&c, &options, device).map_err(filter_err)?;

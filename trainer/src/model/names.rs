@@ -61,6 +61,31 @@ pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Tensor
     param_values_where(module, |_| true)
 }
 
+/// [`param_values`], taking the module apart as it goes: each parameter's tensor is freed once
+/// its data is read, so the values and the module are never both whole in memory (a preset's
+/// initial weights: one copy at a time, not two).
+pub fn into_param_values<B: Backend, M: Module<B>>(module: M) -> Vec<(String, TensorData)> {
+    struct Take(Path, Vec<(String, TensorData)>);
+    impl<B: Backend> ModuleMapper<B> for Take {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.0.exit(container_type);
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, value) = (param.id, param.val());
+            let device = value.device();
+            drop(param);
+            self.1.push((self.0.name(), value.into_data()));
+            Param::initialized(id, Tensor::zeros([1; D], &device))
+        }
+    }
+    let mut take = Take(Path::default(), Vec::new());
+    drop(module.map(&mut take));
+    take.1
+}
+
 /// [`param_values`] of the parameters `select` names (the others are not read).
 pub fn param_values_where<B: Backend, M: Module<B>>(
     module: &M,
@@ -219,5 +244,32 @@ pub fn replace_params_where<B: Backend, M: Module<B>, E>(
     match mapper.error {
         Some(error) => Err(error),
         None => Ok(module),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::backend::Backend;
+
+    use super::*;
+    use crate::device::{InitBackend, INIT_DEVICE};
+    use crate::model::{Model, ModelConfig, ModelOptions};
+
+    /// A preset's initial weights read by taking the model apart are the ones read from it
+    /// whole: the same parameters drawn in the same order.
+    #[test]
+    fn into_param_values_reads_what_param_values_reads() {
+        let config = ModelConfig::preset("llama-tiny").unwrap();
+        let fresh = || {
+            InitBackend::seed(&INIT_DEVICE, 5);
+            Model::<InitBackend>::new(&config, &ModelOptions::default(), &INIT_DEVICE).unwrap()
+        };
+        let whole = param_values(&fresh());
+        let taken = into_param_values(fresh());
+        assert_eq!(whole.len(), taken.len());
+        for ((a, x), (b, y)) in whole.iter().zip(&taken) {
+            assert_eq!(a, b);
+            assert_eq!(x, y, "{a}");
+        }
     }
 }
