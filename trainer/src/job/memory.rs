@@ -8,9 +8,9 @@
 //! |---|---|
 //! | weights | 4 per parameter (f32 master weights, or the frozen base) |
 //! | gradients and AdamW moments | 12 per trainable parameter (all, or the LoRA adapters') |
-//! | FP8 / bf16 operand copies | 2 per projection weight when the projections cast (the bf16 operand the GEMM reads) |
+//! | FP8 / bf16 operand copies | 2 per projection weight when the projections cast: the bf16 operand the backward keeps, for every block (one block with activation checkpointing) |
 //! | activations | per micro-batch token and block, [`block_floats`] f32 values; with activation checkpointing each block's input and one block's |
-//! | logits | the LM head's output and its gradient, 2 x 4 bytes per token and vocabulary entry |
+//! | logits | 4 bytes per token and vocabulary entry (the fused loss writes their gradient in place) |
 //!
 //! It is a floor, not a forecast: the allocator's reserve, the initial copy of a preset's
 //! weights and the binary come on top (bench/README.md compares it with measured peaks). A job
@@ -93,10 +93,15 @@ pub fn training_memory(job: &JobConfig, model: &ModelConfig) -> MemoryEstimate {
         ("gradients and AdamW moments", trainable * 12.0),
     ];
     if job.precision.is_on() {
-        parts.push(("operand copies", projection_weights * 2.0));
+        let kept = if job.activation_checkpointing {
+            projection_weights / layers
+        } else {
+            projection_weights
+        };
+        parts.push(("operand copies", kept * 2.0));
     }
     parts.push(("activations", activations));
-    parts.push(("logits", tokens * model.vocab_size() as f64 * 8.0));
+    parts.push(("logits", tokens * model.vocab_size() as f64 * 4.0));
     MemoryEstimate { parts }
 }
 
@@ -207,17 +212,22 @@ mod tests {
         e.parts.iter().find(|p| p.0 == name).unwrap().1
     }
 
+    /// The 1B shapes measured on the 24 GiB machine (bench/README.md): LoRA with activation
+    /// checkpointing peaked at 7.2 GB, full fine-tuning with it at 22.2 GB (it ran); full
+    /// fine-tuning without it cannot fit.
     #[test]
-    fn a_1b_llama_lora_fits_24_gib_and_its_full_fine_tuning_is_refused_naming_what_fits() {
-        let lora = job(json!({"lora": {"r": 16, "target_modules": "all-linear"}}));
+    fn a_1b_llama_full_fine_tuning_without_checkpointing_is_refused_naming_what_fits() {
         let path = Path::new("job.json");
+        let lora = job(json!({"lora": {"r": 16, "target_modules": "all-linear"}}));
         assert!(check(&lora, path, &model(&lora), MACHINE).is_ok());
-        let full = job(json!({}));
-        let estimate = training_memory(&full, &model(&full));
+        let checkpointed = job(json!({}));
+        assert!(check(&checkpointed, path, &model(&checkpointed), MACHINE).is_ok());
+        let plain = job(json!({"activation_checkpointing": false}));
+        let estimate = training_memory(&plain, &model(&plain));
         // 1.236e9 parameters: 16 bytes each before activations.
         let params = part(&estimate, "weights") / 4.0;
         assert!((params - 1.2358e9).abs() < 1e6, "{params}");
-        let message = check(&full, path, &model(&full), MACHINE)
+        let message = check(&plain, path, &model(&plain), MACHINE)
             .unwrap_err()
             .to_string();
         println!("{message}");
@@ -225,20 +235,11 @@ mod tests {
             "job.json",
             "`model`",
             "gradients and AdamW moments 13.8",
-            "LoRA",
+            "`activation_checkpointing: true` (",
+            "LoRA on the frozen base",
         ] {
             assert!(message.contains(want), "{want}: {message}");
         }
-        // Without checkpointing LoRA is still the way out; checkpointing alone is not.
-        let plain = job(json!({"activation_checkpointing": false}));
-        let message = check(&plain, path, &model(&plain), MACHINE)
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("LoRA"), "{message}");
-        assert!(
-            !message.contains("`activation_checkpointing: true` ("),
-            "{message}"
-        );
     }
 
     #[test]
@@ -259,6 +260,6 @@ mod tests {
             part(&e, "activations"),
             12.0 * tokens * (3.0 * 768.0 + 3072.0) * 4.0
         );
-        assert_eq!(part(&e, "logits"), tokens * 50257.0 * 8.0);
+        assert_eq!(part(&e, "logits"), tokens * 50257.0 * 4.0);
     }
 }
