@@ -16,7 +16,7 @@ use crate::device::{DeviceBackend, InferenceBackend};
 use crate::error::Error;
 use crate::job::assemble::{build_model, open_data};
 use crate::job::{check, load_job_config, JobConfig};
-use crate::model::loss::batch_tensors;
+use crate::model::loss::batch_inputs;
 use crate::train::run_dir::{write_fp8_stats, Fp8StatsRow};
 use crate::train::step::{gradients, Share, StepOptions};
 
@@ -101,7 +101,7 @@ fn dump_on<B: DeviceBackend>(
     // The logits of the same batch (a forward without autodiff; the casts are deterministic,
     // so they are the logits of the step's own forward).
     let batch = loader.clone().next_batch();
-    let (inputs, _, _) = batch_tensors::<InferenceBackend<B>>(&batch, &device);
+    let inputs = batch_inputs::<InferenceBackend<B>>(&batch, &device);
     let logits = model.valid().forward(inputs);
     let logits_shape = logits.dims().to_vec();
     let logits = logits

@@ -16,16 +16,32 @@ pub type BatchTensors<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Option<Tensor<
 
 /// The tensors of a batch on `device`.
 pub fn batch_tensors<B: Backend>(batch: &Batch, device: &B::Device) -> BatchTensors<B> {
+    let (targets, mask) = targets_and_mask(batch, device);
+    (batch_inputs(batch, device), targets, mask)
+}
+
+/// Token ids `[B, T]` as an int tensor on `device`.
+fn token_tensor<B: Backend>(batch: &Batch, ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(ids, [batch.batch, batch.seq]), device)
+}
+
+/// The batch's inputs `[B, T]` on `device`.
+pub fn batch_inputs<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 2, Int> {
+    token_tensor(batch, &batch.inputs, device)
+}
+
+/// The batch's targets `[B, T]` and loss mask (if any) on `device`.
+fn targets_and_mask<B: Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Option<Tensor<B, 2>>) {
     let shape = [batch.batch, batch.seq];
-    let ints = |v: &[u32]| {
-        let v: Vec<i64> = v.iter().map(|&t| t as i64).collect();
-        Tensor::<B, 2, Int>::from_data(TensorData::new(v, shape), device)
-    };
     let mask = batch
         .loss_mask
         .as_ref()
         .map(|m| Tensor::<B, 2>::from_data(TensorData::new(m.clone(), shape), device));
-    (ints(&batch.inputs), ints(&batch.targets), mask)
+    (token_tensor(batch, &batch.targets, device), mask)
 }
 
 /// Mean next-token cross-entropy of a batch; with a loss mask, the mean over masked-in tokens
@@ -35,8 +51,7 @@ pub fn batch_loss<B: ModelBackend>(
     batch: &Batch,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    let (inputs, _, _) = batch_tensors::<B>(batch, device);
-    logits_loss(model.forward(inputs), batch, device)
+    logits_loss(model.forward(batch_inputs(batch, device)), batch, device)
 }
 
 /// [`batch_loss`] of the batch's logits `[B, T, V]`.
@@ -45,7 +60,6 @@ pub fn logits_loss<B: ModelBackend>(
     batch: &Batch,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    let (_, targets, mask) = batch_tensors::<B>(batch, device);
     let [b, t, v] = logits.dims();
     let weight = batch.loss_mask.as_ref().map(|m| m.iter().sum::<f32>());
     let fused = Arc::new(Targets {
@@ -60,6 +74,8 @@ pub fn logits_loss<B: ModelBackend>(
             Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(flat)).reshape([b, t, v])
         }
     };
+    // Composed from Burn's ops (a backend without the fused loss).
+    let (targets, mask) = targets_and_mask::<B>(batch, device);
     match mask {
         None => mean_cross_entropy(logits, targets),
         Some(mask) => (token_log_probs(logits, targets) * mask)

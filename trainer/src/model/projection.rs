@@ -140,18 +140,21 @@ impl<B: Backend> Projection<B> {
     }
 }
 
-/// The LM head: `h [rows, C] @ head^T` with `head` `[vocab, C]` (the tied embedding or
-/// `lm_head.weight`). A plain f32 matmul, as in the paper; with a site
-/// (`precision.head: "bf16"`), [`fp8_linear`] under the site's `bf16` policy.
+/// The LM head: logits `[B, T, vocab]` = `h [B, T, C] @ head^T` with `head` `[vocab, C]` (the
+/// tied embedding or `lm_head.weight`), as one `[B * T, C]` GEMM. A plain f32 matmul, as in the
+/// paper; with a site (`precision.head: "bf16"`), [`fp8_linear`] under the site's `bf16` policy.
 pub fn lm_head<B: Fp8LinearOps>(
-    h: Tensor<B, 2>,
+    h: Tensor<B, 3>,
     head: Tensor<B, 2>,
     site: Option<&Fp8Site>,
-) -> Tensor<B, 2> {
-    match site {
+) -> Tensor<B, 3> {
+    let ([b, t, c], vocab) = (h.dims(), head.dims()[0]);
+    let h = h.reshape([b * t, c]);
+    let logits = match site {
         Some(site) => fp8_linear(h, head.transpose(), None, site),
         None => h.matmul(head.transpose()),
-    }
+    };
+    logits.reshape([b, t, vocab])
 }
 
 impl<B: Fp8LinearOps> Projection<B> {

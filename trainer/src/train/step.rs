@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::optimizer::{AdamW, Coefficients};
 use crate::host::HostTensors;
-use crate::model::loss::{batch_loss, batch_tensors, logits_loss};
+use crate::model::loss::{batch_inputs, batch_loss, logits_loss};
 use crate::model::names::param_grad_tensors;
 use crate::model::ops::vmath::{self, Isa};
 use crate::model::{Model, ModelBackend};
@@ -253,7 +253,7 @@ pub fn checkpointed_gradients<B: AutodiffBackend + ModelBackend>(
             seed.wrapping_add((segment as u64 + 1).wrapping_mul(SEGMENT_SEED_STRIDE)),
         )
     };
-    let (tokens, _, _) = batch_tensors::<B>(batch, device);
+    let tokens = batch_inputs::<B>(batch, device);
     let blocks = model.blocks();
     let fp8 = model.fp8();
     // With data-parallel peers, every peer's backward of a segment is over before any peer
@@ -519,7 +519,7 @@ mod tests {
                 seed.wrapping_add((segment + 1).wrapping_mul(SEGMENT_SEED_STRIDE)),
             )
         };
-        let (tokens, _, _) = batch_tensors::<Ad>(batch, &device);
+        let tokens = batch_inputs::<Ad>(batch, &device);
         reseed(0);
         let mut x = model.embed(tokens);
         for i in 0..model.blocks() {

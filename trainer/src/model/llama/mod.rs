@@ -218,14 +218,11 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
     where
         B: ModelBackend,
     {
-        let h = self.model.norm.forward(x);
-        let [b, t, c] = h.dims();
         // The head is never an FP8 projection: f32, as in the paper, or bf16 (`precision.head`).
         let head = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.model.embed_tokens.weight.val(),
         }; // (V, C)
-        let vocab = head.dims()[0];
-        lm_head(h.reshape([b * t, c]), head, self.head_site.as_ref()).reshape([b, t, vocab])
+        lm_head(self.model.norm.forward(x), head, self.head_site.as_ref())
     }
 }
