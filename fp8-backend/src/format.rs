@@ -136,6 +136,85 @@ impl Fp8Format {
     }
 }
 
+impl Fp8Format {
+    /// Whether the format has a negative zero (the OCP formats; the `fnuz` ones use its bit
+    /// pattern 0x80 for NaN).
+    pub fn has_negative_zero(self) -> bool {
+        matches!(self, Self::E4M3Fn | Self::E5M2)
+    }
+
+    /// The value of the bit pattern `code` (sign, exponent, mantissa), as `ml_dtypes` reads it:
+    /// NaN for the format's NaN patterns, +-inf for E5M2's infinities.
+    pub fn decode(self, code: u8) -> f32 {
+        let m = self.mantissa_bits();
+        let exp_bits = 7 - m;
+        let (exp_field, mant) = ((code >> m) & ((1 << exp_bits) - 1), code & ((1 << m) - 1));
+        let negative = code & 0x80 != 0;
+        let all_ones = exp_field == (1 << exp_bits) - 1;
+        let nan = match self {
+            Self::E4M3Fnuz | Self::E5M2Fnuz => code == 0x80,
+            Self::E4M3Fn => code & 0x7f == 0x7f,
+            Self::E5M2 => all_ones && mant != 0,
+        };
+        if nan {
+            return f32::NAN;
+        }
+        let magnitude = if self == Self::E5M2 && all_ones {
+            f32::INFINITY
+        } else if exp_field == 0 {
+            // Subnormal: mant x the smallest subnormal (exact: at most 3 significant bits).
+            f32::from(mant) * self.min_subnormal()
+        } else {
+            let e = i32::from(exp_field) + self.min_normal_exp() - 1;
+            pow2(e) * (1.0 + f32::from(mant) / f32::from(1u8 << m))
+        };
+        if negative {
+            -magnitude
+        } else {
+            magnitude
+        }
+    }
+
+    /// The bit pattern of `x`, when `x` is a finite value of the format (what [`Self::quantize`]
+    /// returns for finite inputs); `None` otherwise. Zero of either sign is 0x00 in the `fnuz`
+    /// formats, which have no negative zero.
+    pub fn encode(self, x: f32) -> Option<u8> {
+        if !x.is_finite() || x.abs() > self.max() {
+            return None;
+        }
+        let sign = if x.is_sign_negative() && (x != 0.0 || self.has_negative_zero()) {
+            0x80u8
+        } else {
+            0
+        };
+        let a = x.abs();
+        if a == 0.0 {
+            return Some(sign);
+        }
+        let m = self.mantissa_bits();
+        let e = f32_exponent(a);
+        let code = if e < self.min_normal_exp() {
+            // Subnormal: an integer multiple of the smallest subnormal below 2^m.
+            let steps = a / self.min_subnormal();
+            if steps.fract() != 0.0 || steps < 1.0 {
+                return None;
+            }
+            steps as u8
+        } else {
+            let bits = a.to_bits();
+            if bits & ((1 << (23 - m)) - 1) != 0 {
+                return None;
+            }
+            let mant = ((bits >> (23 - m)) & ((1 << m) - 1)) as u8;
+            let exp_field = (e - self.min_normal_exp() + 1) as u8;
+            (exp_field << m) | mant
+        };
+        let code = sign | code;
+        // NaN and infinity patterns are not values: a magnitude there was not representable.
+        (self.decode(code) == x).then_some(code)
+    }
+}
+
 impl Fp8Family {
     /// The E4 format of the family (weights and activations).
     pub fn e4(self) -> Fp8Format {

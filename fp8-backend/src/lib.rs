@@ -32,8 +32,9 @@ pub mod report;
 pub mod scaling;
 pub mod simd;
 pub mod site;
+pub mod stored;
 
-pub use autodiff::{fp8_linear, Fp8LinearOps};
+pub use autodiff::{fp8_linear, fp8_linear_stored, Fp8LinearOps};
 pub use context::{
     current_policy, install, install_with_stats, take_report, with_policy, with_policy_and_stats,
     Fp8Guard,
@@ -49,3 +50,4 @@ pub use scaling::{
     amax_bias, quantize_scaled, BiasRule, NonFiniteAmax, DEFAULT_GRADIENT_MARGIN, MAX_BIAS,
 };
 pub use site::{Fp8Context, Fp8Site, FrozenHistories};
+pub use stored::Fp8Weight;

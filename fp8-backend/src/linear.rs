@@ -35,8 +35,9 @@ use crate::kernel::{self, Fp8Kernels, QuantOutput};
 use crate::policy::{Fp8Policy, Precision};
 use crate::profile::gemm;
 use crate::report::{CastOutcome, LayerId, LinearOp};
-use crate::scaling::{amax_bias, BiasRule};
+use crate::scaling::{amax_bias, bias_for, BiasRule};
 use crate::site::{CastRecompute, Fp8Site, Recording};
+use crate::stored::Fp8Weight;
 
 /// Casts one operand to the format of its role under `policy` (with its statistics when
 /// `stats`). A tensor whose amax is not finite comes back unchanged (the caller reports it;
@@ -208,6 +209,8 @@ enum Operand<B: Fp8Kernels> {
     Cast(FloatTensor<B>),
     /// To be cast again, with the forward's bias where it came from a history.
     Raw(FloatTensor<B>, Option<i32>),
+    /// An FP8-stored weight: its codes are the cast.
+    Stored(Fp8Weight),
 }
 
 /// Forward of the named layer `site`: `q_E4(x) @ q_E4(W) + b`, keeping what `keep` says the
@@ -241,6 +244,87 @@ pub fn site_forward<B: Fp8Kernels>(
     (gemm(|| kernel::linear::<B>(x, weight, bias)), saved)
 }
 
+/// The cast of an FP8-stored weight in the forward of `site`, when the policy casts the weight
+/// to the stored format with the stored bias (what it does at every step for a weight that
+/// does not change): the cast's outcome, with the bookkeeping a cast of the f32 weight does
+/// (the amax joins an `fp8-delayed` history, its bias is logged for a recomputed forward).
+/// `None`, with nothing recorded, when the policy would cast otherwise.
+fn stored_weight_cast(
+    recording: &Recording,
+    site: &Fp8Site,
+    weight: &Fp8Weight,
+) -> Option<CastOutcome> {
+    let policy = recording.policy.as_ref();
+    if policy.mode == Precision::Bf16 {
+        return None;
+    }
+    let (format, own_rule) = policy.rule_for(Role::Weight)?;
+    if format != weight.format() {
+        return None;
+    }
+    let (context, layer) = (site.context(), site.layer());
+    let stats = weight.stats();
+    let own_bias = bias_for(own_rule, stats.amax, format).ok()?;
+    let delayed = policy.mode == Precision::Fp8Delayed;
+    let recompute = context.cast_recompute(layer, Role::Weight);
+    let bias = match recompute {
+        CastRecompute::Replay(Some(Some(bias))) => bias,
+        CastRecompute::Replay(Some(None)) => return None,
+        CastRecompute::Replay(None) => own_bias,
+        _ if delayed => context
+            .delayed_bias(layer, Role::Weight, policy, format)
+            .unwrap_or(own_bias),
+        _ => own_bias,
+    };
+    if bias != weight.bias() {
+        return None;
+    }
+    if let CastRecompute::Replay(_) = recompute {
+        return Some(CastOutcome::Skipped);
+    }
+    if delayed {
+        context.record_amax(layer, Role::Weight, stats.amax, policy.amax_history_len);
+        if recompute == CastRecompute::Log {
+            context.log_cast(layer, Role::Weight, Some(bias));
+        }
+    }
+    Some(CastOutcome::Quantized(recording.stats.then_some(stats)))
+}
+
+/// Forward of the named layer `site` with an FP8-stored weight (frozen: no dW):
+/// `q_E4(x) @ W + b`, keeping the weight for dX when `keep_weight`. Bit for bit
+/// [`site_forward`] of the f32 weight the codes were made from. Where the policy would cast
+/// the weight otherwise (another format or bias, `bf16`, FP8 off), the layer computes with the
+/// weight's decoded values as [`site_forward`] does with an f32 weight.
+pub fn site_forward_stored<B: Fp8Kernels>(
+    x: FloatTensor<B>,
+    weight: &Fp8Weight,
+    bias: Option<FloatTensor<B>>,
+    site: &Fp8Site,
+    keep_weight: bool,
+) -> (FloatTensor<B>, SavedLinear<B>) {
+    let recording = site.context().snapshot();
+    let Some(w_cast) = stored_weight_cast(&recording, site, weight) else {
+        let w = kernel::decoded::<B>(weight, &B::float_device(&x));
+        let keep = Keep {
+            x: false,
+            weight: keep_weight,
+        };
+        return site_forward::<B>(x, w, bias, site, keep);
+    };
+    let (x, x_cast, _) = site_cast::<B>(&recording, site, x, Role::Activation);
+    site.context().record(|report| {
+        report.add(site.layer(), LinearOp::Forward, Role::Activation, &x_cast);
+        report.add(site.layer(), LinearOp::Forward, Role::Weight, &w_cast);
+    });
+    let saved = SavedLinear {
+        x: None,
+        weight: keep_weight.then(|| Operand::Stored(weight.clone())),
+        recording,
+    };
+    (gemm(|| kernel::linear_stored::<B>(x, weight, bias)), saved)
+}
+
 /// Backward of the named layer `site`: `dX = q_E5(dY) @ q_E4(W)^T` and `dW = q_E4(X)^T @ q_E5(dY)`
 /// (summed over the batch dimensions), each only when the forward kept its operand.
 pub fn site_backward<B: Fp8Kernels>(
@@ -263,6 +347,9 @@ pub fn site_backward<B: Fp8Kernels>(
             Operand::Cast(w) => w,
             // Cast again: the same tensor gives the same figures, already recorded.
             Operand::Raw(w, None) => operand_cast::<B>(policy, recording.stats, w, Role::Weight),
+            Operand::Stored(w) => {
+                return gemm(|| kernel::linear_x_backward_stored::<B>(&w, dy.clone()));
+            }
             // The forward's bias, from a history that has moved on since.
             Operand::Raw(w, Some(bias)) => {
                 let (format, _) = policy.rule_for(Role::Weight).expect("FP8 is on");

@@ -98,11 +98,12 @@ pub fn supported() -> bool {
     }
 }
 
-/// A read-only matrix of bf16 bit patterns: `rows x cols`, element `(r, c)` at
-/// `data[offset + r * rs + c * cs]` (strides in elements, possibly negative).
+/// A read-only matrix of bf16 bit patterns (`T = u16`; FP8 codes for [`CodesRef`]):
+/// `rows x cols`, element `(r, c)` at `data[offset + r * rs + c * cs]` (strides in elements,
+/// possibly negative).
 #[derive(Clone, Copy, Debug)]
-pub struct MatRef<'a> {
-    data: &'a [u16],
+pub struct MatRef<'a, T = u16> {
+    data: &'a [T],
     offset: usize,
     rows: usize,
     cols: usize,
@@ -110,10 +111,10 @@ pub struct MatRef<'a> {
     cs: isize,
 }
 
-impl<'a> MatRef<'a> {
+impl<'a, T: Copy> MatRef<'a, T> {
     /// A view of `data`; panics unless every element it names lies within `data`.
     pub fn new(
-        data: &'a [u16],
+        data: &'a [T],
         offset: usize,
         rows: usize,
         cols: usize,
@@ -148,7 +149,7 @@ impl<'a> MatRef<'a> {
     }
 
     /// A row-major `rows x cols` matrix.
-    pub fn row_major(data: &'a [u16], rows: usize, cols: usize) -> Self {
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
         Self::new(data, 0, rows, cols, cols as isize, 1)
     }
 
@@ -165,7 +166,7 @@ impl<'a> MatRef<'a> {
 
     /// Row `r`, columns `c0..c0 + len`, as a slice (the view's columns are contiguous).
     #[inline(always)]
-    fn row(&self, r: usize, c0: usize, len: usize) -> &'a [u16] {
+    fn row(&self, r: usize, c0: usize, len: usize) -> &'a [T] {
         debug_assert_eq!(self.cs, 1);
         let i = (self.offset as isize + r as isize * self.rs + c0 as isize) as usize;
         &self.data[i..i + len]
@@ -173,17 +174,75 @@ impl<'a> MatRef<'a> {
 
     /// Column `c`, rows `r0..r0 + len`, as a slice (the view's rows are contiguous).
     #[inline(always)]
-    fn col(&self, c: usize, r0: usize, len: usize) -> &'a [u16] {
+    fn col(&self, c: usize, r0: usize, len: usize) -> &'a [T] {
         debug_assert_eq!(self.rs, 1);
         let i = (self.offset as isize + c as isize * self.cs + r0 as isize) as usize;
         &self.data[i..i + len]
     }
 
     #[inline(always)]
-    fn at(&self, r: usize, c: usize) -> u32 {
+    fn at(&self, r: usize, c: usize) -> T {
         // In range: `new` checked the corners, and callers stay within rows x cols.
         let i = self.offset as isize + r as isize * self.rs + c as isize * self.cs;
-        u32::from(self.data[i as usize])
+        self.data[i as usize]
+    }
+}
+
+/// A read-only matrix of FP8 codes (bytes) with the bf16 bit pattern of each code's value
+/// (its scale included): an FP8-stored weight as the B operand of [`gemm_codes`], decoded
+/// while it is packed.
+#[derive(Clone, Copy, Debug)]
+pub struct CodesRef<'a> {
+    codes: MatRef<'a, u8>,
+    lut: &'a [u16; 256],
+}
+
+impl<'a> CodesRef<'a> {
+    /// The view `codes` read through `lut`.
+    pub fn new(codes: MatRef<'a, u8>, lut: &'a [u16; 256]) -> Self {
+        Self { codes, lut }
+    }
+}
+
+/// What the GEMM driver needs of its B operand: its shape and its packing.
+trait PackB: Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// Packs columns `j0..j1` (at most NR), K `pc..pc+kc`: pair `p` of column `j` at
+    /// `p * NR + j`, zeros beyond the edges.
+    fn pack(&self, pc: usize, kc: usize, j0: usize, j1: usize, dst: &mut [u32]);
+}
+
+impl PackB for MatRef<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn pack(&self, pc: usize, kc: usize, j0: usize, j1: usize, dst: &mut [u32]) {
+        pack_b(self, &|bits: u16| u32::from(bits), pc, kc, j0, j1, dst)
+    }
+}
+
+impl PackB for CodesRef<'_> {
+    fn rows(&self) -> usize {
+        self.codes.rows
+    }
+    fn cols(&self) -> usize {
+        self.codes.cols
+    }
+    fn pack(&self, pc: usize, kc: usize, j0: usize, j1: usize, dst: &mut [u32]) {
+        let lut = self.lut;
+        pack_b(
+            &self.codes,
+            &|code: u8| u32::from(lut[usize::from(code)]),
+            pc,
+            kc,
+            j0,
+            j1,
+            dst,
+        )
     }
 }
 
@@ -191,11 +250,23 @@ impl<'a> MatRef<'a> {
 /// on the current rayon pool. Panics if the CPU lacks the instructions ([`supported`]) or the
 /// shapes disagree.
 pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    run(a, &b, c)
+}
+
+/// [`gemm`] with B an FP8-stored matrix, each code read as its bf16 value from the table while
+/// B is packed: the same packed panels, hence the same bits, as [`gemm`] of B's values in bf16.
+pub fn gemm_codes(a: MatRef<'_>, b: CodesRef<'_>, c: &mut [f32]) {
+    run(a, &b, c)
+}
+
+/// The blocked GEMM over any packable B.
+fn run(a: MatRef<'_>, b: &impl PackB, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols());
     assert_eq!(
-        b.rows, k,
+        b.rows(),
+        k,
         "bf16 GEMM: inner dimensions {k} and {} differ",
-        b.rows
+        b.rows()
     );
     assert_eq!(
         c.len(),
@@ -235,14 +306,7 @@ pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) {
                 .par_chunks_mut(kp * NR)
                 .enumerate()
                 .for_each(|(p, dst)| {
-                    pack_b(
-                        &b,
-                        pc,
-                        kc,
-                        jc + p * NR,
-                        (jc + nc).min(jc + p * NR + NR),
-                        dst,
-                    )
+                    b.pack(pc, kc, jc + p * NR, (jc + nc).min(jc + p * NR + NR), dst)
                 });
             let packed_b = &packed_b;
             let first = pc == 0;
@@ -355,8 +419,12 @@ fn pack_a_body(a: &MatRef<'_>, i0: usize, i1: usize, pc: usize, kc: usize, dst: 
                 let r = r0 + i;
                 for p in 0..kp {
                     let c = pc + 2 * p;
-                    let hi = if c + 1 < pc + kc { a.at(r, c + 1) } else { 0 };
-                    panel[p * MR + i] = a.at(r, c) | (hi << 16);
+                    let hi = if c + 1 < pc + kc {
+                        u32::from(a.at(r, c + 1))
+                    } else {
+                        0
+                    };
+                    panel[p * MR + i] = u32::from(a.at(r, c)) | (hi << 16);
                 }
             }
         }
@@ -368,32 +436,49 @@ fn pack_a_body(a: &MatRef<'_>, i0: usize, i1: usize, pc: usize, kc: usize, dst: 
     }
 }
 
-/// Packs columns `j0..j1` (at most NR), K `pc..pc+kc` of `b`: pair `p` of column `j` at
-/// `p * NR + j`, zeros beyond the edges.
-fn pack_b(b: &MatRef<'_>, pc: usize, kc: usize, j0: usize, j1: usize, dst: &mut [u32]) {
+/// Packs columns `j0..j1` (at most NR), K `pc..pc+kc` of `b`, each element's bf16 bits given by
+/// `bits`: pair `p` of column `j` at `p * NR + j`, zeros beyond the edges.
+fn pack_b<T: Copy + Sync, F: Fn(T) -> u32>(
+    b: &MatRef<'_, T>,
+    bits: &F,
+    pc: usize,
+    kc: usize,
+    j0: usize,
+    j1: usize,
+    dst: &mut [u32],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512bw")]
-        unsafe fn wide(
-            b: &MatRef<'_>,
+        unsafe fn wide<T: Copy + Sync, F: Fn(T) -> u32>(
+            b: &MatRef<'_, T>,
+            bits: &F,
             pc: usize,
             kc: usize,
             j0: usize,
             j1: usize,
             dst: &mut [u32],
         ) {
-            pack_b_body(b, pc, kc, j0, j1, dst)
+            pack_b_body(b, bits, pc, kc, j0, j1, dst)
         }
         // SAFETY: as in `pack_a`.
-        unsafe { wide(b, pc, kc, j0, j1, dst) }
+        unsafe { wide(b, bits, pc, kc, j0, j1, dst) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    pack_b_body(b, pc, kc, j0, j1, dst)
+    pack_b_body(b, bits, pc, kc, j0, j1, dst)
 }
 
 /// [`pack_b`]'s loops (see [`pack_a_body`]).
 #[inline(always)]
-fn pack_b_body(b: &MatRef<'_>, pc: usize, kc: usize, j0: usize, j1: usize, dst: &mut [u32]) {
+fn pack_b_body<T: Copy, F: Fn(T) -> u32>(
+    b: &MatRef<'_, T>,
+    bits: &F,
+    pc: usize,
+    kc: usize,
+    j0: usize,
+    j1: usize,
+    dst: &mut [u32],
+) {
     let kp = kc.div_ceil(2);
     let nr = j1 - j0;
     if b.rs == 1 {
@@ -401,8 +486,8 @@ fn pack_b_body(b: &MatRef<'_>, pc: usize, kc: usize, j0: usize, j1: usize, dst: 
         for j in 0..nr {
             let col = b.col(j0 + j, pc, kc);
             for (p, pair) in col.chunks(2).enumerate() {
-                let hi = pair.get(1).map_or(0, |&h| u32::from(h));
-                dst[p * NR + j] = u32::from(pair[0]) | (hi << 16);
+                let hi = pair.get(1).map_or(0, |&h| bits(h));
+                dst[p * NR + j] = bits(pair[0]) | (hi << 16);
             }
         }
         for p in 0..kp {
@@ -420,17 +505,21 @@ fn pack_b_body(b: &MatRef<'_>, pc: usize, kc: usize, j0: usize, j1: usize, dst: 
             if has_hi {
                 let hi = b.row(k0 + 1, j0, nr);
                 for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                    *o = u32::from(l) | (u32::from(h) << 16);
+                    *o = bits(l) | (bits(h) << 16);
                 }
             } else {
                 for (o, &l) in out.iter_mut().zip(lo) {
-                    *o = u32::from(l);
+                    *o = bits(l);
                 }
             }
         } else {
             for (j, o) in out.iter_mut().enumerate().take(nr) {
-                let hi = if has_hi { b.at(k0 + 1, j0 + j) } else { 0 };
-                *o = b.at(k0, j0 + j) | (hi << 16);
+                let hi = if has_hi {
+                    bits(b.at(k0 + 1, j0 + j))
+                } else {
+                    0
+                };
+                *o = bits(b.at(k0, j0 + j)) | (hi << 16);
             }
         }
         out[nr..].fill(0);

@@ -4,11 +4,12 @@ use burn::backend::flex::{Flex, FlexTensor, Layout};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{bf16, DType, FloatDType, Shape, TensorData};
 
-use super::bf16_gemm::{self, CpuGemm, MatRef};
+use super::bf16_gemm::{self, CodesRef, CpuGemm, MatRef};
 use super::cpu::{self, CastOut, HostQuant};
 use super::{quantize_on_host, Fp8Kernels, QuantOutput};
 use crate::format::Fp8Format;
 use crate::scaling::BiasRule;
+use crate::stored::Fp8Weight;
 
 /// burn-flex's threshold (in multiply-adds) above which its GEMMs run on all threads.
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
@@ -71,6 +72,56 @@ impl Fp8Kernels for Flex {
             );
             out.set_len(m * n);
         }
+        FlexTensor::from_data(TensorData::new(out, [m, n]))
+    }
+
+    fn matmul_stored(
+        lhs: FloatTensor<Self>,
+        weight: &Fp8Weight,
+        transpose: bool,
+    ) -> FloatTensor<Self> {
+        let l = lhs.layout();
+        if lhs.dtype() != DType::BF16 || l.num_dims() != 2 || !bf16_gemm::supported() {
+            // f32 operands (`FP8_CPU_GEMM=f32`, or an operand passed on unchanged): the
+            // decoded weight, multiplied as the cast weight is.
+            let lhs = match lhs.dtype() {
+                DType::BF16 => Self::float_cast(lhs, FloatDType::F32),
+                _ => lhs,
+            };
+            let w = super::decoded::<Self>(weight, &Default::default());
+            let w = if transpose {
+                Self::float_swap_dims(w, 0, 1)
+            } else {
+                w
+            };
+            return <Self as Fp8Kernels>::matmul(lhs, w);
+        }
+        let (m, k) = (l.shape()[0], l.shape()[1]);
+        // The stored matrix S (row-major) is W, or W^T when `transposed`; the operand is W, or
+        // W^T when `transpose`: S itself or its transposed view.
+        let [s_rows, s_cols] = weight.stored_dims();
+        let codes = MatRef::row_major(weight.codes(), s_rows, s_cols);
+        let b = if weight.transposed() == transpose {
+            codes
+        } else {
+            codes.t()
+        };
+        let table = weight.bf16_table();
+        let a = MatRef::new(
+            bf16_bits(lhs.storage::<bf16>()),
+            l.start_offset(),
+            m,
+            k,
+            l.strides()[0],
+            l.strides()[1],
+        );
+        let n = if transpose {
+            weight.in_out()[0]
+        } else {
+            weight.in_out()[1]
+        };
+        let mut out = vec![0.0f32; m * n];
+        bf16_gemm::gemm_codes(a, CodesRef::new(b, &table), &mut out);
         FlexTensor::from_data(TensorData::new(out, [m, n]))
     }
 

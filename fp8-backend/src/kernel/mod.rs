@@ -22,6 +22,7 @@ use burn::tensor::{DType, ElementConversion, FloatDType, Shape, TensorData, Tens
 
 use crate::format::Fp8Format;
 use crate::scaling::BiasRule;
+use crate::stored::Fp8Weight;
 use cpu::HostQuant;
 
 /// Figures about one quantized tensor, for `fp8_stats.csv`.
@@ -121,6 +122,65 @@ pub trait Fp8Kernels: Backend {
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
+
+    /// `lhs @ W` (`lhs @ W^T` when `transpose`) for an FP8-stored weight `W` (`[d_input,
+    /// d_output]`; [`crate::Fp8Weight`]), `lhs` 2-D as [`Self::fp8_quantize_operand`] gave it:
+    /// the same bits as [`Self::matmul`] of `lhs` and the weight's cast. The default decodes
+    /// the weight into an f32 tensor for the one product (in the stored layout, viewed as the
+    /// cast weight is); flex multiplies the codes themselves (`bf16_gemm::gemm_codes`).
+    fn matmul_stored(
+        lhs: FloatTensor<Self>,
+        weight: &Fp8Weight,
+        transpose: bool,
+    ) -> FloatTensor<Self> {
+        let device = Self::float_device(&lhs);
+        let w = decoded::<Self>(weight, &device);
+        let w = if transpose {
+            Self::float_swap_dims(w, 0, 1)
+        } else {
+            w
+        };
+        Self::matmul(lhs, w)
+    }
+}
+
+/// An FP8-stored weight's values as an f32 `[d_input, d_output]` tensor on `device` (a
+/// transposed view of the stored `[d_output, d_input]` where it is stored so).
+pub fn decoded<B: Backend>(weight: &Fp8Weight, device: &B::Device) -> FloatTensor<B> {
+    let data = TensorData::new(weight.decode(), Shape::from(weight.stored_dims().to_vec()));
+    let w = B::float_from_data(data, device);
+    if weight.transposed() {
+        B::float_swap_dims(w, 0, 1)
+    } else {
+        w
+    }
+}
+
+/// [`linear`] with an FP8-stored weight: `x [..., in] @ W (+ bias)`, `x` cast.
+pub fn linear_stored<B: Fp8Kernels>(
+    x: FloatTensor<B>,
+    weight: &Fp8Weight,
+    bias: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let out = weight.in_out()[1];
+    let y = B::matmul_stored(rows::<B>(x), weight, false);
+    let y = match bias {
+        Some(bias) => B::float_add(y, B::float_reshape(bias, Shape::new([1, out]))),
+        None => y,
+    };
+    B::float_reshape(y, last_dim(&shape, out))
+}
+
+/// dX of [`linear_stored`]: `dY @ W^T`, in dY's leading shape.
+pub fn linear_x_backward_stored<B: Fp8Kernels>(
+    weight: &Fp8Weight,
+    output_grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let shape = output_grad.shape();
+    let d_in = weight.in_out()[0];
+    let dx = B::matmul_stored(rows::<B>(output_grad), weight, true);
+    B::float_reshape(dx, last_dim(&shape, d_in))
 }
 
 /// `x [..., in] @ weight [in, out] (+ bias [out])` as one 2-D product over all rows: the linear

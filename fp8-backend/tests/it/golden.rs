@@ -311,3 +311,43 @@ mod wgpu {
         super::check_amax_golden::<Wgpu>(&Default::default());
     }
 }
+
+/// Every FP8 bit pattern of `codes_golden.csv` (ml_dtypes' reading of each byte in each format):
+/// `Fp8Format::decode` gives its value bit for bit (NaN patterns as NaN), and `encode` gives the
+/// byte back for every finite value (the stored base weights are these bytes).
+#[test]
+fn every_code_decodes_as_ml_dtypes_reads_it_and_encodes_back() {
+    const CODES_CSV: &str = include_str!("../fixtures/codes_golden.csv");
+    let formats = [
+        Fp8Format::E4M3Fn,
+        Fp8Format::E5M2,
+        Fp8Format::E4M3Fnuz,
+        Fp8Format::E5M2Fnuz,
+    ];
+    let mut rows = 0;
+    for line in CODES_CSV.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let code: u8 = fields[0].parse().expect("a byte");
+        for (format, hex_bits) in formats.iter().zip(&fields[1..]) {
+            let want = hex(hex_bits);
+            let got = format.decode(code);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{format} {code:#04x}: {got}, ml_dtypes NaN");
+                assert_eq!(format.encode(got), None, "{format}: NaN has no code");
+                continue;
+            }
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{format} {code:#04x}: {got:e}, ml_dtypes {want:e}"
+            );
+            if want.is_finite() {
+                assert_eq!(format.encode(want), Some(code), "{format} {want:e}");
+            } else {
+                assert_eq!(format.encode(want), None, "{format} {want}");
+            }
+        }
+        rows += 1;
+    }
+    assert_eq!(rows, 256, "codes_golden.csv holds every byte");
+}

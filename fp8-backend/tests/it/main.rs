@@ -25,3 +25,4 @@ mod ndarray_views;
 mod passthrough;
 mod peers;
 mod quantizer_properties;
+mod stored_weights;
