@@ -44,7 +44,7 @@ pub use delayed::{AmaxCompute, AmaxHistory};
 pub use format::{Fp8Family, Fp8Format, Role, UnknownName};
 pub use kernel::{Fp8Kernels, QuantOutput, QuantStats};
 pub use peers::{AmaxReducer, CollectiveAmax};
-pub use policy::{Fp8Policy, HeadPrecision, LayerFilter, LayerFilterError, Precision};
+pub use policy::{BaseStorage, Fp8Policy, HeadPrecision, LayerFilter, LayerFilterError, Precision};
 pub use report::{Fp8Report, LayerId, LinearOp, NonFiniteEvent, QuantRecord};
 pub use scaling::{
     amax_bias, quantize_scaled, BiasRule, NonFiniteAmax, DEFAULT_GRADIENT_MARGIN, MAX_BIAS,

@@ -103,6 +103,28 @@ impl HeadPrecision {
     }
 }
 
+/// How a LoRA job keeps its frozen base projection weights (`precision.base_storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseStorage {
+    /// As loaded, f32 (cast to FP8 at every forward).
+    #[default]
+    F32,
+    /// As their FP8 cast, one byte a parameter ([`crate::Fp8Weight`]): the cast every forward
+    /// made of them, made once.
+    Fp8,
+}
+
+impl BaseStorage {
+    /// The spelling of configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Fp8 => "fp8",
+        }
+    }
+}
+
 /// The `precision` section of a job config, and what the decorator works by.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -139,6 +161,9 @@ pub struct Fp8Policy {
     pub warn_saturation: f64,
     /// The LM head: `f32` (default, the paper's) or `bf16` (in any mode).
     pub head: HeadPrecision,
+    /// A LoRA job's frozen FP8 projection weights: `f32` (default) or `fp8` (stored as their
+    /// FP8 cast). Read by the trainer; the decorator computes from whichever it is given.
+    pub base_storage: BaseStorage,
 }
 
 impl Default for Fp8Policy {
@@ -159,6 +184,7 @@ impl Default for Fp8Policy {
             warn_underflow: DEFAULT_WARN_UNDERFLOW,
             warn_saturation: DEFAULT_WARN_SATURATION,
             head: HeadPrecision::F32,
+            base_storage: BaseStorage::F32,
         }
     }
 }

@@ -681,7 +681,7 @@ mod tests {
             for j in 0..n {
                 let (mut exact, mut abs_sum) = (0.0f64, 0.0f64);
                 for p in 0..k {
-                    let prod = value(a.at(i, p) as u16) * value(b.at(p, j) as u16);
+                    let prod = value(a.at(i, p)) * value(b.at(p, j));
                     exact += prod;
                     abs_sum += prod.abs();
                 }

@@ -154,7 +154,17 @@ pub fn build_model<B: fp8_backend::Fp8Kernels>(
     device: &B::Device,
 ) -> Result<Model<TrainBackend<B>>, Error> {
     let model = build_base::<B>(job, config, vocab, device)?;
-    with_adapters(job, config, model)
+    let mut model = with_adapters(job, config, model)?;
+    if job.precision.base_storage == fp8_backend::BaseStorage::Fp8 {
+        model.store_base_fp8().map_err(|e| {
+            Error::from(JobConfigError::field(
+                config,
+                "precision.base_storage",
+                format!("the base weight {e}: it has no FP8 cast"),
+            ))
+        })?;
+    }
+    Ok(model)
 }
 
 /// The job's model with its LoRA adapters (`lora`; [`crate::model::lora`]) and its base frozen:

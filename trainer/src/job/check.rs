@@ -232,6 +232,26 @@ pub fn config(c: &JobConfig, path: &Path) -> Result<(), JobConfigError> {
     if let Err((field, message)) = c.precision.validate() {
         return err(&format!("precision.{field}"), &message);
     }
+    if c.precision.base_storage == fp8_backend::BaseStorage::Fp8 {
+        if c.lora.is_none() {
+            return err(
+                "precision.base_storage",
+                "\"fp8\" stores the frozen base weights of a LoRA job, and this job trains every \
+                 weight (no `lora` section): add a `lora` section, or set it to \"f32\"",
+            );
+        }
+        if !c.precision.is_fp8() {
+            return err(
+                "precision.base_storage",
+                &format!(
+                    "\"fp8\" stores each frozen weight as the FP8 cast the precision makes of \
+                     it, and `precision.mode` \"{}\" makes none: use an FP8 mode, or set it \
+                     to \"f32\"",
+                    c.precision.mode
+                ),
+            );
+        }
+    }
     Ok(())
 }
 

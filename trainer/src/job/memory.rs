@@ -6,9 +6,9 @@
 //!
 //! | part | bytes |
 //! |---|---|
-//! | weights | 4 per parameter (f32 master weights, or the frozen base) |
+//! | weights | 4 per parameter (f32 master weights, or the frozen base); 1 per FP8-stored base projection weight (`precision.base_storage: "fp8"`) |
 //! | gradients and AdamW moments | 12 per trainable parameter (all, or the LoRA adapters') |
-//! | FP8 / bf16 operand copies | 2 per projection weight when the projections cast: the bf16 operand the backward keeps, for every block (one block with activation checkpointing) |
+//! | FP8 / bf16 operand copies | 2 per projection weight when the projections cast (not for FP8-stored weights, whose codes are the operand): the bf16 operand the backward keeps, for every block (one block with activation checkpointing) |
 //! | activations | per micro-batch token and block, [`block_floats`] f32 values; with activation checkpointing each block's input and one block's |
 //! | logits | 4 bytes per token and vocabulary entry (the fused loss writes their gradient in place) |
 //!
@@ -80,6 +80,18 @@ pub fn training_memory(job: &JobConfig, model: &ModelConfig) -> MemoryEstimate {
         }
     };
     let projection_weights: f64 = shapes.iter().map(|(_, i, o)| (i * o) as f64).sum();
+    // FP8-stored base weights: the FP8 projections of a LoRA job (`check::job` refuses the
+    // setting elsewhere).
+    let stored_fp8 = job.precision.base_storage == fp8_backend::BaseStorage::Fp8
+        && job.lora.is_some()
+        && job.precision.is_fp8();
+    let stored: f64 = match stored_fp8 {
+        true => (shapes.iter())
+            .filter(|(name, _, _)| job.precision.layers.matches(name))
+            .map(|(_, i, o)| (i * o) as f64)
+            .sum(),
+        false => 0.0,
+    };
     let tokens = (job.batch_size * job.data.seq_len) as f64;
     let (layers, width) = (model.layers() as f64, model.width() as f64);
     let block = tokens * block_floats(model) * 4.0;
@@ -89,14 +101,15 @@ pub fn training_memory(job: &JobConfig, model: &ModelConfig) -> MemoryEstimate {
         layers * block
     };
     let mut parts = vec![
-        ("weights", params * 4.0),
+        ("weights", (params - stored) * 4.0 + stored),
         ("gradients and AdamW moments", trainable * 12.0),
     ];
     if job.precision.is_on() {
+        let cast = projection_weights - stored;
         let kept = if job.activation_checkpointing {
-            projection_weights / layers
+            cast / layers
         } else {
-            projection_weights
+            cast
         };
         parts.push(("operand copies", kept * 2.0));
     }
@@ -240,6 +253,30 @@ mod tests {
         ] {
             assert!(message.contains(want), "{want}: {message}");
         }
+    }
+
+    /// FP8-stored base weights count 1 byte each and keep no operand copy; the embeddings (and
+    /// layers the filter keeps in f32) stay 4 bytes.
+    #[test]
+    fn fp8_stored_base_weights_count_one_byte() {
+        let lora = json!({"r": 16, "target_modules": "all-linear"});
+        let f32_base = job(json!({ "lora": lora }));
+        let stored =
+            job(json!({ "lora": lora, "precision": {"mode": "fp8-amax", "base_storage": "fp8"} }));
+        let c = model(&f32_base);
+        let projection: f64 = c
+            .projection_shapes()
+            .iter()
+            .map(|(_, i, o)| (i * o) as f64)
+            .sum();
+        let (a, b) = (training_memory(&f32_base, &c), training_memory(&stored, &c));
+        assert_eq!(part(&a, "weights") - part(&b, "weights"), 3.0 * projection);
+        assert_eq!(part(&b, "operand copies"), 0.0);
+        assert!(part(&a, "operand copies") > 0.0);
+        let filtered = job(json!({ "lora": lora, "precision": {
+            "mode": "fp8-amax", "base_storage": "fp8", "layers": ["*", "!*.mlp.*"] } }));
+        let w = part(&training_memory(&filtered, &c), "weights");
+        assert!(w > part(&b, "weights") && w < part(&a, "weights"), "{w}");
     }
 
     #[test]

@@ -262,6 +262,35 @@ impl<B: Backend> Model<B> {
         names::set_trainable(self, lora::is_adapter_param)
     }
 
+    /// Every frozen FP8 projection weight kept as its FP8 cast, its f32 tensor dropped
+    /// (`precision.base_storage: "fp8"`; [`Projection::store_fp8`]). Returns how many weights
+    /// are stored and the bytes they hold, or the name of a weight holding an infinity or NaN.
+    pub fn store_base_fp8(&mut self) -> Result<(usize, usize), String> {
+        dispatch!(self, m => {
+            let (mut count, mut bytes) = (0, 0);
+            for (name, p) in m.projections_mut() {
+                match p.store_fp8() {
+                    Ok(Some(b)) => {
+                        count += 1;
+                        bytes += b;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("{name}.weight: {e}")),
+                }
+            }
+            Ok((count, bytes))
+        })
+    }
+
+    /// How many projection weights are FP8-stored, and the bytes they hold.
+    pub fn stored_base(&self) -> (usize, usize) {
+        dispatch!(self, m => m
+            .projections()
+            .iter()
+            .filter_map(|(_, p)| p.stored.as_ref().map(|w| w.bytes()))
+            .fold((0, 0), |(n, b), bytes| (n + 1, b + bytes)))
+    }
+
     /// Every adapter merged into its projection's weight (`W + scaling * B @ A`) and removed.
     pub fn merge_lora(&mut self) {
         dispatch!(self, m => {

@@ -16,7 +16,9 @@
 use burn::module::{Initializer, Module, Param};
 use burn::nn::Dropout;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use fp8_backend::{fp8_linear, Fp8LinearOps, Fp8Site};
+use fp8_backend::{
+    fp8_linear, fp8_linear_stored, Fp8LinearOps, Fp8Site, Fp8Weight, NonFiniteAmax, Role,
+};
 
 /// How a projection's weight is laid out (the checkpoint's layout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +45,9 @@ pub struct Projection<B: Backend> {
     pub lora: Option<LoraBranch>,
     /// Set when the layer computes in FP8.
     pub fp8: Option<Fp8Site>,
+    /// The weight as its FP8 cast, when it is stored so (`precision.base_storage: "fp8"`;
+    /// [`Projection::store_fp8`]): `weight` is then an empty placeholder.
+    pub stored: Option<Fp8Weight>,
     pub layout: Layout,
 }
 
@@ -83,12 +88,17 @@ impl<B: Backend> Projection<B> {
             lora_b: None,
             lora: None,
             fp8: None,
+            stored: None,
             layout,
         }
     }
 
     /// `(d_input, d_output)`.
     pub fn dims(&self) -> (usize, usize) {
+        if let Some(stored) = &self.stored {
+            let [d_input, d_output] = stored.in_out();
+            return (d_input, d_output);
+        }
         let [a, b] = self.weight.lazy_shape().dims::<2>();
         match self.layout {
             Layout::InOut => (a, b),
@@ -110,8 +120,49 @@ impl<B: Backend> Projection<B> {
         self.lora = Some(branch);
     }
 
+    /// Keeps the weight as its FP8 cast under the layer's policy (the cast every forward makes
+    /// of a weight that does not change; [`Fp8Weight`]) and drops the f32 tensor, when the
+    /// layer computes in FP8 and its weight takes no gradient (LoRA's frozen base). Returns the
+    /// bytes now held for the weight, or `None` when it stays f32; an error when the weight
+    /// holds an infinity or NaN.
+    pub fn store_fp8(&mut self) -> Result<Option<usize>, NonFiniteAmax> {
+        let Some(site) = &self.fp8 else {
+            return Ok(None);
+        };
+        let Some((format, rule)) = site.context().policy().rule_for(Role::Weight) else {
+            return Ok(None);
+        };
+        if self.stored.is_some() || self.weight.is_require_grad() {
+            return Ok(None);
+        }
+        let (d_input, d_output) = self.dims();
+        let values = self
+            .weight
+            .val()
+            .into_data()
+            .into_vec::<f32>()
+            .expect("projection weights are f32");
+        let transposed = self.layout == Layout::OutIn;
+        let stored = Fp8Weight::encode(&values, [d_input, d_output], transposed, format, rule)?;
+        drop(values);
+        let (id, device) = (self.weight.id, self.weight.lazy_device());
+        self.weight = Param::initialized(id, Tensor::zeros([0, 0], &device));
+        let bytes = stored.bytes();
+        self.stored = Some(stored);
+        Ok(Some(bytes))
+    }
+
     /// `W + scaling * (B @ A)` in the weight's layout, and the adapter removed (`merge`).
     pub fn merge_lora(&mut self) {
+        if let Some(stored) = self.stored.take() {
+            // The stored values as an f32 weight again.
+            let device = self.weight.lazy_device();
+            let weight = Tensor::from_data(
+                TensorData::new(stored.decode(), stored.stored_dims()),
+                &device,
+            );
+            self.weight = Param::initialized(self.weight.id, weight);
+        }
         let (Some(a), Some(b), Some(branch)) =
             (self.lora_a.take(), self.lora_b.take(), self.lora.take())
         else {
@@ -131,8 +182,20 @@ impl<B: Backend> Projection<B> {
         self.weight = Param::initialized(id, merged);
     }
 
-    /// `W` as `[d_input, d_output]` (a transposed view for [`Layout::OutIn`]).
+    /// `W` as `[d_input, d_output]` (a transposed view for [`Layout::OutIn`]); a stored weight's
+    /// values decoded.
     fn in_out(&self) -> Tensor<B, 2> {
+        if let Some(stored) = &self.stored {
+            let device = self.weight.lazy_device();
+            let w = Tensor::from_data(
+                TensorData::new(stored.decode(), stored.stored_dims()),
+                &device,
+            );
+            return match self.layout {
+                Layout::InOut => w,
+                Layout::OutIn => w.transpose(),
+            };
+        }
         match self.layout {
             Layout::InOut => self.weight.val(),
             Layout::OutIn => self.weight.val().transpose(),
@@ -183,9 +246,10 @@ impl<B: Fp8LinearOps> Projection<B> {
     /// The projection without its adapter.
     fn base_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
-        match &self.fp8 {
-            Some(site) => fp8_linear(x, self.in_out(), bias, site),
-            None => {
+        match (&self.fp8, &self.stored) {
+            (Some(site), Some(stored)) => fp8_linear_stored(x, stored, bias, site),
+            (Some(site), None) => fp8_linear(x, self.in_out(), bias, site),
+            (None, _) => {
                 // One 2-D product over all rows, as `fp8_backend::kernel::linear` computes it
                 // (so a site with FP8 off gives these bits).
                 let mut dims = x.dims();

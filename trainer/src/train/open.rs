@@ -397,6 +397,15 @@ impl<B: DeviceBackend> Start<'_, B> {
             job.data.seq_len,
             self.train_tokens,
         );
+        let (stored, bytes) = self.model.stored_base();
+        if stored > 0 {
+            log::info!(
+                "base storage: {stored} frozen projection weights as their FP8 cast, {:.1} MB \
+                 (f32: {:.1} MB)",
+                bytes as f64 / 1e6,
+                4.0 * bytes as f64 / 1e6
+            );
+        }
         #[cfg(feature = "cuda")]
         if job.device == crate::device::Device::Cuda && job.precision.mode != Precision::Fp32 {
             let device_kernel =

@@ -26,6 +26,7 @@ mod accumulation;
 mod activation_checkpointing;
 mod bad_checkpoints;
 mod bad_input;
+mod base_storage;
 mod best_and_early_stopping;
 mod chat_data;
 mod compare;
