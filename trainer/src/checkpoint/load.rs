@@ -14,6 +14,7 @@ use burn::tensor::{backend::Backend, TensorData};
 
 use super::error::CheckpointError;
 use super::safetensors_file::WeightFiles;
+use crate::model::base_storage::BaseStorage;
 use crate::model::config::FileTensor;
 use crate::model::lora;
 use crate::model::names::{param_shapes, replace_params, replace_params_where};
@@ -29,15 +30,30 @@ pub fn load_checkpoint<B: Backend>(
     options: &ModelOptions,
     device: &B::Device,
 ) -> Result<Model<B>, CheckpointError> {
+    load_checkpoint_storing(dir, options, device, None)
+}
+
+/// [`load_checkpoint`], keeping the projection weights `storage` names as their FP8 casts as
+/// they are read (`precision.base_storage: "fp8"`): the f32 base is never whole in memory.
+pub fn load_checkpoint_storing<B: Backend>(
+    dir: &Path,
+    options: &ModelOptions,
+    device: &B::Device,
+    mut storage: Option<BaseStorage>,
+) -> Result<Model<B>, CheckpointError> {
     if lora::is_adapter_dir(dir) {
         let (config, base) = adapter_and_base(dir)?;
-        let mut model = load_checkpoint(&base, options, device)?;
+        let mut model = load_checkpoint_storing(&base, options, device, storage)?;
         model.add_lora(&config.lora, 0);
         return load_adapter_weights(model, dir, device);
     }
     let config = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
     let weights = WeightFiles::open_dir(dir)?;
-    load_weights(&config, &weights, options, device)
+    let mut model = load_weights_with(&config, &weights, options, device, storage.as_mut())?;
+    if let Some(storage) = storage {
+        storage.attach(&mut model);
+    }
+    Ok(model)
 }
 
 /// An adapter folder's settings and the base checkpoint folder it names (itself a full
@@ -109,6 +125,17 @@ pub fn load_weights<B: Backend>(
     options: &ModelOptions,
     device: &B::Device,
 ) -> Result<Model<B>, CheckpointError> {
+    load_weights_with(config, weights, options, device, None)
+}
+
+/// [`load_weights`], each value read passed through `storage` ([`BaseStorage::take`]).
+fn load_weights_with<B: Backend>(
+    config: &ModelConfig,
+    weights: &WeightFiles,
+    options: &ModelOptions,
+    device: &B::Device,
+    mut storage: Option<&mut BaseStorage>,
+) -> Result<Model<B>, CheckpointError> {
     let model = Model::<B>::new(config, options, device)?;
 
     // Model name -> name in the file, for every tensor that must become a parameter.
@@ -177,7 +204,12 @@ pub fn load_weights<B: Backend>(
                     value,
                 });
             }
-            Ok(TensorData::new(values, shape.to_vec()))
+            let data = TensorData::new(values, shape.to_vec());
+            Ok(match storage.as_deref_mut() {
+                // Finite (checked above), so the cast exists.
+                Some(storage) => storage.take(model_name, data).expect("finite values"),
+                None => data,
+            })
         },
         device,
     )

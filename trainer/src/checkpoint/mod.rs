@@ -8,7 +8,8 @@ pub mod save;
 
 pub use error::CheckpointError;
 pub use load::{
-    adapter_and_base, load_adapter_weights, load_checkpoint, load_weights, CONFIG_FILE,
+    adapter_and_base, load_adapter_weights, load_checkpoint, load_checkpoint_storing, load_weights,
+    CONFIG_FILE,
 };
 pub use safetensors_file::{f32_from_le, WeightFiles, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
 pub use save::{

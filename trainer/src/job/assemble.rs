@@ -11,9 +11,10 @@ use datasets::{
 };
 
 use super::{check, JobConfig, JobConfigError};
-use crate::checkpoint::load_checkpoint;
+use crate::checkpoint::load_checkpoint_storing;
 use crate::device::{InitBackend, TrainBackend, INIT_DEVICE};
 use crate::error::{Error, FieldError};
+use crate::model::base_storage::BaseStorage;
 use crate::model::{Model, ModelConfig, ModelConfigError, ModelOptions, PresetOverrides};
 
 /// The job's tokenizer and dataset.
@@ -238,8 +239,22 @@ fn build_base<B: fp8_backend::Fp8Kernels>(
     let c = model_config(job, config)?;
     check::model(job, config, &c, vocab)?;
     check::training_memory(job, config, &c)?;
+    // A LoRA job's FP8-stored base: each weight cast as it loads (the f32 base never whole).
+    let mut storage = job
+        .lora
+        .as_ref()
+        .and_then(|_| BaseStorage::new(&c, &options.fp8));
+    let stored_err = |e: String| {
+        Error::from(JobConfigError::field(
+            config,
+            "precision.base_storage",
+            format!("the base weight {e}: it has no FP8 cast"),
+        ))
+    };
     if let Some(dir) = &job.model.checkpoint {
-        return Ok(load_checkpoint::<TrainBackend<B>>(dir, &options, device)?);
+        return Ok(load_checkpoint_storing::<TrainBackend<B>>(
+            dir, &options, device, storage,
+        )?);
     }
     let filter_err = |e: fp8_backend::LayerFilterError| {
         Error::from(JobConfigError::field(
@@ -253,18 +268,24 @@ fn build_base<B: fp8_backend::Fp8Kernels>(
     // Parameters are initialised lazily: draw them now, in module order, so the values depend
     // only on the seed (not on which command touches them first).
     let mut initial: std::collections::HashMap<String, burn::tensor::TensorData> =
-        crate::model::names::into_param_values(cpu)
-            .into_iter()
-            .collect();
+        crate::model::names::into_param_values_with(cpu, |name, data| match &mut storage {
+            Some(storage) => storage.take(name, data),
+            None => Ok(data),
+        })
+        .map_err(stored_err)?
+        .into_iter()
+        .collect();
     let model = Model::<TrainBackend<B>>::new(&c, &options, device).map_err(filter_err)?;
-    Ok(
-        crate::model::names::replace_params(
-            model,
-            |name, _| initial.remove(name).ok_or(()),
-            device,
-        )
-        .expect("a model of the same config has the same parameters"),
+    let mut model = crate::model::names::replace_params(
+        model,
+        |name, _| initial.remove(name).ok_or(()),
+        device,
     )
+    .expect("a model of the same config has the same parameters");
+    if let Some(storage) = storage {
+        storage.attach(&mut model);
+    }
+    Ok(model)
 }
 
 /// Steps of the job: `steps`, or `epochs` worth of optimizer steps (rounded up).

@@ -293,6 +293,14 @@ impl ModelConfig {
         }
     }
 
+    /// How the family lays out its projection weights (the checkpoint's layout).
+    pub fn projection_layout(&self) -> super::projection::Layout {
+        match self {
+            Self::Gpt2(_) => super::projection::Layout::InOut,
+            Self::Llama(_) => super::projection::Layout::OutIn,
+        }
+    }
+
     /// PEFT's default `target_modules` of the family (peft.utils.constants,
     /// `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
     pub fn lora_default_targets(&self) -> &'static [&'static str] {

@@ -13,6 +13,7 @@
 //! - Families: [`gpt2`], [`llama`] (Llama, Qwen2, Mistral). docs/design.md "Model families"
 //!   says how to add one.
 
+pub mod base_storage;
 pub mod config;
 pub mod gpt2;
 pub mod llama;

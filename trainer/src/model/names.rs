@@ -65,8 +65,20 @@ pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Tensor
 /// its data is read, so the values and the module are never both whole in memory (a preset's
 /// initial weights: one copy at a time, not two).
 pub fn into_param_values<B: Backend, M: Module<B>>(module: M) -> Vec<(String, TensorData)> {
-    struct Take(Path, Vec<(String, TensorData)>);
-    impl<B: Backend> ModuleMapper<B> for Take {
+    into_param_values_with(module, |_, data| Ok::<_, ()>(data)).expect("no error")
+}
+
+/// [`into_param_values`] with each value passed through `keep` (name, data) as it is read: what
+/// `keep` returns is kept, so a value it shrinks is never whole beside the others; the first
+/// error stops the reading and is returned.
+pub fn into_param_values_with<B: Backend, M: Module<B>, E>(
+    module: M,
+    keep: impl FnMut(&str, TensorData) -> Result<TensorData, E>,
+) -> Result<Vec<(String, TensorData)>, E> {
+    struct Take<F, E>(Path, Vec<(String, TensorData)>, F, Option<E>);
+    impl<B: Backend, F: FnMut(&str, TensorData) -> Result<TensorData, E>, E> ModuleMapper<B>
+        for Take<F, E>
+    {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.0.enter(name, container_type);
         }
@@ -74,16 +86,26 @@ pub fn into_param_values<B: Backend, M: Module<B>>(module: M) -> Vec<(String, Te
             self.0.exit(container_type);
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if self.3.is_some() {
+                return param;
+            }
             let (id, value) = (param.id, param.val());
             let device = value.device();
             drop(param);
-            self.1.push((self.0.name(), value.into_data()));
+            let name = self.0.name();
+            match (self.2)(&name, value.into_data()) {
+                Ok(data) => self.1.push((name, data)),
+                Err(e) => self.3 = Some(e),
+            }
             Param::initialized(id, Tensor::zeros([1; D], &device))
         }
     }
-    let mut take = Take(Path::default(), Vec::new());
+    let mut take = Take(Path::default(), Vec::new(), keep, None);
     drop(module.map(&mut take));
-    take.1
+    match take.3 {
+        Some(e) => Err(e),
+        None => Ok(take.1),
+    }
 }
 
 /// [`param_values`] of the parameters `select` names (the others are not read).

@@ -139,3 +139,26 @@ fn fp8_base_storage_is_refused_without_lora_or_without_fp8() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("base_storage"), "{}", stderr(&out));
 }
+
+/// From checkpoint files: each base weight is cast as it is read (`load_checkpoint_storing`).
+#[test]
+fn fp8_stored_base_trains_what_the_f32_base_trains_from_a_checkpoint() {
+    both("checkpoint", |dir, name| {
+        let mut job = lora(dir, name, "fp8-amax", 1);
+        job["model"] = json!({"checkpoint": crate::common::fixture_named("qwen2-tiny")});
+        job
+    });
+}
+
+/// An adapter folder trained further: its base (the folder `base_model_name_or_path` names)
+/// loads stored, then the adapter goes on it.
+#[test]
+fn fp8_stored_base_trains_what_the_f32_base_trains_from_an_adapter_folder() {
+    both("adapter", |dir, name| {
+        let mut job = lora(dir, name, "fp8-amax", 1);
+        job["model"] = json!({"checkpoint": crate::common::fixture_named("llama-tiny-lora")});
+        job["lora"] = json!({"r": 4, "lora_alpha": 6, "target_modules": "all-linear",
+            "use_rslora": true});
+        job
+    });
+}
