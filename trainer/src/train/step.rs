@@ -496,6 +496,7 @@ mod tests {
             targets: (0..rows * seq).map(|i| token(i + 1)).collect(),
             loss_mask: None,
             attention_mask: None,
+            positions: None,
             batch: rows,
             seq,
         }
