@@ -100,13 +100,17 @@ pub struct ExampleBatches {
     packed_windows: Option<usize>,
 }
 
-/// How much of one epoch's batches is padding: positions that hold no example's input token.
+/// How much of one epoch's batches is padding: positions that hold no example's input token,
+/// one example a row and packed (in the first epoch's order; later epochs' orders pack to
+/// about as many windows).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Padding {
     /// Rows of `T` positions one epoch takes one example a row (the examples).
     pub rows: usize,
-    /// Packed windows of `T` positions in one epoch, if packed.
-    pub windows: Option<usize>,
+    /// Windows of `T` positions one epoch takes packed.
+    pub windows: usize,
+    /// Whether the batches are packed (`data.packing`).
+    pub packed: bool,
     /// Positions that hold an example's input token (the same packed or not).
     pub real: u64,
     /// Positions per row (T).
@@ -119,9 +123,18 @@ impl Padding {
         share(self.real, self.rows, self.seq)
     }
 
-    /// The share of padding in packed windows (`None` unpacked).
-    pub fn packed(&self) -> Option<f64> {
-        self.windows.map(|w| share(self.real, w, self.seq))
+    /// The share of padding in packed windows.
+    pub fn packed(&self) -> f64 {
+        share(self.real, self.windows, self.seq)
+    }
+
+    /// The share of padding of the batches as they are (packed or not).
+    pub fn share(&self) -> f64 {
+        if self.packed {
+            self.packed()
+        } else {
+            self.unpacked()
+        }
     }
 }
 
@@ -170,18 +183,21 @@ impl ExampleBatches {
 
     /// Packs examples into windows (`data.packing`) when `packing`.
     pub fn packed(mut self, packing: bool) -> Self {
-        self.packed_windows = packing.then(|| {
-            let n = self.set.len();
-            let order: Vec<usize> = match self.seed {
-                None => (0..n).collect(),
-                Some(seed) => permutation(n, seed, 0)
-                    .into_iter()
-                    .map(|i| i as usize)
-                    .collect(),
-            };
-            self.window_starts(&order).len()
-        });
+        self.packed_windows = packing.then(|| self.windows_per_epoch());
         self
+    }
+
+    /// Windows that packing the first epoch's order takes.
+    fn windows_per_epoch(&self) -> usize {
+        let n = self.set.len();
+        let order: Vec<usize> = match self.seed {
+            None => (0..n).collect(),
+            Some(seed) => permutation(n, seed, 0)
+                .into_iter()
+                .map(|i| i as usize)
+                .collect(),
+        };
+        self.window_starts(&order).len()
     }
 
     /// Whether examples are packed.
@@ -223,14 +239,17 @@ impl ExampleBatches {
         self.truncated
     }
 
-    /// The padding of one epoch, one example a row and (if packed) packed.
+    /// The padding of one epoch, one example a row and packed.
     pub fn padding(&self) -> Padding {
         let real = (0..self.set.len())
             .map(|i| self.set.span(i, self.seq) as u64)
             .sum();
         Padding {
             rows: self.set.len(),
-            windows: self.packed_windows,
+            windows: self
+                .packed_windows
+                .unwrap_or_else(|| self.windows_per_epoch()),
+            packed: self.is_packed(),
             real,
             seq: self.seq,
         }

@@ -191,8 +191,8 @@ impl DataLoader {
         }
     }
 
-    /// Example data: how much of an epoch is padding, one example a row and (if packed)
-    /// packed. `None` for language-model windows (full: no padding).
+    /// Example data: how much of an epoch is padding, one example a row and packed. `None`
+    /// for language-model windows (full: no padding).
     pub fn padding(&self) -> Option<Padding> {
         match &self.inner {
             Inner::Windows(_) => None,

@@ -56,9 +56,10 @@ fn windows_take_examples_in_order_positions_restart_and_padding_is_at_the_tail()
     assert!(!real[7] && real[..7].iter().all(|&r| r) && real[8..].iter().all(|&r| r));
     // One example a row: 4 rows of 8 for 15 input tokens; packed: 2 windows.
     let pad = l.padding().unwrap();
-    assert_eq!((pad.rows, pad.windows, pad.real), (4, Some(2), 15));
+    assert_eq!((pad.rows, pad.windows, pad.real), (4, 2, 15));
     assert_eq!(pad.unpacked(), 1.0 - 15.0 / 32.0);
-    assert_eq!(pad.packed(), Some(1.0 - 15.0 / 16.0));
+    assert_eq!(pad.packed(), 1.0 - 15.0 / 16.0);
+    assert_eq!(pad.share(), pad.packed());
     // The next batch starts the next epoch.
     assert_eq!(l.state().position, 4);
 }
@@ -169,8 +170,13 @@ fn a_packed_evaluation_pass_holds_every_example_once_in_order() {
     let theirs: Vec<_> = ul.eval_pass().flat_map(|b| spans(&b)).collect();
     assert_eq!(ours, theirs);
     assert_eq!(pl.eval_pass().count(), pl.batches_per_epoch());
-    let windows = pl.padding().unwrap().windows.unwrap();
+    let windows = pl.padding().unwrap().windows;
     assert_eq!(windows.div_ceil(4), pl.batches_per_epoch());
+    // Unpacked, the same figures, its share one example a row.
+    let plain_padding = ul.padding().unwrap();
+    assert_eq!(plain_padding.windows, windows);
+    assert_eq!(plain_padding.share(), plain_padding.unpacked());
+    assert!(plain_padding.unpacked() > plain_padding.packed());
 }
 
 #[test]
