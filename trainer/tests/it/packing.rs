@@ -106,3 +106,19 @@ fn packed_training_with_activation_checkpointing_is_bit_for_bit_the_same() {
         "weights differ"
     );
 }
+
+#[test]
+fn packing_language_model_data_exits_2_naming_the_config_and_the_field() {
+    let dir = scratch("packing-lm");
+    let mut job = tiny_job(&dir, "lm");
+    job["data"]["packing"] = json!(true);
+    let path = write_config(&dir, "lm.json", &job);
+    let out = train(&path, &[], &[]);
+    let message = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    let config = path.display().to_string();
+    for wanted in [config.as_str(), "`packing`", "remove `data.packing`"] {
+        assert!(message.contains(wanted), "{wanted:?} not in: {message}");
+    }
+    assert!(!dir.join("runs/lm").exists(), "a refused job writes no run");
+}
