@@ -1,5 +1,5 @@
 //! A batch of token sequences, row-major `[batch, seq]`, and how one prompt/completion example
-//! becomes a padded row with loss and attention masks.
+//! becomes a padded row (or a span of a packed row) with loss and attention masks.
 
 /// Inputs and next-token targets for one step. All vectors are row-major `[batch, seq]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,6 +13,11 @@ pub struct Batch {
     pub loss_mask: Option<Vec<f32>>,
     /// true for real tokens, false for padding. `None`: no padding.
     pub attention_mask: Option<Vec<bool>>,
+    /// Packed rows (`data.packing`): each input's position within its example, 0 at the
+    /// example's first token. A token attends to the keys from its example's first token
+    /// (`t - positions[t]`) to itself; the padding at a row's tail counts from 0 as one more
+    /// span. `None`: every row is one sequence, positions `0..T`.
+    pub positions: Option<Vec<u32>>,
     /// Rows (B).
     pub batch: usize,
     /// Positions per row (T).
@@ -48,7 +53,11 @@ impl Batch {
             inputs: self.inputs[span.clone()].to_vec(),
             targets: self.targets[span.clone()].to_vec(),
             loss_mask: self.loss_mask.as_ref().map(|m| m[span.clone()].to_vec()),
-            attention_mask: self.attention_mask.as_ref().map(|m| m[span].to_vec()),
+            attention_mask: self
+                .attention_mask
+                .as_ref()
+                .map(|m| m[span.clone()].to_vec()),
+            positions: self.positions.as_ref().map(|p| p[span].to_vec()),
             batch: end - start,
             seq: self.seq,
         }
@@ -69,9 +78,26 @@ impl Batch {
             targets: vec![pad; batch * seq],
             loss_mask: Some(vec![0.0; batch * seq]),
             attention_mask: Some(vec![false; batch * seq]),
+            positions: None,
             batch,
             seq,
         }
+    }
+
+    /// An all-padding batch of packed rows, filled span by span with
+    /// [`Batch::set_masked_span`]; every position is 0..T until then.
+    pub(crate) fn packed(batch: usize, seq: usize, pad: u32) -> Batch {
+        Batch {
+            positions: Some((0..batch * seq).map(|i| (i % seq) as u32).collect()),
+            ..Batch::padded(batch, seq, pad)
+        }
+    }
+
+    /// The positions an example of `prompt + completion` tokens fills in a row of `seq`: its
+    /// inputs after [`Batch::set_masked_row`]'s cut (every token but the last).
+    pub(crate) fn span(prompt: usize, completion: usize, seq: usize) -> usize {
+        let kept = completion.min(seq);
+        (prompt.min(seq + 1 - kept) + kept).saturating_sub(1)
     }
 
     /// Writes `prompt ++ completion` into row `row`: inputs are the sequence without its last
@@ -100,24 +126,50 @@ impl Batch {
         prompt: usize,
         loss: impl Fn(usize) -> bool,
     ) -> bool {
+        self.set_masked_span(row, 0, tokens, prompt, loss)
+    }
+
+    /// [`Batch::set_masked_row`] into row `row` from position `offset` on: the example is cut
+    /// as for a row of its own (to `seq + 1` tokens) and fills [`Batch::span`] positions, which
+    /// must fit in the row. A packed batch's positions of the span restart at 0, and the
+    /// padding after it counts from 0 again. Returns whether anything was cut.
+    pub(crate) fn set_masked_span(
+        &mut self,
+        row: usize,
+        offset: usize,
+        tokens: &[u32],
+        prompt: usize,
+        loss: impl Fn(usize) -> bool,
+    ) -> bool {
         let t = self.seq;
         let full_completion = tokens.len() - prompt;
         let completion = full_completion.min(t);
         let keep_prompt = prompt.min(t + 1 - completion);
         let truncated = keep_prompt < prompt || completion < full_completion;
-        // The row's sequence is tokens[first..first + len], len <= t + 1.
+        // The span's sequence is tokens[first..first + len], len <= t + 1.
         let (first, len) = (prompt - keep_prompt, keep_prompt + completion);
-        let base = row * t;
+        let inputs = len.saturating_sub(1);
+        assert!(
+            offset + inputs <= t,
+            "a span of {inputs} at {offset} in a row of {t}"
+        );
+        let base = row * t + offset;
         let (mask, attn) = (
             self.loss_mask.as_mut().expect("padded batch"),
             self.attention_mask.as_mut().expect("padded batch"),
         );
-        for j in 0..len.saturating_sub(1) {
+        for j in 0..inputs {
             self.inputs[base + j] = tokens[first + j];
             self.targets[base + j] = tokens[first + j + 1];
             attn[base + j] = true;
             // Target j is the sequence's token j+1.
             mask[base + j] = if loss(first + j + 1) { 1.0 } else { 0.0 };
+        }
+        if let Some(positions) = self.positions.as_mut() {
+            let row_end = (row + 1) * t;
+            for (j, p) in positions[base..row_end].iter_mut().enumerate() {
+                *p = if j < inputs { j } else { j - inputs } as u32;
+            }
         }
         truncated
     }

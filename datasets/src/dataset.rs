@@ -51,6 +51,8 @@ pub struct Dataset {
     seq_len: usize,
     shuffle: bool,
     seed: u64,
+    /// Pack examples into windows (`data.packing`).
+    packing: bool,
     pad: u32,
     train_origin: PathBuf,
     validation_origin: PathBuf,
@@ -104,6 +106,17 @@ impl Dataset {
             }
             _ => None,
         };
+        if config.packing && kind == DataKind::LanguageModel {
+            return Err(DataError::config(
+                "packing",
+                format!(
+                    "`data.packing` packs examples (prompt/completion, chat or classification \
+                     data) into windows, but the data is {} data, read in full windows \
+                     already; remove `data.packing` (or set it to false)",
+                    kind.name()
+                ),
+            ));
+        }
         let chat = match kind {
             DataKind::Chat => Some(
                 ChatTemplate::resolve(&config.chat, checkpoint, tokenizer)?
@@ -168,6 +181,7 @@ impl Dataset {
             seq_len: config.seq_len,
             shuffle: config.shuffle,
             seed: config.seed,
+            packing: config.packing,
             pad: tokenizer.eot_token(),
             train_origin,
             validation_origin,
@@ -253,7 +267,8 @@ impl Dataset {
                 Ok(DataLoader::from_windows(w))
             }
             SplitData::Examples(set) => {
-                let e = ExampleBatches::new(set.clone(), batch, self.seq_len, self.pad, seed)?;
+                let e = ExampleBatches::new(set.clone(), batch, self.seq_len, self.pad, seed)?
+                    .packed(self.packing);
                 Ok(DataLoader::from_examples(e))
             }
         }

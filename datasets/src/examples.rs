@@ -3,6 +3,12 @@
 //! on real tokens (see [`Batch`]). Examples are read in order or,
 //! shuffled, in a permutation per epoch fixed by the seed; the position is the count of
 //! examples taken, running on across epochs.
+//!
+//! Packed (`data.packing`), each row is a window that takes the next examples of that order
+//! while they fit (greedy, in order: an example that does not fit starts the next window),
+//! each cut as it would be in a row of its own; only a window's tail is padding, and the
+//! batch's positions say where each example starts. A batch starts a fresh window, so the
+//! position (examples taken) still restores the exact stream.
 
 use std::sync::Arc;
 
@@ -52,22 +58,34 @@ impl ExampleSet {
         (prompt, completion, e.label.map(|l| l as usize))
     }
 
+    /// The positions example `i` fills in a row of `seq` ([`Batch::span`]).
+    fn span(&self, i: usize, seq: usize) -> usize {
+        let e = self.cache.example(self.indices[i] as usize);
+        Batch::span(e.prompt_len as usize, e.completion_len as usize, seq)
+    }
+
     /// Writes example `i` into row `row` of `out` (see [`Batch::set_masked_row`]); returns
     /// whether it was cut to fit.
     fn fill_row(&self, i: usize, out: &mut Batch, row: usize) -> bool {
+        self.fill_span(i, out, row, 0)
+    }
+
+    /// Writes example `i` into row `row` of `out` from position `offset` on (see
+    /// [`Batch::set_masked_span`]); returns whether it was cut to fit.
+    fn fill_span(&self, i: usize, out: &mut Batch, row: usize, offset: usize) -> bool {
         let e = self.cache.example(self.indices[i] as usize);
         let (s, p) = (e.start as usize, e.prompt_len as usize);
         let n = p + e.completion_len as usize;
         let mut tokens = Vec::with_capacity(n);
         self.cache.tokens().extend_into(s..s + n, &mut tokens);
         match self.cache.loss_mask(s..s + n) {
-            Some(mask) => out.set_masked_row(row, &tokens, p, |k| mask[k] != 0),
-            None => out.set_masked_row(row, &tokens, p, |k| k >= p),
+            Some(mask) => out.set_masked_span(row, offset, &tokens, p, |k| mask[k] != 0),
+            None => out.set_masked_span(row, offset, &tokens, p, |k| k >= p),
         }
     }
 }
 
-/// Padded batches of an [`ExampleSet`].
+/// Padded batches of an [`ExampleSet`], one example a row or packed.
 #[derive(Clone, Debug)]
 pub struct ExampleBatches {
     set: ExampleSet,
@@ -78,6 +96,55 @@ pub struct ExampleBatches {
     position: u64,
     epoch_perm: Option<(u64, Vec<u32>)>,
     truncated: u64,
+    /// Packed: the windows of one epoch (in the first epoch's order).
+    packed_windows: Option<usize>,
+}
+
+/// How much of one epoch's batches is padding: positions that hold no example's input token,
+/// one example a row and packed (in the first epoch's order; later epochs' orders pack to
+/// about as many windows).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Padding {
+    /// Rows of `T` positions one epoch takes one example a row (the examples).
+    pub rows: usize,
+    /// Windows of `T` positions one epoch takes packed.
+    pub windows: usize,
+    /// Whether the batches are packed (`data.packing`).
+    pub packed: bool,
+    /// Positions that hold an example's input token (the same packed or not).
+    pub real: u64,
+    /// Positions per row (T).
+    pub seq: usize,
+}
+
+impl Padding {
+    /// The share of padding with one example a row.
+    pub fn unpacked(&self) -> f64 {
+        share(self.real, self.rows, self.seq)
+    }
+
+    /// The share of padding in packed windows.
+    pub fn packed(&self) -> f64 {
+        share(self.real, self.windows, self.seq)
+    }
+
+    /// The share of padding of the batches as they are (packed or not).
+    pub fn share(&self) -> f64 {
+        if self.packed {
+            self.packed()
+        } else {
+            self.unpacked()
+        }
+    }
+}
+
+fn share(real: u64, rows: usize, seq: usize) -> f64 {
+    let all = (rows * seq) as f64;
+    if all == 0.0 {
+        0.0
+    } else {
+        1.0 - real as f64 / all
+    }
 }
 
 impl ExampleBatches {
@@ -110,7 +177,32 @@ impl ExampleBatches {
             position: 0,
             epoch_perm: None,
             truncated: 0,
+            packed_windows: None,
         })
+    }
+
+    /// Packs examples into windows (`data.packing`) when `packing`.
+    pub fn packed(mut self, packing: bool) -> Self {
+        self.packed_windows = packing.then(|| self.windows_per_epoch());
+        self
+    }
+
+    /// Windows that packing the first epoch's order takes.
+    fn windows_per_epoch(&self) -> usize {
+        let n = self.set.len();
+        let order: Vec<usize> = match self.seed {
+            None => (0..n).collect(),
+            Some(seed) => permutation(n, seed, 0)
+                .into_iter()
+                .map(|i| i as usize)
+                .collect(),
+        };
+        self.window_starts(&order).len()
+    }
+
+    /// Whether examples are packed.
+    pub fn is_packed(&self) -> bool {
+        self.packed_windows.is_some()
     }
 
     pub fn set(&self) -> &ExampleSet {
@@ -135,9 +227,11 @@ impl ExampleBatches {
         self.position = position;
     }
 
-    /// Batches in one pass (rounded up).
+    /// Batches in one pass (rounded up): of examples, or of packed windows.
     pub fn batches_per_epoch(&self) -> usize {
-        self.set.len().div_ceil(self.batch)
+        self.packed_windows
+            .unwrap_or(self.set.len())
+            .div_ceil(self.batch)
     }
 
     /// Examples cut to fit `T + 1` tokens so far.
@@ -145,49 +239,148 @@ impl ExampleBatches {
         self.truncated
     }
 
+    /// The padding of one epoch, one example a row and packed.
+    pub fn padding(&self) -> Padding {
+        let real = (0..self.set.len())
+            .map(|i| self.set.span(i, self.seq) as u64)
+            .sum();
+        Padding {
+            rows: self.set.len(),
+            windows: self
+                .packed_windows
+                .unwrap_or_else(|| self.windows_per_epoch()),
+            packed: self.is_packed(),
+            real,
+            seq: self.seq,
+        }
+    }
+
+    /// The example at stream position `position` (the epoch's permutation when shuffled).
+    fn example_at(&self, position: u64) -> usize {
+        let n = self.set.len() as u64;
+        let (epoch, i) = (position / n, (position % n) as usize);
+        match self.seed {
+            None => i,
+            Some(seed) => match &self.epoch_perm {
+                Some((e, perm)) if *e == epoch => perm[i] as usize,
+                _ => permutation(n as usize, seed, epoch)[i] as usize,
+            },
+        }
+    }
+
+    /// [`ExampleBatches::example_at`], keeping the epoch's permutation for the next call.
+    fn next_example(&mut self) -> usize {
+        if let Some(seed) = self.seed {
+            let n = self.set.len() as u64;
+            let epoch = self.position / n;
+            if self.epoch_perm.as_ref().map(|p| p.0) != Some(epoch) {
+                self.epoch_perm = Some((epoch, permutation(n as usize, seed, epoch)));
+            }
+        }
+        self.example_at(self.position)
+    }
+
+    /// Greedy packing of the examples `order` into windows: the index in `order` where each
+    /// window starts.
+    fn window_starts(&self, order: &[usize]) -> Vec<usize> {
+        let mut starts = Vec::new();
+        let mut used = self.seq;
+        for (at, &i) in order.iter().enumerate() {
+            let span = self.set.span(i, self.seq);
+            if used + span > self.seq || starts.is_empty() {
+                starts.push(at);
+                used = 0;
+            }
+            used += span;
+        }
+        starts
+    }
+
+    fn count_truncated(&mut self) {
+        self.truncated += 1;
+        if self.truncated == 1 {
+            log::warn!(
+                "an example is longer than seq_len + 1 = {} tokens; its prompt (the \
+                 tokens before the first that carries the loss) is cut from the left, \
+                 then its end from the right (further cuts are counted, not logged)",
+                self.seq + 1
+            );
+        }
+    }
+
     /// The next batch.
     pub fn next_batch(&mut self) -> Batch {
-        let n = self.set.len() as u64;
+        if self.is_packed() {
+            return self.next_packed();
+        }
         let mut out = Batch::padded(self.batch, self.seq, self.pad);
         for row in 0..self.batch {
-            let (epoch, i) = (self.position / n, (self.position % n) as usize);
-            let k = match self.seed {
-                None => i,
-                Some(seed) => {
-                    if self.epoch_perm.as_ref().map(|p| p.0) != Some(epoch) {
-                        self.epoch_perm = Some((epoch, permutation(n as usize, seed, epoch)));
-                    }
-                    self.epoch_perm.as_ref().expect("set above").1[i] as usize
-                }
-            };
+            let k = self.next_example();
             if self.set.fill_row(k, &mut out, row) {
-                self.truncated += 1;
-                if self.truncated == 1 {
-                    log::warn!(
-                        "an example is longer than seq_len + 1 = {} tokens; its prompt (the \
-                         tokens before the first that carries the loss) is cut from the left, \
-                         then its end from the right (further cuts are counted, not logged)",
-                        self.seq + 1
-                    );
-                }
+                self.count_truncated();
             }
             self.position += 1;
         }
         out
     }
 
-    /// Every example once, in order, in `ceil(n / B)` batches; rows after the last example are
-    /// all padding (mask 0). Does not move the position.
-    pub fn eval_pass(&self) -> impl Iterator<Item = Batch> + '_ {
-        (0..self.batches_per_epoch()).map(move |k| {
-            let mut out = Batch::padded(self.batch, self.seq, self.pad);
+    /// The next batch of packed windows: each row takes the next examples while they fit (an
+    /// example of no input tokens fits anywhere; a row takes at most one epoch's examples).
+    fn next_packed(&mut self) -> Batch {
+        let n = self.set.len();
+        let mut out = Batch::packed(self.batch, self.seq, self.pad);
+        for row in 0..self.batch {
+            let mut used = 0;
+            for taken in 0..n {
+                let k = self.next_example();
+                let span = self.set.span(k, self.seq);
+                if taken > 0 && used + span > self.seq {
+                    break;
+                }
+                if self.set.fill_span(k, &mut out, row, used) {
+                    self.count_truncated();
+                }
+                used += span;
+                self.position += 1;
+            }
+        }
+        out
+    }
+
+    /// Every example once, in order, in `ceil(n / B)` batches (packed: in the windows that
+    /// packing the examples in order gives); rows after the last example are all padding
+    /// (mask 0). Does not move the position.
+    pub fn eval_pass(&self) -> Box<dyn Iterator<Item = Batch> + '_> {
+        if !self.is_packed() {
+            return Box::new((0..self.batches_per_epoch()).map(move |k| {
+                let mut out = Batch::padded(self.batch, self.seq, self.pad);
+                for row in 0..self.batch {
+                    let i = k * self.batch + row;
+                    if i < self.set.len() {
+                        self.set.fill_row(i, &mut out, row);
+                    }
+                }
+                out
+            }));
+        }
+        let n = self.set.len();
+        let mut starts = self.window_starts(&(0..n).collect::<Vec<_>>());
+        let windows = starts.len();
+        starts.push(n);
+        Box::new((0..windows.div_ceil(self.batch)).map(move |k| {
+            let mut out = Batch::packed(self.batch, self.seq, self.pad);
             for row in 0..self.batch {
-                let i = k * self.batch + row;
-                if i < self.set.len() {
-                    self.set.fill_row(i, &mut out, row);
+                let w = k * self.batch + row;
+                if w >= windows {
+                    break;
+                }
+                let mut used = 0;
+                for i in starts[w]..starts[w + 1] {
+                    self.set.fill_span(i, &mut out, row, used);
+                    used += self.set.span(i, self.seq);
                 }
             }
             out
-        })
+        }))
     }
 }

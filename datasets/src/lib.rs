@@ -38,6 +38,7 @@ pub use chat::ChatTemplate;
 pub use classification::{ClassificationExample, ClassificationSet, ScoringBatch};
 pub use dataset::{Dataset, SplitName};
 pub use error::{CacheError, DataError, TokenizerError};
+pub use examples::Padding;
 pub use formats::text::encode_in_chunks;
 pub use json::json_type_name;
 pub use kind::DataKind;

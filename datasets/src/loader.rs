@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
 use crate::error::DataError;
-use crate::examples::ExampleBatches;
+use crate::examples::{ExampleBatches, Padding};
 use crate::hash::Fnv64;
 use crate::stream::TokenStream;
 use crate::windows::{LmWindows, WindowOrder};
@@ -91,7 +91,8 @@ impl DataLoader {
         };
         let [b, t] = e.shape();
         let fingerprint = format!(
-            "examples {order} B={b} T={t} n={} data={:016x}",
+            "examples {order}{} B={b} T={t} n={} data={:016x}",
+            if e.is_packed() { " packed" } else { "" },
             e.set().len(),
             h.finish()
         );
@@ -186,7 +187,16 @@ impl DataLoader {
     pub fn eval_pass(&self) -> Box<dyn Iterator<Item = Batch> + '_> {
         match &self.inner {
             Inner::Windows(w) => Box::new(w.eval_pass()),
-            Inner::Examples(e) => Box::new(e.eval_pass()),
+            Inner::Examples(e) => e.eval_pass(),
+        }
+    }
+
+    /// Example data: how much of an epoch is padding, one example a row and packed. `None`
+    /// for language-model windows (full: no padding).
+    pub fn padding(&self) -> Option<Padding> {
+        match &self.inner {
+            Inner::Windows(_) => None,
+            Inner::Examples(e) => Some(e.padding()),
         }
     }
 

@@ -44,6 +44,12 @@ pub struct DataConfig {
     /// Seed of the shuffle and of the fraction split of examples.
     #[serde(default)]
     pub seed: u64,
+    /// Pack several examples into each window (prompt/completion, chat and classification
+    /// data): each example attends only to itself and its positions restart at 0, so the
+    /// loss is the unpacked run's and only a window's tail is padding. Language-model windows
+    /// are full already: there it is an error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
     /// JSONL field names (defaults `text`, `prompt`, `completion`, `messages`).
     #[serde(default)]
     pub jsonl: JsonlConfig,
@@ -272,6 +278,7 @@ impl DataConfig {
             seq_len,
             shuffle: false,
             seed: 0,
+            packing: false,
             jsonl: JsonlConfig::default(),
             chat: ChatConfig::default(),
             csv: None,

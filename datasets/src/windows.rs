@@ -149,6 +149,7 @@ impl LmWindows {
             targets,
             loss_mask: None,
             attention_mask: None,
+            positions: None,
             batch: self.batch,
             seq: self.seq,
         }
@@ -175,6 +176,7 @@ impl LmWindows {
             targets,
             loss_mask: None,
             attention_mask: None,
+            positions: None,
             batch: self.batch,
             seq: t,
         }
@@ -200,6 +202,7 @@ impl LmWindows {
                 targets,
                 loss_mask: None,
                 attention_mask: None,
+                positions: None,
                 batch: b,
                 seq: t,
             }

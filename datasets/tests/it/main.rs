@@ -10,6 +10,7 @@ mod cache;
 mod chat;
 mod formats;
 mod hub_tokenizers;
+mod packing;
 mod shipped_corpora;
 mod tokenizer_export;
 mod tokenizers;

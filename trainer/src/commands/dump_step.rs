@@ -102,7 +102,8 @@ fn dump_on<B: DeviceBackend>(
     // so they are the logits of the step's own forward).
     let batch = loader.clone().next_batch();
     let inputs = batch_inputs::<InferenceBackend<B>>(&batch, &device);
-    let logits = model.valid().forward(inputs);
+    let segments = crate::model::Segments::of(&batch);
+    let logits = model.valid().forward_packed(inputs, segments.as_ref());
     let logits_shape = logits.dims().to_vec();
     let logits = logits
         .into_data()

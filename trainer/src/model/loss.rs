@@ -9,7 +9,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData, TensorPrimitive};
 use datasets::Batch;
 
 use super::ops::cross_entropy::Targets;
-use super::{Model, ModelBackend};
+use super::{Model, ModelBackend, Segments};
 
 /// Inputs `[B, T]`, targets `[B, T]` and the loss mask `[B, T]` (if any) of a batch.
 pub type BatchTensors<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Option<Tensor<B, 2>>);
@@ -51,7 +51,9 @@ pub fn batch_loss<B: ModelBackend>(
     batch: &Batch,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    logits_loss(model.forward(batch_inputs(batch, device)), batch, device)
+    let segments = Segments::of(batch);
+    let logits = model.forward_packed(batch_inputs(batch, device), segments.as_ref());
+    logits_loss(logits, batch, device)
 }
 
 /// [`batch_loss`] of the batch's logits `[B, T, V]`.

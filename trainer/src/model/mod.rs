@@ -23,6 +23,7 @@ pub mod names;
 pub mod ops;
 pub mod projection;
 pub mod sampling;
+pub mod segments;
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Int, Tensor};
@@ -32,6 +33,7 @@ pub use config::{ModelConfig, ModelConfigError, PresetOverrides};
 pub use gpt2::{Activation, Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use projection::Projection;
+pub use segments::Segments;
 
 /// What a backend needs to run a model: named FP8 linear layers and the fused ops (all
 /// implemented for `Fp8<B>` and `Autodiff<Fp8<B>>`; the fused ones run on the CPU backends and
@@ -118,11 +120,12 @@ pub trait CausalLm<B: Backend>: Module<B> {
     /// Transformer blocks between [`CausalLm::embed`] and [`CausalLm::head`].
     fn blocks(&self) -> usize;
 
-    /// Hidden states `[B, T, C]` entering the first block, for tokens `[B, T]`.
+    /// Hidden states `[B, T, C]` entering the first block, for tokens `[B, T]` (at the
+    /// segments' positions when packed, else `0..T`).
     ///
     /// # Panics
     /// If T exceeds the context length (callers validate user input first).
-    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    fn embed(&self, tokens: Tensor<B, 2, Int>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend;
 
@@ -132,8 +135,8 @@ pub trait CausalLm<B: Backend>: Module<B> {
     /// Whether a parameter of block `index` takes a gradient.
     fn block_trainable(&self, index: usize) -> bool;
 
-    /// Block `index` on hidden states `[B, T, C]`.
-    fn block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3>
+    /// Block `index` on hidden states `[B, T, C]`; packed, each segment attends to itself.
+    fn block(&self, index: usize, x: Tensor<B, 3>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend;
 
@@ -142,12 +145,14 @@ pub trait CausalLm<B: Backend>: Module<B> {
     where
         B: ModelBackend;
 
-    /// Logits `[B, T, vocab_size]` for tokens `[B, T]` (T at most the context length).
-    fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    /// Logits `[B, T, vocab_size]` for tokens `[B, T]` (T at most the context length), each
+    /// of the segments' examples on its own when packed.
+    fn forward(&self, tokens: Tensor<B, 2, Int>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
-        let x = (0..self.blocks()).fold(self.embed(tokens), |x, i| self.block(i, x));
+        let x = self.embed(tokens, segments);
+        let x = (0..self.blocks()).fold(x, |x, i| self.block(i, x, segments));
         self.head(x)
     }
 }
@@ -317,7 +322,17 @@ impl<B: ModelBackend> Model<B> {
     /// # Panics
     /// If T exceeds the context length (callers validate user input first).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        dispatch!(self, m => m.forward(tokens))
+        self.forward_packed(tokens, None)
+    }
+
+    /// Logits `[B, T, vocab_size]` for tokens `[B, T]`; with `segments` (packed rows), each
+    /// example's logits are those it would have alone ([`Segments`]).
+    pub fn forward_packed(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        segments: Option<&Segments>,
+    ) -> Tensor<B, 3> {
+        dispatch!(self, m => m.forward(tokens, segments))
     }
 
     /// Transformer blocks (see [`CausalLm::blocks`]: a forward is `embed`, each block, `head`).
@@ -326,8 +341,8 @@ impl<B: ModelBackend> Model<B> {
     }
 
     /// Hidden states entering the first block ([`CausalLm::embed`]).
-    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        dispatch!(self, m => m.embed(tokens))
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>, segments: Option<&Segments>) -> Tensor<B, 3> {
+        dispatch!(self, m => m.embed(tokens, segments))
     }
 
     /// Whether an embedding parameter takes a gradient ([`CausalLm::embeddings_trainable`]).
@@ -341,8 +356,13 @@ impl<B: ModelBackend> Model<B> {
     }
 
     /// Block `index` ([`CausalLm::block`]).
-    pub fn block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        dispatch!(self, m => m.block(index, x))
+    pub fn block(
+        &self,
+        index: usize,
+        x: Tensor<B, 3>,
+        segments: Option<&Segments>,
+    ) -> Tensor<B, 3> {
+        dispatch!(self, m => m.block(index, x, segments))
     }
 
     /// Logits from the last block's hidden states ([`CausalLm::head`]).

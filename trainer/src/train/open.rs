@@ -119,6 +119,7 @@ where
             model: &model,
             total_steps,
             train_tokens: data.dataset.num_train_tokens(),
+            padding: loader.padding(),
             resume: resume.as_ref(),
             changed: &changed,
         };
@@ -352,12 +353,42 @@ fn prepare_run_dir(
 }
 
 /// What the startup banner says.
+/// The start's data line for example data: its rows per epoch and their padding, packed and
+/// one example a row (the figure the other choice of `data.packing` would give in brackets).
+fn describe_padding(p: &datasets::Padding) -> String {
+    let percent = |share: f64| format!("{:.1}%", 100.0 * share);
+    if p.packed {
+        format!(
+            "data: {} examples packed into {} windows of {} per epoch, padding {} of the \
+             positions (one example a row: {} rows, padding {})",
+            p.rows,
+            p.windows,
+            p.seq,
+            percent(p.packed()),
+            p.rows,
+            percent(p.unpacked()),
+        )
+    } else {
+        format!(
+            "data: {} examples, one a row of {}, padding {} of the positions (data.packing \
+             would take {} windows, padding {})",
+            p.rows,
+            p.seq,
+            percent(p.unpacked()),
+            p.windows,
+            percent(p.packed()),
+        )
+    }
+}
+
 struct Start<'a, B: DeviceBackend> {
     job: &'a JobConfig,
     group: &'a Group<B::Device>,
     model: &'a Model<TrainBackend<B>>,
     total_steps: u64,
     train_tokens: usize,
+    /// Example data: the padding of an epoch's batches.
+    padding: Option<datasets::Padding>,
     resume: Option<&'a ResumePoint>,
     changed: &'a [String],
 }
@@ -405,6 +436,9 @@ impl<B: DeviceBackend> Start<'_, B> {
                 bytes as f64 / 1e6,
                 4.0 * bytes as f64 / 1e6
             );
+        }
+        if let Some(p) = &self.padding {
+            log::info!("{}", describe_padding(p));
         }
         #[cfg(feature = "cuda")]
         if job.device == crate::device::Device::Cuda && job.precision.mode != Precision::Fp32 {

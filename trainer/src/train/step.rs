@@ -16,7 +16,7 @@ use crate::host::HostTensors;
 use crate::model::loss::{batch_inputs, batch_loss, logits_loss};
 use crate::model::names::param_grad_tensors;
 use crate::model::ops::vmath::{self, Isa};
-use crate::model::{Model, ModelBackend};
+use crate::model::{Model, ModelBackend, Segments};
 
 /// Test-only: at this step (1-based), the loss is multiplied by NaN before the backward pass,
 /// which poisons every gradient and the FP8 gradient amax (exercises the non-finite policy).
@@ -254,6 +254,8 @@ pub fn checkpointed_gradients<B: AutodiffBackend + ModelBackend>(
         )
     };
     let tokens = batch_inputs::<B>(batch, device);
+    let segments = Segments::of(batch);
+    let segments = segments.as_ref();
     let blocks = model.blocks();
     let fp8 = model.fp8();
     // With data-parallel peers, every peer's backward of a segment is over before any peer
@@ -272,11 +274,11 @@ pub fn checkpointed_gradients<B: AutodiffBackend + ModelBackend>(
     let untracked = model.clone().no_grad();
     fp8.log_forward_casts();
     reseed(0);
-    let mut kept = vec![untracked.embed(tokens.clone()).inner()];
+    let mut kept = vec![untracked.embed(tokens.clone(), segments).inner()];
     for i in 0..blocks {
         reseed(i + 1);
         let x = Tensor::from_inner(kept[i].clone());
-        kept.push(untracked.block(i, x).inner());
+        kept.push(untracked.block(i, x, segments).inner());
     }
     drop(untracked);
 
@@ -307,7 +309,7 @@ pub fn checkpointed_gradients<B: AutodiffBackend + ModelBackend>(
         reseed(i + 1);
         let x = Tensor::<B, 3>::from_inner(kept.pop().expect("block input"));
         let x = if below[i] { x.require_grad() } else { x };
-        let y = model.block(i, x.clone());
+        let y = model.block(i, x.clone(), segments);
         let grads = (y * Tensor::from_inner(dy.clone())).sum().backward();
         add_gradients(&mut sum, gradient_list(param_grad_tensors(model, &grads)));
         barrier();
@@ -321,7 +323,7 @@ pub fn checkpointed_gradients<B: AutodiffBackend + ModelBackend>(
     // 4. Embeddings.
     if model.embeddings_trainable() {
         reseed(0);
-        let x = model.embed(tokens);
+        let x = model.embed(tokens, segments);
         let grads = (x * Tensor::from_inner(dy)).sum().backward();
         add_gradients(&mut sum, gradient_list(param_grad_tensors(model, &grads)));
     }
@@ -496,8 +498,24 @@ mod tests {
             targets: (0..rows * seq).map(|i| token(i + 1)).collect(),
             loss_mask: None,
             attention_mask: None,
+            positions: None,
             batch: rows,
             seq,
+        }
+    }
+
+    /// [`batch`] packed: examples of 5, 7 and 4 tokens, then 16 (positions restart at each).
+    fn packed_batch() -> Batch {
+        let row = [
+            (0..5).collect::<Vec<u32>>(),
+            (0..7).collect(),
+            (0..4).collect(),
+        ]
+        .concat();
+        Batch {
+            loss_mask: Some((0..32).map(|i| (i % 3) as f32).collect()),
+            positions: Some([row, (0..16).collect()].concat()),
+            ..batch()
         }
     }
 
@@ -521,10 +539,11 @@ mod tests {
         };
         let tokens = batch_inputs::<Ad>(batch, &device);
         reseed(0);
-        let mut x = model.embed(tokens);
+        let segments = Segments::of(batch);
+        let mut x = model.embed(tokens, segments.as_ref());
         for i in 0..model.blocks() {
             reseed(i as u64 + 1);
-            x = model.block(i, x);
+            x = model.block(i, x, segments.as_ref());
         }
         let loss = logits_loss(model.head(x), batch, &device);
         gradient_list(param_grad_tensors(model, &loss.backward()))
@@ -534,7 +553,8 @@ mod tests {
     /// checkpointed gradients are those of the whole graph under the same masks, bit for bit
     /// (the same ops on the same values; the tied embedding's two parts add commutatively).
     /// Masks drawn afresh would give gradients of another function: off by O(1). The models
-    /// are fresh presets, so their parameters are lazy (see [`Materialize`]).
+    /// are fresh presets, so their parameters are lazy (see [`Materialize`]). Packed rows
+    /// (each block told the segments in both forwards) the same.
     #[test]
     fn checkpointed_gradients_equal_one_backward_under_the_same_dropout_masks() {
         let device = Default::default();
@@ -548,25 +568,27 @@ mod tests {
             };
             let config = ModelConfig::preset(preset).unwrap();
             let model = Model::<Ad>::new(&config, &options, &device).unwrap();
-            let batch = batch();
-            let seed = 99;
-            let (_, ours) = checkpointed_gradients(&model, &batch, |l| l, 1, seed, &device);
-            let (ours, theirs) = (flat(&ours), flat(&reference(&model, &batch, seed)));
-            // And without the same masks, the gradients do differ.
-            let other = flat(&reference(&model, &batch, seed + 1));
-            let mut worst = 0f32;
-            let mut moved = 0f32;
-            for ((a, b), c) in ours.iter().zip(&theirs).zip(&other) {
-                assert_eq!(a.len(), b.len());
-                let scale = b.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
-                for ((x, y), z) in a.iter().zip(b).zip(c) {
-                    worst = worst.max((x - y).abs() / scale);
-                    moved = moved.max((z - y).abs() / scale);
+            for batch in [batch(), packed_batch()] {
+                let preset = format!("{preset} packed {}", batch.positions.is_some());
+                let seed = 99;
+                let (_, ours) = checkpointed_gradients(&model, &batch, |l| l, 1, seed, &device);
+                let (ours, theirs) = (flat(&ours), flat(&reference(&model, &batch, seed)));
+                // And without the same masks, the gradients do differ.
+                let other = flat(&reference(&model, &batch, seed + 1));
+                let mut worst = 0f32;
+                let mut moved = 0f32;
+                for ((a, b), c) in ours.iter().zip(&theirs).zip(&other) {
+                    assert_eq!(a.len(), b.len());
+                    let scale = b.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+                    for ((x, y), z) in a.iter().zip(b).zip(c) {
+                        worst = worst.max((x - y).abs() / scale);
+                        moved = moved.max((z - y).abs() / scale);
+                    }
                 }
+                println!("{preset}: checkpointed vs one backward {worst:e}; other masks {moved:e}");
+                assert_eq!(worst, 0.0, "{preset}");
+                assert!(moved > 1e-2, "{preset}: dropout changed nothing ({moved})");
             }
-            println!("{preset}: checkpointed vs one backward {worst:e}; other masks {moved:e}");
-            assert_eq!(worst, 0.0, "{preset}");
-            assert!(moved > 1e-2, "{preset}: dropout changed nothing ({moved})");
         }
     }
 }

@@ -46,6 +46,7 @@ mod lora;
 mod memory_check;
 mod node_security;
 mod non_finite;
+mod packing;
 mod parity;
 mod parser_fuzz;
 mod red_team;

@@ -10,7 +10,7 @@ use burn::tensor::{backend::Backend, Bool, Tensor, TensorPrimitive};
 
 use super::Gpt2Config;
 use crate::model::projection::{Layout, Projection};
-use crate::model::ModelBackend;
+use crate::model::{ModelBackend, Segments};
 
 /// `attn` of a block.
 #[derive(Module, Debug)]
@@ -54,22 +54,23 @@ impl<B: Backend> Attention<B> {
 }
 
 impl<B: ModelBackend> Attention<B> {
-    /// `[B, T, n_embd] -> [B, T, n_embd]`; position t attends to positions 0..=t.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `[B, T, n_embd] -> [B, T, n_embd]`; position t attends to positions 0..=t (packed: of
+    /// its own example).
+    pub fn forward(&self, x: Tensor<B, 3>, segments: Option<&Segments>) -> Tensor<B, 3> {
         let qkv = self.c_attn.forward(x); // (B, T, 3C)
-        let y = self.attend(qkv); // (B, T, C)
+        let y = self.attend(qkv, segments); // (B, T, C)
         self.resid_dropout.forward(self.c_proj.forward(y))
     }
 
     /// The heads' attention outputs side by side, from `qkv`: one fused op where the backend
     /// has it (and no dropout on the probabilities is due), else composed from Burn's ops.
-    fn attend(&self, qkv: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn attend(&self, qkv: Tensor<B, 3>, segments: Option<&Segments>) -> Tensor<B, 3> {
         let [b, t, c3] = qkv.dims();
         let (c, nh) = (c3 / 3, self.n_head);
         let hd = c / nh;
         let qkv = if self.attn_dropout.prob == 0.0 || !B::ad_enabled(&qkv.device()) {
             let qkv = qkv.into_primitive().tensor();
-            match B::fused_causal_attention(qkv, nh, self.score_divisor) {
+            match B::fused_causal_attention(qkv, nh, self.score_divisor, segments) {
                 Ok(y) => return Tensor::from_primitive(TensorPrimitive::Float(y)),
                 Err(qkv) => Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(qkv)),
             }
@@ -85,15 +86,22 @@ impl<B: ModelBackend> Attention<B> {
         let (q, k, v) = (heads(0), heads(1), heads(2));
 
         let scores = q.matmul(k.swap_dims(2, 3)); // (B, nh, T, T)
-        let att = self.attn_dropout.forward(self.causal_softmax(scores));
+        let att = self
+            .attn_dropout
+            .forward(self.causal_softmax(scores, segments));
 
         let y = att.matmul(v); // (B, nh, T, hs)
         y.swap_dims(1, 2).reshape([b, t, c]) // re-assemble heads side by side
     }
 
-    /// `softmax(scores / score_divisor)` with the future masked (the fused op where the backend
-    /// has it).
-    fn causal_softmax(&self, scores: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// `softmax(scores / score_divisor)` with the future (and, packed, other examples) masked
+    /// (the fused op where the backend has it, unpacked).
+    fn causal_softmax(&self, scores: Tensor<B, 4>, segments: Option<&Segments>) -> Tensor<B, 4> {
+        if let Some(segments) = segments {
+            let hidden = segments.hidden_keys(|_| 0, &scores.device());
+            let hidden = hidden.expand(scores.dims());
+            return softmax((scores / self.score_divisor).mask_fill(hidden, f32::MIN), 3);
+        }
         let scores =
             match B::fused_causal_softmax(scores.into_primitive().tensor(), self.score_divisor) {
                 Ok(att) => return Tensor::from_primitive(TensorPrimitive::Float(att)),

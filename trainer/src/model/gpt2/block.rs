@@ -9,7 +9,7 @@ use super::mlp::Mlp;
 use super::Gpt2Config;
 use super::PROJECTIONS;
 use crate::model::projection::Projection;
-use crate::model::ModelBackend;
+use crate::model::{ModelBackend, Segments};
 
 /// `h.N`
 #[derive(Module, Debug)]
@@ -58,8 +58,8 @@ impl<B: Backend> Block<B> {
 
 impl<B: ModelBackend> Block<B> {
     /// `[B, T, n_embd] -> [B, T, n_embd]`
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
+    pub fn forward(&self, x: Tensor<B, 3>, segments: Option<&Segments>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), segments);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
 }

@@ -19,7 +19,7 @@ use burn::tensor::{backend::Backend, Int, Tensor};
 use fp8_backend::{Fp8Context, Fp8Site};
 
 use super::projection::{lm_head, Projection};
-use super::{CausalLm, ModelBackend};
+use super::{CausalLm, ModelBackend, Segments};
 use block::Block;
 pub use config::{Activation, Gpt2Config};
 use layer_norm::LayerNorm;
@@ -153,7 +153,7 @@ impl<B: Backend> CausalLm<B> for Gpt2<B> {
         self.transformer.h.len()
     }
 
-    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    fn embed(&self, tokens: Tensor<B, 2, Int>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
@@ -163,9 +163,12 @@ impl<B: Backend> CausalLm<B> for Gpt2<B> {
             t <= n_positions,
             "sequence of {t} tokens is longer than n_positions = {n_positions}"
         );
-        let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &tokens.device()).reshape([1, t]);
+        let positions = match segments {
+            None => Tensor::<B, 1, Int>::arange(0..t as i64, &tokens.device()).reshape([1, t]),
+            Some(s) => s.position_tensor(&tokens.device()), // (B, T): packed examples restart
+        };
         let transformer = &self.transformer;
-        // (B, T, C) + (1, T, C), broadcast over the batch.
+        // (B, T, C) + (1, T, C), broadcast over the batch (or (B, T, C) packed).
         transformer
             .drop
             .forward(transformer.wte.forward(tokens) + transformer.wpe.forward(positions))
@@ -180,11 +183,11 @@ impl<B: Backend> CausalLm<B> for Gpt2<B> {
         super::names::any_trainable(&self.transformer.h[index])
     }
 
-    fn block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3>
+    fn block(&self, index: usize, x: Tensor<B, 3>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
-        self.transformer.h[index].forward(x)
+        self.transformer.h[index].forward(x, segments)
     }
 
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3>

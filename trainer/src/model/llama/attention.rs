@@ -13,7 +13,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 use super::LlamaConfig;
 use crate::model::ops::rotary_attention::{composed, RotaryAttention, RotaryTables};
 use crate::model::projection::{Layout, Projection};
-use crate::model::ModelBackend;
+use crate::model::{ModelBackend, Segments};
 
 /// `self_attn` of a decoder layer.
 #[derive(Module, Debug)]
@@ -60,12 +60,18 @@ impl<B: Backend> Attention<B> {
 
 impl<B: ModelBackend> Attention<B> {
     /// `[B, T, hidden_size] -> [B, T, hidden_size]`; position t attends to positions 0..=t
-    /// (the last `sliding_window` of them, when the config has one).
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Arc<RotaryTables>) -> Tensor<B, 3> {
+    /// (the last `sliding_window` of them, when the config has one); packed, positions of its
+    /// own example only.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Arc<RotaryTables>,
+        segments: Option<&Segments>,
+    ) -> Tensor<B, 3> {
         let q = self.q_proj.forward(x.clone()); // (B, T, H*D)
         let k = self.k_proj.forward(x.clone()); // (B, T, KV*D)
         let v = self.v_proj.forward(x); // (B, T, KV*D)
-        let y = self.attend(q, k, v, rope); // (B, T, H*D)
+        let y = self.attend(q, k, v, rope, segments); // (B, T, H*D)
         self.o_proj.forward(y)
     }
 
@@ -77,10 +83,13 @@ impl<B: ModelBackend> Attention<B> {
         k: Tensor<B, 3>,
         v: Tensor<B, 3>,
         rope: &Arc<RotaryTables>,
+        segments: Option<&Segments>,
     ) -> Tensor<B, 3> {
         let (q, k, v) = if self.attn_dropout.prob == 0.0 || !B::ad_enabled(&q.device()) {
             let float = |t: Tensor<B, 3>| t.into_primitive().tensor();
-            match B::fused_rotary_attention(float(q), float(k), float(v), rope, self.shape) {
+            let fused =
+                B::fused_rotary_attention(float(q), float(k), float(v), rope, self.shape, segments);
+            match fused {
                 Ok(y) => return Tensor::from_primitive(TensorPrimitive::Float(y)),
                 Err((q, k, v)) => {
                     let tensor = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
@@ -90,6 +99,7 @@ impl<B: ModelBackend> Attention<B> {
         } else {
             (q, k, v)
         };
-        composed(q, k, v, rope, self.shape, |p| self.attn_dropout.forward(p))
+        let dropout = |p| self.attn_dropout.forward(p);
+        composed(q, k, v, rope, self.shape, segments, dropout)
     }
 }

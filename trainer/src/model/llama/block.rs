@@ -12,7 +12,7 @@ use super::rms_norm::RmsNorm;
 use super::{LlamaConfig, PROJECTIONS};
 use crate::model::ops::rotary_attention::RotaryTables;
 use crate::model::projection::Projection;
-use crate::model::ModelBackend;
+use crate::model::{ModelBackend, Segments};
 
 /// `model.layers.N`
 #[derive(Module, Debug)]
@@ -69,11 +69,16 @@ impl<B: Backend> DecoderLayer<B> {
 
 impl<B: ModelBackend> DecoderLayer<B> {
     /// `[B, T, hidden_size] -> [B, T, hidden_size]`
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Arc<RotaryTables>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Arc<RotaryTables>,
+        segments: Option<&Segments>,
+    ) -> Tensor<B, 3> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope);
+                .forward(self.input_layernorm.forward(x), rope, segments);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }

@@ -26,7 +26,7 @@ use fp8_backend::{Fp8Context, Fp8Site};
 
 use super::ops::rotary_attention::RotaryTables;
 use super::projection::{lm_head, Projection};
-use super::{CausalLm, ModelBackend};
+use super::{CausalLm, ModelBackend, Segments};
 use block::DecoderLayer;
 pub use config::{LlamaConfig, RopeScaling, RopeStyle, Variant};
 use rms_norm::RmsNorm;
@@ -185,7 +185,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         self.model.layers.len()
     }
 
-    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>
+    fn embed(&self, tokens: Tensor<B, 2, Int>, _segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
@@ -206,12 +206,13 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         super::names::any_trainable(&self.model.layers[index])
     }
 
-    fn block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3>
+    fn block(&self, index: usize, x: Tensor<B, 3>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
+        // Packed positions restart below T: the tables of 0..T cover them.
         let rope = self.rope(x.dims()[1]);
-        self.model.layers[index].forward(x, &rope)
+        self.model.layers[index].forward(x, &rope, segments)
     }
 
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3>

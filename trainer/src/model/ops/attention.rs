@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use super::vmath::{self, Isa};
 use crate::host::{from_host, HostTensors};
+use crate::model::segments::{row_blocks, Segments};
 
 /// The shape of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -116,17 +117,26 @@ pub(super) unsafe fn gemm(
     }
 }
 
-/// `S = Q K^T` for head `h` of batch row `b` into `s` (`T x T`).
-fn scores(qkv: &[f32], d: &Dims, b: usize, h: usize, s: &mut [f32]) {
+/// `S = Q K^T` for head `h` of batch row `b`, the block of queries and keys `start..start + n`
+/// (one example of a packed row; the whole row unpacked), into that block of `s` (`T x T`).
+fn scores(
+    qkv: &[f32],
+    d: &Dims,
+    (b, h): (usize, usize),
+    (start, n): (usize, usize),
+    s: &mut [f32],
+) {
     let (t, hd, c3) = (d.t, d.head_dim, 3 * d.width());
-    let q = &qkv[b * t * c3 + h * hd..];
+    let q = &qkv[(b * t + start) * c3 + h * hd..];
     let k = &q[d.width()..];
-    assert!(q.len() >= (t - 1) * c3 + hd && k.len() >= (t - 1) * c3 + hd && s.len() == t * t);
-    // SAFETY: Q and K rows are `t` rows of stride 3C inside `qkv` (checked above); `s` is T x T.
+    assert!(n >= 1 && start + n <= t && s.len() == t * t);
+    assert!(q.len() >= (n - 1) * c3 + hd && k.len() >= (n - 1) * c3 + hd);
+    // SAFETY: Q and K rows are `n` rows of stride 3C inside `qkv` (checked above); the block
+    // of `s` is n x n at (start, start) of a T x T buffer.
     unsafe {
         gemm(
-            (t, t, hd),
-            s.as_mut_ptr(),
+            (n, n, hd),
+            s.as_mut_ptr().add(start * t + start),
             (t, 1),
             q.as_ptr(),
             (c3, 1),
@@ -138,7 +148,16 @@ fn scores(qkv: &[f32], d: &Dims, b: usize, h: usize, s: &mut [f32]) {
 }
 
 /// Forward: `y [B, T, C]` and each (batch, head, query) row's log-sum-exp of its scaled scores.
-fn forward(qkv: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
+/// With segments, a query sees the keys of its own example only; the scores of other
+/// examples' keys are never computed.
+fn forward(qkv: &[f32], d: &Dims, segments: Option<&Segments>) -> (Vec<f32>, Vec<f32>) {
+    if let Some(s) = segments {
+        assert_eq!(
+            s.shape(),
+            [d.batch, d.t],
+            "segments of another shape than qkv"
+        );
+    }
     let isa = Isa::best();
     let (t, hd, c) = (d.t, d.head_dim, d.width());
     let mut y = vec![0f32; d.batch * t * c];
@@ -148,41 +167,51 @@ fn forward(qkv: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
         || vec![0f32; t * t],
         |p, (task, lse)| {
             let (b, h) = (task / d.heads, task % d.heads);
-            scores(qkv, d, b, h, p);
-            for (i, (row, lse)) in p.chunks_mut(t).zip(lse.iter_mut()).enumerate() {
-                let visible = &mut row[..=i];
-                let mut max = f32::NEG_INFINITY;
-                for s in visible.iter_mut() {
-                    *s /= d.divisor;
-                    max = max.max(*s);
+            for (start, n) in row_blocks(segments, b, t) {
+                scores(qkv, d, (b, h), (start, n), p);
+                for i in start..start + n {
+                    let row = &mut p[i * t..(i + 1) * t];
+                    let visible = &mut row[start..=i];
+                    let mut max = f32::NEG_INFINITY;
+                    for s in visible.iter_mut() {
+                        *s /= d.divisor;
+                        max = max.max(*s);
+                    }
+                    let sum = vmath::exp_shifted_sum(isa, visible, max);
+                    visible.iter_mut().for_each(|s| *s /= sum);
+                    row[i + 1..start + n].fill(0.0);
+                    lse[i] = max + sum.ln();
                 }
-                let sum = vmath::exp_shifted_sum(isa, visible, max);
-                visible.iter_mut().for_each(|s| *s /= sum);
-                row[i + 1..].fill(0.0);
-                *lse = max + sum.ln();
+                let v = &qkv[(b * t + start) * 3 * c + 2 * c + h * hd..];
+                let out = out;
+                // SAFETY: this task alone writes columns h*hd..(h+1)*hd of batch row b of `y`;
+                // the block of `p` is n x n at (start, start) of a T x T buffer.
+                unsafe {
+                    gemm(
+                        (n, hd, n),
+                        out.0.add((b * t + start) * c + h * hd),
+                        (c, 1),
+                        p.as_ptr().add(start * t + start),
+                        (t, 1),
+                        v.as_ptr(),
+                        (3 * c, 1),
+                        false,
+                    )
+                };
             }
-            let v = &qkv[b * t * 3 * c + 2 * c + h * hd..];
-            let out = out;
-            // SAFETY: this task alone writes columns h*hd..(h+1)*hd of batch row b of `y`.
-            unsafe {
-                gemm(
-                    (t, hd, t),
-                    out.0.add(b * t * c + h * hd),
-                    (c, 1),
-                    p.as_ptr(),
-                    (t, 1),
-                    v.as_ptr(),
-                    (3 * c, 1),
-                    false,
-                )
-            };
         },
     );
     (y, lse)
 }
 
-/// Backward: `d qkv [B, T, 3C]` from `dy [B, T, C]`.
-fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
+/// Backward: `d qkv [B, T, 3C]` from `dy [B, T, C]` (block by block, as the forward).
+fn backward(
+    qkv: &[f32],
+    lse: &[f32],
+    dy: &[f32],
+    d: &Dims,
+    segments: Option<&Segments>,
+) -> Vec<f32> {
     let isa = Isa::best();
     let (t, hd, c) = (d.t, d.head_dim, d.width());
     let c3 = 3 * c;
@@ -192,74 +221,84 @@ fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
         || (vec![0f32; t * t], vec![0f32; t * t]),
         |(p, dp), (task, lse)| {
             let (b, h) = (task / d.heads, task % d.heads);
-            let base = b * t * c3 + h * hd;
-            let (q, k, v) = (&qkv[base..], &qkv[base + c..], &qkv[base + 2 * c..]);
-            let dy = &dy[b * t * c + h * hd..];
-            // P, recomputed from the saved log-sum-exps.
-            scores(qkv, d, b, h, p);
-            for (i, row) in p.chunks_mut(t).enumerate() {
-                vmath::exp_affine(isa, &mut row[..=i], d.divisor, lse[i], 1.0);
-                row[i + 1..].fill(0.0);
-            }
-            let out = out;
-            // SAFETY: this task alone writes the Q, K and V columns of head h in batch row b of
-            // `dqkv`; every read stays inside `qkv`, `dy` and the T x T scratch buffers.
-            unsafe {
-                // dV = P^T dY
-                gemm(
-                    (t, hd, t),
-                    out.0.add(base + 2 * c),
-                    (c3, 1),
-                    p.as_ptr(),
-                    (1, t),
-                    dy.as_ptr(),
-                    (c, 1),
-                    false,
-                );
-                // dP = dY V^T
-                gemm(
-                    (t, t, hd),
-                    dp.as_mut_ptr(),
-                    (t, 1),
-                    dy.as_ptr(),
-                    (c, 1),
-                    v.as_ptr(),
-                    (1, c3),
-                    false,
-                );
-            }
-            // dS = P (dP - rowsum(P dP)) / divisor, 0 above the diagonal.
-            for (i, (dp, p)) in dp.chunks_mut(t).zip(p.chunks(t)).enumerate() {
-                let dot: f32 = dp[..=i].iter().zip(p).map(|(g, p)| g * p).sum();
-                for (g, &p) in dp[..=i].iter_mut().zip(p) {
-                    *g = p * (*g - dot) / d.divisor;
+            for (start, n) in row_blocks(segments, b, t) {
+                let base = (b * t + start) * c3 + h * hd;
+                let (q, k, v) = (&qkv[base..], &qkv[base + c..], &qkv[base + 2 * c..]);
+                let dy = &dy[(b * t + start) * c + h * hd..];
+                // P, recomputed from the saved log-sum-exps.
+                scores(qkv, d, (b, h), (start, n), p);
+                for i in start..start + n {
+                    let row = &mut p[i * t..(i + 1) * t];
+                    vmath::exp_affine(isa, &mut row[start..=i], d.divisor, lse[i], 1.0);
+                    row[i + 1..start + n].fill(0.0);
                 }
-                dp[i + 1..].fill(0.0);
-            }
-            // SAFETY: as above.
-            unsafe {
-                // dQ = dS K
-                gemm(
-                    (t, hd, t),
-                    out.0.add(base),
-                    (c3, 1),
-                    dp.as_ptr(),
-                    (t, 1),
-                    k.as_ptr(),
-                    (c3, 1),
-                    false,
-                );
-                // dK = dS^T Q
-                gemm(
-                    (t, hd, t),
-                    out.0.add(base + c),
-                    (c3, 1),
-                    dp.as_ptr(),
-                    (1, t),
-                    q.as_ptr(),
-                    (c3, 1),
-                    false,
-                );
+                let corner = start * t + start;
+                let out = out;
+                // SAFETY: this task alone writes the Q, K and V columns of head h in batch row
+                // b of `dqkv`; every read stays inside `qkv`, `dy` and the n x n blocks of the
+                // T x T scratch buffers.
+                unsafe {
+                    // dV = P^T dY
+                    gemm(
+                        (n, hd, n),
+                        out.0.add(base + 2 * c),
+                        (c3, 1),
+                        p.as_ptr().add(corner),
+                        (1, t),
+                        dy.as_ptr(),
+                        (c, 1),
+                        false,
+                    );
+                    // dP = dY V^T
+                    gemm(
+                        (n, n, hd),
+                        dp.as_mut_ptr().add(corner),
+                        (t, 1),
+                        dy.as_ptr(),
+                        (c, 1),
+                        v.as_ptr(),
+                        (1, c3),
+                        false,
+                    );
+                }
+                // dS = P (dP - rowsum(P dP)) / divisor, 0 above the diagonal.
+                for i in start..start + n {
+                    let (dp, p) = (&mut dp[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
+                    let dot: f32 = dp[start..=i]
+                        .iter()
+                        .zip(&p[start..])
+                        .map(|(g, p)| g * p)
+                        .sum();
+                    for (g, &p) in dp[start..=i].iter_mut().zip(&p[start..]) {
+                        *g = p * (*g - dot) / d.divisor;
+                    }
+                    dp[i + 1..start + n].fill(0.0);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    // dQ = dS K
+                    gemm(
+                        (n, hd, n),
+                        out.0.add(base),
+                        (c3, 1),
+                        dp.as_ptr().add(corner),
+                        (t, 1),
+                        k.as_ptr(),
+                        (c3, 1),
+                        false,
+                    );
+                    // dK = dS^T Q
+                    gemm(
+                        (n, hd, n),
+                        out.0.add(base + c),
+                        (c3, 1),
+                        dp.as_ptr().add(corner),
+                        (1, t),
+                        q.as_ptr(),
+                        (c3, 1),
+                        false,
+                    );
+                }
             }
         },
     );
@@ -269,11 +308,13 @@ fn backward(qkv: &[f32], lse: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
 /// Backends that run causal self-attention as one op; `Err(qkv)` hands the input back to a
 /// caller that must compose it from Burn's ops.
 pub trait FusedAttention: burn::tensor::backend::Backend {
-    /// `qkv [B, T, 3C]` (Q, K, V side by side, each `heads` heads wide) to `y [B, T, C]`.
+    /// `qkv [B, T, 3C]` (Q, K, V side by side, each `heads` heads wide) to `y [B, T, C]`;
+    /// with `segments`, each packed example attends to itself only.
     fn fused_causal_attention(
         qkv: FloatTensor<Self>,
         heads: usize,
         divisor: f64,
+        segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>>;
 }
 
@@ -282,12 +323,13 @@ impl<B: HostTensors + Fp8Kernels> FusedAttention for Fp8<B> {
         qkv: FloatTensor<Self>,
         heads: usize,
         divisor: f64,
+        segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
         let d = Dims::of::<B>(&qkv, heads, divisor);
         let Some(values) = B::host_slice(&qkv) else {
             return Err(qkv);
         };
-        let (y, _) = forward(values, &d);
+        let (y, _) = forward(values, &d, segments);
         let shape = vec![d.batch, d.t, d.width()];
         Ok(from_host::<B>(y, shape, &B::float_device(&qkv)))
     }
@@ -297,20 +339,21 @@ impl<B: HostTensors + Fp8Kernels> FusedAttention for Fp8<B> {
 struct AttentionBackward;
 
 impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 1> for AttentionBackward {
-    /// `qkv`, the row log-sum-exps, the shape.
-    type State = (FloatTensor<B>, Vec<f32>, Dims);
+    /// `qkv`, the row log-sum-exps, the shape, the segments.
+    type State = (FloatTensor<B>, Vec<f32>, Dims, Option<Segments>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
         let Some(node) = node else { return };
-        let (qkv, lse, d) = ops.state;
+        let (qkv, lse, d, segments) = ops.state;
         let dy = B::host_exclusive(upstream).expect("a host tensor");
         let dqkv = backward(
             B::host_slice(&qkv).expect("a host tensor"),
             &lse,
             B::host_slice(&dy).expect("an exclusive host tensor"),
             &d,
+            segments.as_ref(),
         );
         let shape = vec![d.batch, d.t, 3 * d.width()];
         let device = B::float_device(&qkv);
@@ -323,12 +366,13 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedAttention for Auto
         qkv: FloatTensor<Self>,
         heads: usize,
         divisor: f64,
+        segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
         let d = Dims::of::<B>(&qkv.primitive, heads, divisor);
         let Some(values) = B::host_slice(&qkv.primitive) else {
             return Err(qkv);
         };
-        let (y, lse) = forward(values, &d);
+        let (y, lse) = forward(values, &d, segments);
         let shape = vec![d.batch, d.t, d.width()];
         let y = from_host::<B>(y, shape, &B::float_device(&qkv.primitive));
         Ok(
@@ -337,7 +381,9 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedAttention for Auto
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => prep.finish((qkv.primitive, lse, d), y),
+                OpsKind::Tracked(prep) => {
+                    prep.finish((qkv.primitive, lse, d, segments.cloned()), y)
+                }
                 OpsKind::UnTracked(prep) => prep.finish(y),
             },
         )
@@ -367,7 +413,12 @@ mod tests {
     }
 
     /// `model::attention`'s composed path.
-    fn composed<B: Backend>(qkv: Tensor<B, 3>, nh: usize, divisor: f64) -> Tensor<B, 3> {
+    fn composed<B: Backend>(
+        qkv: Tensor<B, 3>,
+        nh: usize,
+        divisor: f64,
+        segments: Option<&Segments>,
+    ) -> Tensor<B, 3> {
         let [b, t, c3] = qkv.dims();
         let (c, hd) = (c3 / 3, c3 / 3 / nh);
         let heads = |i: usize| {
@@ -378,20 +429,29 @@ mod tests {
         };
         let (q, k, v) = (heads(0), heads(1), heads(2));
         let scores = q.matmul(k.swap_dims(2, 3)) / divisor;
-        let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device())
-            .unsqueeze::<4>()
-            .expand([b, nh, t, t]);
-        let att = softmax(scores.mask_fill(future, f32::MIN), 3);
+        let hidden = match segments {
+            None => Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device()).unsqueeze::<4>(),
+            Some(s) => s.hidden_keys(|_| 0, &scores.device()),
+        };
+        let att = softmax(scores.mask_fill(hidden.expand([b, nh, t, t]), f32::MIN), 3);
         att.matmul(v).swap_dims(1, 2).reshape([b, t, c])
     }
 
     #[test]
     fn fused_attention_equals_the_composed_one() {
-        case::<Flex>();
-        case::<NdArray<f32>>();
+        // Packed rows: examples of 4, 1, 3 and 1 tokens, then one of 9.
+        let packed = Segments::new(
+            vec![0, 1, 2, 3, 0, 0, 1, 2, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+            2,
+            9,
+        );
+        for segments in [None, Some(&packed)] {
+            case::<Flex>(segments);
+            case::<NdArray<f32>>(segments);
+        }
     }
 
-    fn case<B: HostTensors + Fp8Kernels>() {
+    fn case<B: HostTensors + Fp8Kernels>(segments: Option<&Segments>) {
         let (b, t, nh, hd, divisor) = (2, 9, 3, 5, 2.2);
         let c3 = 3 * nh * hd;
         let device = Default::default();
@@ -408,10 +468,15 @@ mod tests {
         );
         let (x, z) = (qkv(), qkv());
         let fused = Tensor::<Ad<B>, 3>::from_primitive(TensorPrimitive::Float(
-            Ad::<B>::fused_causal_attention(x.clone().into_primitive().tensor(), nh, divisor)
-                .expect("a host backend"),
+            Ad::<B>::fused_causal_attention(
+                x.clone().into_primitive().tensor(),
+                nh,
+                divisor,
+                segments,
+            )
+            .expect("a host backend"),
         ));
-        let reference = composed(z.clone(), nh, divisor);
+        let reference = composed(z.clone(), nh, divisor, segments);
         let gx = x
             .grad(&(fused.clone() * weights.clone()).sum().backward())
             .unwrap();
@@ -440,8 +505,13 @@ mod tests {
             TensorData::new(values(b * t * c3, 1), [b, t, c3]),
             &device,
         );
-        let y = Fp8::<B>::fused_causal_attention(plain.into_primitive().tensor(), nh, divisor)
-            .expect("a host backend");
+        let y = Fp8::<B>::fused_causal_attention(
+            plain.into_primitive().tensor(),
+            nh,
+            divisor,
+            segments,
+        )
+        .expect("a host backend");
         let y = host(Tensor::<Fp8<B>, 3>::from_primitive(TensorPrimitive::Float(
             y,
         )));

@@ -36,6 +36,7 @@ use rayon::prelude::*;
 use super::attention::{gemm, Shared};
 use super::vmath::{self, Isa};
 use crate::host::{from_host, HostTensors};
+use crate::model::segments::{row_blocks, Segments};
 
 /// The cosines and sines of every position's rotation: `[positions, head_dim / 2]` each, row
 /// `p` the angles `p * inv_freq[i]` (`transformers` builds `cat(freqs, freqs)`; both halves of
@@ -156,18 +157,36 @@ impl Dims {
     fn group(&self) -> usize {
         self.a.heads / self.a.kv_heads
     }
+
+    /// Segments must be of the call's `[B, T]`.
+    fn check(&self, segments: Option<&Segments>) {
+        if let Some(s) = segments {
+            assert_eq!(
+                s.shape(),
+                [self.batch, self.t],
+                "segments of another shape than q"
+            );
+        }
+    }
 }
 
 /// Rotates every head of `x` (`[B, T, width]`, heads of `2 * half` side by side) by its
-/// position's angles; `inverse` rotates back (the transpose, for gradients).
-fn rotate(x: &[f32], t: usize, width: usize, rope: &RotaryTables, inverse: bool) -> Vec<f32> {
+/// position's angles (`t mod T`, or the segments' positions); `inverse` rotates back (the
+/// transpose, for gradients).
+fn rotate(
+    x: &[f32],
+    (t, width): (usize, usize),
+    rope: &RotaryTables,
+    inverse: bool,
+    segments: Option<&Segments>,
+) -> Vec<f32> {
     let half = rope.half;
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(width)
         .zip(x.par_chunks(width))
         .enumerate()
         .for_each(|(row, (out, x))| {
-            let p = row % t;
+            let p = segments.map_or(row % t, |s| s.positions()[row] as usize);
             let (cos, sin) = (
                 &rope.cos[p * half..(p + 1) * half],
                 &rope.sin[p * half..(p + 1) * half],
@@ -185,20 +204,29 @@ fn rotate(x: &[f32], t: usize, width: usize, rope: &RotaryTables, inverse: bool)
     out
 }
 
-/// `S = Q_h K_g^T` for query head `h` (key head `g`) of batch row `b` into `s` (`T x T`).
-fn scores(q: &[f32], k: &[f32], d: &Dims, b: usize, h: usize, s: &mut [f32]) {
+/// `S = Q_h K_g^T` for query head `h` (key head `g`) of batch row `b`, the block of queries
+/// and keys `start..start + n` (one example of a packed row; the whole row unpacked), into
+/// that block of `s` (`T x T`).
+fn scores(
+    (q, k): (&[f32], &[f32]),
+    d: &Dims,
+    (b, h): (usize, usize),
+    (start, n): (usize, usize),
+    s: &mut [f32],
+) {
     let (t, hd) = (d.t, d.a.head_dim);
     let g = h / d.group();
     let (qw, kw) = (d.q_width(), d.kv_width());
-    let q = &q[b * t * qw + h * hd..];
-    let k = &k[b * t * kw + g * hd..];
-    assert!(q.len() >= (t - 1) * qw + hd && k.len() >= (t - 1) * kw + hd && s.len() == t * t);
-    // SAFETY: Q and K rows are `t` rows of their widths inside the buffers (checked above); `s`
-    // is T x T.
+    let q = &q[(b * t + start) * qw + h * hd..];
+    let k = &k[(b * t + start) * kw + g * hd..];
+    assert!(n >= 1 && start + n <= t && s.len() == t * t);
+    assert!(q.len() >= (n - 1) * qw + hd && k.len() >= (n - 1) * kw + hd);
+    // SAFETY: Q and K rows are `n` rows of their widths inside the buffers (checked above);
+    // the block of `s` is n x n at (start, start) of a T x T buffer.
     unsafe {
         gemm(
-            (t, t, hd),
-            s.as_mut_ptr(),
+            (n, n, hd),
+            s.as_mut_ptr().add(start * t + start),
             (t, 1),
             q.as_ptr(),
             (qw, 1),
@@ -210,8 +238,15 @@ fn scores(q: &[f32], k: &[f32], d: &Dims, b: usize, h: usize, s: &mut [f32]) {
 }
 
 /// Forward from rotated `q` and `k`: `y [B, T, H*D]` and each (batch, head, query) row's
-/// log-sum-exp of its scaled scores.
-fn forward(q: &[f32], k: &[f32], v: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
+/// log-sum-exp of its scaled scores. With segments, a query sees the keys of its own example
+/// only; the scores of other examples' keys are never computed.
+fn forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: &Dims,
+    segments: Option<&Segments>,
+) -> (Vec<f32>, Vec<f32>) {
     let isa = Isa::best();
     let (t, hd, qw, kw) = (d.t, d.a.head_dim, d.q_width(), d.kv_width());
     let mut y = vec![0f32; d.batch * t * qw];
@@ -221,49 +256,53 @@ fn forward(q: &[f32], k: &[f32], v: &[f32], d: &Dims) -> (Vec<f32>, Vec<f32>) {
         || vec![0f32; t * t],
         |p, (task, lse)| {
             let (b, h) = (task / d.a.heads, task % d.a.heads);
-            scores(q, k, d, b, h, p);
-            for (i, (row, lse)) in p.chunks_mut(t).zip(lse.iter_mut()).enumerate() {
-                let lo = d.a.first_key(i);
-                let visible = &mut row[lo..=i];
-                let mut max = f32::NEG_INFINITY;
-                for s in visible.iter_mut() {
-                    *s *= d.a.scale;
-                    max = max.max(*s);
+            for (start, n) in row_blocks(segments, b, t) {
+                scores((q, k), d, (b, h), (start, n), p);
+                for i in start..start + n {
+                    let row = &mut p[i * t..(i + 1) * t];
+                    let lo = d.a.first_key(i).max(start);
+                    let visible = &mut row[lo..=i];
+                    let mut max = f32::NEG_INFINITY;
+                    for s in visible.iter_mut() {
+                        *s *= d.a.scale;
+                        max = max.max(*s);
+                    }
+                    let sum = vmath::exp_shifted_sum(isa, visible, max);
+                    visible.iter_mut().for_each(|s| *s /= sum);
+                    row[start..lo].fill(0.0);
+                    row[i + 1..start + n].fill(0.0);
+                    lse[i] = max + sum.ln();
                 }
-                let sum = vmath::exp_shifted_sum(isa, visible, max);
-                visible.iter_mut().for_each(|s| *s /= sum);
-                row[..lo].fill(0.0);
-                row[i + 1..].fill(0.0);
-                *lse = max + sum.ln();
+                let v = &v[(b * t + start) * kw + (h / d.group()) * hd..];
+                let out = out;
+                // SAFETY: this task alone writes columns h*hd..(h+1)*hd of batch row b of `y`;
+                // the block of `p` is n x n at (start, start) of a T x T buffer.
+                unsafe {
+                    gemm(
+                        (n, hd, n),
+                        out.0.add((b * t + start) * qw + h * hd),
+                        (qw, 1),
+                        p.as_ptr().add(start * t + start),
+                        (t, 1),
+                        v.as_ptr(),
+                        (kw, 1),
+                        false,
+                    )
+                };
             }
-            let v = &v[b * t * kw + (h / d.group()) * hd..];
-            let out = out;
-            // SAFETY: this task alone writes columns h*hd..(h+1)*hd of batch row b of `y`.
-            unsafe {
-                gemm(
-                    (t, hd, t),
-                    out.0.add(b * t * qw + h * hd),
-                    (qw, 1),
-                    p.as_ptr(),
-                    (t, 1),
-                    v.as_ptr(),
-                    (kw, 1),
-                    false,
-                )
-            };
         },
     );
     (y, lse)
 }
 
-/// Backward from rotated `q` and `k`: the gradients of rotated Q, rotated K and V.
+/// Backward from rotated `q` and `k`: the gradients of rotated Q, rotated K and V (block by
+/// block, as the forward).
 fn backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v): (&[f32], &[f32], &[f32]),
     lse: &[f32],
     dy: &[f32],
     d: &Dims,
+    segments: Option<&Segments>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let isa = Isa::best();
     let (t, hd, qw, kw) = (d.t, d.a.head_dim, d.q_width(), d.kv_width());
@@ -280,83 +319,88 @@ fn backward(
         || (vec![0f32; t * t], vec![0f32; t * t]),
         |(p, dp), task| {
             let (b, g) = (task / d.a.kv_heads, task % d.a.kv_heads);
-            let kv_base = b * t * kw + g * hd;
-            let (k_g, v_g) = (&k[kv_base..], &v[kv_base..]);
             let (out_q, out_k, out_v) = (out_q, out_k, out_v);
-            for (n, h) in (g * d.group()..(g + 1) * d.group()).enumerate() {
-                let q_base = b * t * qw + h * hd;
-                let (q_h, dy_h) = (&q[q_base..], &dy[q_base..]);
-                let lse = &lse[(b * d.a.heads + h) * t..][..t];
-                // P, recomputed from the saved log-sum-exps.
-                scores(q, k, d, b, h, p);
-                for (i, row) in p.chunks_mut(t).enumerate() {
-                    let lo = d.a.first_key(i);
-                    vmath::exp_scaled(isa, &mut row[lo..=i], d.a.scale, lse[i]);
-                    row[..lo].fill(0.0);
-                    row[i + 1..].fill(0.0);
-                }
-                let sum = n > 0;
-                // SAFETY: this task alone writes the K and V columns of head g of batch row b
-                // (and the Q columns of its query heads); every read stays inside the inputs
-                // and the T x T scratch buffers.
-                unsafe {
-                    // dV_g (+)= P^T dY_h
-                    gemm(
-                        (t, hd, t),
-                        out_v.0.add(kv_base),
-                        (kw, 1),
-                        p.as_ptr(),
-                        (1, t),
-                        dy_h.as_ptr(),
-                        (qw, 1),
-                        sum,
-                    );
-                    // dP = dY_h V_g^T
-                    gemm(
-                        (t, t, hd),
-                        dp.as_mut_ptr(),
-                        (t, 1),
-                        dy_h.as_ptr(),
-                        (qw, 1),
-                        v_g.as_ptr(),
-                        (1, kw),
-                        false,
-                    );
-                }
-                // dS = P (dP - rowsum(P dP)) * scale, 0 where P is.
-                for (i, (dp, p)) in dp.chunks_mut(t).zip(p.chunks(t)).enumerate() {
-                    let lo = d.a.first_key(i);
-                    let dot: f32 = dp[lo..=i].iter().zip(&p[lo..=i]).map(|(g, p)| g * p).sum();
-                    for (g, &p) in dp[lo..=i].iter_mut().zip(&p[lo..=i]) {
-                        *g = p * (*g - dot) * d.a.scale;
+            for (start, len) in row_blocks(segments, b, t) {
+                let kv_base = (b * t + start) * kw + g * hd;
+                let (k_g, v_g) = (&k[kv_base..], &v[kv_base..]);
+                let corner = start * t + start;
+                for (n, h) in (g * d.group()..(g + 1) * d.group()).enumerate() {
+                    let q_base = (b * t + start) * qw + h * hd;
+                    let (q_h, dy_h) = (&q[q_base..], &dy[q_base..]);
+                    let lse = &lse[(b * d.a.heads + h) * t..][..t];
+                    // P, recomputed from the saved log-sum-exps.
+                    scores((q, k), d, (b, h), (start, len), p);
+                    for i in start..start + len {
+                        let row = &mut p[i * t..(i + 1) * t];
+                        let lo = d.a.first_key(i).max(start);
+                        vmath::exp_scaled(isa, &mut row[lo..=i], d.a.scale, lse[i]);
+                        row[start..lo].fill(0.0);
+                        row[i + 1..start + len].fill(0.0);
                     }
-                    dp[..lo].fill(0.0);
-                    dp[i + 1..].fill(0.0);
-                }
-                // SAFETY: as above.
-                unsafe {
-                    // dQ_h = dS K_g
-                    gemm(
-                        (t, hd, t),
-                        out_q.0.add(q_base),
-                        (qw, 1),
-                        dp.as_ptr(),
-                        (t, 1),
-                        k_g.as_ptr(),
-                        (kw, 1),
-                        false,
-                    );
-                    // dK_g (+)= dS^T Q_h
-                    gemm(
-                        (t, hd, t),
-                        out_k.0.add(kv_base),
-                        (kw, 1),
-                        dp.as_ptr(),
-                        (1, t),
-                        q_h.as_ptr(),
-                        (qw, 1),
-                        sum,
-                    );
+                    let sum = n > 0;
+                    // SAFETY: this task alone writes the K and V columns of head g of batch
+                    // row b (and the Q columns of its query heads); every read stays inside
+                    // the inputs and the len x len blocks of the T x T scratch buffers.
+                    unsafe {
+                        // dV_g (+)= P^T dY_h
+                        gemm(
+                            (len, hd, len),
+                            out_v.0.add(kv_base),
+                            (kw, 1),
+                            p.as_ptr().add(corner),
+                            (1, t),
+                            dy_h.as_ptr(),
+                            (qw, 1),
+                            sum,
+                        );
+                        // dP = dY_h V_g^T
+                        gemm(
+                            (len, len, hd),
+                            dp.as_mut_ptr().add(corner),
+                            (t, 1),
+                            dy_h.as_ptr(),
+                            (qw, 1),
+                            v_g.as_ptr(),
+                            (1, kw),
+                            false,
+                        );
+                    }
+                    // dS = P (dP - rowsum(P dP)) * scale, 0 where P is.
+                    for i in start..start + len {
+                        let (dp, p) = (&mut dp[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
+                        let lo = d.a.first_key(i).max(start);
+                        let dot: f32 = dp[lo..=i].iter().zip(&p[lo..=i]).map(|(g, p)| g * p).sum();
+                        for (g, &p) in dp[lo..=i].iter_mut().zip(&p[lo..=i]) {
+                            *g = p * (*g - dot) * d.a.scale;
+                        }
+                        dp[start..lo].fill(0.0);
+                        dp[i + 1..start + len].fill(0.0);
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        // dQ_h = dS K_g
+                        gemm(
+                            (len, hd, len),
+                            out_q.0.add(q_base),
+                            (qw, 1),
+                            dp.as_ptr().add(corner),
+                            (t, 1),
+                            k_g.as_ptr(),
+                            (kw, 1),
+                            false,
+                        );
+                        // dK_g (+)= dS^T Q_h
+                        gemm(
+                            (len, hd, len),
+                            out_k.0.add(kv_base),
+                            (kw, 1),
+                            dp.as_ptr().add(corner),
+                            (1, t),
+                            q_h.as_ptr(),
+                            (qw, 1),
+                            sum,
+                        );
+                    }
                 }
             }
         },
@@ -367,7 +411,8 @@ fn backward(
 /// Backends that run rotary grouped-query attention as one op; `Err` hands the inputs back to
 /// a caller that must compose it from Burn's ops.
 pub trait FusedRotaryAttention: Backend {
-    /// `q [B, T, H*D]`, `k`, `v` `[B, T, KV*D]` to `y [B, T, H*D]`.
+    /// `q [B, T, H*D]`, `k`, `v` `[B, T, KV*D]` to `y [B, T, H*D]`; with `segments`, each
+    /// packed example attends to itself only, rotated by its own positions.
     #[allow(clippy::type_complexity)]
     fn fused_rotary_attention(
         q: FloatTensor<Self>,
@@ -375,6 +420,7 @@ pub trait FusedRotaryAttention: Backend {
         v: FloatTensor<Self>,
         rope: &Arc<RotaryTables>,
         attention: RotaryAttention,
+        segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>)>;
 }
 
@@ -385,6 +431,7 @@ impl<B: HostTensors + Fp8Kernels> FusedRotaryAttention for Fp8<B> {
         v: FloatTensor<Self>,
         rope: &Arc<RotaryTables>,
         attention: RotaryAttention,
+        segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>)> {
         let d = Dims::of::<B>(&q, &k, &v, attention, rope);
         let (Some(qs), Some(ks), Some(vs)) =
@@ -392,9 +439,10 @@ impl<B: HostTensors + Fp8Kernels> FusedRotaryAttention for Fp8<B> {
         else {
             return Err((q, k, v));
         };
-        let qr = rotate(qs, d.t, d.q_width(), rope, false);
-        let kr = rotate(ks, d.t, d.kv_width(), rope, false);
-        let (y, _) = forward(&qr, &kr, vs, &d);
+        d.check(segments);
+        let qr = rotate(qs, (d.t, d.q_width()), rope, false, segments);
+        let kr = rotate(ks, (d.t, d.kv_width()), rope, false, segments);
+        let (y, _) = forward(&qr, &kr, vs, &d, segments);
         let shape = vec![d.batch, d.t, d.q_width()];
         Ok(from_host::<B>(y, shape, &B::float_device(&q)))
     }
@@ -404,7 +452,7 @@ impl<B: HostTensors + Fp8Kernels> FusedRotaryAttention for Fp8<B> {
 struct RotaryAttentionBackward;
 
 impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 3> for RotaryAttentionBackward {
-    /// Rotated Q and K, V, the row log-sum-exps, the tables, the shape.
+    /// Rotated Q and K, V, the row log-sum-exps, the tables, the shape, the segments.
     type State = (
         Vec<f32>,
         Vec<f32>,
@@ -412,29 +460,30 @@ impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 3> for RotaryAttentionBackwar
         Vec<f32>,
         Arc<RotaryTables>,
         Dims,
+        Option<Segments>,
     );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [q_node, k_node, v_node] = ops.parents;
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
-        let (qr, kr, v, lse, rope, d) = ops.state;
+        let (qr, kr, v, lse, rope, d, segments) = ops.state;
+        let segments = segments.as_ref();
         let dy = B::host_exclusive(upstream).expect("a host tensor");
         let (dqr, dkr, dv) = backward(
-            &qr,
-            &kr,
-            B::host_slice(&v).expect("a host tensor"),
+            (&qr, &kr, B::host_slice(&v).expect("a host tensor")),
             &lse,
             B::host_slice(&dy).expect("an exclusive host tensor"),
             &d,
+            segments,
         );
         let device = B::float_device(&v);
         if let Some(node) = q_node {
-            let dq = rotate(&dqr, d.t, d.q_width(), &rope, true);
+            let dq = rotate(&dqr, (d.t, d.q_width()), &rope, true, segments);
             let shape = vec![d.batch, d.t, d.q_width()];
             grads.register::<Fp8<B>>(node.id, from_host::<B>(dq, shape, &device));
         }
         if let Some(node) = k_node {
-            let dk = rotate(&dkr, d.t, d.kv_width(), &rope, true);
+            let dk = rotate(&dkr, (d.t, d.kv_width()), &rope, true, segments);
             let shape = vec![d.batch, d.t, d.kv_width()];
             grads.register::<Fp8<B>>(node.id, from_host::<B>(dk, shape, &device));
         }
@@ -454,6 +503,7 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedRotaryAttention
         v: FloatTensor<Self>,
         rope: &Arc<RotaryTables>,
         attention: RotaryAttention,
+        segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>)> {
         let d = Dims::of::<B>(&q.primitive, &k.primitive, &v.primitive, attention, rope);
         let (Some(qs), Some(ks), Some(vs)) = (
@@ -463,9 +513,10 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedRotaryAttention
         ) else {
             return Err((q, k, v));
         };
-        let qr = rotate(qs, d.t, d.q_width(), rope, false);
-        let kr = rotate(ks, d.t, d.kv_width(), rope, false);
-        let (y, lse) = forward(&qr, &kr, vs, &d);
+        d.check(segments);
+        let qr = rotate(qs, (d.t, d.q_width()), rope, false, segments);
+        let kr = rotate(ks, (d.t, d.kv_width()), rope, false, segments);
+        let (y, lse) = forward(&qr, &kr, vs, &d, segments);
         let shape = vec![d.batch, d.t, d.q_width()];
         let y = from_host::<B>(y, shape, &B::float_device(&q.primitive));
         Ok(
@@ -475,7 +526,8 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedRotaryAttention
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    prep.finish((qr, kr, v.primitive, lse, rope.clone(), d), y)
+                    let state = (qr, kr, v.primitive, lse, rope.clone(), d, segments.cloned());
+                    prep.finish(state, y)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(y),
             },
@@ -487,21 +539,35 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedRotaryAttention
 /// computes it (`apply_rotary_pos_emb`, `repeat_kv`, scores times the scale, the mask filled
 /// with f32::MIN, a softmax, `@ v`): the reference of the fused op, and the path of backends
 /// without it (or with dropout on the probabilities, `dropout` applied to them).
+///
+/// With `segments`, each packed example is rotated by its own positions and attends to itself
+/// only (masked like the future).
 pub fn composed<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
     rope: &RotaryTables,
     a: RotaryAttention,
+    segments: Option<&Segments>,
     dropout: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>,
 ) -> Tensor<B, 3> {
     let [b, t, _] = q.dims();
     let (hd, half) = (a.head_dim, rope.half);
     let device = q.device();
     let table = |values: &[f32]| {
-        let rows: Vec<f32> = values[..t * half].to_vec();
-        let half_table = Tensor::<B, 2>::from_data(TensorData::new(rows, [t, half]), &device);
-        Tensor::cat(vec![half_table.clone(), half_table], 1).reshape([1, 1, t, hd])
+        // (rows, 1, T, D): one table for every row, or each row's by its positions.
+        let (rows, positions): (usize, Vec<usize>) = match segments {
+            None => (1, (0..t).collect()),
+            Some(s) => (b, s.positions().iter().map(|&p| p as usize).collect()),
+        };
+        let gathered: Vec<f32> = positions
+            .iter()
+            .flat_map(|&p| &values[p * half..(p + 1) * half])
+            .copied()
+            .collect();
+        let half_table =
+            Tensor::<B, 2>::from_data(TensorData::new(gathered, [rows * t, half]), &device);
+        Tensor::cat(vec![half_table.clone(), half_table], 1).reshape([rows, 1, t, hd])
     };
     let (cos, sin) = (table(&rope.cos), table(&rope.sin));
     let heads = |x: Tensor<B, 3>, n: usize| x.reshape([b, t, n, hd]).swap_dims(1, 2); // (B, n, T, D)
@@ -523,16 +589,20 @@ pub fn composed<B: Backend>(
     };
     let (k, v) = (repeat(k), repeat(v));
     let scores = q.matmul(k.swap_dims(2, 3)) * a.scale; // (B, H, T, T)
-    let mut hidden: Vec<bool> = Vec::with_capacity(t * t);
-    for i in 0..t {
-        for j in 0..t {
-            hidden.push(j > i || j < a.first_key(i));
+    let mask = match segments {
+        Some(s) => s.hidden_keys(|i| a.first_key(i), &device),
+        None => {
+            let mut hidden: Vec<bool> = Vec::with_capacity(t * t);
+            for i in 0..t {
+                for j in 0..t {
+                    hidden.push(j > i || j < a.first_key(i));
+                }
+            }
+            Tensor::<B, 2, burn::tensor::Bool>::from_data(TensorData::new(hidden, [t, t]), &device)
+                .unsqueeze::<4>()
         }
     }
-    let mask =
-        Tensor::<B, 2, burn::tensor::Bool>::from_data(TensorData::new(hidden, [t, t]), &device)
-            .unsqueeze::<4>()
-            .expand([b, a.heads, t, t]);
+    .expand([b, a.heads, t, t]);
     let probs = burn::tensor::activation::softmax(scores.mask_fill(mask, f32::MIN), 3);
     let y = dropout(probs).matmul(v); // (B, H, T, D)
     y.swap_dims(1, 2).reshape([b, t, a.heads * hd])
@@ -555,14 +625,27 @@ mod tests {
     #[test]
     fn fused_rotary_attention_equals_the_composed_one() {
         // GQA (3 query heads per key/value head), MQA, plain multi-head, and a sliding window.
+        // Packed rows: examples of 5, 1, 4 and 3 tokens, then of 8, 2 and 3.
+        let positions = [
+            vec![0, 1, 2, 3, 4, 0, 0, 1, 2, 3, 0, 1, 2],
+            vec![0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 0, 1, 2],
+        ];
+        let packed = Segments::new(positions.concat(), 2, 13);
         for (heads, kv_heads, window) in [(6, 2, None), (4, 1, None), (2, 2, None), (4, 2, Some(5))]
         {
-            case::<Flex>(heads, kv_heads, window);
-            case::<NdArray<f32>>(heads, kv_heads, window);
+            for segments in [None, Some(&packed)] {
+                case::<Flex>(heads, kv_heads, window, segments);
+                case::<NdArray<f32>>(heads, kv_heads, window, segments);
+            }
         }
     }
 
-    fn case<B: HostTensors + Fp8Kernels>(heads: usize, kv_heads: usize, window: Option<usize>) {
+    fn case<B: HostTensors + Fp8Kernels>(
+        heads: usize,
+        kv_heads: usize,
+        window: Option<usize>,
+        segments: Option<&Segments>,
+    ) {
         let (b, t, hd) = (2, 13, 8);
         let rope = Arc::new(RotaryTables::new(&inv_freq(hd, 100.0), 16));
         let a = RotaryAttention {
@@ -591,13 +674,25 @@ mod tests {
                 va.clone().into_primitive().tensor(),
                 &rope,
                 a,
+                segments,
             )
             .unwrap_or_else(|_| panic!("a host backend")),
         );
-        let reference = composed(qb.clone(), kb.clone(), vb.clone(), &rope, a, |p| p);
+        let reference = composed(
+            qb.clone(),
+            kb.clone(),
+            vb.clone(),
+            &rope,
+            a,
+            segments,
+            |p| p,
+        );
         let ga = weighted_sum(fused.clone(), 24).backward();
         let gb = weighted_sum(reference.clone(), 24).backward();
-        let what = format!("attention {heads}/{kv_heads} window {window:?}");
+        let what = format!(
+            "attention {heads}/{kv_heads} window {window:?} packed {}",
+            segments.is_some()
+        );
         check(&what, &host(fused), &host(reference));
         check(
             &format!("{what} dq"),
