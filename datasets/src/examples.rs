@@ -4,12 +4,15 @@
 //! shuffled, in a permutation per epoch fixed by the seed; the position is the count of
 //! examples taken, running on across epochs.
 //!
-//! Packed (`data.packing`), each row is a window that takes the next examples of that order
-//! while they fit (greedy, in order: an example that does not fit starts the next window),
-//! each cut as it would be in a row of its own; only a window's tail is padding, and the
-//! batch's positions say where each example starts. A batch starts a fresh window, so the
-//! position (examples taken) still restores the exact stream.
+//! Packed (`data.packing`), each row is a window holding several examples, each cut as it would
+//! be in a row of its own; only a window's tail is padding, and the batch's positions say where
+//! each example starts. An epoch's examples are packed best-fit decreasing (TRL's `bfd`): the
+//! longest first, each into the window it fills most tightly, a new window when none has
+//! room; the windows then follow the epoch's order (of their first example), their examples
+//! too. The number of windows depends only on the examples' lengths, so it is the same every
+//! epoch; the position counts windows taken.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::batch::Batch;
@@ -96,13 +99,14 @@ pub struct ExampleBatches {
     position: u64,
     epoch_perm: Option<(u64, Vec<u32>)>,
     truncated: u64,
-    /// Packed: the windows of one epoch (in the first epoch's order).
+    /// Packed: the windows of an epoch (the same in every epoch).
     packed_windows: Option<usize>,
+    /// Packed: the examples of each window of one epoch, for the epoch being read.
+    epoch_windows: Option<(u64, Arc<Vec<Vec<u32>>>)>,
 }
 
 /// How much of one epoch's batches is padding: positions that hold no example's input token,
-/// one example a row and packed (in the first epoch's order; later epochs' orders pack to
-/// about as many windows).
+/// one example a row and packed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Padding {
     /// Rows of `T` positions one epoch takes one example a row (the examples).
@@ -178,6 +182,7 @@ impl ExampleBatches {
             epoch_perm: None,
             truncated: 0,
             packed_windows: None,
+            epoch_windows: None,
         })
     }
 
@@ -187,17 +192,69 @@ impl ExampleBatches {
         self
     }
 
-    /// Windows that packing the first epoch's order takes.
+    /// Windows that packing an epoch takes (the same for every order).
     fn windows_per_epoch(&self) -> usize {
+        self.pack(&(0..self.set.len()).collect::<Vec<_>>()).len()
+    }
+
+    /// Best-fit decreasing packing of the examples `order` into windows of `T` positions: the
+    /// longest first (ties in `order`'s order), each into the window with the least room that
+    /// holds it, a new window when none does; windows ordered by their first example in `order`,
+    /// examples within a window in `order`'s order.
+    fn pack(&self, order: &[usize]) -> Vec<Vec<u32>> {
+        let spans: Vec<usize> = order.iter().map(|&i| self.set.span(i, self.seq)).collect();
+        let mut longest_first: Vec<usize> = (0..order.len()).collect();
+        longest_first.sort_by_key(|&a| std::cmp::Reverse(spans[a]));
+        // (room left, window) of the windows with room, the tightest first.
+        let mut room: BTreeSet<(usize, usize)> = BTreeSet::new();
+        let mut windows: Vec<(usize, Vec<usize>)> = Vec::new();
+        for a in longest_first {
+            let span = spans[a];
+            let w = match room.range((span, 0)..).next().copied() {
+                Some(fit) => {
+                    room.remove(&fit);
+                    fit.1
+                }
+                None => {
+                    windows.push((0, Vec::new()));
+                    windows.len() - 1
+                }
+            };
+            windows[w].0 += span;
+            windows[w].1.push(a);
+            let left = self.seq.saturating_sub(windows[w].0);
+            if left > 0 {
+                room.insert((left, w));
+            }
+        }
+        for (_, members) in &mut windows {
+            members.sort_unstable();
+        }
+        windows.sort_unstable_by_key(|(_, members)| members[0]);
+        windows
+            .into_iter()
+            .map(|(_, members)| members.into_iter().map(|a| order[a] as u32).collect())
+            .collect()
+    }
+
+    /// The windows of epoch `epoch` (its order packed), kept for the next call.
+    fn windows_of_epoch(&mut self, epoch: u64) -> Arc<Vec<Vec<u32>>> {
+        if let Some((e, windows)) = &self.epoch_windows {
+            if *e == epoch {
+                return windows.clone();
+            }
+        }
         let n = self.set.len();
         let order: Vec<usize> = match self.seed {
             None => (0..n).collect(),
-            Some(seed) => permutation(n, seed, 0)
-                .into_iter()
+            Some(seed) => (permutation(n, seed, epoch).into_iter())
                 .map(|i| i as usize)
                 .collect(),
         };
-        self.window_starts(&order).len()
+        let windows = Arc::new(self.pack(&order));
+        debug_assert_eq!(Some(windows.len()), self.packed_windows);
+        self.epoch_windows = Some((epoch, windows.clone()));
+        windows
     }
 
     /// Whether examples are packed.
@@ -280,22 +337,6 @@ impl ExampleBatches {
         self.example_at(self.position)
     }
 
-    /// Greedy packing of the examples `order` into windows: the index in `order` where each
-    /// window starts.
-    fn window_starts(&self, order: &[usize]) -> Vec<usize> {
-        let mut starts = Vec::new();
-        let mut used = self.seq;
-        for (at, &i) in order.iter().enumerate() {
-            let span = self.set.span(i, self.seq);
-            if used + span > self.seq || starts.is_empty() {
-                starts.push(at);
-                used = 0;
-            }
-            used += span;
-        }
-        starts
-    }
-
     fn count_truncated(&mut self) {
         self.truncated += 1;
         if self.truncated == 1 {
@@ -327,22 +368,20 @@ impl ExampleBatches {
     /// The next batch of packed windows: each row takes the next examples while they fit (an
     /// example of no input tokens fits anywhere; a row takes at most one epoch's examples).
     fn next_packed(&mut self) -> Batch {
-        let n = self.set.len();
+        let per_epoch = self.packed_windows.expect("packed") as u64;
         let mut out = Batch::packed(self.batch, self.seq, self.pad);
         for row in 0..self.batch {
+            let (epoch, w) = (self.position / per_epoch, self.position % per_epoch);
+            let windows = self.windows_of_epoch(epoch);
             let mut used = 0;
-            for taken in 0..n {
-                let k = self.next_example();
-                let span = self.set.span(k, self.seq);
-                if taken > 0 && used + span > self.seq {
-                    break;
-                }
+            for &k in &windows[w as usize] {
+                let k = k as usize;
                 if self.set.fill_span(k, &mut out, row, used) {
                     self.count_truncated();
                 }
-                used += span;
-                self.position += 1;
+                used += self.set.span(k, self.seq);
             }
+            self.position += 1;
         }
         out
     }
@@ -363,21 +402,17 @@ impl ExampleBatches {
                 out
             }));
         }
-        let n = self.set.len();
-        let mut starts = self.window_starts(&(0..n).collect::<Vec<_>>());
-        let windows = starts.len();
-        starts.push(n);
-        Box::new((0..windows.div_ceil(self.batch)).map(move |k| {
+        let windows = self.pack(&(0..self.set.len()).collect::<Vec<_>>());
+        Box::new((0..windows.len().div_ceil(self.batch)).map(move |k| {
             let mut out = Batch::packed(self.batch, self.seq, self.pad);
             for row in 0..self.batch {
-                let w = k * self.batch + row;
-                if w >= windows {
+                let Some(window) = windows.get(k * self.batch + row) else {
                     break;
-                }
+                };
                 let mut used = 0;
-                for i in starts[w]..starts[w + 1] {
-                    self.set.fill_span(i, &mut out, row, used);
-                    used += self.set.span(i, self.seq);
+                for &i in window {
+                    self.set.fill_span(i as usize, &mut out, row, used);
+                    used += self.set.span(i as usize, self.seq);
                 }
             }
             out

@@ -1,6 +1,7 @@
-//! Packed examples (`data.packing`): windows filled greedily in the epoch's order, each example
-//! as its own unpacked row would hold it (inputs, targets, loss mask) with positions restarting
-//! at 0, padding only at a window's tail; resumable; refused for language-model data.
+//! Packed examples (`data.packing`): an epoch's examples packed best-fit decreasing, each
+//! example as its own unpacked row would hold it (inputs, targets, loss mask) with positions
+//! restarting at 0, padding only at a window's tail, every example once an epoch; resumable;
+//! refused for language-model data.
 
 use datasets::{Batch, ByteTokenizer, DataLoader, Dataset};
 
@@ -16,7 +17,7 @@ fn pc(pairs: &[(&str, &str)]) -> String {
 }
 
 #[test]
-fn windows_take_examples_in_order_positions_restart_and_padding_is_at_the_tail() {
+fn windows_are_packed_best_fit_decreasing_positions_restart_and_padding_is_at_the_tail() {
     let s = Scratch::new();
     // Spans (input tokens: prompt + completion + <eot>, less one): 4, 3, 5, 3.
     let p = s.write(
@@ -29,13 +30,17 @@ fn windows_take_examples_in_order_positions_restart_and_padding_is_at_the_tail()
     let mut l = ds.train_loader(2).unwrap();
     assert_eq!(l.batches_per_epoch(), 1);
     let b = l.next_batch();
-    // Window 0: "abcd" and "xyz" (4 + 3 of 8); "pqrst" (5) does not fit: window 1, which
-    // "efg" fills exactly.
-    let row0 = [bytes_ids("abcd"), bytes_ids("xyz"), vec![EOT]].concat();
-    let row1 = [bytes_ids("pqrst"), bytes_ids("efg")].concat();
+    // Longest first: "pqrst" (5) opens a window, "abcd" (4) does not fit beside it and opens
+    // another; "xyz" (3) goes where it fits most tightly, beside "pqrst" (3 left: full), "efg"
+    // beside "abcd". (In order, greedily, "abcd" + "xyz" would leave a gap of 1 and "pqrst" +
+    // "efg" fill the second: the same two windows here; `best_fit_beats_filling_in_order`
+    // shows where they differ.) Windows come in the order of their first example, examples
+    // within one in order.
+    let row0 = [bytes_ids("abcd"), bytes_ids("efg"), vec![EOT]].concat();
+    let row1 = [bytes_ids("xyz"), bytes_ids("pqrst")].concat();
     assert_eq!(b.inputs, [row0, row1].concat());
-    let targets0 = [bytes_ids("bcd"), vec![EOT], bytes_ids("yz"), vec![EOT, EOT]].concat();
-    let targets1 = [bytes_ids("qrst"), vec![EOT], bytes_ids("fg"), vec![EOT]].concat();
+    let targets0 = [bytes_ids("bcd"), vec![EOT], bytes_ids("fg"), vec![EOT, EOT]].concat();
+    let targets1 = [bytes_ids("yz"), vec![EOT], bytes_ids("qrst"), vec![EOT]].concat();
     assert_eq!(b.targets, [targets0, targets1].concat());
     // The target at an example's last input is its own end-of-text (learned, as unpacked),
     // never the next example's first token.
@@ -43,13 +48,13 @@ fn windows_take_examples_in_order_positions_restart_and_padding_is_at_the_tail()
         b.loss_mask.as_deref().unwrap(),
         [
             [0., 1., 1., 1., 1., 1., 1., 0.],
-            [0., 0., 0., 1., 1., 1., 1., 1.]
+            [1., 1., 1., 0., 0., 0., 1., 1.]
         ]
         .concat()
     );
     assert_eq!(
         b.positions.as_deref().unwrap(),
-        [[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 3, 4, 0, 1, 2]].concat()
+        [[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 0, 1, 2, 3, 4]].concat()
     );
     let real: Vec<bool> = b.attention_mask.clone().unwrap();
     assert_eq!(real.iter().filter(|&&r| r).count(), 15);
@@ -60,8 +65,31 @@ fn windows_take_examples_in_order_positions_restart_and_padding_is_at_the_tail()
     assert_eq!(pad.unpacked(), 1.0 - 15.0 / 32.0);
     assert_eq!(pad.packed(), 1.0 - 15.0 / 16.0);
     assert_eq!(pad.share(), pad.packed());
-    // The next batch starts the next epoch.
-    assert_eq!(l.state().position, 4);
+    // The position counts windows; the next batch starts the next epoch.
+    assert_eq!(l.state().position, 2);
+}
+
+/// Spans 5, 5, 3, 3 in windows of 8: in order, greedily, each 5 would take a window and leave 3
+/// (one of the 3s then), 3 windows; best fit puts each 3 beside a 5: 2 full windows.
+#[test]
+fn best_fit_beats_filling_in_order() {
+    let s = Scratch::new();
+    let p = s.write(
+        "pc.jsonl",
+        pc(&[("pqrs", "t"), ("klmn", "o"), ("x", "yz"), ("e", "fg")]),
+    );
+    let mut cfg = s.config(p, 8);
+    cfg.packing = true;
+    let ds = Dataset::open(&cfg, &ByteTokenizer).unwrap();
+    let mut l = ds.train_loader(2).unwrap();
+    let pad = l.padding().unwrap();
+    assert_eq!((pad.windows, pad.real), (2, 16));
+    assert_eq!(pad.packed(), 0.0);
+    let b = l.next_batch();
+    assert!(b.attention_mask.as_ref().unwrap().iter().all(|&r| r));
+    let row0 = [bytes_ids("pqrst"), bytes_ids("xyz")].concat();
+    let row1 = [bytes_ids("klmno"), bytes_ids("efg")].concat();
+    assert_eq!(b.inputs, [row0, row1].concat());
 }
 
 /// `(first token, inputs, targets, loss mask)` of every example span of a batch, split where
@@ -108,7 +136,7 @@ fn varied(s: &Scratch, n: usize) -> std::path::PathBuf {
 }
 
 #[test]
-fn packed_spans_are_the_unpacked_rows_in_the_same_order_and_resume_exactly() {
+fn every_epoch_packs_every_example_once_as_its_unpacked_row_and_resumes_exactly() {
     let s = Scratch::new();
     let p = varied(&s, 41);
     let mut cfg = s.config(p, 16); // some examples are cut to fit 17 tokens
@@ -121,16 +149,34 @@ fn packed_spans_are_the_unpacked_rows_in_the_same_order_and_resume_exactly() {
     let mut pl = packed.train_loader(3).unwrap();
     let per_epoch = pl.batches_per_epoch();
     assert!(per_epoch < plain.train_loader(3).unwrap().batches_per_epoch());
-    let all = take(&mut pl, 3 * per_epoch); // crosses epochs
-    let unpacked = take(&mut plain.train_loader(1).unwrap(), 41 * 4);
-    let ours: Vec<_> = all.iter().flat_map(spans).collect();
-    let theirs: Vec<_> = unpacked.iter().flat_map(spans).collect();
-    assert!(ours.len() >= 41 * 2, "{} spans", ours.len());
-    assert_eq!(
-        ours[..],
-        theirs[..ours.len()],
-        "the same examples, the same order"
-    );
+    let all = take(&mut pl, 3 * per_epoch); // three epochs
+    let unpacked = take(&mut plain.train_loader(1).unwrap(), 41 * 3);
+    // Each epoch holds every example once, each as its unpacked row holds it (the windows of a
+    // batch after an epoch's last window are padding, all rows of it).
+    let sorted = |mut v: Vec<(Vec<u32>, Vec<u32>, Vec<f32>)>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v
+    };
+    // One window a batch, so that batches end where epochs do.
+    let mut one = packed.train_loader(1).unwrap();
+    let windows = one.batches_per_epoch();
+    assert_eq!(windows, one.padding().unwrap().windows);
+    let by_window = take(&mut one, 3 * windows);
+    for epoch in 0..3 {
+        let ours: Vec<_> = by_window[epoch * windows..(epoch + 1) * windows]
+            .iter()
+            .flat_map(spans)
+            .collect();
+        let theirs: Vec<_> = unpacked[epoch * 41..(epoch + 1) * 41]
+            .iter()
+            .flat_map(spans)
+            .collect();
+        assert_eq!(
+            sorted(ours),
+            sorted(theirs),
+            "epoch {epoch}: the same examples"
+        );
+    }
     assert!(pl.truncated_examples() > 0);
     // Only a window's tail is padding: no real token after the first padding of a row.
     for b in &all {
@@ -155,7 +201,7 @@ fn packed_spans_are_the_unpacked_rows_in_the_same_order_and_resume_exactly() {
 }
 
 #[test]
-fn a_packed_evaluation_pass_holds_every_example_once_in_order() {
+fn a_packed_evaluation_pass_holds_every_example_once() {
     let s = Scratch::new();
     let p = varied(&s, 23);
     let mut cfg = s.config(p, 16);
@@ -166,8 +212,10 @@ fn a_packed_evaluation_pass_holds_every_example_once_in_order() {
         packed.train_loader(4).unwrap(),
         plain.train_loader(4).unwrap(),
     );
-    let ours: Vec<_> = pl.eval_pass().flat_map(|b| spans(&b)).collect();
-    let theirs: Vec<_> = ul.eval_pass().flat_map(|b| spans(&b)).collect();
+    let mut ours: Vec<_> = pl.eval_pass().flat_map(|b| spans(&b)).collect();
+    let mut theirs: Vec<_> = ul.eval_pass().flat_map(|b| spans(&b)).collect();
+    ours.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    theirs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     assert_eq!(ours, theirs);
     assert_eq!(pl.eval_pass().count(), pl.batches_per_epoch());
     let windows = pl.padding().unwrap().windows;

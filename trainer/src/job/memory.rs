@@ -130,6 +130,12 @@ pub fn check(
     let usable = memory * USABLE_SHARE;
     let needed = training_memory(job, model);
     if needed.total() <= usable {
+        log::info!(
+            "memory: the job needs at least {} by the trainer's accounting, of the {:.1} GiB \
+             it may plan for",
+            needed.describe(),
+            usable / GIB
+        );
         return Ok(());
     }
     let mut options = Vec::new();
