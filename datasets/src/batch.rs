@@ -63,6 +63,42 @@ impl Batch {
         }
     }
 
+    /// A packed batch as one row of its examples' positions alone, the padding at its windows'
+    /// tails left out (as TRL's padding-free batches): the same examples, targets, loss mask
+    /// and positions, in the same order, so the same loss for no compute on padding. `None`
+    /// for a batch without positions (one example a row: its padding sits inside the causal
+    /// rows), without padding, or without any real position.
+    pub fn without_padding(&self) -> Option<Batch> {
+        let positions = self.positions.as_ref()?;
+        let real = self.attention_mask.as_ref()?;
+        let n = real.iter().filter(|&&r| r).count();
+        if n == 0 || n == real.len() {
+            return None;
+        }
+        let keep = |v: &[u32]| -> Vec<u32> {
+            v.iter()
+                .zip(real)
+                .filter(|(_, &r)| r)
+                .map(|(&x, _)| x)
+                .collect()
+        };
+        Some(Batch {
+            inputs: keep(&self.inputs),
+            targets: keep(&self.targets),
+            loss_mask: self.loss_mask.as_ref().map(|m| {
+                m.iter()
+                    .zip(real)
+                    .filter(|(_, &r)| r)
+                    .map(|(&w, _)| w)
+                    .collect()
+            }),
+            attention_mask: None,
+            positions: Some(keep(positions)),
+            batch: 1,
+            seq: n,
+        })
+    }
+
     /// The weight of the batch's loss: the sum of its loss mask, or every position.
     pub fn loss_weight(&self) -> f64 {
         match &self.loss_mask {

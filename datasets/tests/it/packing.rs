@@ -238,3 +238,60 @@ fn packing_language_model_windows_is_refused_naming_the_field() {
         assert!(message.contains(wanted), "{wanted:?} not in: {message}");
     }
 }
+
+/// A packed batch without its windows' tail padding: one row of the same examples, targets,
+/// loss mask and positions, in order (what the trainer computes on).
+#[test]
+fn without_padding_keeps_every_real_position_in_order() {
+    let s = Scratch::new();
+    let p = s.write(
+        "pc.jsonl",
+        pc(&[("ab", "cd"), ("x", "yz"), ("pqrs", "t"), ("e", "fg")]),
+    );
+    let mut cfg = s.config(p, 8);
+    cfg.packing = true;
+    let ds = Dataset::open(&cfg, &ByteTokenizer).unwrap();
+    let b = ds.train_loader(2).unwrap().next_batch();
+    let c = b.without_padding().expect("one padded position");
+    assert_eq!((c.batch, c.seq), (1, 15));
+    let real = b.attention_mask.as_ref().unwrap();
+    let kept = |v: &[u32]| -> Vec<u32> {
+        v.iter()
+            .zip(real)
+            .filter(|(_, &r)| r)
+            .map(|(&x, _)| x)
+            .collect()
+    };
+    assert_eq!(c.inputs, kept(&b.inputs));
+    assert_eq!(c.targets, kept(&b.targets));
+    assert_eq!(
+        c.positions.as_deref().unwrap(),
+        kept(b.positions.as_ref().unwrap())
+    );
+    assert_eq!(c.num_loss_tokens(), b.num_loss_tokens());
+    assert_eq!(c.loss_weight(), b.loss_weight());
+    assert_eq!(spans(&c.clone_with_all_real()), spans(&b));
+    // One example a row: nothing to take out (its padding is inside the causal rows).
+    cfg.packing = false;
+    let plain = Dataset::open(&cfg, &ByteTokenizer).unwrap();
+    assert!(plain
+        .train_loader(2)
+        .unwrap()
+        .next_batch()
+        .without_padding()
+        .is_none());
+}
+
+trait AllReal {
+    fn clone_with_all_real(&self) -> Batch;
+}
+
+impl AllReal for Batch {
+    /// The batch with an attention mask of every position real (what `spans` reads).
+    fn clone_with_all_real(&self) -> Batch {
+        Batch {
+            attention_mask: Some(vec![true; self.batch * self.seq]),
+            ..self.clone()
+        }
+    }
+}

@@ -51,6 +51,9 @@ pub fn batch_loss<B: ModelBackend>(
     batch: &Batch,
     device: &B::Device,
 ) -> Tensor<B, 1> {
+    // Packed: one row of the examples, the windows' tail padding left out.
+    let compact = batch.without_padding();
+    let batch = compact.as_ref().unwrap_or(batch);
     let segments = Segments::of(batch);
     let logits = model.forward_packed(batch_inputs(batch, device), segments.as_ref());
     logits_loss(logits, batch, device)

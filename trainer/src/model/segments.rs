@@ -53,6 +53,11 @@ impl Segments {
         Some(Self::new(positions.clone(), batch.batch, batch.seq))
     }
 
+    /// The longest example's length: the positions the model must have.
+    pub fn longest(&self) -> usize {
+        self.positions.iter().max().map_or(0, |&p| p as usize + 1)
+    }
+
     /// `[B, T]`.
     pub fn shape(&self) -> [usize; 2] {
         [self.batch, self.seq]

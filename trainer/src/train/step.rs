@@ -253,6 +253,9 @@ pub fn checkpointed_gradients<B: AutodiffBackend + ModelBackend>(
             seed.wrapping_add((segment as u64 + 1).wrapping_mul(SEGMENT_SEED_STRIDE)),
         )
     };
+    // Packed: one row of the examples, the windows' tail padding left out (as `batch_loss`).
+    let compact = batch.without_padding();
+    let batch = compact.as_ref().unwrap_or(batch);
     let tokens = batch_inputs::<B>(batch, device);
     let segments = Segments::of(batch);
     let segments = segments.as_ref();

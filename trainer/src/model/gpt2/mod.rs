@@ -159,9 +159,11 @@ impl<B: Backend> CausalLm<B> for Gpt2<B> {
     {
         let [_, t] = tokens.dims();
         let n_positions = self.config.n_positions;
+        // Packed, a row may be longer than the context: its examples may not.
+        let longest = segments.map_or(t, Segments::longest);
         assert!(
-            t <= n_positions,
-            "sequence of {t} tokens is longer than n_positions = {n_positions}"
+            longest <= n_positions,
+            "sequence of {longest} tokens is longer than n_positions = {n_positions}"
         );
         let positions = match segments {
             None => Tensor::<B, 1, Int>::arange(0..t as i64, &tokens.device()).reshape([1, t]),

@@ -185,15 +185,17 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         self.model.layers.len()
     }
 
-    fn embed(&self, tokens: Tensor<B, 2, Int>, _segments: Option<&Segments>) -> Tensor<B, 3>
+    fn embed(&self, tokens: Tensor<B, 2, Int>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend,
     {
         let [_, t] = tokens.dims();
         let max = self.config.max_position_embeddings;
+        // Packed, a row may be longer than the context: its examples may not.
+        let longest = segments.map_or(t, Segments::longest);
         assert!(
-            t <= max,
-            "sequence of {t} tokens is longer than max_position_embeddings = {max}"
+            longest <= max,
+            "sequence of {longest} tokens is longer than max_position_embeddings = {max}"
         );
         self.model.embed_tokens.forward(tokens) // (B, T, C)
     }
@@ -210,8 +212,8 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
     where
         B: ModelBackend,
     {
-        // Packed positions restart below T: the tables of 0..T cover them.
-        let rope = self.rope(x.dims()[1]);
+        // Packed, positions restart: the tables of the longest example cover them.
+        let rope = self.rope(segments.map_or(x.dims()[1], Segments::longest));
         self.model.layers[index].forward(x, &rope, segments)
     }
 

@@ -118,7 +118,8 @@ pub(super) unsafe fn gemm(
 }
 
 /// `S = Q K^T` for head `h` of batch row `b`, the block of queries and keys `start..start + n`
-/// (one example of a packed row; the whole row unpacked), into that block of `s` (`T x T`).
+/// (one example of a packed row; the whole row unpacked), into `s` as an `n x n` matrix (the
+/// scratch buffers hold the longest block, not `T x T`: a padding-free packed row is long).
 fn scores(
     qkv: &[f32],
     d: &Dims,
@@ -129,15 +130,15 @@ fn scores(
     let (t, hd, c3) = (d.t, d.head_dim, 3 * d.width());
     let q = &qkv[(b * t + start) * c3 + h * hd..];
     let k = &q[d.width()..];
-    assert!(n >= 1 && start + n <= t && s.len() == t * t);
+    assert!(n >= 1 && start + n <= t && s.len() >= n * n);
     assert!(q.len() >= (n - 1) * c3 + hd && k.len() >= (n - 1) * c3 + hd);
     // SAFETY: Q and K rows are `n` rows of stride 3C inside `qkv` (checked above); the block
-    // of `s` is n x n at (start, start) of a T x T buffer.
+    // of `s` is its first n x n values.
     unsafe {
         gemm(
             (n, n, hd),
-            s.as_mut_ptr().add(start * t + start),
-            (t, 1),
+            s.as_mut_ptr(),
+            (n, 1),
             q.as_ptr(),
             (c3, 1),
             k.as_ptr(),
@@ -145,6 +146,11 @@ fn scores(
             false,
         )
     };
+}
+
+/// The longest block of the rows (`T` unpacked): the side of the scratch buffers.
+pub(super) fn longest_block(segments: Option<&Segments>, t: usize) -> usize {
+    segments.map_or(t, Segments::longest).max(1)
 }
 
 /// Forward: `y [B, T, C]` and each (batch, head, query) row's log-sum-exp of its scaled scores.
@@ -163,15 +169,16 @@ fn forward(qkv: &[f32], d: &Dims, segments: Option<&Segments>) -> (Vec<f32>, Vec
     let mut y = vec![0f32; d.batch * t * c];
     let mut lse = vec![0f32; d.batch * d.heads * t];
     let out = Shared(y.as_mut_ptr());
+    let m = longest_block(segments, t);
     lse.par_chunks_mut(t).enumerate().for_each_init(
-        || vec![0f32; t * t],
+        || vec![0f32; m * m],
         |p, (task, lse)| {
             let (b, h) = (task / d.heads, task % d.heads);
             for (start, n) in row_blocks(segments, b, t) {
                 scores(qkv, d, (b, h), (start, n), p);
                 for i in start..start + n {
-                    let row = &mut p[i * t..(i + 1) * t];
-                    let visible = &mut row[start..=i];
+                    let row = &mut p[(i - start) * n..(i - start + 1) * n];
+                    let visible = &mut row[..=i - start];
                     let mut max = f32::NEG_INFINITY;
                     for s in visible.iter_mut() {
                         *s /= d.divisor;
@@ -179,20 +186,20 @@ fn forward(qkv: &[f32], d: &Dims, segments: Option<&Segments>) -> (Vec<f32>, Vec
                     }
                     let sum = vmath::exp_shifted_sum(isa, visible, max);
                     visible.iter_mut().for_each(|s| *s /= sum);
-                    row[i + 1..start + n].fill(0.0);
+                    row[i + 1 - start..].fill(0.0);
                     lse[i] = max + sum.ln();
                 }
                 let v = &qkv[(b * t + start) * 3 * c + 2 * c + h * hd..];
                 let out = out;
                 // SAFETY: this task alone writes columns h*hd..(h+1)*hd of batch row b of `y`;
-                // the block of `p` is n x n at (start, start) of a T x T buffer.
+                // the block of `p` is its first n x n values.
                 unsafe {
                     gemm(
                         (n, hd, n),
                         out.0.add((b * t + start) * c + h * hd),
                         (c, 1),
-                        p.as_ptr().add(start * t + start),
-                        (t, 1),
+                        p.as_ptr(),
+                        (n, 1),
                         v.as_ptr(),
                         (3 * c, 1),
                         false,
@@ -217,8 +224,9 @@ fn backward(
     let c3 = 3 * c;
     let mut dqkv = vec![0f32; d.batch * t * c3];
     let out = Shared(dqkv.as_mut_ptr());
+    let m = longest_block(segments, t);
     lse.par_chunks(t).enumerate().for_each_init(
-        || (vec![0f32; t * t], vec![0f32; t * t]),
+        || (vec![0f32; m * m], vec![0f32; m * m]),
         |(p, dp), (task, lse)| {
             let (b, h) = (task / d.heads, task % d.heads);
             for (start, n) in row_blocks(segments, b, t) {
@@ -228,15 +236,15 @@ fn backward(
                 // P, recomputed from the saved log-sum-exps.
                 scores(qkv, d, (b, h), (start, n), p);
                 for i in start..start + n {
-                    let row = &mut p[i * t..(i + 1) * t];
-                    vmath::exp_affine(isa, &mut row[start..=i], d.divisor, lse[i], 1.0);
-                    row[i + 1..start + n].fill(0.0);
+                    let row = &mut p[(i - start) * n..(i - start + 1) * n];
+                    vmath::exp_affine(isa, &mut row[..=i - start], d.divisor, lse[i], 1.0);
+                    row[i + 1 - start..].fill(0.0);
                 }
-                let corner = start * t + start;
+                let corner = 0;
                 let out = out;
                 // SAFETY: this task alone writes the Q, K and V columns of head h in batch row
-                // b of `dqkv`; every read stays inside `qkv`, `dy` and the n x n blocks of the
-                // T x T scratch buffers.
+                // b of `dqkv`; every read stays inside `qkv`, `dy` and the first n x n values
+                // of the scratch buffers.
                 unsafe {
                     // dV = P^T dY
                     gemm(
@@ -244,7 +252,7 @@ fn backward(
                         out.0.add(base + 2 * c),
                         (c3, 1),
                         p.as_ptr().add(corner),
-                        (1, t),
+                        (1, n),
                         dy.as_ptr(),
                         (c, 1),
                         false,
@@ -253,7 +261,7 @@ fn backward(
                     gemm(
                         (n, n, hd),
                         dp.as_mut_ptr().add(corner),
-                        (t, 1),
+                        (n, 1),
                         dy.as_ptr(),
                         (c, 1),
                         v.as_ptr(),
@@ -263,16 +271,13 @@ fn backward(
                 }
                 // dS = P (dP - rowsum(P dP)) / divisor, 0 above the diagonal.
                 for i in start..start + n {
-                    let (dp, p) = (&mut dp[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
-                    let dot: f32 = dp[start..=i]
-                        .iter()
-                        .zip(&p[start..])
-                        .map(|(g, p)| g * p)
-                        .sum();
-                    for (g, &p) in dp[start..=i].iter_mut().zip(&p[start..]) {
+                    let r = (i - start) * n..(i - start + 1) * n;
+                    let (dp, p) = (&mut dp[r.clone()], &p[r]);
+                    let dot: f32 = dp[..=i - start].iter().zip(p).map(|(g, p)| g * p).sum();
+                    for (g, &p) in dp[..=i - start].iter_mut().zip(p) {
                         *g = p * (*g - dot) / d.divisor;
                     }
-                    dp[i + 1..start + n].fill(0.0);
+                    dp[i + 1 - start..].fill(0.0);
                 }
                 // SAFETY: as above.
                 unsafe {
@@ -282,7 +287,7 @@ fn backward(
                         out.0.add(base),
                         (c3, 1),
                         dp.as_ptr().add(corner),
-                        (t, 1),
+                        (n, 1),
                         k.as_ptr(),
                         (c3, 1),
                         false,
@@ -293,7 +298,7 @@ fn backward(
                         out.0.add(base + c),
                         (c3, 1),
                         dp.as_ptr().add(corner),
-                        (1, t),
+                        (1, n),
                         q.as_ptr(),
                         (c3, 1),
                         false,

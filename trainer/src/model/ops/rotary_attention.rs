@@ -205,8 +205,8 @@ fn rotate(
 }
 
 /// `S = Q_h K_g^T` for query head `h` (key head `g`) of batch row `b`, the block of queries
-/// and keys `start..start + n` (one example of a packed row; the whole row unpacked), into
-/// that block of `s` (`T x T`).
+/// and keys `start..start + n` (one example of a packed row; the whole row unpacked), into `s`
+/// as an `n x n` matrix (the scratch buffers hold the longest block, not `T x T`).
 fn scores(
     (q, k): (&[f32], &[f32]),
     d: &Dims,
@@ -219,15 +219,15 @@ fn scores(
     let (qw, kw) = (d.q_width(), d.kv_width());
     let q = &q[(b * t + start) * qw + h * hd..];
     let k = &k[(b * t + start) * kw + g * hd..];
-    assert!(n >= 1 && start + n <= t && s.len() == t * t);
+    assert!(n >= 1 && start + n <= t && s.len() >= n * n);
     assert!(q.len() >= (n - 1) * qw + hd && k.len() >= (n - 1) * kw + hd);
     // SAFETY: Q and K rows are `n` rows of their widths inside the buffers (checked above);
-    // the block of `s` is n x n at (start, start) of a T x T buffer.
+    // the block of `s` is its first n x n values.
     unsafe {
         gemm(
             (n, n, hd),
-            s.as_mut_ptr().add(start * t + start),
-            (t, 1),
+            s.as_mut_ptr(),
+            (n, 1),
             q.as_ptr(),
             (qw, 1),
             k.as_ptr(),
@@ -252,16 +252,17 @@ fn forward(
     let mut y = vec![0f32; d.batch * t * qw];
     let mut lse = vec![0f32; d.batch * d.a.heads * t];
     let out = Shared(y.as_mut_ptr());
+    let m = super::attention::longest_block(segments, t);
     lse.par_chunks_mut(t).enumerate().for_each_init(
-        || vec![0f32; t * t],
+        || vec![0f32; m * m],
         |p, (task, lse)| {
             let (b, h) = (task / d.a.heads, task % d.a.heads);
             for (start, n) in row_blocks(segments, b, t) {
                 scores((q, k), d, (b, h), (start, n), p);
                 for i in start..start + n {
-                    let row = &mut p[i * t..(i + 1) * t];
+                    let row = &mut p[(i - start) * n..(i - start + 1) * n];
                     let lo = d.a.first_key(i).max(start);
-                    let visible = &mut row[lo..=i];
+                    let visible = &mut row[lo - start..=i - start];
                     let mut max = f32::NEG_INFINITY;
                     for s in visible.iter_mut() {
                         *s *= d.a.scale;
@@ -269,21 +270,21 @@ fn forward(
                     }
                     let sum = vmath::exp_shifted_sum(isa, visible, max);
                     visible.iter_mut().for_each(|s| *s /= sum);
-                    row[start..lo].fill(0.0);
-                    row[i + 1..start + n].fill(0.0);
+                    row[..lo - start].fill(0.0);
+                    row[i + 1 - start..].fill(0.0);
                     lse[i] = max + sum.ln();
                 }
                 let v = &v[(b * t + start) * kw + (h / d.group()) * hd..];
                 let out = out;
                 // SAFETY: this task alone writes columns h*hd..(h+1)*hd of batch row b of `y`;
-                // the block of `p` is n x n at (start, start) of a T x T buffer.
+                // the block of `p` is its first n x n values.
                 unsafe {
                     gemm(
                         (n, hd, n),
                         out.0.add((b * t + start) * qw + h * hd),
                         (qw, 1),
-                        p.as_ptr().add(start * t + start),
-                        (t, 1),
+                        p.as_ptr(),
+                        (n, 1),
                         v.as_ptr(),
                         (kw, 1),
                         false,
@@ -315,15 +316,16 @@ fn backward(
         Shared(dv.as_mut_ptr()),
     );
     let tasks = d.batch * d.a.kv_heads;
+    let m = super::attention::longest_block(segments, t);
     (0..tasks).into_par_iter().for_each_init(
-        || (vec![0f32; t * t], vec![0f32; t * t]),
+        || (vec![0f32; m * m], vec![0f32; m * m]),
         |(p, dp), task| {
             let (b, g) = (task / d.a.kv_heads, task % d.a.kv_heads);
             let (out_q, out_k, out_v) = (out_q, out_k, out_v);
             for (start, len) in row_blocks(segments, b, t) {
                 let kv_base = (b * t + start) * kw + g * hd;
                 let (k_g, v_g) = (&k[kv_base..], &v[kv_base..]);
-                let corner = start * t + start;
+                let corner = 0;
                 for (n, h) in (g * d.group()..(g + 1) * d.group()).enumerate() {
                     let q_base = (b * t + start) * qw + h * hd;
                     let (q_h, dy_h) = (&q[q_base..], &dy[q_base..]);
@@ -331,16 +333,16 @@ fn backward(
                     // P, recomputed from the saved log-sum-exps.
                     scores((q, k), d, (b, h), (start, len), p);
                     for i in start..start + len {
-                        let row = &mut p[i * t..(i + 1) * t];
+                        let row = &mut p[(i - start) * len..(i - start + 1) * len];
                         let lo = d.a.first_key(i).max(start);
-                        vmath::exp_scaled(isa, &mut row[lo..=i], d.a.scale, lse[i]);
-                        row[start..lo].fill(0.0);
-                        row[i + 1..start + len].fill(0.0);
+                        vmath::exp_scaled(isa, &mut row[lo - start..=i - start], d.a.scale, lse[i]);
+                        row[..lo - start].fill(0.0);
+                        row[i + 1 - start..].fill(0.0);
                     }
                     let sum = n > 0;
                     // SAFETY: this task alone writes the K and V columns of head g of batch
                     // row b (and the Q columns of its query heads); every read stays inside
-                    // the inputs and the len x len blocks of the T x T scratch buffers.
+                    // the inputs and the first len x len values of the scratch buffers.
                     unsafe {
                         // dV_g (+)= P^T dY_h
                         gemm(
@@ -348,7 +350,7 @@ fn backward(
                             out_v.0.add(kv_base),
                             (kw, 1),
                             p.as_ptr().add(corner),
-                            (1, t),
+                            (1, len),
                             dy_h.as_ptr(),
                             (qw, 1),
                             sum,
@@ -357,7 +359,7 @@ fn backward(
                         gemm(
                             (len, len, hd),
                             dp.as_mut_ptr().add(corner),
-                            (t, 1),
+                            (len, 1),
                             dy_h.as_ptr(),
                             (qw, 1),
                             v_g.as_ptr(),
@@ -367,14 +369,20 @@ fn backward(
                     }
                     // dS = P (dP - rowsum(P dP)) * scale, 0 where P is.
                     for i in start..start + len {
-                        let (dp, p) = (&mut dp[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
+                        let r = (i - start) * len..(i - start + 1) * len;
+                        let (dp, p) = (&mut dp[r.clone()], &p[r]);
                         let lo = d.a.first_key(i).max(start);
-                        let dot: f32 = dp[lo..=i].iter().zip(&p[lo..=i]).map(|(g, p)| g * p).sum();
-                        for (g, &p) in dp[lo..=i].iter_mut().zip(&p[lo..=i]) {
+                        let w = lo - start..=i - start;
+                        let dot: f32 = dp[w.clone()]
+                            .iter()
+                            .zip(&p[w.clone()])
+                            .map(|(g, p)| g * p)
+                            .sum();
+                        for (g, &p) in dp[w.clone()].iter_mut().zip(&p[w]) {
                             *g = p * (*g - dot) * d.a.scale;
                         }
-                        dp[start..lo].fill(0.0);
-                        dp[i + 1..start + len].fill(0.0);
+                        dp[..lo - start].fill(0.0);
+                        dp[i + 1 - start..].fill(0.0);
                     }
                     // SAFETY: as above.
                     unsafe {
@@ -384,7 +392,7 @@ fn backward(
                             out_q.0.add(q_base),
                             (qw, 1),
                             dp.as_ptr().add(corner),
-                            (t, 1),
+                            (len, 1),
                             k_g.as_ptr(),
                             (kw, 1),
                             false,
@@ -395,7 +403,7 @@ fn backward(
                             out_k.0.add(kv_base),
                             (kw, 1),
                             dp.as_ptr().add(corner),
-                            (1, t),
+                            (1, len),
                             q_h.as_ptr(),
                             (qw, 1),
                             sum,
