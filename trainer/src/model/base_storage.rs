@@ -12,6 +12,31 @@ use fp8_backend::{BiasRule, Fp8Format, Fp8Policy, Fp8Weight, Role};
 
 use super::{CausalLm, Model, ModelConfig, Projection};
 
+/// The FP8 cast of a projection weight of `stored_dims` in its checkpoint layout (`[d_input,
+/// d_output]`, or `[d_output, d_input]` when `transposed`).
+pub fn encode(
+    values: &[f32],
+    [rows, cols]: [usize; 2],
+    transposed: bool,
+    format: Fp8Format,
+    rule: BiasRule,
+) -> Result<Fp8Weight, fp8_backend::NonFiniteAmax> {
+    let in_out = if transposed {
+        [cols, rows]
+    } else {
+        [rows, cols]
+    };
+    Fp8Weight::encode(values, in_out, transposed, format, rule)
+}
+
+/// The values of a stored weight as a tensor of its checkpoint layout.
+pub fn decoded<B: Backend>(stored: &Fp8Weight, device: &B::Device) -> burn::tensor::Tensor<B, 2> {
+    burn::tensor::Tensor::from_data(
+        TensorData::new(stored.decode(), stored.stored_dims()),
+        device,
+    )
+}
+
 /// The weights to store and, once their values have passed, their casts.
 pub struct BaseStorage {
     format: Fp8Format,
@@ -51,10 +76,9 @@ impl BaseStorage {
         if !self.names.contains(name) {
             return Ok(data);
         }
-        let [a, b] = [data.shape[0], data.shape[1]];
-        let in_out = if self.transposed { [b, a] } else { [a, b] };
         let values = data.as_slice::<f32>().expect("projection weights are f32");
-        let stored = Fp8Weight::encode(values, in_out, self.transposed, self.format, self.rule)
+        let dims = [data.shape[0], data.shape[1]];
+        let stored = encode(values, dims, self.transposed, self.format, self.rule)
             .map_err(|e| format!("{name}: {e}"))?;
         drop(data);
         self.stored.insert(name.to_string(), stored);

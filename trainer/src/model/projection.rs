@@ -135,16 +135,12 @@ impl<B: Backend> Projection<B> {
         if self.stored.is_some() || self.weight.is_require_grad() {
             return Ok(None);
         }
-        let (d_input, d_output) = self.dims();
-        let values = self
-            .weight
-            .val()
-            .into_data()
-            .into_vec::<f32>()
-            .expect("projection weights are f32");
+        let data = self.weight.val().into_data();
+        let values = data.as_slice::<f32>().expect("projection weights are f32");
+        let dims = [data.shape[0], data.shape[1]];
         let transposed = self.layout == Layout::OutIn;
-        let stored = Fp8Weight::encode(&values, [d_input, d_output], transposed, format, rule)?;
-        drop(values);
+        let stored = super::base_storage::encode(values, dims, transposed, format, rule)?;
+        drop(data);
         let (id, device) = (self.weight.id, self.weight.lazy_device());
         self.weight = Param::initialized(id, Tensor::zeros([0, 0], &device));
         let bytes = stored.bytes();
@@ -156,11 +152,7 @@ impl<B: Backend> Projection<B> {
     pub fn merge_lora(&mut self) {
         if let Some(stored) = self.stored.take() {
             // The stored values as an f32 weight again.
-            let device = self.weight.lazy_device();
-            let weight = Tensor::from_data(
-                TensorData::new(stored.decode(), stored.stored_dims()),
-                &device,
-            );
+            let weight = super::base_storage::decoded(&stored, &self.weight.lazy_device());
             self.weight = Param::initialized(self.weight.id, weight);
         }
         let (Some(a), Some(b), Some(branch)) =
@@ -186,11 +178,7 @@ impl<B: Backend> Projection<B> {
     /// values decoded.
     fn in_out(&self) -> Tensor<B, 2> {
         if let Some(stored) = &self.stored {
-            let device = self.weight.lazy_device();
-            let w = Tensor::from_data(
-                TensorData::new(stored.decode(), stored.stored_dims()),
-                &device,
-            );
+            let w = super::base_storage::decoded(stored, &self.weight.lazy_device());
             return match self.layout {
                 Layout::InOut => w,
                 Layout::OutIn => w.transpose(),
