@@ -2,7 +2,7 @@
 //! mask on completion tokens (on the tokens a conversation's mask marks) and an attention mask
 //! on real tokens (see [`Batch`]). Examples are read in order or,
 //! shuffled, in a permutation per epoch fixed by the seed; the position is the count of
-//! examples taken, running on across epochs.
+//! examples taken (packed: of windows), running on across epochs.
 //!
 //! Packed (`data.packing`), each row is a window holding several examples, each cut as it would
 //! be in a row of its own; only a window's tail is padding, and the batch's positions say where
