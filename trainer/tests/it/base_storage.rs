@@ -162,3 +162,26 @@ fn fp8_stored_base_trains_what_the_f32_base_trains_from_an_adapter_folder() {
         job
     });
 }
+
+/// `compare` of a LoRA job with an FP8-stored base: the FP8 run stores it, the fp32 run (which
+/// refuses the setting on its own) holds the base in f32.
+#[test]
+fn compare_stores_the_base_for_the_fp8_runs_only() {
+    let dir = scratch("base-storage-compare");
+    let mut config = lora(&dir, "cmp", "fp8-amax", 1);
+    config["precision"]["base_storage"] = json!("fp8");
+    config["steps"] = json!(3);
+    config["checkpoint_every"] = json!(0);
+    let path = write_config(&dir, "cmp.json", &config);
+    let out = fp8_trainer(&[
+        "compare",
+        "--config",
+        path.to_str().unwrap(),
+        "--precisions",
+        "fp32,fp8-amax",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = |run: &str| std::fs::read_to_string(dir.join(format!("runs/{run}/log.txt"))).unwrap();
+    assert!(log("cmp-fp8-amax").contains("frozen projection weights as their FP8 cast"));
+    assert!(!log("cmp-fp32").contains("base storage"));
+}

@@ -164,7 +164,8 @@ impl Plan {
 }
 
 /// The `--set` overrides that turn the user's job into one run: its `name`
-/// (`{name}-{recipe}`, `-s{seed}` with a seed), `precision.mode` (and `precision.cscale_bias`),
+/// (`{name}-{recipe}`, `-s{seed}` with a seed), `precision.mode` (and `precision.cscale_bias`;
+/// `precision.base_storage` `f32` for `fp32` and `bf16`),
 /// and with a seed `seed`, `data.seed` and `model.init_seed`. Values are JSON, so a name that
 /// happens to parse as a number stays a string.
 fn run_overrides(name: &str, recipe: &Recipe, seed: Option<u64>) -> Vec<String> {
@@ -181,6 +182,11 @@ fn run_overrides(name: &str, recipe: &Recipe, seed: Option<u64>) -> Vec<String> 
     }
     if let Some(bias) = recipe.cscale_bias {
         sets.push(format!("precision.cscale_bias={bias}"));
+    }
+    // A LoRA job's FP8-stored base is the FP8 recipes' (`fp32` and `bf16` cast no weight to
+    // FP8, and refuse the setting): their runs hold the base in f32.
+    if matches!(recipe.precision, Precision::Fp32 | Precision::Bf16) {
+        sets.push("precision.base_storage=\"f32\"".to_string());
     }
     if let Some(seed) = seed {
         for key in ["seed", "data.seed", "model.init_seed"] {
@@ -253,6 +259,19 @@ mod tests {
                 "seed=2",
                 "data.seed=2",
                 "model.init_seed=2"
+            ]
+        );
+        let fp32 = Recipe {
+            precision: Precision::Fp32,
+            family: None,
+            cscale_bias: None,
+        };
+        assert_eq!(
+            run_overrides("q", &fp32, None),
+            [
+                "name=\"q-fp32\"",
+                "precision.mode=\"fp32\"",
+                "precision.base_storage=\"f32\""
             ]
         );
         let err = refuse_repeats("--seeds", ["1", "2", "1"].map(String::from).into_iter());
