@@ -28,6 +28,7 @@ use crate::model::ModelConfig;
 pub const USABLE_SHARE: f64 = 0.9;
 
 const GIB: f64 = (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
 
 /// A training job's memory by part, in bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,14 +42,23 @@ impl MemoryEstimate {
         self.parts.iter().map(|p| p.1).sum()
     }
 
-    /// `12.3 GiB (weights 4.6, ...)`.
+    /// `12.3 GiB (weights 4.6, ...)`; below a GiB in MiB (`84 MiB (weights 3, ...)`).
     pub fn describe(&self) -> String {
+        let (unit, name, decimals) = match self.total() < GIB {
+            true => (MIB, "MiB", 0),
+            false => (GIB, "GiB", 1),
+        };
         let parts: Vec<String> = self
             .parts
             .iter()
-            .map(|(name, bytes)| format!("{name} {:.1}", bytes / GIB))
+            .map(|(part, bytes)| format!("{part} {:.*}", decimals, bytes / unit))
             .collect();
-        format!("{:.1} GiB ({})", self.total() / GIB, parts.join(", "))
+        format!(
+            "{:.*} {name} ({})",
+            decimals,
+            self.total() / unit,
+            parts.join(", ")
+        )
     }
 }
 
