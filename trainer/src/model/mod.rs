@@ -124,7 +124,8 @@ pub trait CausalLm<B: Backend>: Module<B> {
     /// segments' positions when packed, else `0..T`).
     ///
     /// # Panics
-    /// If T exceeds the context length (callers validate user input first).
+    /// If T (packed: the longest example) exceeds the context length (callers validate user
+    /// input first).
     fn embed(&self, tokens: Tensor<B, 2, Int>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend;
@@ -146,7 +147,8 @@ pub trait CausalLm<B: Backend>: Module<B> {
         B: ModelBackend;
 
     /// Logits `[B, T, vocab_size]` for tokens `[B, T]` (T at most the context length), each
-    /// of the segments' examples on its own when packed.
+    /// of the segments' examples on its own when packed (then each example at most the
+    /// context length, the row any length).
     fn forward(&self, tokens: Tensor<B, 2, Int>, segments: Option<&Segments>) -> Tensor<B, 3>
     where
         B: ModelBackend,
