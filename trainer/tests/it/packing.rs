@@ -122,3 +122,19 @@ fn packing_language_model_data_exits_2_naming_the_config_and_the_field() {
     }
     assert!(!dir.join("runs/lm").exists(), "a refused job writes no run");
 }
+
+/// Two data-parallel peers on packed batches: each peer computes its own windows padding-free
+/// (rows of different lengths on the two peers), and the step is the one-device step's, to the
+/// peers' tolerance (their gradient sums add in another order).
+#[test]
+fn two_peers_train_packed_batches_as_one_device_does() {
+    let dir = scratch("packing-peers");
+    let one = chat_job(&dir, "one", true);
+    let mut two = chat_job(&dir, "two", true);
+    two["devices"] = json!(["cpu", "cpu"]);
+    two["batch_size"] = json!(2);
+    let (one, _) = run(&dir, &one);
+    let (two, two_log) = run(&dir, &two);
+    assert!(two_log.contains("data-parallel"), "{two_log}");
+    crate::data_parallel::assert_same_training_to(&two, &one, crate::data_parallel::PEER_TOLERANCE);
+}
