@@ -9,8 +9,13 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorData};
 use fp8_backend::{Fp8, Fp8Kernels};
 
+use crate::model::ops::device::DeviceOps;
+
 /// Backends whose float tensors live in host memory as `f32`.
-pub trait HostTensors: Backend {
+///
+/// Every such backend also says which fused ops it runs on its device ([`DeviceOps`]: none on
+/// the CPU backends).
+pub trait HostTensors: DeviceOps {
     /// The values of `t` in row-major order, when they are one contiguous `f32` slice in host
     /// memory.
     fn host_slice(_t: &FloatTensor<Self>) -> Option<&[f32]> {

@@ -4,8 +4,8 @@
 //! The model's f32 parameters are the master weights; the moments are one flat tensor per
 //! parameter beside them. Each step reads nothing back: the gradient-clipping factor is folded
 //! into the update, and the CPU backends run the whole update as one fused pass over
-//! parameter, gradient and moments, in place ([`HostTensors`]); other backends use tensor ops
-//! with the same arithmetic. Host copies are made only for checkpoints.
+//! parameter, gradient and moments, in place ([`HostTensors`]); the cubecl backends (wgpu, CUDA)
+//! run it as one kernel with the same arithmetic, others use tensor ops. Host copies are made only for checkpoints.
 
 use std::path::Path;
 
@@ -62,7 +62,8 @@ impl Coefficients {
 }
 
 /// `(param, m, v)` after one update with `grad` (all 1-D, the same length): one fused pass in
-/// place on the CPU backends, tensor ops with the same arithmetic elsewhere.
+/// place on the CPU backends, one kernel on the device backends that have it
+/// ([`device_adamw`](crate::model::ops::device::DeviceOps::device_adamw)), tensor ops with the same arithmetic elsewhere.
 fn update_tensors<B: HostTensors>(
     param: FloatTensor<B>,
     grad: FloatTensor<B>,
@@ -89,7 +90,10 @@ fn update_tensors<B: HostTensors>(
         }
         (_, param, m, v) => {
             let take = |r: Result<FloatTensor<B>, FloatTensor<B>>| r.unwrap_or_else(|t| t);
-            tensor_op_update::<B>(take(param), grad, take(m), take(v), c)
+            match B::device_adamw(take(param), &grad, take(m), take(v), c) {
+                Ok(updated) => updated,
+                Err([param, m, v]) => tensor_op_update::<B>(param, grad, m, v, c),
+            }
         }
     }
 }
@@ -409,5 +413,67 @@ mod tests {
             flex[0],
             inputs[0].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         );
+    }
+
+    /// The device kernel (wgpu) against the fused CPU pass: the same operations, compiled for
+    /// the device (which may contract a multiply and an add into one FMA, moving the last bit).
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn device_kernel_equals_the_fused_pass() {
+        use crate::model::ops::device::DeviceOps;
+        use burn::backend::Wgpu;
+
+        /// Relative to the largest element: a few ulps of f32 (measured: see the assertion's
+        /// output); a wrong coefficient or a moment not updated moves results by 1e-3 or more.
+        const DEVICE_ADAMW_REL_TOL: f32 = 1e-6;
+        let n = 3 * CHUNK + 17;
+        let values = |seed: u32, scale: f32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+                .map(|x| x * scale)
+                .collect()
+        };
+        let c = Coefficients {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            step_size: 1e-3 / 0.19,
+            bc2_sqrt: (1.0f32 - 0.95f32.powi(2)).sqrt(),
+            decay: 1.0 - 1e-4,
+            grad_scale: 0.37,
+        };
+        let (param, grad, m) = (values(1, 1.0), values(2, 0.01), values(3, 1e-3));
+        let v: Vec<f32> = values(4, 1e-5).iter().map(|x| x.abs()).collect();
+        let (mut want_p, mut want_m, mut want_v) = (param.clone(), m.clone(), v.clone());
+        update_slices(&mut want_p, &mut want_m, &mut want_v, &grad, &c);
+
+        let d = Default::default();
+        let t = |x: &[f32]| {
+            Tensor::<Wgpu, 1>::from_data(TensorData::new(x.to_vec(), [x.len()]), &d)
+                .into_primitive()
+                .tensor()
+        };
+        let [p2, m2, v2] =
+            <Wgpu as DeviceOps>::device_adamw(t(&param), &t(&grad), t(&m), t(&v), &c)
+                .unwrap_or_else(|_| panic!("wgpu runs the AdamW kernel"));
+        let host = |p| {
+            Tensor::<Wgpu, 1>::from_primitive(TensorPrimitive::Float(p))
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let rel = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        };
+        for (what, got, want) in [
+            ("param", host(p2), want_p),
+            ("m", host(m2), want_m),
+            ("v", host(v2), want_v),
+        ] {
+            let r = rel(&got, &want);
+            println!("adamw {what}: rel {r:e}");
+            assert!(r <= DEVICE_ADAMW_REL_TOL, "adamw {what} differs by {r:e}");
+        }
     }
 }

@@ -88,13 +88,13 @@ impl<B: HostTensors + Fp8Kernels> FusedCausalSoftmax for Fp8<B> {
         divisor: f64,
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
         let t = square_rows::<B>(&scores);
-        let Some(values) = B::host_slice(&scores) else {
-            return Err(scores);
-        };
-        Ok(host_result::<B>(
-            causal_softmax(values, t, divisor as f32),
-            &scores,
-        ))
+        match B::host_slice(&scores) {
+            Some(values) => Ok(host_result::<B>(
+                causal_softmax(values, t, divisor as f32),
+                &scores,
+            )),
+            None => B::device_causal_softmax(&scores, divisor as f32).ok_or(scores),
+        }
     }
 }
 
@@ -110,13 +110,14 @@ impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 1> for CausalSoftmaxBackward 
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
         let Some(node) = node else { return };
         let (p, t, divisor) = ops.state;
-        let mut grad = B::host_exclusive(upstream).expect("a host tensor");
-        causal_softmax_backward(
-            B::host_slice(&p).expect("a host tensor"),
-            B::host_mut(&mut grad),
-            t,
-            divisor,
-        );
+        let grad = match B::host_slice(&p) {
+            Some(ps) => {
+                let mut grad = B::host_exclusive(upstream).expect("a host tensor");
+                causal_softmax_backward(ps, B::host_mut(&mut grad), t, divisor);
+                grad
+            }
+            None => B::device_causal_softmax_backward(&p, upstream, divisor),
+        };
         grads.register::<Fp8<B>>(node.id, grad);
     }
 }
@@ -129,11 +130,14 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedCausalSoftmax
         divisor: f64,
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
         let t = square_rows::<B>(&scores.primitive);
-        let Some(values) = B::host_slice(&scores.primitive) else {
-            return Err(scores);
-        };
         let divisor = divisor as f32;
-        let p = host_result::<B>(causal_softmax(values, t, divisor), &scores.primitive);
+        let p = match B::host_slice(&scores.primitive) {
+            Some(values) => host_result::<B>(causal_softmax(values, t, divisor), &scores.primitive),
+            None => match B::device_causal_softmax(&scores.primitive, divisor) {
+                Some(p) => p,
+                None => return Err(scores),
+            },
+        };
         Ok(
             match CausalSoftmaxBackward
                 .prepare::<C>([scores.node.clone()])

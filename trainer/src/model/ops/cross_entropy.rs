@@ -24,6 +24,7 @@ use burn::tensor::TensorMetadata;
 use fp8_backend::{Fp8, Fp8Kernels};
 use rayon::prelude::*;
 
+use super::device::DeviceTargets;
 use super::vmath::{self, Isa};
 use crate::host::{from_host, HostTensors};
 
@@ -41,6 +42,14 @@ pub struct Targets {
 impl Targets {
     fn weight(&self, row: usize) -> f32 {
         self.weights.as_ref().map_or(1.0, |w| w[row])
+    }
+
+    fn on_device(&self) -> DeviceTargets<'_> {
+        DeviceTargets {
+            tokens: &self.tokens,
+            weights: self.weights.as_deref(),
+            divisor: self.divisor,
+        }
     }
 }
 
@@ -100,7 +109,10 @@ impl<B: HostTensors + Fp8Kernels> FusedCrossEntropy for Fp8<B> {
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
         let vocab = vocab_of::<Self>(&logits, targets);
         let Some(values) = B::host_slice(&logits) else {
-            return Err(logits);
+            return match B::device_cross_entropy(&logits, &targets.on_device()) {
+                Some([loss, _]) => Ok(loss),
+                None => Err(logits),
+            };
         };
         let (total, _) = forward_rows(values, vocab, targets);
         let device = B::float_device(&logits);
@@ -116,14 +128,30 @@ impl<B: HostTensors + Fp8Kernels> FusedCrossEntropy for Fp8<B> {
 #[derive(Debug)]
 struct CrossEntropyBackward;
 
+/// Each row's log-sum-exp: in host memory for the host pass, a tensor for the device kernels.
+#[derive(Debug, Clone)]
+enum Lse<B: Backend> {
+    Host(Arc<Vec<f32>>),
+    Device(FloatTensor<B>),
+}
+
 impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 1> for CrossEntropyBackward {
-    type State = (FloatTensor<B>, Arc<Vec<f32>>, Arc<Targets>);
+    type State = (FloatTensor<B>, Lse<B>, Arc<Targets>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
         let Some(node) = node else { return };
         let (logits, lse, targets) = ops.state;
+        let lse = match lse {
+            Lse::Host(lse) => lse,
+            Lse::Device(lse) => {
+                let grad =
+                    B::device_cross_entropy_backward(logits, &lse, &targets.on_device(), &upstream);
+                grads.register::<Fp8<B>>(node.id, grad);
+                return;
+            }
+        };
         let g = B::host_slice(&upstream).expect("a host tensor")[0];
         let vocab = vocab_of::<B>(&logits, &targets);
         let mut grad = B::host_exclusive(logits).expect("a host tensor");
@@ -144,16 +172,22 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedCrossEntropy for A
         targets: &Arc<Targets>,
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
         let vocab = vocab_of::<B>(&logits.primitive, targets);
-        let Some(values) = B::host_slice(&logits.primitive) else {
-            return Err(logits);
+        let (loss, lse) = match B::host_slice(&logits.primitive) {
+            Some(values) => {
+                let (total, lse) = forward_rows(values, vocab, targets);
+                let device = B::float_device(&logits.primitive);
+                let loss = from_host::<B>(
+                    vec![(total / f64::from(targets.divisor)) as f32],
+                    vec![1],
+                    &device,
+                );
+                (loss, Lse::Host(Arc::new(lse)))
+            }
+            None => match B::device_cross_entropy(&logits.primitive, &targets.on_device()) {
+                Some([loss, lse]) => (loss, Lse::Device(lse)),
+                None => return Err(logits),
+            },
         };
-        let (total, lse) = forward_rows(values, vocab, targets);
-        let device = B::float_device(&logits.primitive);
-        let loss = from_host::<B>(
-            vec![(total / f64::from(targets.divisor)) as f32],
-            vec![1],
-            &device,
-        );
         Ok(
             match CrossEntropyBackward
                 .prepare::<C>([logits.node.clone()])
@@ -161,7 +195,7 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedCrossEntropy for A
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    prep.finish((logits.primitive, Arc::new(lse), targets.clone()), loss)
+                    prep.finish((logits.primitive, lse, targets.clone()), loss)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(loss),
             },

@@ -48,10 +48,10 @@ fn gelu_tanh_backward(x: &[f32], g: &mut [f32]) {
 
 impl<B: HostTensors + Fp8Kernels> FusedGelu for Fp8<B> {
     fn fused_gelu_tanh(x: FloatTensor<Self>) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
-        let Some(values) = B::host_slice(&x) else {
-            return Err(x);
-        };
-        Ok(host_result::<B>(gelu_tanh(values), &x))
+        match B::host_slice(&x) {
+            Some(values) => Ok(host_result::<B>(gelu_tanh(values), &x)),
+            None => B::device_gelu_tanh(&x).ok_or(x),
+        }
     }
 }
 
@@ -67,21 +67,27 @@ impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 1> for GeluBackward {
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
         let Some(node) = node else { return };
         let x = ops.state;
-        let mut grad = B::host_exclusive(upstream).expect("a host tensor");
-        gelu_tanh_backward(
-            B::host_slice(&x).expect("a host tensor"),
-            B::host_mut(&mut grad),
-        );
+        let grad = match B::host_slice(&x) {
+            Some(xs) => {
+                let mut grad = B::host_exclusive(upstream).expect("a host tensor");
+                gelu_tanh_backward(xs, B::host_mut(&mut grad));
+                grad
+            }
+            None => B::device_gelu_tanh_backward(&x, upstream),
+        };
         grads.register::<Fp8<B>>(node.id, grad);
     }
 }
 
 impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedGelu for Autodiff<Fp8<B>, C> {
     fn fused_gelu_tanh(x: FloatTensor<Self>) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
-        let Some(values) = B::host_slice(&x.primitive) else {
-            return Err(x);
+        let y = match B::host_slice(&x.primitive) {
+            Some(values) => host_result::<B>(gelu_tanh(values), &x.primitive),
+            None => match B::device_gelu_tanh(&x.primitive) {
+                Some(y) => y,
+                None => return Err(x),
+            },
         };
-        let y = host_result::<B>(gelu_tanh(values), &x.primitive);
         Ok(
             match GeluBackward
                 .prepare::<C>([x.node.clone()])

@@ -119,47 +119,70 @@ impl<B: HostTensors + Fp8Kernels> FusedLayerNorm for Fp8<B> {
         eps: f64,
     ) -> Result<FloatTensor<Self>, LayerNormInputs<Self>> {
         checked_width::<B>(&x, &weight);
-        let (Some(xs), Some(w), Some(b)) = (
+        if let (Some(xs), Some(w), Some(b)) = (
             B::host_slice(&x),
             B::host_slice(&weight),
             B::host_slice(&bias),
-        ) else {
-            return Err((x, weight, bias));
-        };
-        let (y, _, _) = layer_norm(xs, w, b, eps);
-        Ok(host_result::<B>(y, &x))
+        ) {
+            let (y, _, _) = layer_norm(xs, w, b, eps);
+            return Ok(host_result::<B>(y, &x));
+        }
+        match B::device_layer_norm(&x, &weight, &bias, eps) {
+            Some([y, _, _]) => Ok(y),
+            None => Err((x, weight, bias)),
+        }
     }
 }
 
 #[derive(Debug)]
 struct LayerNormBackward;
 
+/// Each row's mean and `1 / sqrt(var + eps)`, kept for the backward: in host memory for the
+/// host pass, as tensors for the device kernels.
+#[derive(Debug, Clone)]
+enum RowStats<B: Backend> {
+    Host(Vec<f32>, Vec<f32>),
+    Device(FloatTensor<B>, FloatTensor<B>),
+}
+
 impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 3> for LayerNormBackward {
     /// The input, the weight, and each row's mean and `1 / sqrt(var + eps)`.
-    type State = (FloatTensor<B>, FloatTensor<B>, Vec<f32>, Vec<f32>);
+    type State = (FloatTensor<B>, FloatTensor<B>, RowStats<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node, w_node, b_node] = ops.parents;
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
-        let (x, weight, mean, rstd) = ops.state;
-        let mut grad = B::host_exclusive(upstream).expect("a host tensor");
-        let (dw, db) = layer_norm_backward(
-            B::host_slice(&x).expect("a host tensor"),
-            B::host_slice(&weight).expect("a host tensor"),
-            &mean,
-            &rstd,
-            B::host_mut(&mut grad),
-        );
-        let device = B::float_device(&x);
-        let c = dw.len();
+        let (x, weight, stats) = ops.state;
+        let [dx, dw, db] = match stats {
+            RowStats::Host(mean, rstd) => {
+                let mut grad = B::host_exclusive(upstream).expect("a host tensor");
+                let (dw, db) = layer_norm_backward(
+                    B::host_slice(&x).expect("a host tensor"),
+                    B::host_slice(&weight).expect("a host tensor"),
+                    &mean,
+                    &rstd,
+                    B::host_mut(&mut grad),
+                );
+                let device = B::float_device(&x);
+                let c = dw.len();
+                [
+                    grad,
+                    from_host::<B>(dw, vec![c], &device),
+                    from_host::<B>(db, vec![c], &device),
+                ]
+            }
+            RowStats::Device(mean, rstd) => {
+                B::device_layer_norm_backward(&x, &weight, &mean, &rstd, upstream)
+            }
+        };
         if let Some(node) = x_node {
-            grads.register::<Fp8<B>>(node.id, grad);
+            grads.register::<Fp8<B>>(node.id, dx);
         }
         if let Some(node) = w_node {
-            grads.register::<Fp8<B>>(node.id, from_host::<B>(dw, vec![c], &device));
+            grads.register::<Fp8<B>>(node.id, dw);
         }
         if let Some(node) = b_node {
-            grads.register::<Fp8<B>>(node.id, from_host::<B>(db, vec![c], &device));
+            grads.register::<Fp8<B>>(node.id, db);
         }
     }
 }
@@ -172,24 +195,29 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedLayerNorm for Auto
         eps: f64,
     ) -> Result<FloatTensor<Self>, LayerNormInputs<Self>> {
         checked_width::<B>(&x.primitive, &weight.primitive);
-        let (Some(xs), Some(w), Some(b)) = (
+        let (y, stats) = if let (Some(xs), Some(w), Some(b)) = (
             B::host_slice(&x.primitive),
             B::host_slice(&weight.primitive),
             B::host_slice(&bias.primitive),
-        ) else {
-            return Err((x, weight, bias));
+        ) {
+            let (y, mean, rstd) = layer_norm(xs, w, b, eps);
+            (
+                host_result::<B>(y, &x.primitive),
+                RowStats::Host(mean, rstd),
+            )
+        } else {
+            match B::device_layer_norm(&x.primitive, &weight.primitive, &bias.primitive, eps) {
+                Some([y, mean, rstd]) => (y, RowStats::Device(mean, rstd)),
+                None => return Err((x, weight, bias)),
+            }
         };
-        let (y, mean, rstd) = layer_norm(xs, w, b, eps);
-        let y = host_result::<B>(y, &x.primitive);
         Ok(
             match LayerNormBackward
                 .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => {
-                    prep.finish((x.primitive, weight.primitive, mean, rstd), y)
-                }
+                OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, stats), y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             },
         )

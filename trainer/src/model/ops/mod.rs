@@ -12,12 +12,15 @@
 //! follows PyTorch's formula for formula in f32; where it differs (a vectorized `exp`, f64
 //! sums) only rounding changes, measured in each op's test.
 //!
-//! They run on the CPU backends (host slices, see [`crate::host`]); elsewhere each op's trait
-//! declines with `Err(inputs)` and the caller composes the op from Burn's.
+//! They run on the CPU backends (host slices, see [`crate::host`]) and, as cubecl kernels, on
+//! the device backends ([`device`]: GELU, SwiGLU, layer norm, RMSNorm, the causal softmax and
+//! the cross-entropy); elsewhere (and for the attentions on a device) each op's trait declines
+//! with `Err(inputs)` and the caller composes the op from Burn's.
 
 pub mod attention;
 pub mod causal_softmax;
 pub mod cross_entropy;
+pub mod device;
 pub mod gelu;
 pub mod layer_norm;
 pub mod rms_norm;

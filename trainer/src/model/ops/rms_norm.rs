@@ -108,39 +108,55 @@ impl<B: HostTensors + Fp8Kernels> FusedRmsNorm for Fp8<B> {
         eps: f64,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>)> {
         checked_width::<B>(&x, &weight);
-        let (Some(xs), Some(w)) = (B::host_slice(&x), B::host_slice(&weight)) else {
-            return Err((x, weight));
-        };
-        let (y, _) = rms_norm(xs, w, eps);
-        Ok(host_result::<B>(y, &x))
+        if let (Some(xs), Some(w)) = (B::host_slice(&x), B::host_slice(&weight)) {
+            let (y, _) = rms_norm(xs, w, eps);
+            return Ok(host_result::<B>(y, &x));
+        }
+        match B::device_rms_norm(&x, &weight, eps) {
+            Some([y, _]) => Ok(y),
+            None => Err((x, weight)),
+        }
     }
 }
 
 #[derive(Debug)]
 struct RmsNormBackward;
 
+/// Each row's `1 / sqrt(mean(x^2) + eps)`, kept for the backward: in host memory for the host
+/// pass, a tensor for the device kernels.
+#[derive(Debug, Clone)]
+enum Rstd<B: Backend> {
+    Host(Vec<f32>),
+    Device(FloatTensor<B>),
+}
+
 impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 2> for RmsNormBackward {
     /// The input, the weight, and each row's `1 / sqrt(mean(x^2) + eps)`.
-    type State = (FloatTensor<B>, FloatTensor<B>, Vec<f32>);
+    type State = (FloatTensor<B>, FloatTensor<B>, Rstd<B>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node, w_node] = ops.parents;
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
         let (x, weight, rstd) = ops.state;
-        let mut grad = B::host_exclusive(upstream).expect("a host tensor");
-        let dw = rms_norm_backward(
-            B::host_slice(&x).expect("a host tensor"),
-            B::host_slice(&weight).expect("a host tensor"),
-            &rstd,
-            B::host_mut(&mut grad),
-        );
-        let device = B::float_device(&x);
-        let c = dw.len();
+        let [dx, dw] = match rstd {
+            Rstd::Host(rstd) => {
+                let mut grad = B::host_exclusive(upstream).expect("a host tensor");
+                let dw = rms_norm_backward(
+                    B::host_slice(&x).expect("a host tensor"),
+                    B::host_slice(&weight).expect("a host tensor"),
+                    &rstd,
+                    B::host_mut(&mut grad),
+                );
+                let c = dw.len();
+                [grad, from_host::<B>(dw, vec![c], &B::float_device(&x))]
+            }
+            Rstd::Device(rstd) => B::device_rms_norm_backward(&x, &weight, &rstd, upstream),
+        };
         if let Some(node) = x_node {
-            grads.register::<Fp8<B>>(node.id, grad);
+            grads.register::<Fp8<B>>(node.id, dx);
         }
         if let Some(node) = w_node {
-            grads.register::<Fp8<B>>(node.id, from_host::<B>(dw, vec![c], &device));
+            grads.register::<Fp8<B>>(node.id, dw);
         }
     }
 }
@@ -152,14 +168,18 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedRmsNorm for Autodi
         eps: f64,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>)> {
         checked_width::<B>(&x.primitive, &weight.primitive);
-        let (Some(xs), Some(w)) = (
+        let (y, rstd) = if let (Some(xs), Some(w)) = (
             B::host_slice(&x.primitive),
             B::host_slice(&weight.primitive),
-        ) else {
-            return Err((x, weight));
+        ) {
+            let (y, rstd) = rms_norm(xs, w, eps);
+            (host_result::<B>(y, &x.primitive), Rstd::Host(rstd))
+        } else {
+            match B::device_rms_norm(&x.primitive, &weight.primitive, eps) {
+                Some([y, rstd]) => (y, Rstd::Device(rstd)),
+                None => return Err((x, weight)),
+            }
         };
-        let (y, rstd) = rms_norm(xs, w, eps);
-        let y = host_result::<B>(y, &x.primitive);
         Ok(
             match RmsNormBackward
                 .prepare::<C>([x.node.clone(), weight.node.clone()])

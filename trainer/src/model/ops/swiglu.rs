@@ -67,10 +67,10 @@ impl<B: HostTensors + Fp8Kernels> FusedSwiglu for Fp8<B> {
         up: FloatTensor<Self>,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>)> {
         same_shape::<B>(&gate, &up);
-        let (Some(g), Some(u)) = (B::host_slice(&gate), B::host_slice(&up)) else {
-            return Err((gate, up));
-        };
-        Ok(host_result::<B>(swiglu(g, u), &gate))
+        match (B::host_slice(&gate), B::host_slice(&up)) {
+            (Some(g), Some(u)) => Ok(host_result::<B>(swiglu(g, u), &gate)),
+            _ => B::device_swiglu(&gate, &up).ok_or((gate, up)),
+        }
     }
 }
 
@@ -85,14 +85,16 @@ impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 2> for SwigluBackward {
         let [gate_node, up_node] = ops.parents;
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
         let (gate, up) = ops.state;
-        let mut dg = B::host_exclusive(upstream).expect("a host tensor");
-        let du = swiglu_backward(
-            B::host_slice(&gate).expect("a host tensor"),
-            B::host_slice(&up).expect("a host tensor"),
-            B::host_mut(&mut dg),
-        );
+        let [dg, du] = match (B::host_slice(&gate), B::host_slice(&up)) {
+            (Some(g), Some(u)) => {
+                let mut dg = B::host_exclusive(upstream).expect("a host tensor");
+                let du = swiglu_backward(g, u, B::host_mut(&mut dg));
+                [dg, host_result::<B>(du, &up)]
+            }
+            _ => B::device_swiglu_backward(&gate, &up, upstream),
+        };
         if let Some(node) = up_node {
-            grads.register::<Fp8<B>>(node.id, host_result::<B>(du, &up));
+            grads.register::<Fp8<B>>(node.id, du);
         }
         if let Some(node) = gate_node {
             grads.register::<Fp8<B>>(node.id, dg);
@@ -106,11 +108,13 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedSwiglu for Autodif
         up: FloatTensor<Self>,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>)> {
         same_shape::<B>(&gate.primitive, &up.primitive);
-        let (Some(g), Some(u)) = (B::host_slice(&gate.primitive), B::host_slice(&up.primitive))
-        else {
-            return Err((gate, up));
+        let h = match (B::host_slice(&gate.primitive), B::host_slice(&up.primitive)) {
+            (Some(g), Some(u)) => host_result::<B>(swiglu(g, u), &gate.primitive),
+            _ => match B::device_swiglu(&gate.primitive, &up.primitive) {
+                Some(h) => h,
+                None => return Err((gate, up)),
+            },
         };
-        let h = host_result::<B>(swiglu(g, u), &gate.primitive);
         Ok(
             match SwigluBackward
                 .prepare::<C>([gate.node.clone(), up.node.clone()])
