@@ -25,29 +25,41 @@ const DEVICE_FP8_REL_TOL: f64 = 1e-2;
 /// A few training steps on burn-ndarray, the other supported CPU backend, against the default.
 #[test]
 fn a_few_steps_on_ndarray_match_the_default_cpu_backend() {
-    few_steps_match_the_cpu("ndarray");
+    few_steps_match_the_cpu("ndarray", false);
 }
 
-/// The same on wgpu (Mesa's lavapipe in CI).
+/// The same on wgpu (Mesa's lavapipe in CI), where the fused ops run as device kernels.
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_few_steps_on_wgpu_match_the_cpu() {
-    few_steps_match_the_cpu("wgpu");
+    few_steps_match_the_cpu("wgpu", false);
+}
+
+/// A Llama (grouped-query rotary attention, RMSNorm, SwiGLU) on wgpu.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_few_llama_steps_on_wgpu_match_the_cpu() {
+    few_steps_match_the_cpu("wgpu", true);
 }
 
 /// The same on CUDA (`scripts/device-check` runs it on a machine with an NVIDIA GPU).
 #[cfg(feature = "cuda")]
 #[test]
 fn a_few_steps_on_cuda_match_the_cpu() {
-    few_steps_match_the_cpu("cuda");
+    few_steps_match_the_cpu("cuda", false);
+    few_steps_match_the_cpu("cuda", true);
 }
 
 /// A few training steps on `device` against the same job on the default CPU backend: same
 /// initial weights (a preset is initialised on the CPU), so the first losses agree to f32
 /// tolerance and the weights' FP8 statistics of step 1 are identical; the run writes a
-/// checkpoint that the CPU `eval` reads.
-fn few_steps_match_the_cpu(device: &str) {
-    let dir = scratch(device);
+/// checkpoint that the CPU `eval` reads. `llama`: the tiny Llama (4 query heads on 2 key/value
+/// heads) instead of the tiny GPT-2.
+fn few_steps_match_the_cpu(device: &str, llama: bool) {
+    let dir = scratch(&format!(
+        "{device}-{}",
+        if llama { "llama" } else { "gpt2" }
+    ));
     for (precision, tol) in [
         ("fp32", DEVICE_F32_REL_TOL),
         ("fp8-amax", DEVICE_FP8_REL_TOL),
@@ -55,6 +67,11 @@ fn few_steps_match_the_cpu(device: &str) {
         let run = |device: &str| {
             let name = format!("{precision}-{device}");
             let mut c = tiny_job(&dir, &name);
+            if llama {
+                c["model"]["preset"] = json!("llama-tiny");
+                c["model"]["n_head"] = json!(4);
+                c["model"]["n_inner"] = json!(48);
+            }
             c["device"] = json!(device);
             c["steps"] = json!(3);
             c["eval_every"] = json!(3);
@@ -104,7 +121,8 @@ fn few_steps_match_the_cpu(device: &str) {
                     .collect()
             };
             let (wc, wg) = (weights(&cpu), weights(&gpu));
-            assert_eq!(wc.len(), 8, "4 projections x 2 blocks: {wc:?}");
+            let projections = if llama { 7 } else { 4 };
+            assert_eq!(wc.len(), 2 * projections, "projections x 2 blocks: {wc:?}");
             assert_eq!(wg, wc, "device statistics equal the CPU's");
         }
         // The device's checkpoint is an ordinary one: the CPU evaluates it, and `eval` on the

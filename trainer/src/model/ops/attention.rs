@@ -25,6 +25,7 @@ use burn::tensor::TensorMetadata;
 use fp8_backend::{Fp8, Fp8Kernels};
 use rayon::prelude::*;
 
+use super::device::AttentionLayout;
 use super::vmath::{self, Isa};
 use crate::host::{from_host, HostTensors};
 use crate::model::segments::{row_blocks, Segments};
@@ -65,6 +66,44 @@ impl Dims {
     fn width(&self) -> usize {
         self.heads * self.head_dim
     }
+
+    /// Q, K and V side by side in `qkv`, for the device kernels. Scores are multiplied by
+    /// `1 / divisor` there (exact for GPT-2's power-of-two divisors, `sqrt(head_dim)`).
+    fn layout(&self) -> AttentionLayout {
+        let c = self.width();
+        AttentionLayout {
+            batch: self.batch,
+            t: self.t,
+            heads: self.heads,
+            kv_heads: self.heads,
+            head_dim: self.head_dim,
+            scale: 1.0 / self.divisor,
+            window: None,
+            q: (3 * c, 0),
+            k: (3 * c, c),
+            v: (3 * c, 2 * c),
+        }
+    }
+}
+
+/// Each token's position in its example (`[B, T]`): the segments', or `0..T` in every row.
+pub(super) fn token_positions(segments: Option<&Segments>, batch: usize, t: usize) -> Vec<u32> {
+    match segments {
+        Some(s) => s.positions().to_vec(),
+        None => (0..batch).flat_map(|_| 0..t as u32).collect(),
+    }
+}
+
+/// What the backward keeps: each row's log-sum-exp in host memory (host pass), or for the
+/// device kernels the output, the log-sum-exps and the positions.
+#[derive(Debug, Clone)]
+enum Saved<B: burn::tensor::backend::Backend> {
+    Host(Vec<f32>),
+    Device {
+        y: FloatTensor<B>,
+        lse: FloatTensor<B>,
+        positions: Vec<u32>,
+    },
 }
 
 /// A pointer that tasks writing disjoint parts of one buffer may share.
@@ -332,7 +371,11 @@ impl<B: HostTensors + Fp8Kernels> FusedAttention for Fp8<B> {
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
         let d = Dims::of::<B>(&qkv, heads, divisor);
         let Some(values) = B::host_slice(&qkv) else {
-            return Err(qkv);
+            let positions = token_positions(segments, d.batch, d.t);
+            return match B::device_attention(&qkv, &qkv, &qkv, &d.layout(), &positions) {
+                Some([y, _]) => Ok(y),
+                None => Err(qkv),
+            };
         };
         let (y, _) = forward(values, &d, segments);
         let shape = vec![d.batch, d.t, d.width()];
@@ -344,14 +387,25 @@ impl<B: HostTensors + Fp8Kernels> FusedAttention for Fp8<B> {
 struct AttentionBackward;
 
 impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 1> for AttentionBackward {
-    /// `qkv`, the row log-sum-exps, the shape, the segments.
-    type State = (FloatTensor<B>, Vec<f32>, Dims, Option<Segments>);
+    /// `qkv`, the row log-sum-exps (and more on a device), the shape, the segments.
+    type State = (FloatTensor<B>, Saved<B>, Dims, Option<Segments>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
         let Some(node) = node else { return };
-        let (qkv, lse, d, segments) = ops.state;
+        let (qkv, saved, d, segments) = ops.state;
+        let lse = match saved {
+            Saved::Host(lse) => lse,
+            Saved::Device { y, lse, positions } => {
+                let l = d.layout();
+                let dqkv = B::device_attention_backward(
+                    &qkv, &qkv, &qkv, &y, &lse, upstream, &l, &positions,
+                );
+                grads.register::<Fp8<B>>(node.id, B::float_cat(dqkv.to_vec(), 2));
+                return;
+            }
+        };
         let dy = B::host_exclusive(upstream).expect("a host tensor");
         let dqkv = backward(
             B::host_slice(&qkv).expect("a host tensor"),
@@ -374,12 +428,29 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedAttention for Auto
         segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, FloatTensor<Self>> {
         let d = Dims::of::<B>(&qkv.primitive, heads, divisor);
-        let Some(values) = B::host_slice(&qkv.primitive) else {
-            return Err(qkv);
+        let (y, saved) = match B::host_slice(&qkv.primitive) {
+            Some(values) => {
+                let (y, lse) = forward(values, &d, segments);
+                let shape = vec![d.batch, d.t, d.width()];
+                let y = from_host::<B>(y, shape, &B::float_device(&qkv.primitive));
+                (y, Saved::Host(lse))
+            }
+            None => {
+                let positions = token_positions(segments, d.batch, d.t);
+                let p = &qkv.primitive;
+                match B::device_attention(p, p, p, &d.layout(), &positions) {
+                    Some([y, lse]) => {
+                        let saved = Saved::Device {
+                            y: y.clone(),
+                            lse,
+                            positions,
+                        };
+                        (y, saved)
+                    }
+                    None => return Err(qkv),
+                }
+            }
         };
-        let (y, lse) = forward(values, &d, segments);
-        let shape = vec![d.batch, d.t, d.width()];
-        let y = from_host::<B>(y, shape, &B::float_device(&qkv.primitive));
         Ok(
             match AttentionBackward
                 .prepare::<C>([qkv.node.clone()])
@@ -387,7 +458,7 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedAttention for Auto
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    prep.finish((qkv.primitive, lse, d, segments.cloned()), y)
+                    prep.finish((qkv.primitive, saved, d, segments.cloned()), y)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(y),
             },

@@ -13,6 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use fp8_backend::{Fp8, Fp8Kernels};
 
+use crate::model::ops::rotary_attention::RotaryTables;
 use crate::train::optimizer::Coefficients;
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -23,6 +24,26 @@ pub struct DeviceTargets<'a> {
     pub tokens: &'a [u32],
     pub weights: Option<&'a [f32]>,
     pub divisor: f32,
+}
+
+/// How an attention's operands lie and attend: a head's elements are at
+/// `x[(b T + t) stride + offset + head * head_dim + d]` of its tensor (`q`, `k`, `v`: stride and
+/// offset), query head `h` reads key/value head `h / (heads / kv_heads)`, scores are
+/// `scale q . k`, and query `i` sees the keys from its example's first token (by `positions`,
+/// `[B, T]`, counting from 0 in each example) and, with a `window`, no earlier than
+/// `i + 1 - window`, up to itself.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionLayout {
+    pub batch: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub window: Option<usize>,
+    pub q: (usize, usize),
+    pub k: (usize, usize),
+    pub v: (usize, usize),
 }
 
 /// Device kernels of the fused ops; every method's default is "no kernel here".
@@ -134,6 +155,45 @@ pub trait DeviceOps: Backend {
         upstream: &FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         unreachable!("no device kernels on this backend")
+    }
+
+    /// Causal attention: `y [B, T, heads * head_dim]` and each (batch, head, query) row's
+    /// log-sum-exp (`[B, heads, T]`), keeping nothing of size `T x T`.
+    fn device_attention(
+        q: &FloatTensor<Self>,
+        k: &FloatTensor<Self>,
+        v: &FloatTensor<Self>,
+        layout: &AttentionLayout,
+        positions: &[u32],
+    ) -> Option<[FloatTensor<Self>; 2]> {
+        None
+    }
+
+    /// dQ `[B, T, heads * head_dim]`, dK and dV `[B, T, kv_heads * head_dim]` (contiguous,
+    /// whatever the layout of Q, K and V), the probabilities recomputed from `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn device_attention_backward(
+        q: &FloatTensor<Self>,
+        k: &FloatTensor<Self>,
+        v: &FloatTensor<Self>,
+        y: &FloatTensor<Self>,
+        lse: &FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        layout: &AttentionLayout,
+        positions: &[u32],
+    ) -> [FloatTensor<Self>; 3] {
+        unreachable!("no device kernels on this backend")
+    }
+
+    /// Rotary embedding of `x [B, T, width]`, each `[B, T]` row by its position's angles;
+    /// `inverse` rotates back (the gradient's transform).
+    fn device_rope(
+        x: &FloatTensor<Self>,
+        rope: &RotaryTables,
+        positions: &[u32],
+        inverse: bool,
+    ) -> Option<FloatTensor<Self>> {
+        None
     }
 
     /// One AdamW update of a flat parameter: `[param, m, v]` after it, `Err` with the inputs
@@ -257,6 +317,38 @@ impl<B: DeviceOps + Fp8Kernels> DeviceOps for Fp8<B> {
     ) -> Result<[FloatTensor<Self>; 3], [FloatTensor<Self>; 3]> {
         B::device_adamw(param, grad, m, v, c)
     }
+
+    fn device_attention(
+        q: &FloatTensor<Self>,
+        k: &FloatTensor<Self>,
+        v: &FloatTensor<Self>,
+        layout: &AttentionLayout,
+        positions: &[u32],
+    ) -> Option<[FloatTensor<Self>; 2]> {
+        B::device_attention(q, k, v, layout, positions)
+    }
+
+    fn device_attention_backward(
+        q: &FloatTensor<Self>,
+        k: &FloatTensor<Self>,
+        v: &FloatTensor<Self>,
+        y: &FloatTensor<Self>,
+        lse: &FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        layout: &AttentionLayout,
+        positions: &[u32],
+    ) -> [FloatTensor<Self>; 3] {
+        B::device_attention_backward(q, k, v, y, lse, dy, layout, positions)
+    }
+
+    fn device_rope(
+        x: &FloatTensor<Self>,
+        rope: &RotaryTables,
+        positions: &[u32],
+        inverse: bool,
+    ) -> Option<FloatTensor<Self>> {
+        B::device_rope(x, rope, positions, inverse)
+    }
 }
 
 /// Each fused op on wgpu (its device kernels) against the same op on the CPU (the host
@@ -271,6 +363,7 @@ mod tests {
     use super::super::test_util::*;
     use super::super::*;
     use crate::host::HostTensors;
+    use crate::model::segments::Segments;
 
     use std::sync::Arc;
 
@@ -395,6 +488,129 @@ mod tests {
         );
         let g = logits.grad(&(loss.clone() * 1.7).sum().backward()).unwrap();
         vec![host(loss), host(g)]
+    }
+
+    /// Attention inputs: values in [-2, 2) (the fused attentions' own tests' range: scores of a
+    /// few units, the softmax neither flat nor one-hot).
+    fn qkv_input<B: HostTensors + Fp8Kernels>(shape: [usize; 3], seed: usize) -> Tensor<Ad<B>, 3> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        param::<Ad<B>, 3>(v, shape).require_grad()
+    }
+
+    /// Packed rows of `t` tokens: examples of 4, 1 and 3 tokens, then the rest of the row as
+    /// one, in each of two rows.
+    fn packed(t: usize) -> Segments {
+        let row: Vec<u32> = [0, 1, 2, 3, 0, 0, 1, 2]
+            .into_iter()
+            .chain(0..(t - 8) as u32)
+            .collect();
+        Segments::new([row.clone(), row].concat(), 2, t)
+    }
+
+    /// GPT-2's attention: `long` rows of 300 tokens (more keys and queries than a workgroup
+    /// has units), else 9; `pack`ed or not.
+    fn gpt2_attention<B: HostTensors + Fp8Kernels>((long, pack): (bool, bool)) -> Out {
+        let (t, nh, hd, divisor) = if long {
+            (300, 2, 8, 2.2)
+        } else {
+            (9, 3, 5, 2.2)
+        };
+        let qkv = qkv_input::<B>([2, t, 3 * nh * hd], 16);
+        let segments = pack.then(|| packed(t));
+        let y = float::<Ad<B>, 3>(
+            Ad::<B>::fused_causal_attention(
+                qkv.clone().into_primitive().tensor(),
+                nh,
+                divisor,
+                segments.as_ref(),
+            )
+            .expect("fused"),
+        );
+        let g = qkv.grad(&weighted_sum(y.clone(), 17).backward()).unwrap();
+        vec![host(y), host(g)]
+    }
+
+    /// The Llama family's rotary attention, grouped-query (6 query heads on 2 key/value heads),
+    /// multi-query with Mistral's sliding window, or `long` rows; `pack`ed or not.
+    fn rotary_attention<B: HostTensors + Fp8Kernels>((case, pack): (usize, bool)) -> Out {
+        let (t, heads, kv_heads, hd, window) = match case {
+            0 => (9, 6, 2, 4, None),
+            1 => (11, 4, 1, 6, Some(5)),
+            _ => (300, 2, 1, 8, None),
+        };
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| 10_000f32.powf(-2.0 * i as f32 / hd as f32))
+            .collect();
+        let rope = Arc::new(rotary_attention::RotaryTables::new(&inv_freq, t));
+        let a = rotary_attention::RotaryAttention {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            scale: (hd as f32).powf(-0.5),
+            window,
+        };
+        let q = qkv_input::<B>([2, t, heads * hd], 18);
+        let k = qkv_input::<B>([2, t, kv_heads * hd], 19);
+        let v = qkv_input::<B>([2, t, kv_heads * hd], 20);
+        let segments = pack.then(|| packed(t));
+        let y = float::<Ad<B>, 3>(
+            Ad::<B>::fused_rotary_attention(
+                q.clone().into_primitive().tensor(),
+                k.clone().into_primitive().tensor(),
+                v.clone().into_primitive().tensor(),
+                &rope,
+                a,
+                segments.as_ref(),
+            )
+            .unwrap_or_else(|_| panic!("fused")),
+        );
+        let grads = weighted_sum(y.clone(), 21).backward();
+        vec![
+            host(y),
+            host(q.grad(&grads).unwrap()),
+            host(k.grad(&grads).unwrap()),
+            host(v.grad(&grads).unwrap()),
+        ]
+    }
+
+    /// Runs `case` with `arg` on wgpu and on the CPU and compares every output.
+    fn compare_with<A: Copy + std::fmt::Debug>(
+        what: &str,
+        host_case: fn(A) -> Out,
+        device_case: fn(A) -> Out,
+        arg: A,
+    ) {
+        let (got, want) = (device_case(arg), host_case(arg));
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            check(&format!("{what} {arg:?} [{k}]"), g, w);
+        }
+    }
+
+    #[test]
+    fn gpt2_attention_on_the_device_equals_the_host_pass() {
+        for arg in [(false, false), (false, true), (true, false), (true, true)] {
+            compare_with(
+                "attention",
+                gpt2_attention::<Flex>,
+                gpt2_attention::<Wgpu>,
+                arg,
+            );
+        }
+    }
+
+    #[test]
+    fn rotary_attention_on_the_device_equals_the_host_pass() {
+        for arg in [(0, false), (0, true), (1, false), (1, true), (2, true)] {
+            compare_with(
+                "rotary attention",
+                rotary_attention::<Flex>,
+                rotary_attention::<Wgpu>,
+                arg,
+            );
+        }
     }
 
     #[test]

@@ -33,7 +33,8 @@ use burn::tensor::{Tensor, TensorData, TensorMetadata};
 use fp8_backend::{Fp8, Fp8Kernels};
 use rayon::prelude::*;
 
-use super::attention::{gemm, Shared};
+use super::attention::{gemm, token_positions, Shared};
+use super::device::AttentionLayout;
 use super::vmath::{self, Isa};
 use crate::host::{from_host, HostTensors};
 use crate::model::segments::{row_blocks, Segments};
@@ -156,6 +157,22 @@ impl Dims {
     /// Query heads per key/value head.
     fn group(&self) -> usize {
         self.a.heads / self.a.kv_heads
+    }
+
+    /// Q, K and V as three tensors, for the device kernels.
+    fn layout(&self) -> AttentionLayout {
+        AttentionLayout {
+            batch: self.batch,
+            t: self.t,
+            heads: self.a.heads,
+            kv_heads: self.a.kv_heads,
+            head_dim: self.a.head_dim,
+            scale: self.a.scale,
+            window: self.a.window,
+            q: (self.q_width(), 0),
+            k: (self.kv_width(), 0),
+            v: (self.kv_width(), 0),
+        }
     }
 
     /// Segments must be of the call's `[B, T]`.
@@ -442,12 +459,15 @@ impl<B: HostTensors + Fp8Kernels> FusedRotaryAttention for Fp8<B> {
         segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>)> {
         let d = Dims::of::<B>(&q, &k, &v, attention, rope);
+        d.check(segments);
         let (Some(qs), Some(ks), Some(vs)) =
             (B::host_slice(&q), B::host_slice(&k), B::host_slice(&v))
         else {
-            return Err((q, k, v));
+            return match device_forward::<B>(&q, &k, &v, rope, &d, segments) {
+                Some(saved) => Ok(saved.y),
+                None => Err((q, k, v)),
+            };
         };
-        d.check(segments);
         let qr = rotate(qs, (d.t, d.q_width()), rope, false, segments);
         let kr = rotate(ks, (d.t, d.kv_width()), rope, false, segments);
         let (y, _) = forward(&qr, &kr, vs, &d, segments);
@@ -459,23 +479,92 @@ impl<B: HostTensors + Fp8Kernels> FusedRotaryAttention for Fp8<B> {
 #[derive(Debug)]
 struct RotaryAttentionBackward;
 
+/// What the backward keeps.
+#[derive(Debug, Clone)]
+enum Saved<B: Backend> {
+    /// The host pass's rotated Q and K, V, each row's log-sum-exp.
+    Host {
+        qr: Vec<f32>,
+        kr: Vec<f32>,
+        v: FloatTensor<B>,
+        lse: Vec<f32>,
+    },
+    Device(DeviceSaved<B>),
+}
+
+/// The device kernels' forward: rotated Q and K, V, the output, each row's log-sum-exp and the
+/// token positions.
+#[derive(Debug, Clone)]
+struct DeviceSaved<B: Backend> {
+    qr: FloatTensor<B>,
+    kr: FloatTensor<B>,
+    v: FloatTensor<B>,
+    y: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    positions: Vec<u32>,
+}
+
+/// Rotation and attention with the device kernels; `None` where the backend has none.
+fn device_forward<B: HostTensors>(
+    q: &FloatTensor<B>,
+    k: &FloatTensor<B>,
+    v: &FloatTensor<B>,
+    rope: &RotaryTables,
+    d: &Dims,
+    segments: Option<&Segments>,
+) -> Option<DeviceSaved<B>> {
+    let positions = token_positions(segments, d.batch, d.t);
+    let qr = B::device_rope(q, rope, &positions, false)?;
+    let kr = B::device_rope(k, rope, &positions, false)?;
+    let [y, lse] = B::device_attention(&qr, &kr, v, &d.layout(), &positions)?;
+    Some(DeviceSaved {
+        qr,
+        kr,
+        v: v.clone(),
+        y,
+        lse,
+        positions,
+    })
+}
+
 impl<B: HostTensors + Fp8Kernels> Backward<Fp8<B>, 3> for RotaryAttentionBackward {
-    /// Rotated Q and K, V, the row log-sum-exps, the tables, the shape, the segments.
-    type State = (
-        Vec<f32>,
-        Vec<f32>,
-        FloatTensor<B>,
-        Vec<f32>,
-        Arc<RotaryTables>,
-        Dims,
-        Option<Segments>,
-    );
+    /// Rotated Q and K, V, the row log-sum-exps (host pass) or what the device kernels keep;
+    /// the tables, the shape, the segments.
+    type State = (Saved<B>, Arc<RotaryTables>, Dims, Option<Segments>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [q_node, k_node, v_node] = ops.parents;
         let upstream = grads.consume::<Fp8<B>>(&ops.node);
-        let (qr, kr, v, lse, rope, d, segments) = ops.state;
+        let (saved, rope, d, segments) = ops.state;
         let segments = segments.as_ref();
+        let (qr, kr, v, lse) = match saved {
+            Saved::Host { qr, kr, v, lse } => (qr, kr, v, lse),
+            Saved::Device(saved) => {
+                let l = d.layout();
+                let [dqr, dkr, dv] = B::device_attention_backward(
+                    &saved.qr,
+                    &saved.kr,
+                    &saved.v,
+                    &saved.y,
+                    &saved.lse,
+                    upstream,
+                    &l,
+                    &saved.positions,
+                );
+                let back =
+                    |x| B::device_rope(&x, &rope, &saved.positions, true).expect("a device tensor");
+                if let Some(node) = q_node {
+                    grads.register::<Fp8<B>>(node.id, back(dqr));
+                }
+                if let Some(node) = k_node {
+                    grads.register::<Fp8<B>>(node.id, back(dkr));
+                }
+                if let Some(node) = v_node {
+                    grads.register::<Fp8<B>>(node.id, dv);
+                }
+                return;
+            }
+        };
         let dy = B::host_exclusive(upstream).expect("a host tensor");
         let (dqr, dkr, dv) = backward(
             (&qr, &kr, B::host_slice(&v).expect("a host tensor")),
@@ -514,19 +603,26 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedRotaryAttention
         segments: Option<&Segments>,
     ) -> Result<FloatTensor<Self>, (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>)> {
         let d = Dims::of::<B>(&q.primitive, &k.primitive, &v.primitive, attention, rope);
-        let (Some(qs), Some(ks), Some(vs)) = (
+        d.check(segments);
+        let (y, saved) = if let (Some(qs), Some(ks), Some(vs)) = (
             B::host_slice(&q.primitive),
             B::host_slice(&k.primitive),
             B::host_slice(&v.primitive),
-        ) else {
-            return Err((q, k, v));
+        ) {
+            let qr = rotate(qs, (d.t, d.q_width()), rope, false, segments);
+            let kr = rotate(ks, (d.t, d.kv_width()), rope, false, segments);
+            let (y, lse) = forward(&qr, &kr, vs, &d, segments);
+            let shape = vec![d.batch, d.t, d.q_width()];
+            let y = from_host::<B>(y, shape, &B::float_device(&q.primitive));
+            let v = v.primitive.clone();
+            (y, Saved::Host { qr, kr, v, lse })
+        } else {
+            match device_forward::<B>(&q.primitive, &k.primitive, &v.primitive, rope, &d, segments)
+            {
+                Some(saved) => (saved.y.clone(), Saved::Device(saved)),
+                None => return Err((q, k, v)),
+            }
         };
-        d.check(segments);
-        let qr = rotate(qs, (d.t, d.q_width()), rope, false, segments);
-        let kr = rotate(ks, (d.t, d.kv_width()), rope, false, segments);
-        let (y, lse) = forward(&qr, &kr, vs, &d, segments);
-        let shape = vec![d.batch, d.t, d.q_width()];
-        let y = from_host::<B>(y, shape, &B::float_device(&q.primitive));
         Ok(
             match RotaryAttentionBackward
                 .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
@@ -534,7 +630,7 @@ impl<B: HostTensors + Fp8Kernels, C: CheckpointStrategy> FusedRotaryAttention
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let state = (qr, kr, v.primitive, lse, rope.clone(), d, segments.cloned());
+                    let state = (saved, rope.clone(), d, segments.cloned());
                     prep.finish(state, y)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(y),

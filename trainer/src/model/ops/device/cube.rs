@@ -20,7 +20,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
-use super::{DeviceOps, DeviceTargets};
+use super::{AttentionLayout, DeviceOps, DeviceTargets};
+use crate::model::ops::rotary_attention::RotaryTables;
 use crate::model::ops::vmath::{GELU_CUBIC, SQRT_2_OVER_PI};
 use crate::train::optimizer::Coefficients;
 
@@ -594,6 +595,363 @@ fn scaled_sum_kernel(values: &Array<f32>, out: &mut Array<f32>, n: u32, scale: f
 }
 
 // ---------------------------------------------------------------------------------------------
+// Attention: one workgroup a query row (forward, dQ) or a key row (dK, dV), keys or queries in
+// chunks of a workgroup; no `[T, T]` tensor anywhere (the backward recomputes the probabilities
+// from each row's log-sum-exp, as flash attention does). A head's elements are at
+// `x[(b T + t) stride + offset + head D + d]`, so Q, K and V may be one `[B, T, 3C]` tensor
+// (GPT-2) or three (Llama); query head `h` reads key/value head `h / group`.
+
+/// The first key that query `i` of batch row `b` sees: its example's first token (`positions`
+/// count from 0 in each example), and with a sliding window of `window` (0: none) no earlier
+/// than `i + 1 - window`.
+#[cube]
+fn first_key(positions: &Array<u32>, b: usize, t: usize, i: usize, window: usize) -> usize {
+    let start = i - positions[b * t + i] as usize;
+    let mut lo = start;
+    if window > 0 && i + 1 > window {
+        lo = max(start, i + 1 - window);
+    }
+    lo
+}
+
+/// `sum_d a[d] x[base + d]` over `n` elements, `a` in shared memory.
+#[cube]
+fn dot_shared(a: &SharedMemory<f32>, x: &Array<f32>, base: usize, n: usize) -> f32 {
+    let mut s = 0.0f32;
+    for d in 0..n {
+        s += a[d] * x[base + d];
+    }
+    s
+}
+
+/// `y = softmax(scale Q K^T, masked) V` for one (batch, head, query) per workgroup, and each
+/// row's log-sum-exp.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn attention_kernel(
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    positions: &Array<u32>,
+    y: &mut Array<f32>,
+    lse: &mut Array<f32>,
+    rows: u32,
+    t: u32,
+    heads: u32,
+    group: u32,
+    head_dim: u32,
+    q_stride: u32,
+    q_off: u32,
+    k_stride: u32,
+    k_off: u32,
+    v_stride: u32,
+    v_off: u32,
+    scale: f32,
+    window: u32,
+) {
+    let rows = rows as usize;
+    let t = t as usize;
+    let heads = heads as usize;
+    let group = group as usize;
+    let dh = head_dim as usize;
+    let window = window as usize;
+    let q_stride = q_stride as usize;
+    let q_off = q_off as usize;
+    let k_stride = k_stride as usize;
+    let k_off = k_off as usize;
+    let v_stride = v_stride as usize;
+    let v_off = v_off as usize;
+    let u = UNIT_POS as usize;
+    let wg = CUBE_DIM as usize;
+    let mut qs = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut ps = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut red = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut row = CUBE_POS;
+    while row < rows {
+        let i = row % t;
+        let bh = row / t;
+        let h = bh % heads;
+        let b = bh / heads;
+        let g = h / group;
+        let lo = first_key(positions, b, t, i, window);
+        sync_cube();
+        if u < dh {
+            qs[u] = q[(b * t + i) * q_stride + q_off + h * dh + u];
+        }
+        sync_cube();
+        // Running maximum and sum of exponentials of this unit's keys, then the workgroup's.
+        let mut m = f32::new(-3.0e38);
+        let mut l = 0.0f32;
+        let mut j = lo + u;
+        while j <= i {
+            let s = dot_shared(&qs, k, (b * t + j) * k_stride + k_off + g * dh, dh) * scale;
+            let m_new = max(m, s);
+            l = l * f32::exp(m - m_new) + f32::exp(s - m_new);
+            m = m_new;
+            j += wg;
+        }
+        let m_all = workgroup_max(m, &mut red);
+        let l_all = workgroup_sum(l * f32::exp(max(m - m_all, -EXP_CLAMP)), &mut red);
+        let inv_l = 1.0 / l_all;
+        // The probabilities of one chunk of keys at a time, then their weighted sum of V.
+        let mut acc = 0.0f32;
+        let mut c0 = lo;
+        while c0 <= i {
+            let j = c0 + u;
+            let jj = min(j, i);
+            let s = dot_shared(&qs, k, (b * t + jj) * k_stride + k_off + g * dh, dh) * scale;
+            let p = f32::exp(min(s - m_all, 0.0f32)) * inv_l;
+            sync_cube();
+            ps[u] = select(j <= i, p, 0.0f32);
+            sync_cube();
+            if u < dh {
+                let n = min(wg, i + 1 - c0);
+                for x in 0..n {
+                    acc += ps[x] * v[(b * t + c0 + x) * v_stride + v_off + g * dh + u];
+                }
+            }
+            c0 += wg;
+        }
+        if u < dh {
+            y[(b * t + i) * heads * dh + h * dh + u] = acc;
+        }
+        if u == 0 {
+            lse[row] = m_all + f32::ln(l_all);
+        }
+        row += CUBE_COUNT;
+    }
+}
+
+/// dQ for one (batch, head, query) per workgroup, and the row's `delta = dy . y`:
+/// `dQ_i = scale sum_j p_ij (dy_i . v_j - delta_i) k_j`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn attention_dq_kernel(
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    positions: &Array<u32>,
+    y: &Array<f32>,
+    dy: &Array<f32>,
+    lse: &Array<f32>,
+    dq: &mut Array<f32>,
+    delta: &mut Array<f32>,
+    rows: u32,
+    t: u32,
+    heads: u32,
+    group: u32,
+    head_dim: u32,
+    q_stride: u32,
+    q_off: u32,
+    k_stride: u32,
+    k_off: u32,
+    v_stride: u32,
+    v_off: u32,
+    scale: f32,
+    window: u32,
+) {
+    let rows = rows as usize;
+    let t = t as usize;
+    let heads = heads as usize;
+    let group = group as usize;
+    let dh = head_dim as usize;
+    let window = window as usize;
+    let q_stride = q_stride as usize;
+    let q_off = q_off as usize;
+    let k_stride = k_stride as usize;
+    let k_off = k_off as usize;
+    let v_stride = v_stride as usize;
+    let v_off = v_off as usize;
+    let u = UNIT_POS as usize;
+    let wg = CUBE_DIM as usize;
+    let mut qs = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut dys = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut ds = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut red = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut row = CUBE_POS;
+    while row < rows {
+        let i = row % t;
+        let bh = row / t;
+        let h = bh % heads;
+        let b = bh / heads;
+        let g = h / group;
+        let lo = first_key(positions, b, t, i, window);
+        let y_at = (b * t + i) * heads * dh + h * dh;
+        let mut part = 0.0f32;
+        sync_cube();
+        if u < dh {
+            qs[u] = q[(b * t + i) * q_stride + q_off + h * dh + u];
+            dys[u] = dy[y_at + u];
+            part = dy[y_at + u] * y[y_at + u];
+        }
+        let d_i = workgroup_sum(part, &mut red);
+        let l_i = lse[row];
+        let mut acc = 0.0f32;
+        let mut c0 = lo;
+        while c0 <= i {
+            let j = c0 + u;
+            let jj = min(j, i);
+            let s = dot_shared(&qs, k, (b * t + jj) * k_stride + k_off + g * dh, dh) * scale;
+            let p = f32::exp(min(s - l_i, 0.0f32));
+            let dp = dot_shared(&dys, v, (b * t + jj) * v_stride + v_off + g * dh, dh);
+            sync_cube();
+            ds[u] = select(j <= i, p * (dp - d_i), 0.0f32);
+            sync_cube();
+            if u < dh {
+                let n = min(wg, i + 1 - c0);
+                for x in 0..n {
+                    acc += ds[x] * k[(b * t + c0 + x) * k_stride + k_off + g * dh + u];
+                }
+            }
+            c0 += wg;
+        }
+        if u < dh {
+            dq[y_at + u] = acc * scale;
+        }
+        if u == 0 {
+            delta[row] = d_i;
+        }
+        row += CUBE_COUNT;
+    }
+}
+
+/// dK and dV for one (batch, key/value head, key) per workgroup, summed over the group's query
+/// heads and every query that sees the key: `dV_j = sum p_ij dy_i`,
+/// `dK_j = scale sum p_ij (dy_i . v_j - delta_i) q_i`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn attention_dkv_kernel(
+    q: &Array<f32>,
+    k: &Array<f32>,
+    v: &Array<f32>,
+    positions: &Array<u32>,
+    dy: &Array<f32>,
+    lse: &Array<f32>,
+    delta: &Array<f32>,
+    dk: &mut Array<f32>,
+    dv: &mut Array<f32>,
+    rows: u32,
+    t: u32,
+    heads: u32,
+    group: u32,
+    head_dim: u32,
+    q_stride: u32,
+    q_off: u32,
+    k_stride: u32,
+    k_off: u32,
+    v_stride: u32,
+    v_off: u32,
+    scale: f32,
+    window: u32,
+) {
+    let rows = rows as usize;
+    let t = t as usize;
+    let heads = heads as usize;
+    let group = group as usize;
+    let kv_heads = heads / group;
+    let dh = head_dim as usize;
+    let window = window as usize;
+    let q_stride = q_stride as usize;
+    let q_off = q_off as usize;
+    let k_stride = k_stride as usize;
+    let k_off = k_off as usize;
+    let v_stride = v_stride as usize;
+    let v_off = v_off as usize;
+    let u = UNIT_POS as usize;
+    let wg = CUBE_DIM as usize;
+    let mut ks = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut vs = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut ps = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut ds = SharedMemory::<f32>::new(WORKGROUP as usize);
+    let mut row = CUBE_POS;
+    while row < rows {
+        let j = row % t;
+        let bg = row / t;
+        let g = bg % kv_heads;
+        let b = bg / kv_heads;
+        sync_cube();
+        if u < dh {
+            ks[u] = k[(b * t + j) * k_stride + k_off + g * dh + u];
+            vs[u] = v[(b * t + j) * v_stride + v_off + g * dh + u];
+        }
+        sync_cube();
+        let mut acc_k = 0.0f32;
+        let mut acc_v = 0.0f32;
+        for hh in 0..group {
+            let h = g * group + hh;
+            let mut c0 = j;
+            while c0 < t {
+                let i = c0 + u;
+                let ii = min(i, t - 1);
+                let sees = i < t && first_key(positions, b, t, ii, window) <= j;
+                let at = (b * heads + h) * t + ii;
+                let s = dot_shared(&ks, q, (b * t + ii) * q_stride + q_off + h * dh, dh) * scale;
+                let p = f32::exp(min(s - lse[at], 0.0f32));
+                let dp = dot_shared(&vs, dy, (b * t + ii) * heads * dh + h * dh, dh);
+                sync_cube();
+                ps[u] = select(sees, p, 0.0f32);
+                ds[u] = select(sees, p * (dp - delta[at]), 0.0f32);
+                sync_cube();
+                if u < dh {
+                    let n = min(wg, t - c0);
+                    for x in 0..n {
+                        let at_x = (b * t + c0 + x) * heads * dh + h * dh + u;
+                        acc_v += ps[x] * dy[at_x];
+                        acc_k += ds[x] * q[(b * t + c0 + x) * q_stride + q_off + h * dh + u];
+                    }
+                }
+                c0 += wg;
+            }
+        }
+        if u < dh {
+            let at = (b * t + j) * kv_heads * dh + g * dh + u;
+            dk[at] = acc_k * scale;
+            dv[at] = acc_v;
+        }
+        row += CUBE_COUNT;
+    }
+}
+
+/// Rotary embedding of `[rows, width]` (heads of `2 half` side by side), row `r` by the angles
+/// of position `positions[r]`: the halves `x1`, `x2` of a head become `x1 cos - x2 sin` and
+/// `x2 cos + x1 sin` (`transformers`' `rotate_half` form); `inverse` rotates back.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn rope_kernel(
+    x: &Array<f32>,
+    out: &mut Array<f32>,
+    positions: &Array<u32>,
+    cos: &Array<f32>,
+    sin: &Array<f32>,
+    n: u32,
+    width: u32,
+    half: u32,
+    #[comptime] inverse: bool,
+) {
+    let n = n as usize;
+    let width = width as usize;
+    let half = half as usize;
+    let stride = CUBE_COUNT * CUBE_DIM as usize;
+    let mut idx = ABSOLUTE_POS;
+    while idx < n {
+        let r = idx / width;
+        let d = (idx - r * width) % (2 * half);
+        let head = idx - d;
+        let i = select(d < half, d, d - half);
+        let at = positions[r] as usize * half + i;
+        let c = cos[at];
+        let mut s = sin[at];
+        if inverse {
+            s = -s;
+        }
+        let x1 = x[head + i];
+        let x2 = x[head + i + half];
+        out[idx] = select(d < half, x1 * c - x2 * s, x2 * c + x1 * s);
+        idx += stride;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Launching.
 
 /// An f32 tensor's elements as one row-major buffer (a copy only when it is a strided view).
@@ -1108,5 +1466,169 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> DeviceOps
             );
         }
         Ok([param, m, v])
+    }
+
+    fn device_attention(
+        q: &FloatTensor<Self>,
+        k: &FloatTensor<Self>,
+        v: &FloatTensor<Self>,
+        l: &AttentionLayout,
+        positions: &[u32],
+    ) -> Option<[FloatTensor<Self>; 2]> {
+        if l.head_dim == 0 || l.head_dim > WORKGROUP as usize {
+            return None;
+        }
+        let (q, k, v) = (dense(q)?, dense(k)?, dense(v)?);
+        assert_eq!(positions.len(), l.batch * l.t, "one position per token");
+        let rows = l.batch * l.heads * l.t;
+        let y = empty_like(&q, Shape::from(vec![l.batch, l.t, l.heads * l.head_dim]));
+        let lse = empty_like(&q, Shape::from(vec![l.batch, l.heads, l.t]));
+        let (count, dim) = rowwise(rows);
+        unsafe {
+            attention_kernel::launch_unchecked::<R>(
+                &q.client.clone(),
+                count,
+                dim,
+                q.into_array_arg(),
+                k.into_array_arg(),
+                v.into_array_arg(),
+                upload(&y, positions),
+                y.clone().into_array_arg(),
+                lse.clone().into_array_arg(),
+                rows as u32,
+                l.t as u32,
+                l.heads as u32,
+                (l.heads / l.kv_heads) as u32,
+                l.head_dim as u32,
+                l.q.0 as u32,
+                l.q.1 as u32,
+                l.k.0 as u32,
+                l.k.1 as u32,
+                l.v.0 as u32,
+                l.v.1 as u32,
+                l.scale,
+                l.window.unwrap_or(0) as u32,
+            );
+        }
+        Some([y, lse])
+    }
+
+    fn device_attention_backward(
+        q: &FloatTensor<Self>,
+        k: &FloatTensor<Self>,
+        v: &FloatTensor<Self>,
+        y: &FloatTensor<Self>,
+        lse: &FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        l: &AttentionLayout,
+        positions: &[u32],
+    ) -> [FloatTensor<Self>; 3] {
+        let [q, k, v, y, lse, dy] =
+            [q.clone(), k.clone(), v.clone(), y.clone(), lse.clone(), dy].map(into_contiguous);
+        let rows = l.batch * l.heads * l.t;
+        let dq = empty_like(&q, Shape::from(vec![l.batch, l.t, l.heads * l.head_dim]));
+        let kv_shape = Shape::from(vec![l.batch, l.t, l.kv_heads * l.head_dim]);
+        let (dk, dv) = (empty_like(&q, kv_shape.clone()), empty_like(&q, kv_shape));
+        let delta = empty_like(&q, Shape::from(vec![rows]));
+        let client = q.client.clone();
+        let scalars = [l.q.0, l.q.1, l.k.0, l.k.1, l.v.0, l.v.1].map(|x| x as u32);
+        let (count, dim) = rowwise(rows);
+        unsafe {
+            attention_dq_kernel::launch_unchecked::<R>(
+                &client,
+                count,
+                dim,
+                q.clone().into_array_arg(),
+                k.clone().into_array_arg(),
+                v.clone().into_array_arg(),
+                upload(&q, positions),
+                y.into_array_arg(),
+                dy.clone().into_array_arg(),
+                lse.clone().into_array_arg(),
+                dq.clone().into_array_arg(),
+                delta.clone().into_array_arg(),
+                rows as u32,
+                l.t as u32,
+                l.heads as u32,
+                (l.heads / l.kv_heads) as u32,
+                l.head_dim as u32,
+                scalars[0],
+                scalars[1],
+                scalars[2],
+                scalars[3],
+                scalars[4],
+                scalars[5],
+                l.scale,
+                l.window.unwrap_or(0) as u32,
+            );
+        }
+        let kv_rows = l.batch * l.kv_heads * l.t;
+        let (count, dim) = rowwise(kv_rows);
+        unsafe {
+            attention_dkv_kernel::launch_unchecked::<R>(
+                &client,
+                count,
+                dim,
+                q.clone().into_array_arg(),
+                k.into_array_arg(),
+                v.into_array_arg(),
+                upload(&q, positions),
+                dy.into_array_arg(),
+                lse.into_array_arg(),
+                delta.into_array_arg(),
+                dk.clone().into_array_arg(),
+                dv.clone().into_array_arg(),
+                kv_rows as u32,
+                l.t as u32,
+                l.heads as u32,
+                (l.heads / l.kv_heads) as u32,
+                l.head_dim as u32,
+                scalars[0],
+                scalars[1],
+                scalars[2],
+                scalars[3],
+                scalars[4],
+                scalars[5],
+                l.scale,
+                l.window.unwrap_or(0) as u32,
+            );
+        }
+        [dq, dk, dv]
+    }
+
+    fn device_rope(
+        x: &FloatTensor<Self>,
+        rope: &RotaryTables,
+        positions: &[u32],
+        inverse: bool,
+    ) -> Option<FloatTensor<Self>> {
+        let x = dense(x)?;
+        let shape = x.shape();
+        let width = shape[shape.num_dims() - 1];
+        let n = shape.num_elements();
+        assert_eq!(positions.len(), n / width, "one position per row");
+        assert!(width % (2 * rope.half) == 0, "rows of whole heads");
+        // The tables' rows up to the largest position used.
+        let used = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        let (cos, sin) = (&rope.cos[..used * rope.half], &rope.sin[..used * rope.half]);
+        let out = empty_like(&x, shape);
+        let (count, dim) = elementwise(n);
+        unsafe {
+            rope_kernel::launch_unchecked::<R>(
+                &x.client.clone(),
+                count,
+                dim,
+                x.into_array_arg(),
+                out.clone().into_array_arg(),
+                upload(&out, positions),
+                upload(&out, cos),
+                upload(&out, sin),
+                n as u32,
+                width as u32,
+                rope.half as u32,
+                inverse,
+            );
+        }
+        Some(out)
     }
 }
