@@ -258,6 +258,81 @@ pub fn check_amax_golden<B: Fp8Kernels>(device: &B::Device) {
     }
 }
 
+/// How a record's tensor reaches the kernel: as the view a layer's operand often is rather than
+/// a fresh tensor.
+#[derive(Clone, Copy, Debug)]
+enum View {
+    /// Its last two dimensions stored the other way round and swapped back (a transposed
+    /// weight, `[out, in]` read as `[in, out]`); records of one dimension are skipped.
+    Transposed,
+    /// The middle third of a buffer whose other thirds hold values 10^6 times larger, which
+    /// must reach neither the amax nor the output (q, k and v as views of `c_attn`'s output).
+    Sliced,
+}
+
+/// Every amax record through a backend's kernel as a `view`: the outputs, amax and bias of the
+/// golden data, bit for bit.
+fn check_amax_golden_views<B: Fp8Kernels>(device: &B::Device, view: View) {
+    use burn::tensor::{Tensor, TensorPrimitive};
+    let mut checked = 0;
+    for (i, r) in amax_records().iter().enumerate() {
+        let n = r.input.len();
+        let tensor = match view {
+            View::Transposed => {
+                let d = r.shape.len();
+                if d < 2 {
+                    continue;
+                }
+                let (rows, cols) = (r.shape[d - 2], r.shape[d - 1]);
+                let mut stored_shape = r.shape.clone();
+                stored_shape.swap(d - 2, d - 1);
+                // Each [rows, cols] matrix stored as its transpose.
+                let mut stored = vec![0f32; n];
+                for (m, chunk) in r.input.chunks(rows * cols).enumerate() {
+                    for a in 0..rows {
+                        for b in 0..cols {
+                            stored[m * rows * cols + b * rows + a] = chunk[a * cols + b];
+                        }
+                    }
+                }
+                let t = B::float_from_data(TensorData::new(stored, stored_shape), device);
+                B::float_swap_dims(t, d - 2, d - 1)
+            }
+            View::Sliced => {
+                let big: Vec<f32> = r.input.iter().map(|x| x * 1e6).collect();
+                let buffer = [big.clone(), r.input.clone(), big].concat();
+                let t = B::float_from_data(TensorData::new(buffer, [3 * n]), device);
+                Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t))
+                    .slice([n..2 * n])
+                    .into_primitive()
+                    .tensor()
+            }
+        };
+        let rule = BiasRule::Amax { margin: r.margin };
+        let (got, stats) = match B::fp8_quantize(tensor, r.format, rule, true) {
+            QuantOutput::Quantized(t, stats) => {
+                let data = burn::tensor::read_sync(B::float_into_data(t)).unwrap();
+                (data.convert::<f32>().into_vec::<f32>().unwrap(), stats)
+            }
+            QuantOutput::NonFinite(_, amax) => panic!("record {i}: non-finite amax {amax}"),
+        };
+        let stats = stats.expect("statistics were asked for");
+        let what = format!("record {i} ({}, {view:?}) on {}", r.format, B::name(device));
+        assert_eq!(stats.amax, r.amax, "{what}: amax");
+        assert_eq!(stats.bias, r.bias, "{what}: bias");
+        assert_all_same(&what, &r.input, &got, &r.output);
+        checked += 1;
+    }
+    // Every format and margin of the file has records of two or more dimensions.
+    assert!(checked >= 200, "only {checked} records checked as {view:?}");
+}
+
+#[test]
+fn ndarray_kernel_matches_amax_golden_on_views() {
+    check_amax_golden_views::<NdArray>(&Default::default(), View::Transposed);
+    check_amax_golden_views::<NdArray>(&Default::default(), View::Sliced);
+}
+
 #[test]
 fn ndarray_kernel_matches_quantize_golden() {
     check_quantize_golden::<NdArray>(&Default::default());
@@ -295,6 +370,14 @@ mod cuda {
         device_kernel();
         super::check_amax_golden::<Cuda>(&Default::default());
     }
+
+    #[test]
+    fn cuda_kernel_matches_amax_golden_on_views() {
+        device_kernel();
+        for view in [super::View::Transposed, super::View::Sliced] {
+            super::check_amax_golden_views::<Cuda>(&Default::default(), view);
+        }
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -309,6 +392,14 @@ mod wgpu {
     #[test]
     fn wgpu_kernel_matches_amax_golden() {
         super::check_amax_golden::<Wgpu>(&Default::default());
+    }
+
+    /// Transposed and sliced views, every format and margin of the golden data.
+    #[test]
+    fn wgpu_kernel_matches_amax_golden_on_views() {
+        for view in [super::View::Transposed, super::View::Sliced] {
+            super::check_amax_golden_views::<Wgpu>(&Default::default(), view);
+        }
     }
 }
 
