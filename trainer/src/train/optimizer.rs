@@ -420,8 +420,18 @@ mod tests {
     #[cfg(feature = "wgpu")]
     #[test]
     fn device_kernel_equals_the_fused_pass() {
+        device_kernel_equals_the_fused_pass_on::<burn::backend::Wgpu>();
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_device_kernel_equals_the_fused_pass() {
+        device_kernel_equals_the_fused_pass_on::<burn::backend::Cuda>();
+    }
+
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    fn device_kernel_equals_the_fused_pass_on<Device: HostTensors>() {
         use crate::model::ops::device::DeviceOps;
-        use burn::backend::Wgpu;
 
         /// Relative to the largest element: a few ulps of f32 (measured: see the assertion's
         /// output); a wrong coefficient or a moment not updated moves results by 1e-3 or more.
@@ -449,15 +459,15 @@ mod tests {
 
         let d = Default::default();
         let t = |x: &[f32]| {
-            Tensor::<Wgpu, 1>::from_data(TensorData::new(x.to_vec(), [x.len()]), &d)
+            Tensor::<Device, 1>::from_data(TensorData::new(x.to_vec(), [x.len()]), &d)
                 .into_primitive()
                 .tensor()
         };
         let [p2, m2, v2] =
-            <Wgpu as DeviceOps>::device_adamw(t(&param), &t(&grad), t(&m), t(&v), &c)
-                .unwrap_or_else(|_| panic!("wgpu runs the AdamW kernel"));
+            <Device as DeviceOps>::device_adamw(t(&param), &t(&grad), t(&m), t(&v), &c)
+                .unwrap_or_else(|_| panic!("the device runs the AdamW kernel"));
         let host = |p| {
-            Tensor::<Wgpu, 1>::from_primitive(TensorPrimitive::Float(p))
+            Tensor::<Device, 1>::from_primitive(TensorPrimitive::Float(p))
                 .into_data()
                 .to_vec::<f32>()
                 .unwrap()

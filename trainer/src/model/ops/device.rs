@@ -351,13 +351,13 @@ impl<B: DeviceOps + Fp8Kernels> DeviceOps for Fp8<B> {
     }
 }
 
-/// Each fused op on wgpu (its device kernels) against the same op on the CPU (the host
+/// Each fused op on wgpu and CUDA (their device kernels) against the same op on the CPU (the host
 /// passes), forward and backward, within the fused ops' tolerance
 /// ([`super::test_util::FUSED_REL_TOL`]). Every call `expect`s the fused path, so a kernel
 /// that declined would fail the test rather than fall back to the composed op.
-#[cfg(all(test, feature = "wgpu"))]
+#[cfg(all(test, any(feature = "wgpu", feature = "cuda")))]
 mod tests {
-    use burn::backend::{Flex, Wgpu};
+    use burn::backend::Flex;
     use fp8_backend::Fp8Kernels;
 
     use super::super::test_util::*;
@@ -589,65 +589,69 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gpt2_attention_on_the_device_equals_the_host_pass() {
-        for arg in [(false, false), (false, true), (true, false), (true, true)] {
-            compare_with(
-                "attention",
-                gpt2_attention::<Flex>,
-                gpt2_attention::<Wgpu>,
-                arg,
-            );
-        }
+    /// The comparisons on one device backend.
+    macro_rules! on_device {
+        ($module:ident, $backend:ty) => {
+            mod $module {
+                use super::*;
+
+                #[test]
+                fn gpt2_attention_on_the_device_equals_the_host_pass() {
+                    for arg in [(false, false), (false, true), (true, false), (true, true)] {
+                        let (host, device) = (gpt2_attention::<Flex>, gpt2_attention::<$backend>);
+                        compare_with("attention", host, device, arg);
+                    }
+                }
+
+                #[test]
+                fn rotary_attention_on_the_device_equals_the_host_pass() {
+                    for arg in [(0, false), (0, true), (1, false), (1, true), (2, true)] {
+                        let host = rotary_attention::<Flex>;
+                        let device = rotary_attention::<$backend>;
+                        compare_with("rotary attention", host, device, arg);
+                    }
+                }
+
+                #[test]
+                fn gelu_and_swiglu_on_the_device_equal_the_host_passes() {
+                    compare("gelu", gelu::<Flex>, gelu::<$backend>, false);
+                    compare("swiglu", swiglu::<Flex>, swiglu::<$backend>, false);
+                }
+
+                #[test]
+                fn norms_on_the_device_equal_the_host_passes() {
+                    for wide in [true, false] {
+                        compare(
+                            "layer norm",
+                            layer_norm::<Flex>,
+                            layer_norm::<$backend>,
+                            wide,
+                        );
+                        compare("rms norm", rms_norm::<Flex>, rms_norm::<$backend>, wide);
+                    }
+                }
+
+                #[test]
+                fn causal_softmax_on_the_device_equals_the_host_pass() {
+                    for wide in [true, false] {
+                        let (host, device) = (causal_softmax::<Flex>, causal_softmax::<$backend>);
+                        compare("causal softmax", host, device, wide);
+                    }
+                }
+
+                #[test]
+                fn cross_entropy_on_the_device_equals_the_host_pass() {
+                    for weighted in [false, true] {
+                        let (host, device) = (cross_entropy::<Flex>, cross_entropy::<$backend>);
+                        compare("cross-entropy", host, device, weighted);
+                    }
+                }
+            }
+        };
     }
 
-    #[test]
-    fn rotary_attention_on_the_device_equals_the_host_pass() {
-        for arg in [(0, false), (0, true), (1, false), (1, true), (2, true)] {
-            compare_with(
-                "rotary attention",
-                rotary_attention::<Flex>,
-                rotary_attention::<Wgpu>,
-                arg,
-            );
-        }
-    }
-
-    #[test]
-    fn gelu_and_swiglu_on_the_device_equal_the_host_passes() {
-        compare("gelu", gelu::<Flex>, gelu::<Wgpu>, false);
-        compare("swiglu", swiglu::<Flex>, swiglu::<Wgpu>, false);
-    }
-
-    #[test]
-    fn norms_on_the_device_equal_the_host_passes() {
-        for wide in [true, false] {
-            compare("layer norm", layer_norm::<Flex>, layer_norm::<Wgpu>, wide);
-            compare("rms norm", rms_norm::<Flex>, rms_norm::<Wgpu>, wide);
-        }
-    }
-
-    #[test]
-    fn causal_softmax_on_the_device_equals_the_host_pass() {
-        for wide in [true, false] {
-            compare(
-                "causal softmax",
-                causal_softmax::<Flex>,
-                causal_softmax::<Wgpu>,
-                wide,
-            );
-        }
-    }
-
-    #[test]
-    fn cross_entropy_on_the_device_equals_the_host_pass() {
-        for weighted in [false, true] {
-            compare(
-                "cross-entropy",
-                cross_entropy::<Flex>,
-                cross_entropy::<Wgpu>,
-                weighted,
-            );
-        }
-    }
+    #[cfg(feature = "wgpu")]
+    on_device!(wgpu, burn::backend::Wgpu);
+    #[cfg(feature = "cuda")]
+    on_device!(cuda, burn::backend::Cuda);
 }
