@@ -337,17 +337,18 @@ mod tests {
 
     use super::*;
 
-    /// The fused CPU passes and the tensor-op default compute the same bits.
-    #[test]
-    fn fused_kernels_equal_the_tensor_op_update() {
+    /// Deterministic values in [-1, 1) times `scale`, over three chunks and a tail.
+    fn case_values(seed: u32, scale: f32) -> Vec<f32> {
         let n = 3 * CHUNK + 17;
-        let values = |seed: u32, scale: f32| -> Vec<f32> {
-            (0..n as u32)
-                .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
-                .map(|x| x * scale)
-                .collect()
-        };
-        let c = Coefficients {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+            .map(|x| x * scale)
+            .collect()
+    }
+
+    /// A mid-training update: clipped gradient, weight decay.
+    fn case_coefficients() -> Coefficients {
+        Coefficients {
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
@@ -355,7 +356,13 @@ mod tests {
             bc2_sqrt: (1.0f32 - 0.95f32.powi(2)).sqrt(),
             decay: 1.0 - 1e-4,
             grad_scale: 0.37,
-        };
+        }
+    }
+
+    /// The fused CPU passes and the tensor-op default compute the same bits.
+    #[test]
+    fn fused_kernels_equal_the_tensor_op_update() {
+        let (values, c) = (case_values, case_coefficients());
         let inputs = [
             values(1, 1.0),
             values(2, 0.01),
@@ -436,22 +443,7 @@ mod tests {
         /// Relative to the largest element: a few ulps of f32 (measured: see the assertion's
         /// output); a wrong coefficient or a moment not updated moves results by 1e-3 or more.
         const DEVICE_ADAMW_REL_TOL: f32 = 1e-6;
-        let n = 3 * CHUNK + 17;
-        let values = |seed: u32, scale: f32| -> Vec<f32> {
-            (0..n as u32)
-                .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
-                .map(|x| x * scale)
-                .collect()
-        };
-        let c = Coefficients {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            step_size: 1e-3 / 0.19,
-            bc2_sqrt: (1.0f32 - 0.95f32.powi(2)).sqrt(),
-            decay: 1.0 - 1e-4,
-            grad_scale: 0.37,
-        };
+        let (values, c) = (case_values, case_coefficients());
         let (param, grad, m) = (values(1, 1.0), values(2, 0.01), values(3, 1e-3));
         let v: Vec<f32> = values(4, 1e-5).iter().map(|x| x.abs()).collect();
         let (mut want_p, mut want_m, mut want_v) = (param.clone(), m.clone(), v.clone());
