@@ -30,6 +30,14 @@ impl Batch {
         [self.batch, self.seq]
     }
 
+    /// Number of real input tokens (padding left out): what the metrics' `tokens` count.
+    pub fn num_tokens(&self) -> usize {
+        match &self.attention_mask {
+            None => self.batch * self.seq,
+            Some(m) => m.iter().filter(|&&real| real).count(),
+        }
+    }
+
     /// Number of targets that count in the loss.
     pub fn num_loss_tokens(&self) -> usize {
         match &self.loss_mask {
@@ -240,5 +248,19 @@ mod tests {
             batch.loss_weight()
         );
         assert_eq!(share.loss_weight(), 5.0);
+    }
+
+    #[test]
+    fn num_tokens_leaves_padding_out() {
+        let mut batch = Batch::padded(3, 4, 0);
+        batch.set_example_row(0, &[1, 2], &[3]);
+        batch.set_example_row(1, &[4], &[5, 6, 7]);
+        batch.set_example_row(2, &[8, 9], &[10, 11]);
+        // Each example's inputs are its tokens but the last: 2 + 3 + 3 of 12 positions.
+        assert_eq!(batch.num_tokens(), 8);
+        assert_eq!(batch.rows(1, 3).num_tokens(), 6);
+        // A window of a language-model stream has no padding.
+        batch.attention_mask = None;
+        assert_eq!(batch.num_tokens(), 12);
     }
 }

@@ -39,7 +39,7 @@ pub struct StepGrads<B: Backend> {
     pub grads: Vec<Option<Tensor<B, 1>>>,
     /// Each gradient's sum of squares (f32 on the device; 0 for `None`).
     pub sum_squares: Vec<f64>,
-    /// Input tokens consumed.
+    /// Real input tokens consumed (padding not counted).
     pub tokens: u64,
     /// What the FP8 layers saw.
     pub report: Fp8Report,
@@ -82,7 +82,7 @@ pub struct Share {
     /// The share of the micro-batch's loss weight (loss tokens) that these rows hold: the
     /// peers' weighted mean losses add up to the whole micro-batch's mean. 1 on one device.
     pub weight: f32,
-    /// Input tokens of the whole micro-batch (every peer's rows).
+    /// Real input tokens of the whole micro-batch (every peer's rows; padding not counted).
     pub tokens: u64,
 }
 
@@ -90,7 +90,7 @@ impl Share {
     /// The whole batch, on one device.
     pub fn whole(batch: Batch) -> Self {
         Self {
-            tokens: (batch.batch * batch.seq) as u64,
+            tokens: batch.num_tokens() as u64,
             batch,
             weight: 1.0,
         }
@@ -109,6 +109,7 @@ impl Share {
         );
         let rows = batch.batch / peers;
         let total = batch.loss_weight();
+        let tokens = batch.num_tokens() as u64;
         (0..peers)
             .map(|p| {
                 let part = batch.rows(p * rows, (p + 1) * rows);
@@ -120,7 +121,7 @@ impl Share {
                 Self {
                     batch: part,
                     weight,
-                    tokens: (batch.batch * batch.seq) as u64,
+                    tokens,
                 }
             })
             .collect()

@@ -86,6 +86,15 @@ fn a_packed_chat_job_trains_states_its_padding_and_evaluates_to_the_unpacked_los
     assert_eq!(losses.len(), 4);
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert_ne!(losses[0], losses[3]);
+    // `tokens` counts real tokens, not window positions: below 4 steps x 4 rows x 256 for both
+    // (both pad), and more for the packed job, whose windows hold more of the data.
+    let tokens = |m: &[Vec<String>]| -> u64 { m.last().unwrap()[1].parse().unwrap() };
+    let (tp, tu) = (tokens(&packed), tokens(&plain));
+    println!(
+        "tokens after 4 steps: packed {tp}, unpacked {tu}, positions {}",
+        4 * 4 * 256
+    );
+    assert!(tu < tp && tp < 4 * 4 * 256, "packed {tp}, unpacked {tu}");
 }
 
 #[test]
