@@ -30,7 +30,7 @@
 use burn::tensor::ops::FloatTensor;
 
 use crate::context::{self, current_policy, current_stats, next_call};
-use crate::format::Role;
+use crate::format::{Fp8Format, Role};
 use crate::kernel::{self, Fp8Kernels, QuantOutput};
 use crate::policy::{Fp8Policy, Precision};
 use crate::profile::gemm;
@@ -79,6 +79,20 @@ fn operand_cast<B: Fp8Kernels>(
 }
 
 // ---- named layers ---------------------------------------------------------------------------
+
+/// The FP8 formats of a named layer's GEMM operands (`lhs`, `rhs`) under `policy`, for
+/// [`Fp8Kernels::fp8_matmul`]; `None` when either is not cast to FP8.
+fn gemm_formats(policy: &Fp8Policy, lhs: Role, rhs: Role) -> Option<(Fp8Format, Fp8Format)> {
+    if policy.mode == Precision::Bf16 {
+        return None;
+    }
+    Some((policy.rule_for(lhs)?.0, policy.rule_for(rhs)?.0))
+}
+
+/// The policy a forward ran under.
+fn policy_of<B: Fp8Kernels>(saved: &SavedLinear<B>) -> &Fp8Policy {
+    saved.recording.policy.as_ref()
+}
 
 /// Casts an operand of the named layer `site`; returns the bias applied, when the cast was made.
 /// Under `fp8-delayed` the bias comes from the tensor's amax history (or from its own amax when
@@ -241,7 +255,11 @@ pub fn site_forward<B: Fp8Kernels>(
         },
         recording,
     };
-    (gemm(|| kernel::linear::<B>(x, weight, bias)), saved)
+    let formats = gemm_formats(policy_of(&saved), Role::Activation, Role::Weight);
+    (
+        gemm(|| kernel::linear::<B>(x, weight, bias, formats)),
+        saved,
+    )
 }
 
 /// The cast of an FP8-stored weight in the forward of `site`, when the policy casts the weight
@@ -358,12 +376,14 @@ pub fn site_backward<B: Fp8Kernels>(
                 }
             }
         };
-        gemm(|| kernel::linear_x_backward::<B>(w, dy.clone()))
+        let formats = gemm_formats(policy, Role::Gradient, Role::Weight);
+        gemm(|| kernel::linear_x_backward::<B>(w, dy.clone(), formats))
     });
     // One GEMM over all rows: [N, in]^T @ [N, out], N the product of the batch dimensions.
+    let formats = gemm_formats(policy, Role::Activation, Role::Gradient);
     let dw = saved
         .x
-        .map(|x| gemm(|| kernel::linear_weight_backward::<B>(x, dy)));
+        .map(|x| gemm(|| kernel::linear_weight_backward::<B>(x, dy, formats)));
     (dx, dw)
 }
 

@@ -53,7 +53,7 @@ const STATS_LEN: usize = 5;
 const SIGN_BIT: u32 = 0x8000_0000;
 const ABS_MASK: u32 = 0x7fff_ffff;
 /// Bits of +infinity; above it lie the NaNs.
-const INF_BITS: u32 = 0x7f80_0000;
+pub(super) const INF_BITS: u32 = 0x7f80_0000;
 const MANTISSA_MASK: u32 = 0x007f_ffff;
 
 /// Largest |x| as bits over the first `n` elements, per unit over a grid-strided range, then per
@@ -90,7 +90,7 @@ fn amax_kernel(input: &Array<f32>, stats: &mut Array<Atomic<u32>>, n: u32) {
 /// for a zero amax. `amax_bits` must be finite. floor(log2) comes from exponent fields: the
 /// difference of the binary exponents, one less when amax's significand exceeds max's.
 #[cube]
-fn bias_from_amax(amax_bits: u32, max_bits: u32, margin: i32) -> i32 {
+pub(super) fn bias_from_amax(amax_bits: u32, max_bits: u32, margin: i32) -> i32 {
     // f32 subnormals have no implicit bit: normalize them with the leading-zero count so that
     // their exponent and significand compare like any other (never reached in practice, since
     // their bias clips to 31, but it keeps the function exact).
@@ -114,7 +114,7 @@ fn bias_from_amax(amax_bits: u32, max_bits: u32, margin: i32) -> i32 {
 
 /// Fake quantization of one f32 given as bits, scaled by 2^bias (`CastParams::cast`).
 #[cube]
-fn cast_one(
+pub(super) fn cast_one(
     bits: u32,
     scale: f32,
     unscale: f32,
@@ -253,6 +253,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Fp8Kernels
             Ok((out, stats)) => QuantOutput::Quantized(out, stats),
             Err(NonFiniteAmax { amax }) => QuantOutput::NonFinite(tensor, amax),
         }
+    }
+
+    /// On FP8 tensor cores (`mma.rs`) with feature `fp8-mma`, where the device has them, the
+    /// formats are OCP's and `FP8_GPU_GEMM` does not ask for `f32`; else the f32 GEMM.
+    #[cfg(feature = "fp8-mma")]
+    fn fp8_matmul(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        formats: (Fp8Format, Fp8Format),
+    ) -> FloatTensor<Self> {
+        use super::mma::{fp8_gemm, gpu_gemm_f32, GemmEngine};
+        if !gpu_gemm_f32() {
+            if let Some(out) = fp8_gemm(lhs.clone(), rhs.clone(), formats, GemmEngine::Mma) {
+                return out;
+            }
+        }
+        Self::matmul(lhs, rhs)
     }
 }
 

@@ -15,6 +15,8 @@ mod flex;
 mod ndarray;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use cube::CUDA_KERNEL_ENV;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod mma;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
@@ -123,6 +125,19 @@ pub trait Fp8Kernels: Backend {
         Self::float_matmul(lhs, rhs)
     }
 
+    /// [`Self::matmul`] of two FP8 operands: `lhs` and `rhs` on the grids of `formats` (in that
+    /// order), as the casts of a named FP8 layer's GEMM made them. The default is
+    /// [`Self::matmul`]; Burn's cubecl backends built with feature `fp8-mma` multiply them on
+    /// FP8 tensor cores where the device has them and the formats are OCP's (`mma.rs`).
+    fn fp8_matmul(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        formats: (Fp8Format, Fp8Format),
+    ) -> FloatTensor<Self> {
+        let _ = formats;
+        Self::matmul(lhs, rhs)
+    }
+
     /// `lhs @ W` (`lhs @ W^T` when `transpose`) for an FP8-stored weight `W` (`[d_input,
     /// d_output]`; [`crate::Fp8Weight`]), `lhs` 2-D as [`Self::fp8_quantize_operand`] gave it:
     /// the same bits as [`Self::matmul`] of `lhs` and the weight's cast. The default decodes
@@ -185,14 +200,17 @@ pub fn linear_x_backward_stored<B: Fp8Kernels>(
 
 /// `x [..., in] @ weight [in, out] (+ bias [out])` as one 2-D product over all rows: the linear
 /// layer of named FP8 layers (and, in f32, of the model's projections without one).
+///
+/// `formats` are x's and W's FP8 formats when they are FP8 operands ([`Fp8Kernels::fp8_matmul`]).
 pub fn linear<B: Fp8Kernels>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     bias: Option<FloatTensor<B>>,
+    formats: Option<(Fp8Format, Fp8Format)>,
 ) -> FloatTensor<B> {
     let shape = x.shape();
     let out = weight.shape()[1];
-    let y = B::matmul(rows::<B>(x), weight);
+    let y = product::<B>(rows::<B>(x), weight, formats);
     let y = match bias {
         Some(bias) => B::float_add(y, B::float_reshape(bias, Shape::new([1, out]))),
         None => y,
@@ -200,26 +218,39 @@ pub fn linear<B: Fp8Kernels>(
     B::float_reshape(y, last_dim(&shape, out))
 }
 
-/// dX of [`linear`]: `dY @ W^T`, in dY's leading shape.
+/// dX of [`linear`]: `dY @ W^T`, in dY's leading shape (`formats`: dY's and W's).
 pub fn linear_x_backward<B: Fp8Kernels>(
     weight: FloatTensor<B>,
     output_grad: FloatTensor<B>,
+    formats: Option<(Fp8Format, Fp8Format)>,
 ) -> FloatTensor<B> {
     let shape = output_grad.shape();
     let d_in = weight.shape()[0];
-    let dx = B::matmul(rows::<B>(output_grad), B::float_swap_dims(weight, 0, 1));
+    let w_t = B::float_swap_dims(weight, 0, 1);
+    let dx = product::<B>(rows::<B>(output_grad), w_t, formats);
     B::float_reshape(dx, last_dim(&shape, d_in))
 }
 
-/// dW of [`linear`]: `X^T @ dY` over all rows.
+/// dW of [`linear`]: `X^T @ dY` over all rows (`formats`: X's and dY's).
 pub fn linear_weight_backward<B: Fp8Kernels>(
     x: FloatTensor<B>,
     output_grad: FloatTensor<B>,
+    formats: Option<(Fp8Format, Fp8Format)>,
 ) -> FloatTensor<B> {
-    B::matmul(
-        B::float_swap_dims(rows::<B>(x), 0, 1),
-        rows::<B>(output_grad),
-    )
+    let x_t = B::float_swap_dims(rows::<B>(x), 0, 1);
+    product::<B>(x_t, rows::<B>(output_grad), formats)
+}
+
+/// [`Fp8Kernels::fp8_matmul`] for FP8 operands, else [`Fp8Kernels::matmul`].
+fn product<B: Fp8Kernels>(
+    lhs: FloatTensor<B>,
+    rhs: FloatTensor<B>,
+    formats: Option<(Fp8Format, Fp8Format)>,
+) -> FloatTensor<B> {
+    match formats {
+        Some(formats) => B::fp8_matmul(lhs, rhs, formats),
+        None => B::matmul(lhs, rhs),
+    }
 }
 
 /// `[d0, ..., dk, n] -> [d0 * ... * dk, n]` (a view where the tensor is contiguous).

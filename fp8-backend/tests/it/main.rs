@@ -18,6 +18,7 @@ mod delayed_scaling;
 mod device_kernel;
 mod device_linear;
 mod flex_kernels;
+mod fp8_mma;
 mod generated_ops;
 mod golden;
 mod named_layers;
