@@ -453,6 +453,10 @@ impl<B: DeviceBackend> Start<'_, B> {
                 }
             );
         }
+        #[cfg(feature = "cuda")]
+        if job.device == crate::device::Device::Cuda && job.precision.is_fp8() {
+            log::info!("FP8 GEMMs on cuda: {}", cuda_fp8_gemm(job.precision.family));
+        }
         if job.device == crate::device::Device::Cpu && job.precision.is_on() {
             use fp8_backend::kernel::bf16_gemm::{CpuGemm, CPU_GEMM_ENV};
             log::info!(
@@ -523,4 +527,24 @@ impl<B: DeviceBackend> Start<'_, B> {
             ),
         }
     }
+}
+
+/// Which GEMM multiplies the FP8 layers' operands on CUDA, for the start-up log: FP8 tensor cores
+/// (feature `fp8-mma`, OCP formats; fp8-backend's `kernel/mma.rs`) or f32 products of the FP8
+/// values, and why.
+#[cfg(feature = "cuda")]
+fn cuda_fp8_gemm(family: fp8_backend::Fp8Family) -> &'static str {
+    if !cfg!(feature = "fp8-mma") {
+        return "f32 products of the FP8 values (a build with --features fp8-mma uses FP8 tensor \
+                cores for the ocp formats)";
+    }
+    if family == fp8_backend::Fp8Family::Graphcore {
+        return "f32 products of the FP8 values (the graphcore formats have no tensor-core \
+                equivalent; \"family\": \"ocp\" has)";
+    }
+    if fp8_backend::kernel::mma::gpu_gemm_f32() {
+        return "f32 products of the FP8 values (FP8_GPU_GEMM=f32)";
+    }
+    "FP8 tensor cores (mma.sync E4M3/E5M2, f32 accumulation) where the GPU has them (sm_89 and \
+     later; f32 products elsewhere); not yet run on a GPU"
 }
