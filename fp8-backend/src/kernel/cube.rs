@@ -51,7 +51,7 @@ const SATURATED: usize = 4;
 const STATS_LEN: usize = 5;
 
 const SIGN_BIT: u32 = 0x8000_0000;
-const ABS_MASK: u32 = 0x7fff_ffff;
+pub(super) const ABS_MASK: u32 = 0x7fff_ffff;
 /// Bits of +infinity; above it lie the NaNs.
 pub(super) const INF_BITS: u32 = 0x7f80_0000;
 const MANTISSA_MASK: u32 = 0x007f_ffff;
@@ -69,8 +69,19 @@ fn amax_kernel(input: &Array<f32>, stats: &mut Array<Atomic<u32>>, n: u32) {
         i += stride;
     }
 
+    max_over_workgroup(m, stats, AMAX);
+}
+
+/// The largest `value` of the workgroup's units (a power of two, at most [`WORKGROUP`]), reduced
+/// in shared memory, then one atomic max into `stats[slot]`.
+#[cube]
+pub(super) fn max_over_workgroup(
+    value: u32,
+    stats: &mut Array<Atomic<u32>>,
+    #[comptime] slot: usize,
+) {
     let mut shared = SharedMemory::<u32>::new(WORKGROUP as usize);
-    shared[UNIT_POS as usize] = m;
+    shared[UNIT_POS as usize] = value;
     sync_cube();
     let mut active = CUBE_DIM / 2;
     while active > 0 {
@@ -82,7 +93,7 @@ fn amax_kernel(input: &Array<f32>, stats: &mut Array<Atomic<u32>>, n: u32) {
         active /= 2;
     }
     if UNIT_POS == 0 {
-        stats[AMAX].fetch_max(shared[0]);
+        stats[slot].fetch_max(shared[0]);
     }
 }
 

@@ -37,7 +37,7 @@ use cubecl::ir::MatrixIdent;
 use cubecl::prelude::*;
 use cubecl::{e4m3, e5m2};
 
-use super::cube::{bias_from_amax, cast_one, INF_BITS};
+use super::cube::{bias_from_amax, cast_one, max_over_workgroup, ABS_MASK, INF_BITS};
 use crate::format::Fp8Format;
 
 /// Output rows and columns of one block.
@@ -283,24 +283,10 @@ fn strided_amax_kernel(
         let r = i as u32 / cols;
         let c = i as u32 % cols;
         let x = input[(r * row_stride + c * col_stride) as usize];
-        m = max(m, u32::reinterpret(x) & 0x7fff_ffffu32);
+        m = max(m, u32::reinterpret(x) & ABS_MASK);
         i += stride;
     }
-    let mut shared = SharedMemory::<u32>::new(UNITS as usize);
-    shared[UNIT_POS as usize] = m;
-    sync_cube();
-    let mut active = CUBE_DIM / 2;
-    while active > 0 {
-        if UNIT_POS < active {
-            let other = shared[(UNIT_POS + active) as usize];
-            shared[UNIT_POS as usize] = max(shared[UNIT_POS as usize], other);
-        }
-        sync_cube();
-        active /= 2;
-    }
-    if UNIT_POS == 0 {
-        stats[slot].fetch_max(shared[0]);
-    }
+    max_over_workgroup(m, stats, slot);
 }
 
 /// 2^e for a small integer `e`, from the exponent field.
