@@ -59,14 +59,16 @@ const ACC: usize = 32;
 const SLICE: u32 = (BM * BK) as u32;
 const PER_UNIT: u32 = SLICE / UNITS;
 
-/// The environment variable that keeps the named layers' GEMMs in f32 on a device with FP8
-/// MMA (`f32`), for comparison (as `FP8_CPU_GEMM` does on the CPU).
-pub const GPU_GEMM_ENV: &str = "FP8_GPU_GEMM";
-
-/// Whether [`GPU_GEMM_ENV`] asks for the f32 GEMM (read once).
+/// Whether `FP8_GPU_GEMM` ([`super::GPU_GEMM_ENV`]) asks for the f32 GEMM, read once (an
+/// unknown value means the default, with a warning; the trainer rejects it before anything runs).
 pub fn gpu_gemm_f32() -> bool {
     static F32: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *F32.get_or_init(|| std::env::var(GPU_GEMM_ENV).is_ok_and(|v| v == "f32"))
+    *F32.get_or_init(|| {
+        super::gpu_gemm_f32_from_env().unwrap_or_else(|e| {
+            log::warn!("{}: {e}; using the default", super::GPU_GEMM_ENV);
+            false
+        })
+    })
 }
 
 /// How [`fp8_gemm`] multiplies.

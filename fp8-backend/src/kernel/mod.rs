@@ -18,6 +18,22 @@ pub use cube::CUDA_KERNEL_ENV;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod mma;
 
+/// The environment variable that keeps the named layers' GEMMs on a GPU with FP8 MMA in f32
+/// (`f32`) instead of on the tensor cores (`auto`, or unset), for comparison; read by builds with
+/// feature `fp8-mma` (`mma.rs`), as `FP8_CPU_GEMM` is on the CPU.
+pub const GPU_GEMM_ENV: &str = "FP8_GPU_GEMM";
+
+/// Whether [`GPU_GEMM_ENV`] asks for the f32 GEMM, or why its value is not understood.
+pub fn gpu_gemm_f32_from_env() -> Result<bool, String> {
+    match std::env::var(GPU_GEMM_ENV).unwrap_or_default().as_str() {
+        "" | "auto" => Ok(false),
+        "f32" => Ok(true),
+        other => Err(format!(
+            "{other:?} is not one of \"auto\", \"f32\" (unset: \"auto\")"
+        )),
+    }
+}
+
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{DType, ElementConversion, FloatDType, Shape, TensorData, TensorMetadata};

@@ -100,6 +100,12 @@ pub fn run(
         flag: fp8_backend::kernel::bf16_gemm::CPU_GEMM_ENV,
         message,
     })?;
+    // And on a GPU with FP8 MMA (builds with `fp8-mma`); checked in every build, so that a
+    // misspelt value is found before a GPU job rather than on the GPU.
+    fp8_backend::kernel::gpu_gemm_f32_from_env().map_err(|message| Error::Argument {
+        flag: fp8_backend::kernel::GPU_GEMM_ENV,
+        message,
+    })?;
     match command {
         Command::Train(args) => train::run_train(&args, stop, progress),
         Command::Compare(args) => Ok(match compare::run_compare(&args, stop, progress)? {

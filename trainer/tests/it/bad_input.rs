@@ -259,3 +259,19 @@ fn an_unknown_fp8_cpu_gemm_exits_2_naming_it() {
     );
     assert!(!out.exists(), "nothing written");
 }
+
+/// Likewise an `FP8_GPU_GEMM` that is not `auto` or `f32`, in any build (the variable only
+/// matters to builds with `fp8-mma`, but a misspelling should not wait for a GPU to show).
+#[test]
+fn an_unknown_fp8_gpu_gemm_exits_2_naming_it() {
+    let out = common::scratch_dir("cli-bad-gpu-gemm").join("logits.json");
+    let output = Command::new(common::trainer_bin())
+        .env("FP8_GPU_GEMM", "fp8")
+        .args(["logits", "--checkpoint", &fixture(), "--tokens", "1,2"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_exit("FP8_GPU_GEMM=fp8", &output, 2, &["FP8_GPU_GEMM", "\"fp8\""]);
+    assert!(!out.exists(), "nothing written");
+}
