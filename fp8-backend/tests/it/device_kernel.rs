@@ -4,6 +4,7 @@
 //! Mesa's lavapipe, `apt-get install mesa-vulkan-drivers`) and on CUDA (`scripts/device-check`).
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
+use crate::common::download;
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
@@ -44,14 +45,6 @@ fn upload<B: Backend>(values: &[f32], shape: Vec<usize>) -> FloatTensor<B> {
         TensorData::new(values.to_vec(), Shape::from(shape)),
         &Default::default(),
     )
-}
-
-fn download<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
-    burn::tensor::read_sync(B::float_into_data(t))
-        .expect("reading a tensor back")
-        .convert::<f32>()
-        .into_vec()
-        .expect("f32 data")
 }
 
 /// Output values and statistics, or the non-finite amax and the returned tensor's values.

@@ -9,14 +9,13 @@
 //! skipped it (`scripts/device-check` runs these on an H100 or H200).
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
-use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Shape, TensorData};
 use burn_cubecl::{CubeBackend, CubeRuntime};
 use fp8_backend::kernel::mma::{fp8_gemm, mma_supported, GemmEngine};
 use fp8_backend::Fp8Format;
 
-use crate::common::{q, values};
+use crate::common::{download, q, values};
 
 /// u, the unit roundoff of f32.
 const U: f64 = 1.0 / (1u64 << 24) as f64;
@@ -79,14 +78,6 @@ fn matrix<R: CubeRuntime>(
     }
     let data = TensorData::new(stored, Shape::new([cols, rows]));
     Cube::<R>::float_swap_dims(Cube::<R>::float_from_data(data, &device), 0, 1)
-}
-
-fn download<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
-    burn::tensor::read_sync(B::float_into_data(t))
-        .expect("reading a tensor back")
-        .convert::<f32>()
-        .into_vec()
-        .expect("f32 data")
 }
 
 /// For each output, the f64 product and sum_k |a_k b_k|.

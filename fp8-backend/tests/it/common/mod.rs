@@ -59,3 +59,15 @@ pub fn cuda_device_kernel() {
     static SET: std::sync::Once = std::sync::Once::new();
     SET.call_once(|| std::env::set_var(fp8_backend::kernel::CUDA_KERNEL_ENV, "device"));
 }
+
+/// A device tensor's values, read back to the host as f32 (the wgpu and CUDA tests).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn download<B: burn::tensor::backend::Backend>(
+    t: burn::tensor::ops::FloatTensor<B>,
+) -> Vec<f32> {
+    burn::tensor::read_sync(B::float_into_data(t))
+        .expect("reading a tensor back")
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32 data")
+}
