@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use fp8_backend::{Fp8Policy, Precision};
+use fp8_backend::{BaseStorage, Fp8Policy, Precision};
 
 use crate::error::{Error, Exit};
 use crate::model::ModelConfig;
@@ -196,6 +196,73 @@ pub fn cscale_bias_arg(s: &str) -> Result<i32, String> {
 /// formats, margins 0/0/3, CSCALE bias 0, every layer).
 fn policy_of(precision: Precision) -> Fp8Policy {
     Fp8Policy::with_mode(precision)
+}
+
+/// `--base-storage` of `eval` and `generate` (clap's parser: a bad value is a usage error,
+/// exit 2).
+pub fn base_storage_arg(s: &str) -> Result<BaseStorage, String> {
+    match s {
+        "f32" => Ok(BaseStorage::F32),
+        "fp8" => Ok(BaseStorage::Fp8),
+        other => Err(format!("`{other}` is not one of f32, fp8")),
+    }
+}
+
+/// What loads the projection weights of an inference model (`eval`, `generate`) as their FP8
+/// cast under `policy` (`--base-storage fp8`; docs/design.md, "FP8-stored base weights"): the
+/// same cast the forward makes of the f32 weight at every call, made once as the checkpoint is
+/// read, so the f32 projections are never whole in memory. `None` for `f32`. Refused (exit 2,
+/// naming the flag) where the forward would not cast the weight so: a precision without FP8
+/// casts, and `fp8-delayed`, whose weight bias comes from the checkpoint's amax history rather
+/// than the weight's own amax.
+fn inference_storage(
+    checkpoint: &std::path::Path,
+    policy: &mut Fp8Policy,
+    storage: BaseStorage,
+) -> Result<Option<crate::model::base_storage::BaseStorage>, Error> {
+    if storage == BaseStorage::F32 {
+        return Ok(None);
+    }
+    let refuse = |message: String| Error::Argument {
+        flag: "--base-storage",
+        message,
+    };
+    if policy.rule_for(fp8_backend::Role::Weight).is_none() {
+        return Err(refuse(format!(
+            "fp8 keeps each projection weight as the FP8 cast the precision makes of it, and \
+             {} makes none: use an FP8 precision (fp8-amax, fp8-cscale), or f32",
+            policy.mode
+        )));
+    }
+    if policy.mode == Precision::Fp8Delayed {
+        return Err(refuse(
+            "fp8 is not offered with fp8-delayed: its weight casts take their bias from the \
+             checkpoint's amax history, not from the weight's own amax, so no cast made at load \
+             time is theirs; use f32"
+                .into(),
+        ));
+    }
+    policy.base_storage = BaseStorage::Fp8;
+    let config = crate::job::assemble::model_config_of_checkpoint(checkpoint)?;
+    Ok(crate::model::base_storage::BaseStorage::new(
+        &config, policy,
+    ))
+}
+
+/// The line that says how many projection weights of an inference model are FP8-stored, if
+/// any are.
+fn stored_base_line<B: burn::tensor::backend::Backend>(
+    model: &crate::model::Model<B>,
+) -> Option<String> {
+    let (stored, bytes) = model.stored_base();
+    (stored > 0).then(|| {
+        format!(
+            "base storage: {stored} projection weights as their FP8 cast, {:.1} MB (f32: {:.1} \
+             MB)",
+            bytes as f64 / 1e6,
+            4.0 * bytes as f64 / 1e6
+        )
+    })
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 //! the f32 base is never whole in memory. [`Projection::store_fp8`] makes the same cast of a
 //! weight already loaded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::TensorData;
 use fp8_backend::{BiasRule, Fp8Format, Fp8Policy, Fp8Weight, Role};
 
+use super::config::FileTensor;
 use super::{CausalLm, Model, ModelConfig, Projection};
 
 /// The FP8 cast of a projection weight of `stored_dims` in its checkpoint layout (`[d_input,
@@ -43,8 +44,10 @@ pub struct BaseStorage {
     rule: BiasRule,
     /// Whether the family stores projection weights as `[d_output, d_input]` (`nn.Linear`).
     transposed: bool,
-    /// Parameter names (`{projection}.weight`) of the FP8 projections.
-    names: HashSet<String>,
+    /// The FP8 projections' weights: parameter name in the module tree (what a checkpoint's
+    /// tensor loads as: GPT-2's carry the `transformer.` prefix) -> `{projection}.weight`, the
+    /// key [`Self::attach`] looks up.
+    names: HashMap<String, String>,
     stored: HashMap<String, Fp8Weight>,
 }
 
@@ -58,7 +61,14 @@ impl BaseStorage {
         let (format, rule) = policy.rule_for(Role::Weight)?;
         let names = (config.projection_names().into_iter())
             .filter(|name| policy.layers.matches(name))
-            .map(|name| format!("{name}.weight"))
+            .map(|name| {
+                let key = format!("{name}.weight");
+                let param = match config.file_tensor(&key) {
+                    FileTensor::Param(param) => param,
+                    FileTensor::Buffer | FileTensor::TiedHead { .. } => key.clone(),
+                };
+                (param, key)
+            })
             .collect();
         Some(Self {
             format,
@@ -73,15 +83,15 @@ impl BaseStorage {
     /// empty placeholder once its cast is kept (an error names a weight holding an infinity or
     /// NaN).
     pub fn take(&mut self, name: &str, data: TensorData) -> Result<TensorData, String> {
-        if !self.names.contains(name) {
+        let Some(key) = self.names.get(name) else {
             return Ok(data);
-        }
+        };
         let values = data.as_slice::<f32>().expect("projection weights are f32");
         let dims = [data.shape[0], data.shape[1]];
         let stored = encode(values, dims, self.transposed, self.format, self.rule)
             .map_err(|e| format!("{name}: {e}"))?;
         drop(data);
-        self.stored.insert(name.to_string(), stored);
+        self.stored.insert(key.clone(), stored);
         Ok(TensorData::new(Vec::<f32>::new(), [0, 0]))
     }
 

@@ -4,12 +4,19 @@
 //! and amax histories. Covered: GPT-2 and a Llama under FP8-AMAX, `fp8-delayed` with gradient
 //! accumulation and activation checkpointing, a layer filter (filtered layers stay f32), two
 //! data-parallel peers. And the setting is refused where it means nothing (no `lora`, no FP8).
+//!
+//! In inference (`eval` and `generate` with `--base-storage fp8`), any checkpoint's projections
+//! load as their FP8 cast, and the commands print what they print from the f32 weights: a
+//! GPT-2, a Qwen2 and a Llama adapter folder, FP8-AMAX in both families and FP8-CSCALE; refused
+//! where the forward would not make that cast.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use crate::common::jobs::{exact, fp8_trainer, scratch, stderr, write_config};
+use crate::common::jobs::{exact, fp8_trainer, scratch, sonnets, stderr, write_config};
+use crate::common::process::assert_exit;
 use crate::data_parallel::{job, run};
 
 const LLAMA: fn() -> Value = || {
@@ -184,4 +191,339 @@ fn compare_stores_the_base_for_the_fp8_runs_only() {
     let log = |run: &str| std::fs::read_to_string(dir.join(format!("runs/{run}/log.txt"))).unwrap();
     assert!(log("cmp-fp8-amax").contains("frozen projection weights as their FP8 cast"));
     assert!(!log("cmp-fp32").contains("base storage"));
+}
+
+// Inference (`eval`, `generate` with `--base-storage fp8`): every weight is frozen, so any
+// checkpoint's FP8 projections can load as their cast, and what the commands print must be
+// what they print from the f32 weights.
+
+/// What a command printed, both streams (its log lines go to one or the other).
+fn printed(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+}
+
+/// The log line of `count` stored projection weights; absent from every f32 run.
+fn assert_stored(what: &str, out: &Output, count: Option<usize>) {
+    let text = printed(out);
+    match count {
+        Some(n) => assert!(
+            text.contains(&format!(
+                "base storage: {n} projection weights as their FP8 cast"
+            )),
+            "{what}: {n} stored weights in: {text}"
+        ),
+        None => assert!(
+            !text.contains("base storage"),
+            "{what}: nothing stored: {text}"
+        ),
+    }
+}
+
+/// `eval` of `checkpoint` on two batches of the sonnets (bytes, 32 tokens) with `args`; the
+/// process and the JSON it wrote (when it succeeded).
+fn eval_with(dir: &Path, tag: &str, checkpoint: &Path, args: &[&str]) -> (Output, Option<Value>) {
+    let result = dir.join(format!("{tag}.json"));
+    let out = Command::new(crate::common::trainer_bin())
+        .current_dir(dir)
+        .args(["eval", "--checkpoint"])
+        .arg(checkpoint)
+        .args([
+            "--data",
+            &sonnets(),
+            "--tokenizer",
+            "bytes",
+            "--seq-len",
+            "32",
+        ])
+        .args(["--max-batches", "2", "--out"])
+        .arg(&result)
+        .args(args)
+        .output()
+        .unwrap();
+    let json = std::fs::read_to_string(&result)
+        .ok()
+        .map(|text| serde_json::from_str(&text).unwrap());
+    (out, json)
+}
+
+/// `generate` of 24 sampled tokens (temperature 1, so that every logit bit matters to the
+/// draws) after a fixed prompt, with `args`.
+fn generate_with(checkpoint: &Path, args: &[&str]) -> Output {
+    let checkpoint = checkpoint.to_str().unwrap();
+    let fixed = [
+        "generate",
+        "--checkpoint",
+        checkpoint,
+        "--tokens",
+        "3,41,5,92,6",
+        "--max-new-tokens",
+        "24",
+        "--temperature",
+        "1",
+        "--top-k",
+        "512",
+        "--seed",
+        "11",
+        "--ignore-eos",
+    ];
+    fp8_trainer(&[&fixed[..], args].concat())
+}
+
+/// The checkpoints of the inference tests, with their FP8 projections' count: a GPT-2
+/// (Conv1D, `[in, out]`), a Qwen2 (`nn.Linear`, biases on q/k/v) and a Llama adapter folder
+/// (the base loads stored, the adapter's f32 factors go on it).
+fn inference_checkpoints() -> [(&'static str, PathBuf, usize); 3] {
+    let named = crate::common::fixture_named;
+    [
+        ("gpt2", named("gpt2-tiny"), 8),
+        ("qwen2", named("qwen2-tiny"), 14),
+        ("llama-adapter", named("llama-tiny-lora"), 14),
+    ]
+}
+
+#[test]
+fn eval_from_the_fp8_stored_base_gives_the_f32_weights_result() {
+    let dir = scratch("base-storage-eval");
+    for (name, checkpoint, count) in inference_checkpoints() {
+        for recipe in ["fp8-amax", "fp8-amax-ocp", "fp8-cscale"] {
+            let what = format!("{name} {recipe}");
+            let precision = ["--precisions", recipe];
+            let (f32_out, f32_json) = eval_with(&dir, "f32", &checkpoint, &precision);
+            assert_eq!(
+                f32_out.status.code(),
+                Some(0),
+                "{what}: {}",
+                stderr(&f32_out)
+            );
+            assert_stored(&what, &f32_out, None);
+            let stored = [&precision[..], &["--base-storage", "fp8"]].concat();
+            let (out, json) = eval_with(&dir, "fp8", &checkpoint, &stored);
+            assert_eq!(out.status.code(), Some(0), "{what}: {}", stderr(&out));
+            assert_stored(&what, &out, Some(count));
+            let (want, got) = (f32_json.unwrap(), json.unwrap());
+            let loss = |v: &Value| v["recipes"][0]["loss"].as_f64();
+            assert!(loss(&want).is_some_and(f64::is_finite), "{what}: {want}");
+            assert_eq!(loss(&got), loss(&want), "{what}: the loss, bit for bit");
+            assert_eq!(got, want, "{what}: the whole result");
+        }
+    }
+}
+
+#[test]
+fn generate_from_the_fp8_stored_base_draws_the_f32_weights_tokens() {
+    for (name, checkpoint, count) in inference_checkpoints() {
+        for precision in ["fp8-amax", "fp8-cscale"] {
+            let what = format!("{name} {precision}");
+            let f32_out = generate_with(&checkpoint, &["--precision", precision]);
+            assert_eq!(
+                f32_out.status.code(),
+                Some(0),
+                "{what}: {}",
+                stderr(&f32_out)
+            );
+            assert_stored(&what, &f32_out, None);
+            let out = generate_with(
+                &checkpoint,
+                &["--precision", precision, "--base-storage", "fp8"],
+            );
+            assert_eq!(out.status.code(), Some(0), "{what}: {}", stderr(&out));
+            assert_stored(&what, &out, Some(count));
+            let tokens = String::from_utf8(out.stdout.clone()).unwrap();
+            assert_eq!(tokens.trim().split(',').count(), 24, "{what}: {tokens}");
+            assert_eq!(tokens, String::from_utf8(f32_out.stdout).unwrap(), "{what}");
+        }
+    }
+}
+
+/// The FP8 cast of a stored weight is what the forward casts only where it is the weight's own
+/// (not fp32 or bf16, which cast nothing, nor `fp8-delayed`, whose bias comes from the
+/// checkpoint's histories), and one table holds one recipe: refused naming the flag, exit 2.
+#[test]
+fn fp8_base_storage_in_inference_is_refused_where_it_is_not_the_forwards_cast() {
+    let dir = scratch("base-storage-inference-refused");
+    let gpt2 = crate::common::fixture_dir();
+    for (precision, want) in [
+        ("fp32", "fp32 makes none"),
+        ("bf16", "bf16 makes none"),
+        ("fp8-delayed", "amax history"),
+    ] {
+        let out = generate_with(&gpt2, &["--precision", precision, "--base-storage", "fp8"]);
+        assert_exit(
+            &format!("generate {precision}"),
+            &out,
+            2,
+            &["--base-storage", want],
+        );
+        assert!(out.stdout.is_empty(), "generate {precision}: nothing drawn");
+        let (out, json) = eval_with(
+            &dir,
+            precision,
+            &gpt2,
+            &["--precision", precision, "--base-storage", "fp8"],
+        );
+        assert_exit(
+            &format!("eval {precision}"),
+            &out,
+            2,
+            &["--base-storage", want],
+        );
+        assert!(json.is_none(), "eval {precision}: nothing written");
+    }
+    for (tag, args) in [
+        ("two", &["--precisions", "fp32,fp8-amax"][..]),
+        (
+            "sweep",
+            &["--precisions", "fp8-amax", "--cscale-biases", "0,4"][..],
+        ),
+    ] {
+        let stored = [args, &["--base-storage", "fp8"]].concat();
+        let (out, json) = eval_with(&dir, tag, &gpt2, &stored);
+        assert_exit(
+            &format!("eval {tag}"),
+            &out,
+            2,
+            &["--base-storage", "one recipe"],
+        );
+        assert!(json.is_none(), "eval {tag}: nothing written");
+    }
+    let out = generate_with(
+        &gpt2,
+        &["--precision", "fp8-amax", "--base-storage", "e4m3"],
+    );
+    assert_exit("generate e4m3", &out, 2, &["--base-storage", "f32, fp8"]);
+}
+
+/// Width, blocks and MLP width of [`wide_gpt2`].
+const WIDE: (usize, usize, usize) = (512, 8, 2048);
+
+/// What a stored projection weight saves: 3 of its 4 bytes a parameter.
+fn wide_projection_savings() -> i64 {
+    let (c, layers, inner) = WIDE;
+    let per_block = c * 3 * c + c * c + 2 * c * inner;
+    (3 * layers * per_block) as i64
+}
+
+/// A GPT-2 checkpoint of [`WIDE`]'s shape (vocabulary 257, 64 positions; values from a fixed
+/// xorshift sequence, scaled as an initialisation): 25.2M projection parameters, 101 MB in
+/// f32, 25 MB as FP8 codes.
+fn wide_gpt2(name: &str) -> PathBuf {
+    let (c, layers, inner) = WIDE;
+    let dir = crate::common::scratch_dir(name);
+    let fixture = crate::common::fixture_dir();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+            .unwrap();
+    for (key, value) in [
+        ("n_embd", c),
+        ("n_layer", layers),
+        ("n_head", 8),
+        ("n_inner", inner),
+        ("vocab_size", 257),
+        ("n_positions", 64),
+        ("bos_token_id", 256),
+        ("eos_token_id", 256),
+    ] {
+        config[key] = json!(value);
+    }
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut tensor = |name: String, shape: Vec<usize>, scale: f32| {
+        let values = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect();
+        trainer::checkpoint::NamedTensor {
+            name,
+            shape,
+            values,
+        }
+    };
+    let mut tensors = vec![
+        tensor("transformer.wte.weight".into(), vec![257, c], 0.04),
+        tensor("transformer.wpe.weight".into(), vec![64, c], 0.02),
+        tensor("transformer.ln_f.weight".into(), vec![c], 0.1),
+        tensor("transformer.ln_f.bias".into(), vec![c], 0.1),
+    ];
+    for i in 0..layers {
+        let p = format!("transformer.h.{i}");
+        for (name, shape) in [
+            ("ln_1.weight", vec![c]),
+            ("ln_1.bias", vec![c]),
+            ("attn.c_attn.weight", vec![c, 3 * c]),
+            ("attn.c_attn.bias", vec![3 * c]),
+            ("attn.c_proj.weight", vec![c, c]),
+            ("attn.c_proj.bias", vec![c]),
+            ("ln_2.weight", vec![c]),
+            ("ln_2.bias", vec![c]),
+            ("mlp.c_fc.weight", vec![c, inner]),
+            ("mlp.c_fc.bias", vec![inner]),
+            ("mlp.c_proj.weight", vec![inner, c]),
+            ("mlp.c_proj.bias", vec![c]),
+        ] {
+            tensors.push(tensor(format!("{p}.{name}"), shape, 0.04));
+        }
+    }
+    trainer::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
+    dir
+}
+
+/// The least a stored base must save of [`wide_projection_savings`] in `generate`'s peak RSS:
+/// half. The rest is slack for what the allocator keeps of freed blocks (mimalloc retains
+/// memory) and for the one f32 weight alive while it is cast.
+const LEAST_SAVED_FRACTION: f64 = 0.5;
+
+/// `generate --base-storage fp8` holds the projections in a quarter of their f32 bytes: its peak
+/// RSS is below the f32 weights' run by at least half of the 75 MB the codes save.
+#[test]
+fn generate_from_the_fp8_stored_base_peaks_lower_by_the_projections_savings() {
+    let checkpoint = wide_gpt2("base-storage-wide-gpt2");
+    let peak = |storage: &str| {
+        let out = Command::new(crate::common::trainer_bin())
+            .env("FP8_TRAINER_REPORT_PEAK_RSS", "1")
+            .args(["generate", "--checkpoint"])
+            .arg(&checkpoint)
+            .args([
+                "--tokens",
+                "1,2,3",
+                "--max-new-tokens",
+                "2",
+                "--temperature",
+                "0",
+            ])
+            .args(["--precision", "fp8-amax", "--base-storage", storage])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{storage}: {}", stderr(&out));
+        let kib: i64 = stderr(&out)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("peak RSS: ")?
+                    .strip_suffix(" kB")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{storage}: no peak RSS reported: {}", stderr(&out)));
+        (out, kib * 1024)
+    };
+    let (f32_out, f32_peak) = peak("f32");
+    let (out, fp8_peak) = peak("fp8");
+    assert_stored("wide", &out, Some(4 * WIDE.1));
+    assert_eq!(out.stdout, f32_out.stdout, "the same tokens");
+    let saved = f32_peak - fp8_peak;
+    println!(
+        "peak RSS: f32 weights {} MB, stored {} MB, saved {} MB of {} MB",
+        f32_peak >> 20,
+        fp8_peak >> 20,
+        saved >> 20,
+        wide_projection_savings() >> 20
+    );
+    assert!(
+        saved as f64 >= LEAST_SAVED_FRACTION * wide_projection_savings() as f64,
+        "saved {saved} bytes of {}",
+        wide_projection_savings()
+    );
 }
