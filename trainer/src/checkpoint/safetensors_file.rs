@@ -185,8 +185,9 @@ impl WeightFiles {
                 path: self.origin.clone(),
                 tensor: name.into(),
             })?;
-        let bytes = &self.files[entry.file].1[entry.range.clone()];
-        Ok(match entry.dtype {
+        let map = &self.files[entry.file].1;
+        let bytes = &map[entry.range.clone()];
+        let values = match entry.dtype {
             Dtype::F32 => f32_from_le(bytes),
             Dtype::F16 => bytes
                 .chunks_exact(2)
@@ -207,8 +208,31 @@ impl WeightFiles {
                     dtype: format!("{other:?}"),
                 })
             }
-        })
+        };
+        release_pages(map, entry.range.clone());
+        Ok(values)
     }
+}
+
+/// Drops the process's mapping of a tensor's pages once its values are read, so that the
+/// checkpoint file does not count in resident memory beside the values read from it (a 0.5 GB
+/// file would otherwise stay resident until the last tensor is read). The bytes stay in the
+/// page cache, and a second read of the range faults them back in. Best effort: an error only
+/// leaves the pages mapped.
+fn release_pages(map: &Mmap, range: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    // SAFETY: the map is a read-only shared mapping of a file (`Mmap::map`), so MADV_DONTNEED
+    // drops our page table entries without changing what the range reads: a later access
+    // faults the same file bytes back in. The caller's slices into the range have ended.
+    unsafe {
+        let _ = map.unchecked_advise_range(
+            memmap2::UncheckedAdvice::DontNeed,
+            range.start,
+            range.len(),
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = (map, range);
 }
 
 /// Little-endian f32 values (a safetensors F32 tensor's bytes).
