@@ -15,8 +15,8 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use crate::common::jobs::{exact, fp8_trainer, scratch, sonnets, stderr, write_config};
-use crate::common::process::assert_exit;
+use crate::common::jobs::{eval_with, exact, fp8_trainer, scratch, stderr, write_config};
+use crate::common::process::{assert_exit, peak_rss_kib};
 use crate::data_parallel::{job, run};
 
 const LLAMA: fn() -> Value = || {
@@ -217,33 +217,6 @@ fn assert_stored(what: &str, out: &Output, count: Option<usize>) {
             "{what}: nothing stored: {text}"
         ),
     }
-}
-
-/// `eval` of `checkpoint` on two batches of the sonnets (bytes, 32 tokens) with `args`; the
-/// process and the JSON it wrote (when it succeeded).
-fn eval_with(dir: &Path, tag: &str, checkpoint: &Path, args: &[&str]) -> (Output, Option<Value>) {
-    let result = dir.join(format!("{tag}.json"));
-    let out = Command::new(crate::common::trainer_bin())
-        .current_dir(dir)
-        .args(["eval", "--checkpoint"])
-        .arg(checkpoint)
-        .args([
-            "--data",
-            &sonnets(),
-            "--tokenizer",
-            "bytes",
-            "--seq-len",
-            "32",
-        ])
-        .args(["--max-batches", "2", "--out"])
-        .arg(&result)
-        .args(args)
-        .output()
-        .unwrap();
-    let json = std::fs::read_to_string(&result)
-        .ok()
-        .map(|text| serde_json::from_str(&text).unwrap());
-    (out, json)
 }
 
 /// `generate` of 24 sampled tokens (temperature 1, so that every logit bit matters to the
@@ -501,15 +474,7 @@ fn generate_from_the_fp8_stored_base_peaks_lower_by_the_projections_savings() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{storage}: {}", stderr(&out));
-        let kib: i64 = stderr(&out)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("peak RSS: ")?
-                    .strip_suffix(" kB")?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("{storage}: no peak RSS reported: {}", stderr(&out)));
+        let kib = peak_rss_kib(storage, &out);
         (out, kib * 1024)
     };
     let (f32_out, f32_peak) = peak("f32");

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::common;
 use crate::common::jobs::*;
-use crate::common::process::{assert_exit, child_stderr, signal, wait_at_most};
+use crate::common::process::{assert_exit, child_stderr, peak_rss_kib, signal, wait_at_most};
 
 /// Longer than anything here takes when it works (each case is well under a second of work);
 /// only a command that blocks or runs unbounded reaches it.
@@ -49,16 +49,7 @@ fn run_measured(cmd: &mut Command) -> (Output, i64) {
         .env("FP8_TRAINER_REPORT_PEAK_RSS", "1")
         .output()
         .unwrap();
-    let err = stderr(&out);
-    let kib = err
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("peak RSS: ")?
-                .strip_suffix(" kB")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no peak RSS reported: {err}"));
+    let kib = peak_rss_kib("the trainer", &out);
     (out, kib)
 }
 

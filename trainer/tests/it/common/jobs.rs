@@ -239,7 +239,26 @@ pub fn reference_metrics(dir: &Path, config: &Value) -> Vec<Vec<String>> {
 /// `eval` of `checkpoint` on two batches of the sonnets (bytes, 32 tokens) in `precision` on
 /// `device`, run in `dir` (its token cache goes to `dir/runs/.token-cache`); the JSON it wrote.
 pub fn eval_json(dir: &Path, checkpoint: &Path, precision: &str, device: &str) -> Value {
-    let result = dir.join(format!("eval-{precision}-{device}.json"));
+    let tag = format!("eval-{precision}-{device}");
+    let (out, json) = eval_with(
+        dir,
+        &tag,
+        checkpoint,
+        &["--precision", precision, "--device", device],
+    );
+    assert_ok(&out);
+    json.expect("eval wrote its JSON")
+}
+
+/// `eval` of `checkpoint` on two batches of the sonnets (bytes, 32 tokens) with `args`, run in
+/// `dir`, writing `dir/TAG.json`: the process and the JSON it wrote (when it wrote one).
+pub fn eval_with(
+    dir: &Path,
+    tag: &str,
+    checkpoint: &Path,
+    args: &[&str],
+) -> (Output, Option<Value>) {
+    let result = dir.join(format!("{tag}.json"));
     let out = Command::new(super::trainer_bin())
         .current_dir(dir)
         .args(["eval", "--checkpoint"])
@@ -252,20 +271,15 @@ pub fn eval_json(dir: &Path, checkpoint: &Path, precision: &str, device: &str) -
             "--seq-len",
             "32",
         ])
-        .args([
-            "--max-batches",
-            "2",
-            "--precision",
-            precision,
-            "--device",
-            device,
-        ])
-        .arg("--out")
+        .args(["--max-batches", "2", "--out"])
         .arg(&result)
+        .args(args)
         .output()
         .unwrap();
-    assert_ok(&out);
-    serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap()
+    let json = std::fs::read_to_string(&result)
+        .ok()
+        .map(|text| serde_json::from_str(&text).unwrap());
+    (out, json)
 }
 
 /// The text of a file the test expects (its path in the panic otherwise).

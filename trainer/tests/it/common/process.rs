@@ -149,3 +149,17 @@ pub fn with_file_size_limit(cmd: &mut Command, bytes: u64) -> &mut Command {
         })
     }
 }
+
+/// The peak resident memory, in KiB, that a trainer run with `FP8_TRAINER_REPORT_PEAK_RSS=1`
+/// reported on stderr as it ended (its own `VmHWM`).
+pub fn peak_rss_kib(what: &str, out: &Output) -> i64 {
+    let err = stderr(out);
+    err.lines()
+        .find_map(|l| {
+            l.strip_prefix("peak RSS: ")?
+                .strip_suffix(" kB")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{what}: no peak RSS reported: {err}"))
+}
